@@ -1,0 +1,180 @@
+"""Turn a verified Titan webhook body into the one thing we act on: a media item to archive."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from archiver.errors import PayloadError
+
+MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+SESSION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+MAX_ID_LEN = 255
+MAX_TEXT_LEN = 4096
+MAX_JSON_DEPTH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class MediaItem:
+    """A ``message.received`` event that carries media, reduced to what we store."""
+
+    media_id: str
+    session: str
+    message_id: str | None
+    message_type: str
+    mime_type: str | None
+    file_length: int | None
+    sender: str | None
+    caption: str | None
+    filename: str | None
+    media_url: str | None
+    message_at: datetime | None
+    event_id: str | None
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """Decode a signed body into the envelope object, or raise PayloadError."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError("body is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise PayloadError("envelope must be a JSON object")
+    if _depth(doc) > MAX_JSON_DEPTH:
+        raise PayloadError("envelope is nested too deeply")
+    return doc
+
+
+def media_item(envelope: dict[str, Any]) -> MediaItem | None:
+    """Return the media item of a ``message.received`` envelope, or None if there is none.
+
+    Any other event type, and text messages, are not ours to archive: None.
+    """
+    if envelope.get("event") != "message.received":
+        return None
+    payload = envelope.get("payload")
+    if payload is None:
+        payload = envelope.get("data")
+    if not isinstance(payload, dict):
+        raise PayloadError("message.received without a payload object")
+    media = payload.get("media") if isinstance(payload.get("media"), dict) else {}
+
+    def field(name: str) -> Any:
+        value = payload.get(name)
+        return media.get(name) if value is None else value
+
+    media_id = field("mediaId")
+    if media_id is None:
+        return None
+    media_id = _opaque_id(media_id, "mediaId")
+    session = envelope.get("session")
+    if not isinstance(session, str) or not SESSION_RE.match(session):
+        raise PayloadError("session is missing or not a valid Titan session name")
+    message_type = payload.get("type")
+    if not isinstance(message_type, str) or message_type not in MEDIA_TYPES:
+        message_type = "document" if message_type is None else _text(message_type, "type", 32)
+    message_id = payload.get("id")
+    return MediaItem(
+        media_id=media_id,
+        session=session,
+        message_id=None if message_id is None else _opaque_id(message_id, "payload.id"),
+        message_type=message_type or "document",
+        mime_type=_mime(field("mimeType")),
+        file_length=_length(field("fileLength")),
+        sender=_sender(payload),
+        caption=_first_text(payload, media, ("caption", "body", "text")),
+        filename=_optional_text(field("filename"), "filename", 255),
+        media_url=_optional_text(field("mediaUrl"), "mediaUrl", 2048),
+        message_at=_unix_time(payload.get("timestamp")),
+        event_id=_optional_text(envelope.get("id"), "id", MAX_ID_LEN),
+    )
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def _opaque_id(value: Any, name: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN or _has_control(value):
+        raise PayloadError(f"{name} must be a non-empty string of at most {MAX_ID_LEN} characters")
+    return value
+
+
+def _text(value: Any, name: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise PayloadError(f"{name} must be a string")
+    return value[:limit]
+
+
+def _optional_text(value: Any, name: str, limit: int) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _text(value, name, limit)
+    if _has_control(text):
+        raise PayloadError(f"{name} contains control characters")
+    return text
+
+
+def _first_text(payload: dict[str, Any], media: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    for source in (payload, media):
+        for name in names:
+            value = source.get(name)
+            if isinstance(value, str) and value:
+                return value[:MAX_TEXT_LEN]
+    return None
+
+
+def _mime(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _text(value, "mimeType", 255).strip().lower()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*(;.*)?", text):
+        raise PayloadError("mimeType is not a MIME type")
+    return text.split(";", 1)[0].strip()
+
+
+def _length(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 2**53:
+        raise PayloadError("fileLength must be a non-negative integer")
+    return value
+
+
+def _sender(payload: dict[str, Any]) -> str | None:
+    # In groups `sender` names the participant; otherwise `from` names the person.
+    for candidate in (payload.get("sender"), payload.get("from")):
+        if isinstance(candidate, str) and candidate:
+            return _optional_text(candidate, "sender", 255)
+        if isinstance(candidate, dict):
+            for key in ("phoneNumber", "lid", "id"):
+                value = candidate.get(key)
+                if isinstance(value, str) and value:
+                    return _optional_text(value, "sender", 255)
+    return None
+
+
+def _unix_time(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -1,0 +1,57 @@
+"""The one exception tree of titan-archiver; only the edges map these to HTTP statuses or retries.
+
+AppError                      base of everything raised on purpose
+├── ConfigError               a setting is missing, malformed or a placeholder
+├── InvalidSignature          webhook signature missing, malformed or wrong (HTTP 401)
+├── PayloadError              signed body is not a usable Titan envelope (HTTP 400)
+├── NotFound                  a tenant, API key or media row does not exist
+├── Conflict                  the action clashes with existing state (e.g. tenant name taken)
+├── Unavailable               database or broker down: nothing was accepted (HTTP 503)
+├── TransientError            a transfer failed but may succeed later (retry, honour retry_after)
+└── PermanentError            a transfer can never succeed (mark the row failed, no retry)
+"""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """Base of every error titan-archiver raises on purpose."""
+
+
+class ConfigError(AppError):
+    """A setting is missing, malformed, or still a placeholder."""
+
+
+class InvalidSignature(AppError):
+    """The webhook signature is missing, malformed or does not match any key."""
+
+
+class PayloadError(AppError):
+    """A correctly signed body is not a usable Titan envelope."""
+
+
+class NotFound(AppError):
+    """A tenant, API key or media row does not exist."""
+
+
+class Conflict(AppError):
+    """The requested change clashes with existing state."""
+
+
+class Unavailable(AppError):
+    """A dependency (database, broker) is down; the request was not accepted."""
+
+
+class TransientError(AppError):
+    """A transfer failed in a way that may succeed later.
+
+    ``retry_after`` is the delay in seconds the remote side asked for, if any.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(AppError):
+    """A transfer can never succeed (unknown or expired media, bad credentials)."""

@@ -1,0 +1,88 @@
+"""Every setting of titan-archiver, read from ``ARCHIVER_*`` environment variables.
+
+Built only at entry points (app factory, Celery app, CLI) and passed down as values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from archiver.errors import ConfigError
+from archiver.object_keys import DEFAULT_TEMPLATE, validate_template
+
+MiB = 1024 * 1024
+_PLACEHOLDERS = {"changeme", "change-me", "change_me", "secret", "password", "dev", "test", "xxx"}
+
+
+class Settings(BaseSettings):
+    """titan-archiver's configuration; docs/settings.md describes each field."""
+
+    model_config = SettingsConfigDict(env_prefix="ARCHIVER_", extra="ignore")
+
+    env: Literal["production", "development"] = "production"
+    database_url: str = "sqlite:///archiver.db"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    secret_key: SecretStr | None = None
+    log_level: str = "INFO"
+
+    # Receiver
+    max_body_bytes: int = Field(default=1 * MiB, ge=1024)
+    retry_after_seconds: int = Field(default=5, ge=1)
+
+    # Worker
+    part_size: int = Field(default=8 * MiB, ge=5 * MiB, le=512 * MiB)
+    max_attempts: int = Field(default=8, ge=1)
+    lease_seconds: int = Field(default=300, ge=10)
+    retry_base_seconds: float = Field(default=5.0, ge=0.1)
+    retry_max_seconds: float = Field(default=600.0, ge=1)
+    object_key_template: str = DEFAULT_TEMPLATE
+    titan_connect_timeout: float = Field(default=10.0, gt=0)
+    titan_read_timeout: float = Field(default=60.0, gt=0)
+    s3_connect_timeout: float = Field(default=10.0, gt=0)
+    s3_read_timeout: float = Field(default=60.0, gt=0)
+    task_time_limit: int = Field(default=3600, ge=60)
+    broker_visibility_timeout: int = Field(default=7200, ge=60)
+
+    @field_validator("object_key_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            return validate_template(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.task_time_limit >= self.broker_visibility_timeout:
+            raise ValueError(
+                "ARCHIVER_BROKER_VISIBILITY_TIMEOUT must exceed ARCHIVER_TASK_TIME_LIMIT, "
+                "or the broker redelivers transfers that are still running"
+            )
+        if self.env == "development":
+            return self
+        key = self.secret_key.get_secret_value() if self.secret_key else ""
+        if not key:
+            raise ValueError("ARCHIVER_SECRET_KEY is required outside development")
+        if key.lower() in _PLACEHOLDERS or len(key) < 16:
+            raise ValueError("ARCHIVER_SECRET_KEY is a placeholder or shorter than 16 characters")
+        return self
+
+    def master_key(self) -> str:
+        if self.secret_key is None or not self.secret_key.get_secret_value():
+            raise ConfigError("ARCHIVER_SECRET_KEY is not set")
+        return self.secret_key.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation errors into one readable ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,123 @@
+"""The database tables: tenants, their query API keys, and one media row per archived file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite has no time zones)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _time(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+class Strategy(StrEnum):
+    DOWNLOAD = "download"  # we stream the file from Titan into the tenant's bucket
+    PERSIST = "persist"  # Titan writes the file into the tenant's bucket itself
+
+
+class Status(StrEnum):
+    QUEUED = "queued"  # accepted, waiting for a worker
+    ARCHIVING = "archiving"  # claimed by a worker holding a lease
+    RETRYING = "retrying"  # a transient failure; another attempt is scheduled
+    ARCHIVED = "archived"  # the file is in the tenant's bucket (terminal)
+    FAILED = "failed"  # permanent failure or attempts exhausted (terminal, re-drivable)
+
+
+PENDING = (Status.QUEUED, Status.RETRYING)
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True, index=True)
+    titan_url: str = Field(max_length=2048)
+    strategy: str = Field(max_length=16)
+    s3_bucket: str = Field(max_length=255)
+    s3_endpoint: str | None = Field(default=None, max_length=2048)
+    s3_region: str | None = Field(default=None, max_length=64)
+    s3_access_key_id: str | None = Field(default=None, max_length=255)
+    s3_prefix: str = Field(default="", max_length=512)
+    hmac_key_enc: str = Field(sa_column=Column(Text, nullable=False))
+    titan_api_key_enc: str = Field(sa_column=Column(Text, nullable=False))
+    s3_secret_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime | None = _time(nullable=False)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
+    prefix: str = Field(max_length=32, index=True)
+    key_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime | None = _time(nullable=False)
+    last_used_at: datetime | None = _time()
+    revoked_at: datetime | None = _time()
+
+
+class Media(SQLModel, table=True):
+    """One archived (or to-be-archived) media file of one tenant: MediaInfo plus our bookkeeping."""
+
+    __tablename__ = "media"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "media_id", name="uq_media_tenant_media_id"),
+        Index("ix_media_tenant_pk", "tenant_id", "pk"),
+        Index("ix_media_tenant_status", "tenant_id", "status"),
+        Index("ix_media_tenant_session", "tenant_id", "session", "pk"),
+        Index("ix_media_tenant_message", "tenant_id", "message_id"),
+        Index("ix_media_status_lease", "status", "lease_until"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenants.id", ondelete="CASCADE")
+    media_id: str = Field(max_length=255)
+    message_id: str | None = Field(default=None, max_length=255)
+    session: str = Field(max_length=64)
+    message_type: str = Field(max_length=32)
+    mime_type: str | None = Field(default=None, max_length=255)
+    file_length: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    sender: str | None = Field(default=None, max_length=255)
+    caption: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    filename: str | None = Field(default=None, max_length=255)
+    event_id: str | None = Field(default=None, max_length=255)
+    strategy: str = Field(max_length=16)
+    persisted: bool = Field(default=False)
+    s3_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    bucket: str | None = Field(default=None, max_length=255)
+    object_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    sha256: str | None = Field(default=None, max_length=64)
+    size: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    status: str = Field(default=Status.QUEUED, max_length=16)
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    received_at: datetime | None = _time(nullable=False)
+    message_at: datetime | None = _time()
+    archived_at: datetime | None = _time()
+    updated_at: datetime | None = _time(nullable=False)
+    lease_until: datetime | None = _time()

@@ -1,0 +1,148 @@
+"""Tenant records: create, read, remove, and decrypt a tenant's secrets for use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, delete, select
+
+from archiver.api_keys import issue_key
+from archiver.envelope import SESSION_RE
+from archiver.errors import Conflict, NotFound, PayloadError
+from archiver.secrets_box import SecretBox
+from archiver.tables import ApiKey, Media, Strategy, Tenant, utcnow
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """What an operator gives when adding a tenant (secrets in plaintext, in memory only)."""
+
+    name: str
+    hmac_key: str
+    titan_url: str
+    titan_api_key: str
+    strategy: str
+    s3_bucket: str
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class TenantSecrets:
+    """A tenant's decrypted secrets, for the process that needs them right now."""
+
+    hmac_keys: tuple[str, ...]
+    titan_api_key: str
+    s3_secret_access_key: str | None
+
+
+def validate_spec(spec: TenantSpec) -> None:
+    """Raise PayloadError naming the first field of ``spec`` that is unusable."""
+    if not SESSION_RE.match(spec.name):
+        raise PayloadError("name must match ^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+    if spec.strategy not in {s.value for s in Strategy}:
+        raise PayloadError("strategy must be 'download' or 'persist'")
+    for label, url in (("titan-url", spec.titan_url), ("s3-endpoint", spec.s3_endpoint)):
+        if url and (urlsplit(url).scheme not in {"http", "https"} or not urlsplit(url).netloc):
+            raise PayloadError(f"{label} must be an http(s) URL")
+    if not spec.hmac_key or len(spec.hmac_key) < 8:
+        raise PayloadError("hmac-key must be at least 8 characters")
+    if not spec.titan_api_key:
+        raise PayloadError("titan-api-key is required")
+    if not spec.s3_bucket:
+        raise PayloadError("s3-bucket is required")
+
+
+def create_tenant(session: Session, *, box: SecretBox, spec: TenantSpec) -> tuple[Tenant, str]:
+    """Store a new tenant with its secrets encrypted; return it and a fresh API key."""
+    validate_spec(spec)
+    tenant = Tenant(
+        name=spec.name,
+        titan_url=spec.titan_url.rstrip("/"),
+        strategy=spec.strategy,
+        s3_bucket=spec.s3_bucket,
+        s3_endpoint=spec.s3_endpoint or None,
+        s3_region=spec.s3_region or None,
+        s3_access_key_id=spec.s3_access_key_id or None,
+        s3_prefix=spec.s3_prefix,
+        hmac_key_enc=box.encrypt(spec.hmac_key),
+        titan_api_key_enc=box.encrypt(spec.titan_api_key),
+        s3_secret_enc=box.encrypt(spec.s3_secret_access_key) if spec.s3_secret_access_key else None,
+        created_at=utcnow(),
+    )
+    session.add(tenant)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"tenant {spec.name!r} already exists") from exc
+    assert tenant.id is not None
+    return tenant, issue_key(session, tenant_id=tenant.id)
+
+
+def get_tenant(session: Session, *, name: str) -> Tenant:
+    tenant = session.exec(select(Tenant).where(Tenant.name == name)).first()
+    if tenant is None:
+        raise NotFound(f"no tenant named {name!r}")
+    return tenant
+
+
+def get_tenant_by_id(session: Session, *, tenant_id: int) -> Tenant:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound(f"no tenant with id {tenant_id}")
+    return tenant
+
+
+def list_tenants(session: Session) -> list[Tenant]:
+    return list(session.exec(select(Tenant).order_by(Tenant.name)))
+
+
+def remove_tenant(session: Session, *, name: str, purge: bool) -> int:
+    """Delete a tenant; its media rows too when ``purge``. Return how many rows went."""
+    tenant = get_tenant(session, name=name)
+    count = session.exec(
+        select(func.count()).select_from(Media).where(Media.tenant_id == tenant.id)
+    ).one()
+    if count and not purge:
+        raise Conflict(
+            f"tenant {name!r} has {count} media rows; pass --purge to delete them too "
+            "(objects in the bucket are left alone)"
+        )
+    session.exec(delete(Media).where(Media.tenant_id == tenant.id))  # type: ignore[call-overload]
+    session.exec(delete(ApiKey).where(ApiKey.tenant_id == tenant.id))  # type: ignore[call-overload]
+    session.delete(tenant)
+    session.flush()
+    return int(count)
+
+
+def secrets_of(tenant: Tenant, *, box: SecretBox) -> TenantSecrets:
+    return TenantSecrets(
+        hmac_keys=(box.decrypt(tenant.hmac_key_enc),),
+        titan_api_key=box.decrypt(tenant.titan_api_key_enc),
+        s3_secret_access_key=box.decrypt(tenant.s3_secret_enc) if tenant.s3_secret_enc else None,
+    )
+
+
+def public_view(tenant: Tenant) -> dict[str, Any]:
+    """The tenant as operators may see it: no secret, only whether each is set."""
+    return {
+        "name": tenant.name,
+        "titanUrl": tenant.titan_url,
+        "strategy": tenant.strategy,
+        "s3Bucket": tenant.s3_bucket,
+        "s3Endpoint": tenant.s3_endpoint,
+        "s3Region": tenant.s3_region,
+        "s3AccessKeyId": tenant.s3_access_key_id,
+        "s3Prefix": tenant.s3_prefix,
+        "hmacKey": "********",
+        "titanApiKey": "********",
+        "s3SecretAccessKey": "********" if tenant.s3_secret_enc else None,
+        "createdAt": tenant.created_at.isoformat() if tenant.created_at else None,
+    }
