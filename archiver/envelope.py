@@ -130,7 +130,9 @@ def _optional_text(value: Any, name: str, limit: int) -> str | None:
     return text
 
 
-def _first_text(payload: dict[str, Any], media: dict[str, Any], names: tuple[str, ...]) -> str | None:
+def _first_text(
+    payload: dict[str, Any], media: dict[str, Any], names: tuple[str, ...]
+) -> str | None:
     for source in (payload, media):
         for name in names:
             value = source.get(name)

@@ -218,7 +218,10 @@ def stuck_rows(session: Session, *, now: datetime, older_than: timedelta, limit:
         select(Media.pk)
         .where(
             or_(
-                and_(col(Media.status).in_([s.value for s in PENDING]), col(Media.updated_at) < cutoff),
+                and_(
+                    col(Media.status).in_([s.value for s in PENDING]),
+                    col(Media.updated_at) < cutoff,
+                ),
                 and_(col(Media.status) == Status.ARCHIVING.value, col(Media.lease_until) < now),
             )
         )

@@ -1,0 +1,234 @@
+"""``titan-archiver``: the operator's command line (schema, tenants, media, the dev stack)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from sqlmodel import Session
+
+from archiver import media as media_rows
+from archiver import schema
+from archiver.db import make_engine, session_scope
+from archiver.errors import AppError
+from archiver.media_info import media_info
+from archiver.secrets_box import SecretBox
+from archiver.settings import Settings, load_settings
+from archiver.tables import Status
+from archiver.tenants import (
+    TenantSpec,
+    create_tenant,
+    get_tenant,
+    list_tenants,
+    public_view,
+    remove_tenant,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings() -> Settings:
+    ctx = click.get_current_context()
+    cached = ctx.find_root().meta.get("settings")
+    if cached is None:
+        cached = ctx.find_root().meta["settings"] = load_settings()
+    return cached  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _db() -> Iterator[Session]:
+    engine = make_engine(_settings().database_url)
+    try:
+        with session_scope(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _friendly(func: F) -> F:
+    """Turn our own errors into a one-line message and exit status 1, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AppError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+@click.group()
+def main() -> None:
+    """Archive Titan WhatsApp media into each tenant's own S3-compatible bucket."""
+
+
+# -- db ---------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@_friendly
+def db_upgrade(revision: str) -> None:
+    """Create or migrate the schema (Alembic)."""
+    engine = make_engine(_settings().database_url)
+    try:
+        schema.upgrade(engine, revision)
+        click.echo(f"database at revision {schema.current_revision(engine)}", err=True)
+    finally:
+        engine.dispose()
+
+
+# -- tenants ----------------------------------------------------------------------------
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants: the Titan accounts whose media is archived."""
+
+
+@tenants.command("add")
+@click.argument("name")
+@click.option("--hmac-key", required=True, help="The Titan webhook's signing key (hmacKey).")
+@click.option("--titan-url", required=True, help="The Titan account's API base URL.")
+@click.option("--titan-api-key", required=True, help="A Titan server API key (titan_...).")
+@click.option(
+    "--strategy", type=click.Choice(["download", "persist"]), default="download", show_default=True
+)
+@click.option("--s3-bucket", required=True)
+@click.option("--s3-endpoint", default="", help="Blank for AWS S3; the URL for R2 or MinIO.")
+@click.option("--s3-region", default="")
+@click.option("--s3-access-key-id", default="")
+@click.option("--s3-secret-access-key", default="")
+@click.option("--s3-prefix", default="", help="Key prefix inside the bucket.")
+@_friendly
+def tenants_add(name: str, **options: str) -> None:
+    """Add a tenant; print it with a fresh query API key (shown only this once)."""
+    spec = TenantSpec(name=name, **options)
+    box = SecretBox(_settings().master_key())
+    with _db() as session:
+        tenant, api_key = create_tenant(session, box=box, spec=spec)
+        view = public_view(tenant)
+    click.echo(json.dumps({"name": name, "apiKey": api_key, **view}))
+
+
+@tenants.command("list")
+@_friendly
+def tenants_list() -> None:
+    """List tenants (secrets masked), one JSON object per line."""
+    with _db() as session:
+        for tenant in list_tenants(session):
+            click.echo(json.dumps(public_view(tenant)))
+
+
+@tenants.command("show")
+@click.argument("name")
+@_friendly
+def tenants_show(name: str) -> None:
+    """Show one tenant (secrets masked)."""
+    with _db() as session:
+        _echo_json(public_view(get_tenant(session, name=name)))
+
+
+@tenants.command("remove")
+@click.argument("name")
+@click.option("--purge", is_flag=True, help="Also delete the tenant's media rows.")
+@_friendly
+def tenants_remove(name: str, purge: bool) -> None:
+    """Remove a tenant. Objects in its bucket are never touched."""
+    with _db() as session:
+        rows = remove_tenant(session, name=name, purge=purge)
+    click.echo(f"removed tenant {name} ({rows} media rows deleted)", err=True)
+
+
+# -- media ------------------------------------------------------------------------------
+
+
+@main.group()
+def media() -> None:
+    """Archived media rows."""
+
+
+@media.command("list")
+@click.option("--tenant", default=None)
+@click.option("--status", type=click.Choice([s.value for s in Status]), default=None)
+@click.option("--session", "session_name", default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table")
+@_friendly
+def media_list(
+    tenant: str | None, status: str | None, session_name: str | None, limit: int, fmt: str
+) -> None:
+    """List media rows, newest first."""
+    with _db() as session:
+        names = {t.id: t.name for t in list_tenants(session)}
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        rows = media_rows.list_media(
+            session, tenant_id=tenant_id, status=status, session_name=session_name, limit=limit
+        )
+        docs = [media_info(row, tenant=names.get(row.tenant_id, "?")) for row in rows]
+    print_media(docs, fmt)
+
+
+def print_media(docs: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        _echo_json(docs)
+    elif fmt == "jsonl":
+        for doc in docs:
+            click.echo(json.dumps(doc))
+    else:
+        columns = ("tenant", "session", "id", "type", "size", "status", "key", "lastError")
+        table = [
+            [str(doc.get(c) if doc.get(c) is not None else "") for c in columns] for doc in docs
+        ]
+        widths = [max([len(c)] + [len(r[i][:60]) for r in table]) for i, c in enumerate(columns)]
+        click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+        for row in table:
+            click.echo("  ".join(v[:60].ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+@media.command("requeue")
+@click.option("--stuck", is_flag=True, required=True, help="Re-queue rows that are not moving.")
+@_friendly
+def media_requeue(stuck: bool) -> None:
+    """Publish again rows pending too long or holding an expired lease."""
+    from archiver.queue import make_celery
+    from archiver.redrive import requeue_stuck
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        count = requeue_stuck(engine, make_celery(settings), settings)
+    finally:
+        engine.dispose()
+    click.echo(f"re-queued {count} rows", err=True)
+
+
+# -- dev --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, type=int, help="Receiver port.")
+@click.option("--data-dir", default=".archiver-dev", show_default=True, type=click.Path())
+@click.option("--demo/--no-demo", default=True, help="Send a few signed demo webhooks.")
+@click.option("--exit-after-demo", is_flag=True, help="Stop once the demo media is archived.")
+@_friendly
+def dev(port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> None:
+    """Run everything locally on embedded defaults: SQLite, embedded Redis, local S3, simulator."""
+    from archiver.devstack import run_dev
+
+    sys.exit(run_dev(port=port, data_dir=data_dir, demo=demo, exit_after_demo=exit_after_demo))

@@ -1,0 +1,75 @@
+"""The web process: ``uvicorn receiver.app:create_app --factory``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from archiver.db import make_engine
+from archiver.errors import Unavailable
+from archiver.logs import configure_logging
+from archiver.queue import make_celery
+from archiver.secrets_box import SecretBox
+from archiver.settings import Settings, load_settings
+from receiver import api
+from receiver.intake import Intake
+from receiver.webhooks import receive_webhook
+
+log = logging.getLogger(__name__)
+
+
+async def healthz(_: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def unavailable(_: Request, exc: Exception) -> Response:
+    log.warning("request not served: %s", exc)
+    return JSONResponse(
+        {"error": "temporarily unavailable, retry later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+async def server_error(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        celery = make_celery(settings)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.intake = Intake(
+            engine=engine,
+            celery=celery,
+            box=SecretBox(settings.master_key()),
+            retry_after=settings.retry_after_seconds,
+        )
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/webhooks/{tenant}", receive_webhook, methods=["POST"]),
+            Route("/api/media", api.list_media),
+            Route("/api/media/{id:path}", api.get_media),
+        ],
+        lifespan=lifespan,
+        exception_handlers={Unavailable: unavailable, Exception: server_error},
+    )

@@ -1,0 +1,43 @@
+"""``POST /webhooks/{tenant}``: read the capped raw body and hand it to the intake."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.intake import Intake
+
+TOO_LARGE = {"error": "body too large"}
+
+
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The raw body, or None once it exceeds ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def receive_webhook(request: Request) -> Response:
+    intake: Intake = request.app.state.intake
+    try:
+        body = await read_capped(request, request.app.state.settings.max_body_bytes)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    if body is None:
+        return JSONResponse(TOO_LARGE, status_code=413, headers={"Connection": "close"})
+    answer = await run_in_threadpool(
+        intake.accept,
+        request.path_params["tenant"],
+        body,
+        request.headers.get("x-webhook-signature"),
+    )
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)

@@ -1,0 +1,252 @@
+"""A Titan media API stand-in that follows shared/titan-api.md, with fault knobs for tests.
+
+Media routes (Bearer auth):  GET  /api/sessions/{s}/media/{id}
+                             POST /api/sessions/{s}/media/{id}/download
+                             POST /api/sessions/{s}/media/{id}/persist
+Control routes (no auth):    POST /_sim/accounts, /_sim/media, /_sim/faults, /_sim/reset
+                             GET  /_sim/stats, /_sim/media/{account}/{id}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+from starlette.applications import Starlette
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from titan_simulator import content
+from titan_simulator.state import Faults, MediaRecord, S3Target, World
+
+DOCS = "https://docs.usetitan.app/api"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "docs": DOCS}, status_code=status, headers=headers)
+
+
+def _other_origin(request: Request) -> str:
+    """The same server under its other loopback name, so a redirect crosses origins."""
+    url = request.url
+    host = "localhost" if url.hostname in ("127.0.0.1", "::1") else "127.0.0.1"
+    return f"{url.scheme}://{host}:{url.port}"
+
+
+def create_app(world: World | None = None) -> Starlette:
+    world = world or World()
+    blobs: dict[str, tuple[str, str]] = {}  # token -> (account, media id)
+
+    def count(key: str) -> None:
+        with world.lock:
+            world.stats[key] += 1
+
+    def common_headers() -> dict[str, str]:
+        headers = {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "999"}
+        if world.faults.deprecation:
+            headers |= {"Deprecation": "true", "Sunset": "Wed, 31 Dec 2031 23:59:59 GMT"}
+        return headers
+
+    def authorise(request: Request) -> tuple[str | None, Response | None]:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        account = world.accounts.get(token) if scheme == "Bearer" else None
+        if account is None:
+            count("unauthorised")
+            return None, _error(401, "Invalid API key")
+        with world.lock:
+            if world.faults.take("rate_limit"):
+                count("answered_429")
+                return None, _error(
+                    429,
+                    "Rate limit exceeded",
+                    {"Retry-After": str(world.faults.retry_after)} | common_headers(),
+                )
+            if world.faults.take("bad_gateway"):
+                count("answered_502")
+                return None, _error(502, "Media worker unreachable")
+        return account, None
+
+    def find(account: str, request: Request) -> MediaRecord | Response:
+        record = world.media.get((account, request.path_params["media_id"]))
+        if record is None or record.session != request.path_params["session"] or record.gone:
+            count("answered_404")
+            return _error(404, "Media not found or expired")
+        return record
+
+    async def get_media(request: Request) -> Response:
+        account, refusal = authorise(request)
+        if refusal or account is None:
+            return refusal or _error(401, "Invalid API key")
+        record = find(account, request)
+        if isinstance(record, Response):
+            return record
+        count("get")
+        return JSONResponse({"data": record.info()}, headers=common_headers())
+
+    def stream(record: MediaRecord, *, truncate: bool, short: bool) -> Response:
+        size = record.size
+        sent_size = size // 2 if (truncate or short) else size
+        declared = sent_size if short else size
+
+        async def body() -> AsyncIterator[bytes]:
+            async for piece in iterate_in_threadpool(content.chunks(record.media_id, sent_size)):
+                if world.faults.slow_ms:
+                    await asyncio.sleep(world.faults.slow_ms / 1000)
+                yield piece
+
+        headers = common_headers() | {"Content-Length": str(declared)}
+        return StreamingResponse(body(), media_type=record.mime_type, headers=headers)
+
+    async def download(request: Request) -> Response:
+        account, refusal = authorise(request)
+        if refusal or account is None:
+            return refusal or _error(401, "Invalid API key")
+        record = find(account, request)
+        if isinstance(record, Response):
+            return record
+        count("download")
+        if world.faults.redirect:
+            token = secrets.token_urlsafe(16)
+            blobs[token] = (account, record.media_id)
+            return RedirectResponse(f"{_other_origin(request)}/_sim/blob/{token}", status_code=302)
+        with world.lock:
+            truncate = world.faults.take("truncate")
+            short = not truncate and world.faults.take("wrong_length")
+        if truncate:
+            count("truncated")
+        if short:
+            count("wrong_length")
+        return stream(record, truncate=truncate, short=short)
+
+    async def blob(request: Request) -> Response:
+        if "authorization" in request.headers:
+            count("api_key_leaked_to_blob_host")
+        found = blobs.pop(request.path_params["token"], None)
+        if found is None:
+            return _error(404, "Blob link expired")
+        count("blob")
+        return stream(world.media[found], truncate=False, short=False)
+
+    async def persist(request: Request) -> Response:
+        account, refusal = authorise(request)
+        if refusal or account is None:
+            return refusal or _error(401, "Invalid API key")
+        record = find(account, request)
+        if isinstance(record, Response):
+            return record
+        target = world.s3.get(account)
+        if target is None:
+            return _error(409, "No S3 storage configured for this account")
+        key = f"titan/{record.session}/{quote(record.media_id, safe='')}"
+        await run_in_threadpool(_upload, target, key, record)
+        endpoint = (target.endpoint or f"https://s3.{target.region}.amazonaws.com").rstrip("/")
+        record.persisted = True
+        record.s3_url = f"{endpoint}/{target.bucket}/{key}"
+        count("persist")
+        return JSONResponse({"data": record.info()}, headers=common_headers())
+
+    # -- control routes --------------------------------------------------------------------
+
+    async def add_account(request: Request) -> Response:
+        doc = await request.json()
+        world.accounts[doc["apiKey"]] = doc["account"]
+        if doc.get("s3"):
+            world.s3[doc["account"]] = S3Target(**doc["s3"])
+        return JSONResponse({"ok": True})
+
+    async def add_media(request: Request) -> Response:
+        doc = await request.json()
+        items = doc if isinstance(doc, list) else [doc]
+        made: list[dict[str, Any]] = []
+        for spec in items:
+            media_id = spec.get("mediaId") or secrets.token_hex(12).upper()
+            record = MediaRecord(
+                account=spec["account"],
+                session=spec.get("session", "default"),
+                media_id=media_id,
+                message_id=spec.get("messageId") or "3EB0" + secrets.token_hex(8).upper(),
+                mime_type=spec.get("mimeType", "application/octet-stream"),
+                size=int(spec["size"]),
+                gone=bool(spec.get("gone", False)),
+            )
+            world.media[(record.account, media_id)] = record
+            made.append(
+                record.info()
+                | {"sha256": await run_in_threadpool(content.sha256, media_id, record.size)}
+            )
+        return JSONResponse({"data": made})
+
+    async def set_faults(request: Request) -> Response:
+        doc = await request.json()
+        with world.lock:
+            world.faults = Faults(**doc)
+        return JSONResponse({"ok": True})
+
+    async def stats(_: Request) -> Response:
+        with world.lock:
+            return JSONResponse(dict(world.stats))
+
+    async def reset(_: Request) -> Response:
+        with world.lock:
+            world.media.clear()
+            world.faults = Faults()
+            world.stats.clear()
+        return JSONResponse({"ok": True})
+
+    return Starlette(
+        routes=[
+            Route("/api/sessions/{session}/media/{media_id}", get_media, methods=["GET"]),
+            Route("/api/sessions/{session}/media/{media_id}/download", download, methods=["POST"]),
+            Route("/api/sessions/{session}/media/{media_id}/persist", persist, methods=["POST"]),
+            Route("/_sim/blob/{token}", blob, methods=["GET"]),
+            Route("/_sim/accounts", add_account, methods=["POST"]),
+            Route("/_sim/media", add_media, methods=["POST"]),
+            Route("/_sim/faults", set_faults, methods=["POST"]),
+            Route("/_sim/stats", stats, methods=["GET"]),
+            Route("/_sim/reset", reset, methods=["POST"]),
+        ]
+    )
+
+
+class _ChunkReader:
+    """A file-like view of the generated chunks, for boto3's upload_fileobj."""
+
+    def __init__(self, record: MediaRecord) -> None:
+        self._chunks = content.chunks(record.media_id, record.size)
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            piece = next(self._chunks, None)
+            if piece is None:
+                break
+            self._buffer += piece
+        if size < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+
+def _upload(target: S3Target, key: str, record: MediaRecord) -> None:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=target.endpoint,
+        region_name=target.region,
+        aws_access_key_id=target.access_key_id,
+        aws_secret_access_key=target.secret_access_key,
+        config=Config(
+            request_checksum_calculation="when_required", s3={"addressing_style": "path"}
+        ),
+    )
+    client.upload_fileobj(
+        _ChunkReader(record), target.bucket, key, ExtraArgs={"ContentType": record.mime_type}
+    )

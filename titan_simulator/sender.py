@@ -1,0 +1,141 @@
+"""Send signed ``message.received`` webhooks the way Titan does, for media the simulator holds."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from archiver.signature import sign
+
+MIME_BY_TYPE = {
+    "image": "image/jpeg",
+    "video": "video/mp4",
+    "audio": "audio/ogg",
+    "document": "application/pdf",
+    "sticker": "image/webp",
+}
+
+
+@dataclass(frozen=True)
+class SentMedia:
+    media_id: str
+    message_id: str
+    session: str
+    message_type: str
+    mime_type: str
+    size: int
+    sha256: str
+    envelope: dict[str, Any]
+
+
+def media_envelope(
+    *,
+    media_id: str,
+    message_id: str,
+    session: str,
+    message_type: str,
+    mime_type: str,
+    size: int,
+    sender: str = "+5511999999999",
+    caption: str | None = None,
+    media_url: str | None = None,
+) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    payload: dict[str, Any] = {
+        "id": message_id,
+        "from": {"phoneNumber": sender, "lid": "1234@lid", "mode": "pn"},
+        "type": message_type,
+        "timestamp": int(now.timestamp()),
+        "fromMe": False,
+        "pushName": "Maria",
+        "isGroup": False,
+        "mediaId": media_id,
+        "mimeType": mime_type,
+        "fileLength": size,
+    }
+    if caption:
+        payload |= {"caption": caption, "body": caption, "text": caption}
+    if media_url:
+        payload["mediaUrl"] = media_url
+    return {
+        "id": "evt_" + secrets.token_hex(6),
+        "event": "message.received",
+        "session": session,
+        "timestamp": now.isoformat().replace("+00:00", "Z"),
+        "payload": payload,
+    }
+
+
+def post_signed(
+    client: httpx.Client, url: str, hmac_key: str, envelope: dict[str, Any]
+) -> httpx.Response:
+    body = json.dumps(envelope, separators=(",", ":")).encode()
+    return client.post(
+        url,
+        content=body,
+        headers={"Content-Type": "application/json", "X-Webhook-Signature": sign(body, hmac_key)},
+    )
+
+
+class Simulator:
+    """A client for the simulator's control routes."""
+
+    def __init__(self, base_url: str, client: httpx.Client | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = client or httpx.Client(timeout=120)
+
+    def add_account(self, *, api_key: str, account: str, s3: dict[str, Any] | None = None) -> None:
+        self._post("/_sim/accounts", {"apiKey": api_key, "account": account, "s3": s3})
+
+    def set_faults(self, **faults: Any) -> None:
+        self._post("/_sim/faults", faults)
+
+    def stats(self) -> dict[str, int]:
+        answer = self._client.get(self.base_url + "/_sim/stats")
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    def make_media(
+        self,
+        *,
+        account: str,
+        message_type: str,
+        size: int,
+        session: str = "default",
+        mime_type: str | None = None,
+        gone: bool = False,
+    ) -> SentMedia:
+        mime = mime_type or MIME_BY_TYPE.get(message_type, "application/octet-stream")
+        info = self._post(
+            "/_sim/media",
+            {"account": account, "session": session, "mimeType": mime, "size": size, "gone": gone},
+        )["data"][0]
+        envelope = media_envelope(
+            media_id=info["id"],
+            message_id=info["messageId"],
+            session=session,
+            message_type=message_type,
+            mime_type=mime,
+            size=size,
+            caption=f"{message_type} of {size} bytes",
+        )
+        return SentMedia(
+            media_id=info["id"],
+            message_id=info["messageId"],
+            session=session,
+            message_type=message_type,
+            mime_type=mime,
+            size=size,
+            sha256=info["sha256"],
+            envelope=envelope,
+        )
+
+    def _post(self, path: str, doc: Any) -> dict[str, Any]:
+        answer = self._client.post(self.base_url + path, json=doc)
+        answer.raise_for_status()
+        return dict(answer.json())

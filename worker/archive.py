@@ -1,0 +1,168 @@
+"""Archive one media row: claim it, move the file by the tenant's strategy, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from archiver import media
+from archiver.db import session_scope
+from archiver.errors import NotFound, PermanentError, TransientError
+from archiver.object_keys import object_key
+from archiver.tables import Media, Strategy, Tenant, utcnow
+from archiver.tenants import get_tenant_by_id, secrets_of
+from worker.backoff import retry_delay
+from worker.resources import WorkerResources
+from worker.storage import put_stream
+from worker.titan_client import TitanClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened to one row; ``retry_in`` is set when another attempt is due."""
+
+    outcome: str  # archived | failed | retrying | skipped
+    detail: str = ""
+    retry_in: float | None = None
+
+
+def archive_row(res: WorkerResources, pk: int) -> Result:
+    settings = res.settings
+    with session_scope(res.engine) as session:
+        row = media.claim(session, pk=pk, now=utcnow(), lease_seconds=settings.lease_seconds)
+        if row is None:
+            return Result("skipped", "not claimable (done, or leased by another worker)")
+        try:
+            tenant = get_tenant_by_id(session, tenant_id=row.tenant_id)
+        except NotFound:
+            tenant = None
+    attempt = row.attempts
+    if tenant is None:
+        return _fail(res, row, "tenant no longer exists")
+    if attempt > settings.max_attempts:
+        # A row whose attempts keep dying with their worker ends here, not in endless redelivery.
+        return _fail(
+            res, row, f"gave up after {attempt - 1} attempts: {row.last_error or 'worker lost'}"
+        )
+    started = time.monotonic()
+    try:
+        secrets = secrets_of(tenant, box=res.box)
+        titan = res.titan(tenant, secrets)
+        if tenant.strategy == Strategy.PERSIST:
+            outcome = _persist(titan, row)
+        else:
+            outcome = _download(res, tenant, s3=res.s3(tenant, secrets), titan=titan, row=row)
+    except PermanentError as exc:
+        return _fail(res, row, str(exc))
+    except TransientError as exc:
+        if attempt >= settings.max_attempts:
+            return _fail(res, row, f"gave up after {attempt} attempts: {exc}")
+        delay = retry_delay(
+            attempt,
+            base=settings.retry_base_seconds,
+            cap=settings.retry_max_seconds,
+            retry_after=exc.retry_after,
+        )
+        with session_scope(res.engine) as session:
+            media.mark_retrying(
+                session, pk=row.pk or 0, attempt=attempt, now=utcnow(), error=str(exc)
+            )
+        log.info(
+            "media %s attempt %d failed (%s); retry in %.1fs", row.media_id, attempt, exc, delay
+        )
+        return Result("retrying", str(exc), retry_in=delay)
+    with session_scope(res.engine) as session:
+        mine = media.mark_archived(
+            session, pk=row.pk or 0, attempt=attempt, now=utcnow(), outcome=outcome
+        )
+    if not mine:
+        return Result("skipped", "lease lost to another worker; its outcome stands")
+    log.info(
+        "archived media %s of tenant %s (%s bytes) in %.2fs",
+        row.media_id,
+        tenant.name,
+        outcome.get("size"),
+        time.monotonic() - started,
+    )
+    return Result("archived")
+
+
+def _fail(res: WorkerResources, row: Media, reason: str) -> Result:
+    with session_scope(res.engine) as session:
+        media.mark_failed(session, pk=row.pk or 0, attempt=row.attempts, now=utcnow(), error=reason)
+    log.warning("media %s failed: %s", row.media_id, reason)
+    return Result("failed", reason)
+
+
+def _download(
+    res: WorkerResources, tenant: Tenant, *, s3: Any, titan: TitanClient, row: Media
+) -> dict[str, Any]:
+    settings = res.settings
+    assert row.received_at is not None
+    key = object_key(
+        settings.object_key_template,
+        prefix=tenant.s3_prefix,
+        tenant=tenant.name,
+        session=row.session,
+        media_id=row.media_id,
+        mime_type=row.mime_type,
+        when=row.message_at or row.received_at,
+    )
+    lease_check = time.monotonic()
+
+    def keep_lease(_: int) -> None:
+        nonlocal lease_check
+        if time.monotonic() - lease_check < settings.lease_seconds / 3:
+            return
+        lease_check = time.monotonic()
+        with session_scope(res.engine) as session:
+            ours = media.renew_lease(
+                session,
+                pk=row.pk or 0,
+                attempt=row.attempts,
+                now=utcnow(),
+                lease_seconds=settings.lease_seconds,
+            )
+        if not ours:
+            raise TransientError("lease lost to another worker")
+
+    with titan.download(row.session, row.media_id) as body:
+        expected = [n for n in (body.content_length, row.file_length) if n is not None]
+        stored = put_stream(
+            s3,
+            bucket=tenant.s3_bucket,
+            key=key,
+            chunks=body.chunks,
+            content_type=row.mime_type or body.content_type or "application/octet-stream",
+            part_size=settings.part_size,
+            expected_sizes=expected,
+            on_part=keep_lease,
+        )
+    return {
+        "bucket": stored.bucket,
+        "object_key": stored.key,
+        "sha256": stored.sha256,
+        "size": stored.size,
+        "persisted": True,
+        "s3_url": f"s3://{stored.bucket}/{stored.key}",
+    }
+
+
+def _persist(titan: TitanClient, row: Media) -> dict[str, Any]:
+    info = titan.persist(row.session, row.media_id)
+    if not info.get("s3Url"):
+        # The documented persist answer may lack s3Url; the media record has it.
+        info = titan.get_media(row.session, row.media_id)
+    s3_url = info.get("s3Url")
+    if not info.get("persisted") or not isinstance(s3_url, str) or not s3_url:
+        raise TransientError("titan did not report the file as persisted")
+    length = info.get("fileLength")
+    return {
+        "persisted": True,
+        "s3_url": s3_url[:2048],
+        "size": length if isinstance(length, int) and not isinstance(length, bool) else None,
+    }

@@ -1,0 +1,19 @@
+"""The worker's entry point: ``celery -A worker.celery_app worker``."""
+
+from __future__ import annotations
+
+import logging
+
+from archiver.logs import configure_logging
+from archiver.queue import SWEEP_TASK, make_celery
+from archiver.settings import load_settings
+from worker.tasks import register
+
+settings = load_settings()
+configure_logging(settings.log_level)
+app = make_celery(settings)
+app.conf.beat_schedule = {
+    "sweep-stuck-media": {"task": SWEEP_TASK, "schedule": float(settings.lease_seconds)},
+}
+register(app, settings)
+logging.getLogger(__name__).debug("worker app ready")

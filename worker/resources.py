@@ -1,0 +1,97 @@
+"""What one worker process holds: settings, DB engine, Celery app, and per-tenant clients.
+
+Created lazily in the process that uses them, never at import, so nothing crosses
+Celery's fork; a client is rebuilt when its tenant's settings change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from celery import Celery
+from sqlalchemy import Engine
+
+from archiver.db import make_engine
+from archiver.secrets_box import SecretBox
+from archiver.settings import Settings
+from archiver.tables import Tenant
+from archiver.tenants import TenantSecrets
+from worker.storage import make_s3_client
+from worker.titan_client import TitanClient
+
+
+def _fingerprint(*values: object) -> str:
+    return hashlib.sha256(repr(values).encode()).hexdigest()
+
+
+@dataclass
+class WorkerResources:
+    settings: Settings
+    celery: Celery
+    engine: Engine
+    box: SecretBox
+    _titan: dict[int, tuple[str, TitanClient]] = field(default_factory=dict)
+    _s3: dict[int, tuple[str, Any]] = field(default_factory=dict)
+
+    def titan(self, tenant: Tenant, secrets: TenantSecrets) -> TitanClient:
+        assert tenant.id is not None
+        print_ = _fingerprint(tenant.titan_url, secrets.titan_api_key)
+        cached = self._titan.get(tenant.id)
+        if cached and cached[0] == print_:
+            return cached[1]
+        if cached:
+            cached[1].close()
+        client = TitanClient(
+            base_url=tenant.titan_url,
+            api_key=secrets.titan_api_key,
+            timeout=httpx.Timeout(
+                self.settings.titan_read_timeout, connect=self.settings.titan_connect_timeout
+            ),
+        )
+        self._titan[tenant.id] = (print_, client)
+        return client
+
+    def s3(self, tenant: Tenant, secrets: TenantSecrets) -> Any:
+        assert tenant.id is not None
+        print_ = _fingerprint(
+            tenant.s3_endpoint,
+            tenant.s3_region,
+            tenant.s3_access_key_id,
+            secrets.s3_secret_access_key,
+        )
+        cached = self._s3.get(tenant.id)
+        if cached and cached[0] == print_:
+            return cached[1]
+        client = make_s3_client(
+            endpoint=tenant.s3_endpoint,
+            region=tenant.s3_region,
+            access_key_id=tenant.s3_access_key_id,
+            secret_access_key=secrets.s3_secret_access_key,
+            connect_timeout=self.settings.s3_connect_timeout,
+            read_timeout=self.settings.s3_read_timeout,
+        )
+        self._s3[tenant.id] = (print_, client)
+        return client
+
+
+_current: tuple[int, WorkerResources] | None = None
+
+
+def resources(settings: Settings, celery: Celery) -> WorkerResources:
+    """This process's resources, built on first use after any fork."""
+    global _current
+    if _current is None or _current[0] != os.getpid():
+        _current = (
+            os.getpid(),
+            WorkerResources(
+                settings=settings,
+                celery=celery,
+                engine=make_engine(settings.database_url),
+                box=SecretBox(settings.master_key()),
+            ),
+        )
+    return _current[1]

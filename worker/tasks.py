@@ -1,0 +1,35 @@
+"""Celery tasks: thin wrappers that take row ids, call the archive logic, and schedule retries."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, Task
+
+from archiver.errors import Unavailable
+from archiver.queue import ARCHIVE_TASK, SWEEP_TASK, publish_archive
+from archiver.redrive import requeue_stuck
+from archiver.settings import Settings
+from worker.archive import archive_row
+from worker.resources import resources
+
+log = logging.getLogger(__name__)
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Attach the tasks to ``app``; the settings are those the worker process started with."""
+
+    @app.task(name=ARCHIVE_TASK, bind=True, ignore_result=True)
+    def archive_media(self: Task, pk: int) -> str:
+        try:
+            result = archive_row(resources(settings, app), pk)
+        except Unavailable as exc:
+            # The database is down: hand the message back so it is tried again later.
+            raise self.retry(countdown=settings.retry_base_seconds, max_retries=None) from exc
+        if result.retry_in is not None:
+            publish_archive(app, pk=pk, countdown=result.retry_in)
+        return result.outcome
+
+    @app.task(name=SWEEP_TASK, ignore_result=True)
+    def sweep_stuck() -> int:
+        return requeue_stuck(resources(settings, app).engine, app, settings)
