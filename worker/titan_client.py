@@ -179,7 +179,7 @@ class TitanClient:
     @staticmethod
     def _chunks(response: httpx.Response) -> Iterator[bytes]:
         try:
-            yield from response.iter_raw(_CHUNK)
+            yield from response.iter_bytes(_CHUNK)
         except httpx.HTTPError as exc:
             raise TransientError(f"media stream broke: {type(exc).__name__}") from exc
 

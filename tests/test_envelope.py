@@ -1,0 +1,126 @@
+"""Envelope parsing: what we archive, what we ignore, what we refuse."""
+
+import json
+from typing import Any
+
+import pytest
+
+from archiver.envelope import media_item, parse_body
+from archiver.errors import PayloadError
+
+
+def envelope(**payload: Any) -> dict[str, Any]:
+    base = {
+        "id": "3EB0A1",
+        "from": {"phoneNumber": "+5511999999999", "lid": "1234@lid", "mode": "pn"},
+        "type": "image",
+        "body": "Invoice photo",
+        "timestamp": 1736937072,
+        "mediaId": "abc123def456",
+        "mimeType": "image/jpeg",
+        "fileLength": 102400,
+    }
+    return {
+        "id": "evt_7f3c2a91",
+        "event": "message.received",
+        "session": "support",
+        "timestamp": "2025-01-15T10:31:12Z",
+        "payload": {k: v for k, v in (base | payload).items() if v is not None},
+    }
+
+
+def test_reads_a_documented_media_message() -> None:
+    item = media_item(envelope())
+    assert item is not None
+    assert (item.media_id, item.session, item.message_id) == ("abc123def456", "support", "3EB0A1")
+    assert (item.message_type, item.mime_type, item.file_length) == ("image", "image/jpeg", 102400)
+    assert (item.sender, item.caption, item.event_id) == ("+5511999999999", "Invoice photo", "evt_7f3c2a91")
+    assert item.message_at is not None and item.message_at.isoformat() == "2025-01-15T10:31:12+00:00"
+    assert item.media_url is None
+
+
+def test_falls_back_to_data_when_payload_is_absent() -> None:
+    doc = envelope()
+    doc["data"] = doc.pop("payload")
+    assert media_item(doc) is not None
+
+
+def test_accepts_a_nested_media_object() -> None:
+    doc = envelope(mediaId=None, mimeType=None, fileLength=None)
+    doc["payload"]["media"] = {"mediaId": "n1", "mimeType": "video/mp4", "fileLength": 5, "caption": "c"}
+    item = media_item(doc)
+    assert item is not None
+    assert (item.media_id, item.mime_type, item.file_length, item.caption) == ("n1", "video/mp4", 5, "Invoice photo")
+
+
+def test_id_and_timestamp_are_optional() -> None:
+    doc = envelope()
+    del doc["id"], doc["timestamp"]
+    item = media_item(doc)
+    assert item is not None and item.event_id is None
+
+
+def test_group_messages_name_the_participant() -> None:
+    item = media_item(envelope(**{"from": {"id": "123@g.us"}, "sender": {"phoneNumber": "+441234"}}))
+    assert item is not None and item.sender == "+441234"
+
+
+def test_keeps_the_auto_persisted_media_url() -> None:
+    item = media_item(envelope(mediaUrl="https://bucket.s3.amazonaws.com/x.jpg"))
+    assert item is not None and item.media_url == "https://bucket.s3.amazonaws.com/x.jpg"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"event": "message.sent", "payload": {"mediaId": "x"}},
+        {"event": "session.status", "payload": {}},
+        {"event": "command.result", "data": {"ok": True}},
+        {"event": "some.future.event"},
+    ],
+)
+def test_other_events_are_not_media(doc: dict[str, Any]) -> None:
+    assert media_item(doc) is None
+
+
+def test_text_messages_are_not_media() -> None:
+    assert media_item(envelope(mediaId=None, type="text")) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"mediaId": ""},
+        {"mediaId": {"nested": 1}},
+        {"mediaId": "x" * 256},
+        {"mediaId": "a\x00b"},
+        {"fileLength": -1},
+        {"fileLength": "lots"},
+        {"mimeType": "not a mime"},
+    ],
+)
+def test_refuses_unusable_media_fields(change: dict[str, Any]) -> None:
+    with pytest.raises(PayloadError):
+        media_item(envelope(**change))
+
+
+@pytest.mark.parametrize("session", [None, "", "../x", "-lead", "a" * 65, 5])
+def test_refuses_bad_session_names(session: Any) -> None:
+    doc = envelope()
+    doc["session"] = session
+    with pytest.raises(PayloadError):
+        media_item(doc)
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"[1,2]", b'"s"', b"\xff\xfe", b"{" * 5000])
+def test_refuses_bodies_that_are_not_a_json_object(body: bytes) -> None:
+    with pytest.raises(PayloadError):
+        parse_body(body)
+
+
+def test_refuses_deeply_nested_json() -> None:
+    deep: Any = {}
+    for _ in range(40):
+        deep = {"a": deep}
+    with pytest.raises(PayloadError):
+        parse_body(json.dumps(deep).encode())

@@ -1,0 +1,129 @@
+"""The media row state machine on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from archiver import media
+from archiver.db import session_scope
+from archiver.envelope import MediaItem
+from archiver.secrets_box import SecretBox
+from archiver.tables import Status, Tenant, utcnow
+from archiver.tenants import TenantSpec, create_tenant
+
+BOX = SecretBox("test-master-key-for-rows")
+
+
+def make_tenant(engine: Engine, name: str = "acme") -> Tenant:
+    with session_scope(engine) as session:
+        tenant, _ = create_tenant(
+            session,
+            box=BOX,
+            spec=TenantSpec(name=name, hmac_key="hmac-key-1", titan_url="http://titan", titan_api_key="k",
+                            strategy="download", s3_bucket="b"),
+        )
+    return tenant
+
+
+def item(media_id: str = "m1", media_url: str | None = None) -> MediaItem:
+    return MediaItem(media_id=media_id, session="s", message_id="msg", message_type="image",
+                     mime_type="image/jpeg", file_length=10, sender="+1", caption=None, filename=None,
+                     media_url=media_url, message_at=None, event_id="evt")
+
+
+def record(engine: Engine, tenant: Tenant, it: MediaItem) -> media.Recorded:
+    with session_scope(engine) as session:
+        return media.record_item(session, tenant=tenant, item=it, now=utcnow())
+
+
+def test_second_delivery_of_the_same_media_is_a_duplicate(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    first, second = record(engine, tenant, item()), record(engine, tenant, item())
+    assert first.created and not second.created and first.pk == second.pk
+
+
+def test_same_media_id_in_two_tenants_is_two_rows(engine: Engine) -> None:
+    a, b = make_tenant(engine, "a"), make_tenant(engine, "b")
+    assert record(engine, a, item()).pk != record(engine, b, item()).pk
+
+
+def test_auto_persisted_media_is_archived_on_arrival(engine: Engine) -> None:
+    recorded = record(engine, make_tenant(engine), item(media_url="https://b.s3/x.jpg"))
+    with session_scope(engine) as session:
+        row = media.get_row(session, pk=recorded.pk)
+    assert row is not None and row.status == Status.ARCHIVED and row.persisted
+    assert row.s3_url == "https://b.s3/x.jpg" and row.strategy == "auto"
+
+
+def test_only_one_claim_wins(engine: Engine) -> None:
+    pk = record(engine, make_tenant(engine), item()).pk
+    now = utcnow()
+    with session_scope(engine) as session:
+        first = media.claim(session, pk=pk, now=now, lease_seconds=60)
+    with session_scope(engine) as session:
+        second = media.claim(session, pk=pk, now=now, lease_seconds=60)
+    assert first is not None and first.attempts == 1 and first.status == Status.ARCHIVING
+    assert second is None
+
+
+def test_an_expired_lease_can_be_taken_over_and_fences_the_old_owner(engine: Engine) -> None:
+    pk = record(engine, make_tenant(engine), item()).pk
+    now = utcnow()
+    with session_scope(engine) as session:
+        old = media.claim(session, pk=pk, now=now, lease_seconds=10)
+    with session_scope(engine) as session:
+        new = media.claim(session, pk=pk, now=now + timedelta(seconds=11), lease_seconds=10)
+    assert old is not None and new is not None and new.attempts == 2
+    with session_scope(engine) as session:
+        assert not media.mark_archived(session, pk=pk, attempt=1, now=utcnow(), outcome={"size": 1})
+        assert media.mark_archived(session, pk=pk, attempt=2, now=utcnow(), outcome={"size": 2})
+    with session_scope(engine) as session:
+        row = media.get_row(session, pk=pk)
+    assert row is not None and row.status == Status.ARCHIVED and row.size == 2
+
+
+def test_archived_rows_are_never_claimed_again(engine: Engine) -> None:
+    pk = record(engine, make_tenant(engine), item()).pk
+    with session_scope(engine) as session:
+        media.claim(session, pk=pk, now=utcnow(), lease_seconds=60)
+        media.mark_archived(session, pk=pk, attempt=1, now=utcnow(), outcome={})
+    with session_scope(engine) as session:
+        assert media.claim(session, pk=pk, now=utcnow() + timedelta(days=1), lease_seconds=60) is None
+
+
+def test_retrying_rows_are_claimable_and_failed_rows_are_not(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    retry_pk, fail_pk = record(engine, tenant, item("r")).pk, record(engine, tenant, item("f")).pk
+    with session_scope(engine) as session:
+        media.claim(session, pk=retry_pk, now=utcnow(), lease_seconds=60)
+        media.mark_retrying(session, pk=retry_pk, attempt=1, now=utcnow(), error="502")
+        media.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60)
+        media.mark_failed(session, pk=fail_pk, attempt=1, now=utcnow(), error="404 gone")
+    with session_scope(engine) as session:
+        again = media.claim(session, pk=retry_pk, now=utcnow(), lease_seconds=60)
+        assert again is not None and again.attempts == 2 and again.last_error == "502"
+        assert media.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60) is None
+
+
+def test_stuck_rows_are_found(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    stale = record(engine, tenant, item("stale")).pk
+    leased = record(engine, tenant, item("leased")).pk
+    now = utcnow()
+    with session_scope(engine) as session:
+        media.claim(session, pk=leased, now=now, lease_seconds=10)
+    with session_scope(engine) as session:
+        assert media.stuck_rows(session, now=now, older_than=timedelta(hours=1), limit=10) == []
+        later = now + timedelta(hours=2)
+        assert media.stuck_rows(session, now=later, older_than=timedelta(hours=1), limit=10) == [stale, leased]
+
+
+def test_lists_newest_first_with_keyset_paging(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    pks = [record(engine, tenant, item(f"m{i}")).pk for i in range(5)]
+    with session_scope(engine) as session:
+        page1 = media.list_media(session, tenant_id=tenant.id, limit=3)
+        page2 = media.list_media(session, tenant_id=tenant.id, limit=3, after_pk=page1[-1].pk)
+    assert [r.pk for r in page1 + page2] == pks[::-1]
