@@ -232,3 +232,7 @@ def dev(port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> None:
     from archiver.devstack import run_dev
 
     sys.exit(run_dev(port=port, data_dir=data_dir, demo=demo, exit_after_demo=exit_after_demo))
+
+
+if __name__ == "__main__":
+    main()

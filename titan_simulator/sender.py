@@ -95,6 +95,9 @@ class Simulator:
         self.base_url = base_url.rstrip("/")
         self._client = client or httpx.Client(timeout=120)
 
+    def close(self) -> None:
+        self._client.close()
+
     def add_account(self, *, api_key: str, account: str, s3: dict[str, Any] | None = None) -> None:
         self._post("/_sim/accounts", {"apiKey": api_key, "account": account, "s3": s3})
 

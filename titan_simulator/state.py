@@ -71,4 +71,4 @@ class World:
     media: dict[tuple[str, str], MediaRecord] = field(default_factory=dict)
     faults: Faults = field(default_factory=Faults)
     stats: Counter[str] = field(default_factory=Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
