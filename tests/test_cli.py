@@ -1,0 +1,117 @@
+"""The titan-archiver command line, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MASTER_KEY
+
+SECRETS = {"hmac": "hmac-secret-value-42", "titan": "titan_secret_api_key_42", "s3": "s3-secret-key-42"}
+
+
+def run(database_url: str, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "ARCHIVER_DATABASE_URL": database_url, "ARCHIVER_SECRET_KEY": MASTER_KEY, **env}
+    result = subprocess.run(
+        [sys.executable, "-m", "archiver.cli", *args], env=full_env, capture_output=True, text=True, timeout=60
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def add(database_url: str, name: str = "acme", *extra: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        database_url, "tenants", "add", name, "--hmac-key", SECRETS["hmac"], "--titan-url",
+        "https://api.titan.example", "--titan-api-key", SECRETS["titan"], "--s3-bucket", "acme-archive",
+        "--s3-secret-access-key", SECRETS["s3"], "--s3-access-key-id", "AKIA1", *extra,
+    )
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in SECRETS.values():
+        assert secret not in text
+
+
+def test_db_upgrade_creates_the_schema_on_an_empty_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    result = run(url, "db", "upgrade")
+    assert "revision 0001" in result.stderr
+    assert "revision 0001" in run(url, "db", "upgrade").stderr  # idempotent
+
+
+def test_tenants_add_prints_one_json_object_with_a_fresh_api_key(database_url: str) -> None:
+    result = add(database_url)
+    doc = json.loads(result.stdout)
+    assert doc["name"] == "acme" and doc["apiKey"].startswith("tak_") and len(doc["apiKey"]) > 40
+    assert doc["strategy"] == "download" and doc["s3Bucket"] == "acme-archive"
+    assert_no_secret(result.stdout + result.stderr)
+
+
+def test_secrets_are_encrypted_at_rest(database_url: str) -> None:
+    api_key = json.loads(add(database_url).stdout)["apiKey"]
+    from sqlalchemy import text
+
+    from archiver.db import make_engine
+
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        dump = json.dumps([list(map(str, r)) for r in conn.execute(text("SELECT * FROM tenants"))])
+        keys = json.dumps([list(map(str, r)) for r in conn.execute(text("SELECT * FROM api_keys"))])
+    engine.dispose()
+    assert_no_secret(dump)
+    assert api_key not in keys and api_key[:12] in keys  # only a display prefix and a hash
+
+
+def test_list_and_show_mask_secrets(database_url: str) -> None:
+    add(database_url)
+    add(database_url, "globex", "--strategy", "persist")
+    listed = [json.loads(line) for line in run(database_url, "tenants", "list").stdout.splitlines()]
+    assert [t["name"] for t in listed] == ["acme", "globex"]
+    shown = run(database_url, "tenants", "show", "acme")
+    assert json.loads(shown.stdout)["hmacKey"] == "********"
+    assert_no_secret(shown.stdout + shown.stderr + json.dumps(listed))
+
+
+def test_adding_a_tenant_twice_is_a_clear_error(database_url: str) -> None:
+    add(database_url)
+    again = run(database_url, "tenants", "add", "acme", "--hmac-key", "k" * 10, "--titan-url", "http://t",
+                "--titan-api-key", "x", "--s3-bucket", "b", check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--titan-url", "ftp://x", "titan-url"), ("--hmac-key", "short", "hmac-key"),
+     ("--s3-endpoint", "not a url", "s3-endpoint")],
+)
+def test_bad_tenant_settings_are_refused_with_the_field_named(
+    database_url: str, flag: str, value: str, message: str
+) -> None:
+    args = {"--hmac-key": "hmac-key-long", "--titan-url": "http://t", "--titan-api-key": "x",
+            "--s3-bucket": "b", flag: value}
+    result = run(database_url, "tenants", "add", "acme", *[x for kv in args.items() for x in kv], check=False)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_show_and_remove_of_an_unknown_tenant_fail_cleanly(database_url: str) -> None:
+    for args in (["tenants", "show", "ghost"], ["tenants", "remove", "ghost"]):
+        result = run(database_url, *args, check=False)
+        assert result.returncode == 1 and "no tenant named 'ghost'" in result.stderr
+
+
+def test_remove_deletes_the_tenant(database_url: str) -> None:
+    add(database_url)
+    run(database_url, "tenants", "remove", "acme")
+    assert run(database_url, "tenants", "list").stdout.strip() == ""
+
+
+def test_missing_master_key_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    result = run(f"sqlite:///{tmp_path / 'x.db'}", "tenants", "list", check=False, ARCHIVER_SECRET_KEY="")
+    assert result.returncode == 1 and "ARCHIVER_SECRET_KEY" in result.stderr
