@@ -74,7 +74,9 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def settings_for(database_url: str, broker_url: str = "redis://127.0.0.1:1/0", **extra: object) -> Settings:
+def settings_for(
+    database_url: str, broker_url: str = "redis://127.0.0.1:1/0", **extra: object
+) -> Settings:
     return load_settings(
         database_url=database_url, broker_url=broker_url, secret_key=MASTER_KEY, **extra
     )

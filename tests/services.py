@@ -95,16 +95,35 @@ def start_process(name: str, argv: Sequence[str], env: dict[str, str] | None = N
 
 def uvicorn_argv(target: str, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", target, "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
     ]
 
 
 def worker_argv(concurrency: int = 2) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--loglevel", "INFO", "--concurrency", str(concurrency), "--without-gossip",
-        "--without-mingle", "--without-heartbeat",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
     ]
 
 
@@ -119,7 +138,17 @@ def redis_server() -> Iterator[str]:
         port = free_port()
         proc = start_process(
             "redis",
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
         )
         wait_until(lambda: port_open("127.0.0.1", port), timeout=15, what="redis-server")
         try:
@@ -143,7 +172,9 @@ def redis_server() -> Iterator[str]:
 @contextmanager
 def s3_server() -> Iterator[str]:
     port = free_port()
-    proc = start_process("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+    proc = start_process(
+        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: http_up(url), timeout=30, what="moto S3 server")
     try:
@@ -157,7 +188,9 @@ def s3_client(endpoint: str) -> Any:
         "s3",
         endpoint_url=endpoint,
         region_name="us-east-1",
-        config=Config(request_checksum_calculation="when_required", s3={"addressing_style": "path"}),
+        config=Config(
+            request_checksum_calculation="when_required", s3={"addressing_style": "path"}
+        ),
         **S3_CREDENTIALS,
     )
 
@@ -187,7 +220,7 @@ def postgres_server() -> Iterator[str | None]:
     data = Path(tempfile.mkdtemp(prefix="archiver-pg-"))
     try:
         server = get_server(data / "pgdata", cleanup_mode="stop")
-    except Exception:  # noqa: BLE001 - any failure here means "no PostgreSQL on this machine"
+    except Exception:
         yield None
         return
     try:

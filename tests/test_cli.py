@@ -12,13 +12,28 @@ import pytest
 
 from tests.conftest import MASTER_KEY
 
-SECRETS = {"hmac": "hmac-secret-value-42", "titan": "titan_secret_api_key_42", "s3": "s3-secret-key-42"}
+SECRETS = {
+    "hmac": "hmac-secret-value-42",
+    "titan": "titan_secret_api_key_42",
+    "s3": "s3-secret-key-42",
+}
 
 
-def run(database_url: str, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "ARCHIVER_DATABASE_URL": database_url, "ARCHIVER_SECRET_KEY": MASTER_KEY, **env}
+def run(
+    database_url: str, *args: str, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        **os.environ,
+        "ARCHIVER_DATABASE_URL": database_url,
+        "ARCHIVER_SECRET_KEY": MASTER_KEY,
+        **env,
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "archiver.cli", *args], env=full_env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "archiver.cli", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if check:
         assert result.returncode == 0, result.stderr
@@ -27,9 +42,23 @@ def run(database_url: str, *args: str, check: bool = True, **env: str) -> subpro
 
 def add(database_url: str, name: str = "acme", *extra: str) -> subprocess.CompletedProcess[str]:
     return run(
-        database_url, "tenants", "add", name, "--hmac-key", SECRETS["hmac"], "--titan-url",
-        "https://api.titan.example", "--titan-api-key", SECRETS["titan"], "--s3-bucket", "acme-archive",
-        "--s3-secret-access-key", SECRETS["s3"], "--s3-access-key-id", "AKIA1", *extra,
+        database_url,
+        "tenants",
+        "add",
+        name,
+        "--hmac-key",
+        SECRETS["hmac"],
+        "--titan-url",
+        "https://api.titan.example",
+        "--titan-api-key",
+        SECRETS["titan"],
+        "--s3-bucket",
+        "acme-archive",
+        "--s3-secret-access-key",
+        SECRETS["s3"],
+        "--s3-access-key-id",
+        "AKIA1",
+        *extra,
     )
 
 
@@ -80,23 +109,46 @@ def test_list_and_show_mask_secrets(database_url: str) -> None:
 
 def test_adding_a_tenant_twice_is_a_clear_error(database_url: str) -> None:
     add(database_url)
-    again = run(database_url, "tenants", "add", "acme", "--hmac-key", "k" * 10, "--titan-url", "http://t",
-                "--titan-api-key", "x", "--s3-bucket", "b", check=False)
+    again = run(
+        database_url,
+        "tenants",
+        "add",
+        "acme",
+        "--hmac-key",
+        "k" * 10,
+        "--titan-url",
+        "http://t",
+        "--titan-api-key",
+        "x",
+        "--s3-bucket",
+        "b",
+        check=False,
+    )
     assert again.returncode == 1 and "already exists" in again.stderr
     assert "Traceback" not in again.stderr
 
 
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
-    [("--titan-url", "ftp://x", "titan-url"), ("--hmac-key", "short", "hmac-key"),
-     ("--s3-endpoint", "not a url", "s3-endpoint")],
+    [
+        ("--titan-url", "ftp://x", "titan-url"),
+        ("--hmac-key", "short", "hmac-key"),
+        ("--s3-endpoint", "not a url", "s3-endpoint"),
+    ],
 )
 def test_bad_tenant_settings_are_refused_with_the_field_named(
     database_url: str, flag: str, value: str, message: str
 ) -> None:
-    args = {"--hmac-key": "hmac-key-long", "--titan-url": "http://t", "--titan-api-key": "x",
-            "--s3-bucket": "b", flag: value}
-    result = run(database_url, "tenants", "add", "acme", *[x for kv in args.items() for x in kv], check=False)
+    args = {
+        "--hmac-key": "hmac-key-long",
+        "--titan-url": "http://t",
+        "--titan-api-key": "x",
+        "--s3-bucket": "b",
+        flag: value,
+    }
+    result = run(
+        database_url, "tenants", "add", "acme", *[x for kv in args.items() for x in kv], check=False
+    )
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -113,5 +165,7 @@ def test_remove_deletes_the_tenant(database_url: str) -> None:
 
 
 def test_missing_master_key_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    result = run(f"sqlite:///{tmp_path / 'x.db'}", "tenants", "list", check=False, ARCHIVER_SECRET_KEY="")
+    result = run(
+        f"sqlite:///{tmp_path / 'x.db'}", "tenants", "list", check=False, ARCHIVER_SECRET_KEY=""
+    )
     assert result.returncode == 1 and "ARCHIVER_SECRET_KEY" in result.stderr

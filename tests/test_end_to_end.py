@@ -21,10 +21,21 @@ from tests.services import Process, s3_client, start_process, uvicorn_argv, wait
 from titan_simulator.sender import SentMedia, Simulator, media_envelope, post_signed
 
 MB = 1_000_000
-DOWNLOAD_MEDIA = [("image", 150_000), ("video", 64 * MB), ("audio", 300_000), ("document", 1_200_000),
-                  ("sticker", 30_000), ("image", 9 * MB)]
-PERSIST_MEDIA = [("image", 80_000), ("video", 6 * MB), ("audio", 200_000), ("document", 400_000),
-                 ("sticker", 20_000)]
+DOWNLOAD_MEDIA = [
+    ("image", 150_000),
+    ("video", 64 * MB),
+    ("audio", 300_000),
+    ("document", 1_200_000),
+    ("sticker", 30_000),
+    ("image", 9 * MB),
+]
+PERSIST_MEDIA = [
+    ("image", 80_000),
+    ("video", 6 * MB),
+    ("audio", 200_000),
+    ("document", 400_000),
+    ("sticker", 20_000),
+]
 
 
 @dataclass
@@ -50,20 +61,26 @@ class Stack:
 
     def send(self, tenant: Tenant, envelope: dict[str, Any]) -> httpx.Response:
         with httpx.Client(timeout=30) as client:
-            return post_signed(client, f"{self.receiver}/webhooks/{tenant.name}", tenant.hmac_key, envelope)
+            return post_signed(
+                client, f"{self.receiver}/webhooks/{tenant.name}", tenant.hmac_key, envelope
+            )
 
     def rows(self, tenant: Tenant) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         cursor = None
         while True:
             params = {"limit": "500", **({"cursor": cursor} if cursor else {})}
-            page = httpx.get(f"{self.receiver}/api/media", params=params, headers=tenant.auth, timeout=30).json()
+            page = httpx.get(
+                f"{self.receiver}/api/media", params=params, headers=tenant.auth, timeout=30
+            ).json()
             found += page["data"]
             cursor = page["nextCursor"]
             if cursor is None:
                 return found
 
-    def wait_terminal(self, tenant: Tenant, count: int, timeout: float = 240) -> list[dict[str, Any]]:
+    def wait_terminal(
+        self, tenant: Tenant, count: int, timeout: float = 240
+    ) -> list[dict[str, Any]]:
         def done() -> bool:
             rows = self.rows(tenant)
             return len(rows) >= count and all(r["status"] in ("archived", "failed") for r in rows)
@@ -93,12 +110,18 @@ def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
 
     out = subprocess.run(
         [sys.executable, "-m", "archiver.cli", *args],
-        env={**__import__("os").environ, **env}, capture_output=True, text=True, check=True, cwd=services.ROOT,
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=services.ROOT,
     )
     return json.loads(out.stdout) if out.stdout.strip() else {}
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -130,8 +153,15 @@ def stack(
                 proc.stop()
 
 
-def _setup(backend: str, env: dict[str, str], s3: Any, s3_endpoint: str, sim_url: str,
-           receiver_url: str, procs: list[Process]) -> Stack:
+def _setup(
+    backend: str,
+    env: dict[str, str],
+    s3: Any,
+    s3_endpoint: str,
+    sim_url: str,
+    receiver_url: str,
+    procs: list[Process],
+) -> Stack:
     wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30, what="simulator")
     wait_until(lambda: services.http_up(receiver_url + "/healthz"), timeout=30, what="receiver")
     sim = Simulator(sim_url)
@@ -141,19 +171,50 @@ def _setup(backend: str, env: dict[str, str], s3: Any, s3_endpoint: str, sim_url
         s3.create_bucket(Bucket=bucket)
         hmac_key, titan_key = secrets.token_urlsafe(16), "titan_" + secrets.token_urlsafe(16)
         # For 'persist', the bucket is the one configured in Titan's console for the account.
-        persist_target = {"bucket": bucket, "endpoint": s3_endpoint,
-                          "access_key_id": "testing", "secret_access_key": "testing"}
-        sim.add_account(api_key=titan_key, account=name, s3=persist_target if strategy == "persist" else None)
+        persist_target = {
+            "bucket": bucket,
+            "endpoint": s3_endpoint,
+            "access_key_id": "testing",
+            "secret_access_key": "testing",
+        }
+        sim.add_account(
+            api_key=titan_key, account=name, s3=persist_target if strategy == "persist" else None
+        )
         added = cli(
-            env, "tenants", "add", name, "--hmac-key", hmac_key, "--titan-url", sim_url,
-            "--titan-api-key", titan_key, "--strategy", strategy, "--s3-bucket", bucket,
-            "--s3-endpoint", s3_endpoint, "--s3-region", "us-east-1",
-            "--s3-access-key-id", "testing", "--s3-secret-access-key", "testing",
-            "--s3-prefix", f"wa/{name}",
+            env,
+            "tenants",
+            "add",
+            name,
+            "--hmac-key",
+            hmac_key,
+            "--titan-url",
+            sim_url,
+            "--titan-api-key",
+            titan_key,
+            "--strategy",
+            strategy,
+            "--s3-bucket",
+            bucket,
+            "--s3-endpoint",
+            s3_endpoint,
+            "--s3-region",
+            "us-east-1",
+            "--s3-access-key-id",
+            "testing",
+            "--s3-secret-access-key",
+            "testing",
+            "--s3-prefix",
+            f"wa/{name}",
         )
         tenants[name] = Tenant(name=name, hmac_key=hmac_key, api_key=added["apiKey"], bucket=bucket)
-    return Stack(receiver=receiver_url, sim=sim, s3=s3, acme=tenants["acme"],
-                 globex=tenants["globex"], procs=procs)
+    return Stack(
+        receiver=receiver_url,
+        sim=sim,
+        s3=s3,
+        acme=tenants["acme"],
+        globex=tenants["globex"],
+        procs=procs,
+    )
 
 
 def send_all(stack: Stack, tenant: Tenant, media: list[SentMedia]) -> list[int]:
@@ -161,13 +222,23 @@ def send_all(stack: Stack, tenant: Tenant, media: list[SentMedia]) -> list[int]:
 
 
 def test_archives_every_media_type_for_two_tenants_with_both_strategies(stack: Stack) -> None:
-    acme_media = [stack.sim.make_media(account="acme", message_type=t, size=s, session="support")
-                  for t, s in DOWNLOAD_MEDIA]
-    globex_media = [stack.sim.make_media(account="globex", message_type=t, size=s, session="sales")
-                    for t, s in PERSIST_MEDIA]
-    auto = media_envelope(media_id="AUTO" + secrets.token_hex(4), message_id="3EB0AUTO", session="support",
-                          message_type="image", mime_type="image/jpeg", size=1234,
-                          media_url="https://tenant-bucket.s3.amazonaws.com/auto.jpg")
+    acme_media = [
+        stack.sim.make_media(account="acme", message_type=t, size=s, session="support")
+        for t, s in DOWNLOAD_MEDIA
+    ]
+    globex_media = [
+        stack.sim.make_media(account="globex", message_type=t, size=s, session="sales")
+        for t, s in PERSIST_MEDIA
+    ]
+    auto = media_envelope(
+        media_id="AUTO" + secrets.token_hex(4),
+        message_id="3EB0AUTO",
+        session="support",
+        message_type="image",
+        mime_type="image/jpeg",
+        size=1234,
+        media_url="https://tenant-bucket.s3.amazonaws.com/auto.jpg",
+    )
     downloads_before = stack.sim.stats().get("download", 0)
 
     assert send_all(stack, stack.acme, acme_media) == [202] * len(acme_media)
@@ -183,13 +254,23 @@ def test_archives_every_media_type_for_two_tenants_with_both_strategies(stack: S
         row = acme_rows[item.media_id]
         assert row["status"] == "archived", row
         assert row["bucket"] == stack.acme.bucket and row["key"] in acme_objects
-        assert row["key"].startswith(f"wa/acme/acme/support/") and row["key"].endswith(
-            {"image": ".jpg", "video": ".mp4", "audio": ".ogg", "document": ".pdf", "sticker": ".webp"}[
-                item.message_type])
+        assert row["key"].startswith("wa/acme/acme/support/") and row["key"].endswith(
+            {
+                "image": ".jpg",
+                "video": ".mp4",
+                "audio": ".ogg",
+                "document": ".pdf",
+                "sticker": ".webp",
+            }[item.message_type]
+        )
         assert row["sha256"] == item.sha256 == stack.sha256_of(stack.acme.bucket, row["key"])
         assert row["size"] == row["fileLength"] == item.size == acme_objects[row["key"]]
         assert (row["messageId"], row["session"], row["mimeType"], row["type"]) == (
-            item.message_id, "support", item.mime_type, item.message_type)
+            item.message_id,
+            "support",
+            item.mime_type,
+            item.message_type,
+        )
         assert row["persisted"] is True and row["s3Url"] == f"s3://{stack.acme.bucket}/{row['key']}"
         assert row["sender"] == "+5511999999999" and row["caption"] and row["attempts"] == 1
         assert row["tenant"] == "acme" and row["strategy"] == "download"
@@ -230,19 +311,31 @@ def test_archives_every_media_type_for_two_tenants_with_both_strategies(stack: S
 
     # One tenant's key sees only its own rows, by list and by id.
     foreign = acme_media[0].media_id
-    assert httpx.get(f"{stack.receiver}/api/media/{foreign}", headers=stack.globex.auth).status_code == 404
+    assert (
+        httpx.get(f"{stack.receiver}/api/media/{foreign}", headers=stack.globex.auth).status_code
+        == 404
+    )
     one = httpx.get(f"{stack.receiver}/api/media/{foreign}", headers=stack.acme.auth).json()["data"]
     assert one == acme_rows[foreign]
 
 
 def test_transient_titan_faults_are_retried_to_success(stack: Stack) -> None:
-    media = [stack.sim.make_media(account="acme", message_type="image", size=700_000) for _ in range(4)]
+    media = [
+        stack.sim.make_media(account="acme", message_type="image", size=700_000) for _ in range(4)
+    ]
     stack.sim.set_faults(rate_limit=2, retry_after=1, bad_gateway=2, truncate=1, wrong_length=1)
     try:
         assert send_all(stack, stack.acme, media) == [202] * 4
         rows = {r["id"]: r for r in stack.wait_terminal(stack.acme, 1, timeout=120)}
-        wait_until(lambda: all(r["status"] == "archived" for r in stack.rows(stack.acme)
-                               if r["id"] in {m.media_id for m in media}), timeout=120, what="retries")
+        wait_until(
+            lambda: all(
+                r["status"] == "archived"
+                for r in stack.rows(stack.acme)
+                if r["id"] in {m.media_id for m in media}
+            ),
+            timeout=120,
+            what="retries",
+        )
     finally:
         stack.sim.set_faults()
     rows = {r["id"]: r for r in stack.rows(stack.acme)}
@@ -257,8 +350,11 @@ def test_media_titan_reports_gone_fails_once_with_the_reason(stack: Stack) -> No
     gone = stack.sim.make_media(account="acme", message_type="video", size=1000, gone=True)
     assert stack.send(stack.acme, gone.envelope).status_code == 202
     wait_until(
-        lambda: any(r["id"] == gone.media_id and r["status"] == "failed" for r in stack.rows(stack.acme)),
-        timeout=60, what="failed row",
+        lambda: any(
+            r["id"] == gone.media_id and r["status"] == "failed" for r in stack.rows(stack.acme)
+        ),
+        timeout=60,
+        what="failed row",
     )
     row = next(r for r in stack.rows(stack.acme) if r["id"] == gone.media_id)
     assert row["attempts"] == 1 and "404" in row["lastError"]
@@ -269,8 +365,14 @@ def test_downloads_redirected_to_another_host_never_carry_the_api_key(stack: Sta
     stack.sim.set_faults(redirect=True)
     try:
         assert stack.send(stack.acme, item.envelope).status_code == 202
-        wait_until(lambda: any(r["id"] == item.media_id and r["status"] == "archived"
-                               for r in stack.rows(stack.acme)), timeout=60, what="redirected download")
+        wait_until(
+            lambda: any(
+                r["id"] == item.media_id and r["status"] == "archived"
+                for r in stack.rows(stack.acme)
+            ),
+            timeout=60,
+            what="redirected download",
+        )
     finally:
         stack.sim.set_faults()
     stats = stack.sim.stats()

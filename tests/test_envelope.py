@@ -34,8 +34,14 @@ def test_reads_a_documented_media_message() -> None:
     assert item is not None
     assert (item.media_id, item.session, item.message_id) == ("abc123def456", "support", "3EB0A1")
     assert (item.message_type, item.mime_type, item.file_length) == ("image", "image/jpeg", 102400)
-    assert (item.sender, item.caption, item.event_id) == ("+5511999999999", "Invoice photo", "evt_7f3c2a91")
-    assert item.message_at is not None and item.message_at.isoformat() == "2025-01-15T10:31:12+00:00"
+    assert (item.sender, item.caption, item.event_id) == (
+        "+5511999999999",
+        "Invoice photo",
+        "evt_7f3c2a91",
+    )
+    assert (
+        item.message_at is not None and item.message_at.isoformat() == "2025-01-15T10:31:12+00:00"
+    )
     assert item.media_url is None
 
 
@@ -47,10 +53,20 @@ def test_falls_back_to_data_when_payload_is_absent() -> None:
 
 def test_accepts_a_nested_media_object() -> None:
     doc = envelope(mediaId=None, mimeType=None, fileLength=None)
-    doc["payload"]["media"] = {"mediaId": "n1", "mimeType": "video/mp4", "fileLength": 5, "caption": "c"}
+    doc["payload"]["media"] = {
+        "mediaId": "n1",
+        "mimeType": "video/mp4",
+        "fileLength": 5,
+        "caption": "c",
+    }
     item = media_item(doc)
     assert item is not None
-    assert (item.media_id, item.mime_type, item.file_length, item.caption) == ("n1", "video/mp4", 5, "Invoice photo")
+    assert (item.media_id, item.mime_type, item.file_length, item.caption) == (
+        "n1",
+        "video/mp4",
+        5,
+        "Invoice photo",
+    )
 
 
 def test_id_and_timestamp_are_optional() -> None:
@@ -61,7 +77,9 @@ def test_id_and_timestamp_are_optional() -> None:
 
 
 def test_group_messages_name_the_participant() -> None:
-    item = media_item(envelope(**{"from": {"id": "123@g.us"}, "sender": {"phoneNumber": "+441234"}}))
+    item = media_item(
+        envelope(**{"from": {"id": "123@g.us"}, "sender": {"phoneNumber": "+441234"}})
+    )
     assert item is not None and item.sender == "+441234"
 
 

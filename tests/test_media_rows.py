@@ -21,16 +21,33 @@ def make_tenant(engine: Engine, name: str = "acme") -> Tenant:
         tenant, _ = create_tenant(
             session,
             box=BOX,
-            spec=TenantSpec(name=name, hmac_key="hmac-key-1", titan_url="http://titan", titan_api_key="k",
-                            strategy="download", s3_bucket="b"),
+            spec=TenantSpec(
+                name=name,
+                hmac_key="hmac-key-1",
+                titan_url="http://titan",
+                titan_api_key="k",
+                strategy="download",
+                s3_bucket="b",
+            ),
         )
     return tenant
 
 
 def item(media_id: str = "m1", media_url: str | None = None) -> MediaItem:
-    return MediaItem(media_id=media_id, session="s", message_id="msg", message_type="image",
-                     mime_type="image/jpeg", file_length=10, sender="+1", caption=None, filename=None,
-                     media_url=media_url, message_at=None, event_id="evt")
+    return MediaItem(
+        media_id=media_id,
+        session="s",
+        message_id="msg",
+        message_type="image",
+        mime_type="image/jpeg",
+        file_length=10,
+        sender="+1",
+        caption=None,
+        filename=None,
+        media_url=media_url,
+        message_at=None,
+        event_id="evt",
+    )
 
 
 def record(engine: Engine, tenant: Tenant, it: MediaItem) -> media.Recorded:
@@ -90,7 +107,9 @@ def test_archived_rows_are_never_claimed_again(engine: Engine) -> None:
         media.claim(session, pk=pk, now=utcnow(), lease_seconds=60)
         media.mark_archived(session, pk=pk, attempt=1, now=utcnow(), outcome={})
     with session_scope(engine) as session:
-        assert media.claim(session, pk=pk, now=utcnow() + timedelta(days=1), lease_seconds=60) is None
+        assert (
+            media.claim(session, pk=pk, now=utcnow() + timedelta(days=1), lease_seconds=60) is None
+        )
 
 
 def test_retrying_rows_are_claimable_and_failed_rows_are_not(engine: Engine) -> None:
@@ -117,7 +136,10 @@ def test_stuck_rows_are_found(engine: Engine) -> None:
     with session_scope(engine) as session:
         assert media.stuck_rows(session, now=now, older_than=timedelta(hours=1), limit=10) == []
         later = now + timedelta(hours=2)
-        assert media.stuck_rows(session, now=later, older_than=timedelta(hours=1), limit=10) == [stale, leased]
+        assert media.stuck_rows(session, now=later, older_than=timedelta(hours=1), limit=10) == [
+            stale,
+            leased,
+        ]
 
 
 def test_lists_newest_first_with_keyset_paging(engine: Engine) -> None:

@@ -24,10 +24,14 @@ def test_same_inputs_give_the_same_key() -> None:
 
 
 def test_prefix_is_normalised() -> None:
-    assert key(prefix="/archive//whatsapp/") == "archive/whatsapp/acme/support/2025-01-15/abc123.jpg"
+    assert (
+        key(prefix="/archive//whatsapp/") == "archive/whatsapp/acme/support/2025-01-15/abc123.jpg"
+    )
 
 
-@pytest.mark.parametrize("media_id", ["../../etc/passwd", "a/b", "..", ".", "a\nb", "a b?c#d", "%2F"])
+@pytest.mark.parametrize(
+    "media_id", ["../../etc/passwd", "a/b", "..", ".", "a\nb", "a b?c#d", "%2F"]
+)
 def test_hostile_media_ids_stay_one_segment(media_id: str) -> None:
     built = key(media_id)
     assert built.count("/") == 3
@@ -48,7 +52,9 @@ def test_extension_comes_from_the_mime_type() -> None:
     assert extension(None) == ".bin"
 
 
-@pytest.mark.parametrize("template", ["{tenant}/{date}", "{media_id}{nope}", "/{media_id}", "{media_id"])
+@pytest.mark.parametrize(
+    "template", ["{tenant}/{date}", "{media_id}{nope}", "/{media_id}", "{media_id"]
+)
 def test_rejects_templates_that_could_collide_or_are_malformed(template: str) -> None:
     with pytest.raises(ConfigError):
         validate_template(template)

@@ -58,8 +58,14 @@ def add_tenant(database_url: str, name: str = "acme", hmac_key: str = HMAC_KEY) 
             _, api_key = create_tenant(
                 session,
                 box=SecretBox(MASTER_KEY),
-                spec=TenantSpec(name=name, hmac_key=hmac_key, titan_url="http://titan.invalid",
-                                titan_api_key="titan_x", strategy="download", s3_bucket="b"),
+                spec=TenantSpec(
+                    name=name,
+                    hmac_key=hmac_key,
+                    titan_url="http://titan.invalid",
+                    titan_api_key="titan_x",
+                    strategy="download",
+                    s3_bucket="b",
+                ),
             )
     finally:
         engine.dispose()
@@ -82,8 +88,14 @@ class Stack:
     database_url: str
     queue: redis.Redis
 
-    def post(self, body: bytes, *, sig: str | None = "auto", tenant: str = "acme",
-             headers: dict[str, str] | None = None) -> httpx.Response:
+    def post(
+        self,
+        body: bytes,
+        *,
+        sig: str | None = "auto",
+        tenant: str = "acme",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         sent = dict(headers or {})
         if sig == "auto":
             sig = signature(body, HMAC_KEY)
@@ -107,8 +119,15 @@ def stack(database_url: str, redis_url: str) -> Iterator[Stack]:
 
 
 def media_body(media_id: str = "abc123", **extra: Any) -> bytes:
-    env = media_envelope(media_id=media_id, message_id="3EB0X", session="support", message_type="image",
-                         mime_type="image/jpeg", size=1000, **extra)
+    env = media_envelope(
+        media_id=media_id,
+        message_id="3EB0X",
+        session="support",
+        message_type="image",
+        mime_type="image/jpeg",
+        size=1000,
+        **extra,
+    )
     return json.dumps(env).encode()
 
 
@@ -136,7 +155,9 @@ def test_concurrent_duplicates_make_one_row(stack: Stack) -> None:
         threads = [
             threading.Thread(
                 target=lambda: results.append(
-                    client.post(f"{stack.url}/webhooks/acme", content=body, headers=headers).status_code
+                    client.post(
+                        f"{stack.url}/webhooks/acme", content=body, headers=headers
+                    ).status_code
                 )
             )
             for _ in range(8)
@@ -153,7 +174,9 @@ def test_auto_persisted_media_is_recorded_archived_without_queueing(stack: Stack
     answer = stack.post(media_body("auto1", media_url="https://bucket.s3.amazonaws.com/x.jpg"))
     assert answer.status_code == 202 and answer.json()["status"] == "archived"
     assert stack.queued() == 0
-    row = httpx.get(f"{stack.url}/api/media/auto1", headers={"Authorization": f"Bearer {stack.api_key}"})
+    row = httpx.get(
+        f"{stack.url}/api/media/auto1", headers={"Authorization": f"Bearer {stack.api_key}"}
+    )
     assert row.json()["data"]["s3Url"] == "https://bucket.s3.amazonaws.com/x.jpg"
 
 
@@ -164,10 +187,16 @@ def test_auto_persisted_media_is_recorded_archived_without_queueing(stack: Stack
         {"event": "session.status", "session": "s", "payload": {"status": "connected"}},
         {"event": "command.result", "data": {"ok": True}},
         {"event": "an.event.from.the.future", "payload": {}},
-        {"event": "message.received", "session": "s", "payload": {"id": "t1", "type": "text", "body": "hi"}},
+        {
+            "event": "message.received",
+            "session": "s",
+            "payload": {"id": "t1", "type": "text", "body": "hi"},
+        },
     ],
 )
-def test_other_events_and_text_are_acknowledged_and_ignored(stack: Stack, envelope: dict[str, Any]) -> None:
+def test_other_events_and_text_are_acknowledged_and_ignored(
+    stack: Stack, envelope: dict[str, Any]
+) -> None:
     answer = stack.post(json.dumps(envelope).encode())
     assert answer.status_code == 200 and answer.json() == {"status": "ignored"}
     assert count_rows(stack.database_url) == 0
@@ -229,20 +258,26 @@ def test_healthz_answers_while_up(stack: Stack) -> None:
     assert httpx.get(f"{stack.url}/healthz").status_code == 200
 
 
-def test_broker_down_is_503_with_retry_after_and_the_retry_succeeds(database_url: str, redis_url: str) -> None:
+def test_broker_down_is_503_with_retry_after_and_the_retry_succeeds(
+    database_url: str, redis_url: str
+) -> None:
     add_tenant(database_url)
     body = media_body("b1")
     sig = signature(body, HMAC_KEY)
     dead_broker = f"redis://127.0.0.1:{free_port()}/0"
     with serve(settings_for(database_url, dead_broker)) as url:
-        answer = httpx.post(f"{url}/webhooks/acme", content=body, headers={"X-Webhook-Signature": sig}, timeout=60)
+        answer = httpx.post(
+            f"{url}/webhooks/acme", content=body, headers={"X-Webhook-Signature": sig}, timeout=60
+        )
     assert answer.status_code == 503
     assert answer.headers["Retry-After"].isdigit()
     queue = redis.Redis.from_url(redis_url)
     queue.delete(ARCHIVE_QUEUE)
     # Titan retries once the broker is back: the pending row is queued this time.
     with serve(settings_for(database_url, redis_url)) as url:
-        retry = httpx.post(f"{url}/webhooks/acme", content=body, headers={"X-Webhook-Signature": sig}, timeout=30)
+        retry = httpx.post(
+            f"{url}/webhooks/acme", content=body, headers={"X-Webhook-Signature": sig}, timeout=30
+        )
     assert retry.status_code in (200, 202)
     assert queue.llen(ARCHIVE_QUEUE) == 1
     assert count_rows(database_url) == 1
@@ -253,8 +288,12 @@ def test_database_down_is_503_with_retry_after(redis_url: str) -> None:
     dead_db = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     with serve(settings_for(dead_db, redis_url)) as url:
         body = media_body()
-        answer = httpx.post(f"{url}/webhooks/acme", content=body,
-                            headers={"X-Webhook-Signature": signature(body, HMAC_KEY)}, timeout=30)
+        answer = httpx.post(
+            f"{url}/webhooks/acme",
+            content=body,
+            headers={"X-Webhook-Signature": signature(body, HMAC_KEY)},
+            timeout=30,
+        )
     assert answer.status_code == 503
     assert answer.headers["Retry-After"].isdigit()
 
@@ -271,9 +310,13 @@ def test_query_api_pages_newest_first_and_filters(stack: Stack) -> None:
     auth = {"Authorization": f"Bearer {stack.api_key}"}
     first = httpx.get(f"{stack.url}/api/media", params={"limit": 3}, headers=auth).json()
     assert [d["id"] for d in first["data"]] == ["p4", "p3", "p2"]
-    rest = httpx.get(f"{stack.url}/api/media", params={"limit": 3, "cursor": first["nextCursor"]}, headers=auth).json()
+    rest = httpx.get(
+        f"{stack.url}/api/media", params={"limit": 3, "cursor": first["nextCursor"]}, headers=auth
+    ).json()
     assert [d["id"] for d in rest["data"]] == ["p1", "p0"] and rest["nextCursor"] is None
-    queued = httpx.get(f"{stack.url}/api/media", params={"status": "queued", "session": "support"}, headers=auth)
+    queued = httpx.get(
+        f"{stack.url}/api/media", params={"status": "queued", "session": "support"}, headers=auth
+    )
     assert len(queued.json()["data"]) == 5
     none = httpx.get(f"{stack.url}/api/media", params={"messageId": "nope"}, headers=auth).json()
     assert none == {"data": [], "nextCursor": None}
@@ -281,11 +324,22 @@ def test_query_api_pages_newest_first_and_filters(stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     ("params", "name"),
-    [({"limit": "0"}, "limit"), ({"limit": "501"}, "limit"), ({"limit": "x"}, "limit"),
-     ({"cursor": "garbage!"}, "cursor"), ({"status": "lost"}, "status")],
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "501"}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"cursor": "garbage!"}, "cursor"),
+        ({"status": "lost"}, "status"),
+    ],
 )
-def test_query_api_rejects_bad_parameters_naming_them(stack: Stack, params: dict[str, str], name: str) -> None:
-    answer = httpx.get(f"{stack.url}/api/media", params=params, headers={"Authorization": f"Bearer {stack.api_key}"})
+def test_query_api_rejects_bad_parameters_naming_them(
+    stack: Stack, params: dict[str, str], name: str
+) -> None:
+    answer = httpx.get(
+        f"{stack.url}/api/media",
+        params=params,
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+    )
     assert answer.status_code == 400 and answer.json()["error"].startswith(name)
 
 

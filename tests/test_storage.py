@@ -58,8 +58,15 @@ class Spy:
 
 def test_small_file_is_one_put_with_its_sha256(s3: Any, bucket: str) -> None:
     data = os.urandom(300_000)
-    stored = put_stream(s3, bucket=bucket, key="a/b.jpg", chunks=pieces(data), content_type="image/jpeg",
-                        part_size=5 * MiB, expected_sizes=[len(data)])
+    stored = put_stream(
+        s3,
+        bucket=bucket,
+        key="a/b.jpg",
+        chunks=pieces(data),
+        content_type="image/jpeg",
+        part_size=5 * MiB,
+        expected_sizes=[len(data)],
+    )
     assert stored.sha256 == hashlib.sha256(data).hexdigest() and stored.size == len(data)
     head = s3.head_object(Bucket=bucket, Key="a/b.jpg")
     assert head["ContentType"] == "image/jpeg"
@@ -70,8 +77,15 @@ def test_small_file_is_one_put_with_its_sha256(s3: Any, bucket: str) -> None:
 def test_large_file_goes_up_in_equal_parts(s3: Any, bucket: str) -> None:
     data = os.urandom(12 * MiB + 12345)
     spy = Spy(s3)
-    stored = put_stream(spy, bucket=bucket, key="big.mp4", chunks=pieces(data, 64 * 1024),
-                        content_type="video/mp4", part_size=5 * MiB, expected_sizes=[len(data)])
+    stored = put_stream(
+        spy,
+        bucket=bucket,
+        key="big.mp4",
+        chunks=pieces(data, 64 * 1024),
+        content_type="video/mp4",
+        part_size=5 * MiB,
+        expected_sizes=[len(data)],
+    )
     assert spy.part_sizes == [5 * MiB, 5 * MiB, 2 * MiB + 12345]
     assert stored.sha256 == hashlib.sha256(data).hexdigest()
     body = s3.get_object(Bucket=bucket, Key="big.mp4")["Body"].read()
@@ -81,8 +95,15 @@ def test_large_file_goes_up_in_equal_parts(s3: Any, bucket: str) -> None:
 def test_short_body_aborts_and_leaves_no_object_and_no_parts(s3: Any, bucket: str) -> None:
     data = os.urandom(11 * MiB)
     with pytest.raises(SizeMismatch):
-        put_stream(s3, bucket=bucket, key="cut.mp4", chunks=pieces(data), content_type="video/mp4",
-                   part_size=5 * MiB, expected_sizes=[len(data) + 1])
+        put_stream(
+            s3,
+            bucket=bucket,
+            key="cut.mp4",
+            chunks=pieces(data),
+            content_type="video/mp4",
+            part_size=5 * MiB,
+            expected_sizes=[len(data) + 1],
+        )
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
@@ -93,19 +114,32 @@ def test_a_stream_error_midway_aborts_the_upload(s3: Any, bucket: str) -> None:
         raise RuntimeError("source died")
 
     with pytest.raises(RuntimeError):
-        put_stream(s3, bucket=bucket, key="x", chunks=broken(), content_type="video/mp4",
-                   part_size=5 * MiB)
+        put_stream(
+            s3, bucket=bucket, key="x", chunks=broken(), content_type="video/mp4", part_size=5 * MiB
+        )
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def test_retry_overwrites_the_same_key(s3: Any, bucket: str) -> None:
     for _ in range(2):
-        put_stream(s3, bucket=bucket, key="same", chunks=pieces(b"abc"), content_type="text/plain",
-                   part_size=5 * MiB)
+        put_stream(
+            s3,
+            bucket=bucket,
+            key="same",
+            chunks=pieces(b"abc"),
+            content_type="text/plain",
+            part_size=5 * MiB,
+        )
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
 
 
 def test_missing_bucket_is_permanent(s3: Any) -> None:
     with pytest.raises(PermanentError, match="NoSuchBucket"):
-        put_stream(s3, bucket="no-such-bucket-" + uuid.uuid4().hex[:8], key="k",
-                   chunks=pieces(b"abc"), content_type="text/plain", part_size=5 * MiB)
+        put_stream(
+            s3,
+            bucket="no-such-bucket-" + uuid.uuid4().hex[:8],
+            key="k",
+            chunks=pieces(b"abc"),
+            content_type="text/plain",
+            part_size=5 * MiB,
+        )

@@ -17,7 +17,10 @@ BASE = "https://titan.example.com"
 
 def client(handler: Handler) -> TitanClient:
     return TitanClient(
-        base_url=BASE, api_key="titan_secret", timeout=httpx.Timeout(5), transport=httpx.MockTransport(handler)
+        base_url=BASE,
+        api_key="titan_secret",
+        timeout=httpx.Timeout(5),
+        transport=httpx.MockTransport(handler),
     )
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 
-
 MIME_BY_TYPE = {
     "image": "image/jpeg",
     "video": "video/mp4",
@@ -84,7 +83,10 @@ def post_signed(
     return client.post(
         url,
         content=body,
-        headers={"Content-Type": "application/json", "X-Webhook-Signature": signature(body, hmac_key)},
+        headers={
+            "Content-Type": "application/json",
+            "X-Webhook-Signature": signature(body, hmac_key),
+        },
     )
 
 
