@@ -19,7 +19,7 @@ from archiver.errors import AppError
 from archiver.media_info import media_info
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings, load_settings
-from archiver.tables import Status
+from archiver.tables import Status, utcnow
 from archiver.tenants import (
     TenantSpec,
     create_tenant,
@@ -205,17 +205,172 @@ def print_media(docs: list[dict[str, Any]], fmt: str) -> None:
 @click.option("--stuck", is_flag=True, required=True, help="Re-queue rows that are not moving.")
 @_friendly
 def media_requeue(stuck: bool) -> None:
-    """Publish again rows pending too long or holding an expired lease."""
+    """Publish again rows the broker lost, rows never queued, and rows with expired leases."""
     from archiver.queue import make_celery
-    from archiver.redrive import requeue_stuck
+    from archiver.redrive import sweep
 
     settings = _settings()
     engine = make_engine(settings.database_url)
     try:
-        count = requeue_stuck(engine, make_celery(settings), settings)
+        report = sweep(engine, make_celery(settings), settings)
     finally:
         engine.dispose()
-    click.echo(f"re-queued {count} rows", err=True)
+    click.echo(
+        json.dumps(
+            {
+                "requeued": report.total,
+                "expiredLeases": report.expired_leases,
+                "unqueued": report.unqueued,
+                "lostByBroker": report.lost,
+                "queueDepth": report.queue_depth,
+            }
+        )
+    )
+
+
+@media.command("failed")
+@click.option("--tenant", default=None)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table")
+@_friendly
+def media_failed(tenant: str | None, limit: int, fmt: str) -> None:
+    """Dead letters: failed rows with their reasons, newest first."""
+    with _db() as session:
+        names = {t.id: t.name for t in list_tenants(session)}
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        rows = media_rows.list_media(
+            session, tenant_id=tenant_id, status=Status.FAILED.value, limit=limit
+        )
+        docs = [media_info(row, tenant=names.get(row.tenant_id, "?")) for row in rows]
+    print_media(docs, fmt)
+
+
+@media.command("retry")
+@click.option("--all", "retry_all", is_flag=True, help="Every failed row of every tenant.")
+@click.option("--tenant", default=None, help="Every failed row of this tenant.")
+@click.option("--id", "media_ids", multiple=True, help="A failed row's media id (repeatable).")
+@_friendly
+def media_retry(retry_all: bool, tenant: str | None, media_ids: tuple[str, ...]) -> None:
+    """Re-drive failed rows from scratch (attempts reset)."""
+    from archiver.queue import make_celery
+    from archiver.redrive import retry_failed
+
+    if not (retry_all or tenant or media_ids):
+        raise click.UsageError("say what to retry: --all, --tenant NAME or --id MEDIA_ID")
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            tenant_id = get_tenant(session, name=tenant).id if tenant else None
+            total = media_rows.backlog(session, tenant_id=tenant_id).counts.get("failed", 0)
+        with click.progressbar(length=total, label="re-queueing", file=sys.stderr) as bar:
+            count = retry_failed(
+                engine,
+                make_celery(settings),
+                tenant_id=tenant_id,
+                media_ids=list(media_ids) or None,
+                progress=bar.update,
+            )
+    finally:
+        engine.dispose()
+    click.echo(json.dumps({"requeued": count}))
+
+
+@main.command()
+@click.option("--tenant", default=None, help="Only this tenant's rows.")
+@click.option("--requeue/--no-requeue", default=True, help="Re-queue rows whose object differs.")
+@_friendly
+def reconcile(tenant: str | None, requeue: bool) -> None:
+    """Check every archived row against its bucket: present, size, SHA-256 metadata."""
+    from archiver.queue import make_celery
+    from archiver.reconcile import reconcile as run_reconcile
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            tenant_id = get_tenant(session, name=tenant).id if tenant else None
+            total = media_rows.backlog(session, tenant_id=tenant_id).counts.get("archived", 0)
+        with click.progressbar(length=total, label="checking", file=sys.stderr) as bar:
+            report = run_reconcile(
+                engine,
+                make_celery(settings),
+                settings,
+                tenant_name=tenant,
+                requeue=requeue,
+                progress=bar.update,
+            )
+    finally:
+        engine.dispose()
+    for diff in report.differences:
+        click.echo(
+            json.dumps(
+                {
+                    "tenant": diff.tenant,
+                    "id": diff.media_id,
+                    "key": diff.key,
+                    "problem": diff.problem,
+                }
+            )
+        )
+    click.echo(
+        json.dumps(
+            {
+                "checked": report.checked,
+                "ok": report.ok,
+                "differences": len(report.differences),
+                "requeued": report.requeued,
+            }
+        ),
+    )
+
+
+@main.command()
+@click.option("--tenant", default=None)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@_friendly
+def status(tenant: str | None, as_json: bool) -> None:
+    """Rows by status, the oldest unarchived item's age, and the queue depth."""
+    from archiver.queue import make_celery
+    from archiver.redrive import queue_depth
+
+    settings = _settings()
+    with _db() as session:
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        backlog = media_rows.backlog(session, tenant_id=tenant_id)
+    now = utcnow()
+    age = (now - backlog.oldest_unarchived).total_seconds() if backlog.oldest_unarchived else 0.0
+    failed_age = (now - backlog.oldest_failed).total_seconds() if backlog.oldest_failed else 0.0
+    try:
+        depth: int | None = queue_depth(make_celery(settings))
+    except AppError:
+        depth = None
+    doc = {
+        "rows": {s.value: backlog.counts.get(s.value, 0) for s in Status},
+        "oldestUnarchivedAgeSeconds": round(age, 1),
+        "oldestFailedAgeSeconds": round(failed_age, 1),
+        "queueDepth": depth,
+    }
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    for name, count in doc["rows"].items():  # type: ignore[attr-defined]
+        click.echo(f"{name:<28}{count}")
+    click.echo(f"{'oldest unarchived':<28}{_age(age)}")
+    click.echo(f"{'oldest failed':<28}{_age(failed_age)}")
+    click.echo(f"{'queue depth':<28}{'unreachable' if depth is None else depth}")
+    if age > 7 * 86400:
+        click.echo("warning: media older than 7 days is not archived; WhatsApp expires it at ~14")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
 
 
 # -- dev --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -32,6 +32,15 @@ class Recorded:
     pk: int
     created: bool
     status: str
+    needs_publish: bool  # pending and not known to be in the broker
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of trying to take a row: the row, or why not (and until when)."""
+
+    row: Media | None
+    busy_until: datetime | None = None  # another worker holds the lease until then
 
 
 def record_item(session: Session, *, tenant: Tenant, item: MediaItem, now: datetime) -> Recorded:
@@ -59,6 +68,7 @@ def record_item(session: Session, *, tenant: Tenant, item: MediaItem, now: datet
         "received_at": now,
         "message_at": item.message_at,
         "updated_at": now,
+        "queued_at": now,
     }
     if item.media_url:
         values |= {
@@ -67,6 +77,7 @@ def record_item(session: Session, *, tenant: Tenant, item: MediaItem, now: datet
             "persisted": True,
             "s3_url": item.media_url,
             "archived_at": now,
+            "queued_at": None,
         }
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -78,17 +89,31 @@ def record_item(session: Session, *, tenant: Tenant, item: MediaItem, now: datet
     )
     pk = session.execute(stmt).scalar_one_or_none()
     if pk is not None:
-        return Recorded(pk=pk, created=True, status=values["status"])
-    existing = session.exec(
-        select(Media.pk, Media.status).where(
+        pending = values["status"] == Status.QUEUED.value
+        return Recorded(pk=pk, created=True, status=values["status"], needs_publish=pending)
+    existing_pk, status, queued_at = session.exec(
+        select(Media.pk, Media.status, Media.queued_at).where(
             Media.tenant_id == tenant.id, Media.media_id == item.media_id
         )
     ).one()
-    return Recorded(pk=existing[0], created=False, status=existing[1])  # type: ignore[arg-type]
+    # A redelivery re-queues only a row whose earlier publish failed (queued_at NULL),
+    # so concurrent duplicates do not multiply broker messages.
+    needs = status in {s.value for s in PENDING} and queued_at is None
+    return Recorded(pk=existing_pk or 0, created=False, status=status, needs_publish=needs)
 
 
-def claim(session: Session, *, pk: int, now: datetime, lease_seconds: int) -> Media | None:
-    """Take ownership of a row for one attempt; None if it is not ours to work on now."""
+def mark_unqueued(session: Session, *, pk: int) -> None:
+    """The publish of ``pk`` failed: flag it so the next delivery or the sweeper queues it."""
+    session.execute(update(Media).where(col(Media.pk) == pk).values(queued_at=None))
+
+
+def mark_queued(session: Session, *, pks: list[int], at: datetime) -> None:
+    if pks:
+        session.execute(update(Media).where(col(Media.pk).in_(pks)).values(queued_at=at))
+
+
+def claim(session: Session, *, pk: int, now: datetime, lease_seconds: int) -> Claim:
+    """Take ownership of a row for one attempt, or say why it is not ours to work on now."""
     claimable = or_(
         col(Media.status).in_([s.value for s in PENDING]),
         and_(col(Media.status) == Status.ARCHIVING.value, col(Media.lease_until) < now),
@@ -103,9 +128,17 @@ def claim(session: Session, *, pk: int, now: datetime, lease_seconds: int) -> Me
             updated_at=now,
         )
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    return session.get(Media, pk, populate_existing=True)
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return Claim(row=session.get(Media, pk, populate_existing=True))
+    current = session.exec(select(Media.status, Media.lease_until).where(Media.pk == pk)).first()
+    if current is not None and current[0] == Status.ARCHIVING.value:
+        return Claim(row=None, busy_until=current[1])
+    return Claim(row=None)
+
+
+def set_upload_id(session: Session, *, pk: int, attempt: int, upload_id: str | None) -> bool:
+    """Remember the multipart upload this attempt opened, so a successor can abort it."""
+    return _finish(session, pk=pk, attempt=attempt, values={"upload_id": upload_id})
 
 
 def _finish(session: Session, *, pk: int, attempt: int, values: dict[str, Any]) -> bool:
@@ -144,11 +177,16 @@ def mark_archived(
         "updated_at": now,
         "lease_until": None,
         "last_error": None,
+        "upload_id": None,
+        "queued_at": None,
     }
     return _finish(session, pk=pk, attempt=attempt, values=values)
 
 
-def mark_retrying(session: Session, *, pk: int, attempt: int, now: datetime, error: str) -> bool:
+def mark_retrying(
+    session: Session, *, pk: int, attempt: int, now: datetime, error: str, due: datetime
+) -> bool:
+    """A transient failure: the row waits for the attempt scheduled at ``due``."""
     return _finish(
         session,
         pk=pk,
@@ -158,6 +196,7 @@ def mark_retrying(session: Session, *, pk: int, attempt: int, now: datetime, err
             "last_error": error[:MAX_ERROR_LEN],
             "lease_until": None,
             "updated_at": now,
+            "queued_at": due,
         },
     )
 
@@ -172,6 +211,7 @@ def mark_failed(session: Session, *, pk: int, attempt: int, now: datetime, error
             "last_error": error[:MAX_ERROR_LEN],
             "lease_until": None,
             "updated_at": now,
+            "queued_at": None,
         },
     )
 
@@ -211,21 +251,127 @@ def list_media(
     return list(session.exec(query.order_by(col(Media.pk).desc()).limit(limit)))
 
 
-def stuck_rows(session: Session, *, now: datetime, older_than: timedelta, limit: int) -> list[int]:
-    """Rows that should be moving but are not: pending too long, or holding an expired lease."""
-    cutoff = now - older_than
+def expired_leases(session: Session, *, now: datetime, limit: int) -> list[int]:
+    """Rows whose worker stopped renewing its lease (it died, or lost its database)."""
     query = (
         select(Media.pk)
-        .where(
-            or_(
-                and_(
-                    col(Media.status).in_([s.value for s in PENDING]),
-                    col(Media.updated_at) < cutoff,
-                ),
-                and_(col(Media.status) == Status.ARCHIVING.value, col(Media.lease_until) < now),
-            )
-        )
+        .where(col(Media.status) == Status.ARCHIVING.value, col(Media.lease_until) < now)
+        .order_by(col(Media.lease_until))
+        .limit(limit)
+    )
+    return [pk for pk in session.exec(query) if pk is not None]
+
+
+def unqueued(session: Session, *, limit: int) -> list[int]:
+    """Pending rows that are certainly not in the broker (their publish failed)."""
+    query = (
+        select(Media.pk)
+        .where(col(Media.status).in_([s.value for s in PENDING]), col(Media.queued_at).is_(None))
         .order_by(col(Media.pk))
         .limit(limit)
     )
     return [pk for pk in session.exec(query) if pk is not None]
+
+
+def due_pending_count(session: Session, *, now: datetime) -> int:
+    """Pending rows whose message should be waiting in the broker right now."""
+    query = select(func.count()).where(
+        col(Media.status).in_([s.value for s in PENDING]), col(Media.queued_at) <= now
+    )
+    return int(session.exec(query).one())
+
+
+def oldest_due(session: Session, *, queued_before: datetime, limit: int) -> list[int]:
+    """The longest-waiting pending rows, queued before ``queued_before``, oldest first."""
+    query = (
+        select(Media.pk)
+        .where(
+            col(Media.status).in_([s.value for s in PENDING]),
+            col(Media.queued_at) < queued_before,
+        )
+        .order_by(col(Media.queued_at))
+        .limit(limit)
+    )
+    return [pk for pk in session.exec(query) if pk is not None]
+
+
+def requeue_failed(
+    session: Session, *, tenant_id: int | None, media_ids: list[str] | None, now: datetime
+) -> list[int]:
+    """Turn failed rows back into fresh queued rows (attempts reset); return their pks."""
+    query = select(Media.pk).where(Media.status == Status.FAILED.value)
+    if tenant_id is not None:
+        query = query.where(Media.tenant_id == tenant_id)
+    if media_ids is not None:
+        query = query.where(col(Media.media_id).in_(media_ids))
+    pks = [pk for pk in session.exec(query.order_by(col(Media.pk))) if pk is not None]
+    for start in range(0, len(pks), 500):
+        session.execute(
+            update(Media)
+            .where(
+                col(Media.pk).in_(pks[start : start + 500]),
+                col(Media.status) == Status.FAILED.value,
+            )
+            .values(status=Status.QUEUED.value, attempts=0, queued_at=now, updated_at=now)
+        )
+    return pks
+
+
+@dataclass(frozen=True)
+class Backlog:
+    counts: dict[str, int]
+    oldest_unarchived: datetime | None  # received time of the oldest row not yet archived or failed
+    oldest_failed: datetime | None
+
+
+def backlog(session: Session, *, tenant_id: int | None = None) -> Backlog:
+    where = [] if tenant_id is None else [Media.tenant_id == tenant_id]
+    counts = {
+        status: int(n)
+        for status, n in session.exec(
+            select(Media.status, func.count()).where(*where).group_by(Media.status)
+        )
+    }
+    active = [Status.QUEUED.value, Status.ARCHIVING.value, Status.RETRYING.value]
+    oldest = session.exec(
+        select(func.min(Media.received_at)).where(col(Media.status).in_(active), *where)
+    ).one()
+    oldest_failed = session.exec(
+        select(func.min(Media.received_at)).where(Media.status == Status.FAILED.value, *where)
+    ).one()
+    utc = Media.__table__.c.received_at.type  # type: ignore[attr-defined]
+    return Backlog(
+        counts=counts,
+        oldest_unarchived=utc.process_result_value(oldest, None) if oldest else None,
+        oldest_failed=utc.process_result_value(oldest_failed, None) if oldest_failed else None,
+    )
+
+
+def archived_in_buckets(
+    session: Session, *, tenant_id: int | None, after_pk: int, limit: int
+) -> list[Media]:
+    """Archived rows that we wrote to a bucket ourselves, in pk order (for reconcile)."""
+    query = select(Media).where(
+        Media.status == Status.ARCHIVED.value,
+        col(Media.object_key).is_not(None),
+        col(Media.pk) > after_pk,
+    )
+    if tenant_id is not None:
+        query = query.where(Media.tenant_id == tenant_id)
+    return list(session.exec(query.order_by(col(Media.pk)).limit(limit)))
+
+
+def reopen(session: Session, *, pk: int, reason: str, now: datetime) -> bool:
+    """Send an archived row back to the queue (its object went missing or differs)."""
+    result = session.execute(
+        update(Media)
+        .where(col(Media.pk) == pk, col(Media.status) == Status.ARCHIVED.value)
+        .values(
+            status=Status.QUEUED.value,
+            attempts=0,
+            last_error=reason[:MAX_ERROR_LEN],
+            queued_at=now,
+            updated_at=now,
+        )
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]

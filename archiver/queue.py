@@ -30,6 +30,9 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # On SIGTERM (remapped to SIGQUIT, see the Procfile) running transfers get this long
+        # to finish; what is still running then is handed back to the broker.
+        worker_soft_shutdown_timeout=settings.shutdown_grace_seconds,
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(settings.task_time_limit - 30, 30),
         task_default_queue=ARCHIVE_QUEUE,

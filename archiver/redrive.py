@@ -1,33 +1,109 @@
-"""Re-drive work that is not moving: stuck rows (sweeper) and failed rows (operator retry)."""
+"""Re-drive work that is not moving: the sweeper (stuck rows) and operator retries (failed rows).
+
+The database is the source of truth and the broker only a wake-up call, so anything the
+broker lost (a Redis restarted empty, a publish that failed, a worker killed mid-transfer)
+is found here and published again, without flooding a broker that is merely busy.
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 from sqlalchemy import Engine
 
 from archiver import media
 from archiver.db import session_scope
-from archiver.queue import publish_archive
+from archiver.errors import Unavailable
+from archiver.queue import ARCHIVE_QUEUE, publish_archive
 from archiver.settings import Settings
 from archiver.tables import utcnow
 
 log = logging.getLogger(__name__)
 
 
-def requeue_stuck(engine: Engine, app: Celery, settings: Settings, *, limit: int = 1000) -> int:
-    """Publish again every row pending too long or holding an expired lease (e.g. Redis lost it)."""
+@dataclass(frozen=True)
+class SweepReport:
+    expired_leases: int
+    unqueued: int
+    lost: int
+    queue_depth: int
+
+    @property
+    def total(self) -> int:
+        return self.expired_leases + self.unqueued + self.lost
+
+
+def queue_depth(app: Celery, queue: str = ARCHIVE_QUEUE) -> int:
+    """Messages waiting in ``queue`` (Redis or RabbitMQ), 0 if it does not exist."""
+    try:
+        with app.connection_for_read() as conn, conn.channel() as channel:
+            return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except ChannelError:
+        return 0
+    except OSError as exc:
+        raise Unavailable("broker unavailable") from exc
+
+
+def sweep(
+    engine: Engine,
+    app: Celery,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    limit: int = 5000,
+) -> SweepReport:
+    """Publish again what the broker no longer holds; return what was re-queued."""
+    now = now or utcnow()
     with session_scope(engine) as session:
-        pks = media.stuck_rows(
-            session,
-            now=utcnow(),
-            older_than=timedelta(seconds=settings.retry_max_seconds + settings.lease_seconds),
-            limit=limit,
+        expired = media.expired_leases(session, now=now, limit=limit)
+        unqueued = media.unqueued(session, limit=limit)
+        due = media.due_pending_count(session, now=now)
+    depth = queue_depth(app)
+    # Pending rows outnumbering the queued messages were lost by the broker (e.g. a Redis
+    # restarted empty). The oldest are the likeliest lost; only long-waiting ones qualify,
+    # so a merely busy queue is never flooded with copies.
+    missing = max(0, due - depth)
+    lost: list[int] = []
+    if missing:
+        with session_scope(engine) as session:
+            cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
+            lost = media.oldest_due(session, queued_before=cutoff, limit=min(missing, limit))
+    for pk in [*expired, *unqueued, *lost]:
+        publish_archive(app, pk=pk)
+    with session_scope(engine) as session:
+        media.mark_queued(session, pks=[*unqueued, *lost], at=now)
+    report = SweepReport(len(expired), len(unqueued), len(lost), depth)
+    if report.total:
+        log.info(
+            "sweeper re-queued %d rows (expired leases %d, unqueued %d, lost by broker %d; "
+            "queue depth %d)",
+            report.total,
+            report.expired_leases,
+            report.unqueued,
+            report.lost,
+            depth,
         )
+    return report
+
+
+def retry_failed(
+    engine: Engine,
+    app: Celery,
+    *,
+    tenant_id: int | None,
+    media_ids: list[str] | None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Re-drive failed rows from scratch; return how many were queued."""
+    with session_scope(engine) as session:
+        pks = media.requeue_failed(session, tenant_id=tenant_id, media_ids=media_ids, now=utcnow())
     for pk in pks:
         publish_archive(app, pk=pk)
-    if pks:
-        log.info("re-queued %d stuck media rows", len(pks))
+        if progress is not None:
+            progress(1)
     return len(pks)

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     # Worker
     part_size: int = Field(default=8 * MiB, ge=5 * MiB, le=512 * MiB)
     max_attempts: int = Field(default=8, ge=1)
-    lease_seconds: int = Field(default=300, ge=10)
+    lease_seconds: int = Field(default=120, ge=5)
+    sweep_interval_seconds: float = Field(default=60.0, ge=1)
+    stuck_after_seconds: float = Field(default=600.0, ge=1)
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0)
     retry_base_seconds: float = Field(default=5.0, ge=0.1)
     retry_max_seconds: float = Field(default=600.0, ge=1)
     object_key_template: str = DEFAULT_TEMPLATE

@@ -92,6 +92,7 @@ class Media(SQLModel, table=True):
         Index("ix_media_tenant_session", "tenant_id", "session", "pk"),
         Index("ix_media_tenant_message", "tenant_id", "message_id"),
         Index("ix_media_status_lease", "status", "lease_until"),
+        Index("ix_media_status_queued", "status", "queued_at"),
     )
 
     pk: int | None = Field(default=None, primary_key=True)
@@ -121,3 +122,5 @@ class Media(SQLModel, table=True):
     archived_at: datetime | None = _time()
     updated_at: datetime | None = _time(nullable=False)
     lease_until: datetime | None = _time()
+    queued_at: datetime | None = _time()  # last publish (or due time of a retry); NULL: not queued
+    upload_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

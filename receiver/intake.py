@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from archiver.errors import InvalidSignature, NotFound, PayloadError, Unavailabl
 from archiver.queue import publish_archive
 from archiver.secrets_box import SecretBox
 from archiver.signature import verify
-from archiver.tables import PENDING, utcnow
+from archiver.tables import utcnow
 from archiver.tenants import get_tenant, secrets_of
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,15 @@ class Intake:
                 log.debug("ignored %r event for %s", envelope.get("event"), tenant_name)
                 return Answer(200, {"status": "ignored"})
             recorded = media.record_item(session, tenant=tenant, item=item, now=utcnow())
-        # Committed: the row is durable. Queue it; if the broker is down the row stays
-        # queued, Titan retries on our 503, and the retry (or the sweeper) queues it again.
-        if recorded.status in PENDING:
-            publish_archive(self._celery, pk=recorded.pk)
+        # Committed: the row is durable. Queue it; if the broker is down, flag the row as
+        # not queued and answer 503: Titan's retry (or the sweeper) queues it again.
+        if recorded.needs_publish:
+            try:
+                publish_archive(self._celery, pk=recorded.pk)
+            except Unavailable:
+                with suppress(Unavailable), session_scope(self._engine) as session:
+                    media.mark_unqueued(session, pk=recorded.pk)
+                raise
         outcome = "queued" if recorded.created else "duplicate"
         log.info("media %s of %s: %s", item.media_id, tenant_name, outcome)
         if recorded.created:

@@ -37,8 +37,10 @@ def test_procfile_web_serves_the_receiver_factory_on_port() -> None:
 
 def test_procfile_worker_points_at_the_celery_app_module() -> None:
     for name in ("worker", "beat"):
-        argv = shlex.split(procfile()[name])
+        argv = [a for a in shlex.split(procfile()[name]) if a != "env" and "=" not in a]
         assert argv[:3] == ["celery", "-A", "worker.celery_app"]
+    # SIGTERM must start Celery's time-bounded soft shutdown, not an unbounded warm one.
+    assert "REMAP_SIGTERM=SIGQUIT" in procfile()["worker"]
     assert (ROOT / "worker" / "celery_app.py").exists()
 
 

@@ -78,20 +78,21 @@ def test_only_one_claim_wins(engine: Engine) -> None:
     pk = record(engine, make_tenant(engine), item()).pk
     now = utcnow()
     with session_scope(engine) as session:
-        first = media.claim(session, pk=pk, now=now, lease_seconds=60)
+        first = media.claim(session, pk=pk, now=now, lease_seconds=60).row
     with session_scope(engine) as session:
         second = media.claim(session, pk=pk, now=now, lease_seconds=60)
     assert first is not None and first.attempts == 1 and first.status == Status.ARCHIVING
-    assert second is None
+    assert second.row is None
+    assert second.busy_until is not None and second.busy_until > now
 
 
 def test_an_expired_lease_can_be_taken_over_and_fences_the_old_owner(engine: Engine) -> None:
     pk = record(engine, make_tenant(engine), item()).pk
     now = utcnow()
     with session_scope(engine) as session:
-        old = media.claim(session, pk=pk, now=now, lease_seconds=10)
+        old = media.claim(session, pk=pk, now=now, lease_seconds=10).row
     with session_scope(engine) as session:
-        new = media.claim(session, pk=pk, now=now + timedelta(seconds=11), lease_seconds=10)
+        new = media.claim(session, pk=pk, now=now + timedelta(seconds=11), lease_seconds=10).row
     assert old is not None and new is not None and new.attempts == 2
     with session_scope(engine) as session:
         assert not media.mark_archived(session, pk=pk, attempt=1, now=utcnow(), outcome={"size": 1})
@@ -107,9 +108,8 @@ def test_archived_rows_are_never_claimed_again(engine: Engine) -> None:
         media.claim(session, pk=pk, now=utcnow(), lease_seconds=60)
         media.mark_archived(session, pk=pk, attempt=1, now=utcnow(), outcome={})
     with session_scope(engine) as session:
-        assert (
-            media.claim(session, pk=pk, now=utcnow() + timedelta(days=1), lease_seconds=60) is None
-        )
+        later = media.claim(session, pk=pk, now=utcnow() + timedelta(days=1), lease_seconds=60)
+    assert later.row is None and later.busy_until is None
 
 
 def test_retrying_rows_are_claimable_and_failed_rows_are_not(engine: Engine) -> None:
@@ -117,29 +117,61 @@ def test_retrying_rows_are_claimable_and_failed_rows_are_not(engine: Engine) -> 
     retry_pk, fail_pk = record(engine, tenant, item("r")).pk, record(engine, tenant, item("f")).pk
     with session_scope(engine) as session:
         media.claim(session, pk=retry_pk, now=utcnow(), lease_seconds=60)
-        media.mark_retrying(session, pk=retry_pk, attempt=1, now=utcnow(), error="502")
+        media.mark_retrying(
+            session, pk=retry_pk, attempt=1, now=utcnow(), error="502", due=utcnow()
+        )
         media.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60)
         media.mark_failed(session, pk=fail_pk, attempt=1, now=utcnow(), error="404 gone")
     with session_scope(engine) as session:
-        again = media.claim(session, pk=retry_pk, now=utcnow(), lease_seconds=60)
+        again = media.claim(session, pk=retry_pk, now=utcnow(), lease_seconds=60).row
         assert again is not None and again.attempts == 2 and again.last_error == "502"
-        assert media.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60) is None
+        assert media.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60).row is None
 
 
-def test_stuck_rows_are_found(engine: Engine) -> None:
+def test_sweeper_queries_find_expired_leases_unqueued_and_long_waiting_rows(engine: Engine) -> None:
     tenant = make_tenant(engine)
-    stale = record(engine, tenant, item("stale")).pk
+    waiting = record(engine, tenant, item("waiting")).pk
     leased = record(engine, tenant, item("leased")).pk
+    unqueued = record(engine, tenant, item("unqueued")).pk
     now = utcnow()
     with session_scope(engine) as session:
         media.claim(session, pk=leased, now=now, lease_seconds=10)
+        media.mark_unqueued(session, pk=unqueued)
     with session_scope(engine) as session:
-        assert media.stuck_rows(session, now=now, older_than=timedelta(hours=1), limit=10) == []
-        later = now + timedelta(hours=2)
-        assert media.stuck_rows(session, now=later, older_than=timedelta(hours=1), limit=10) == [
-            stale,
-            leased,
+        assert media.expired_leases(session, now=now, limit=10) == []
+        assert media.expired_leases(session, now=now + timedelta(seconds=11), limit=10) == [leased]
+        assert media.unqueued(session, limit=10) == [unqueued]
+        assert media.due_pending_count(session, now=now + timedelta(seconds=1)) == 1
+        assert media.oldest_due(session, queued_before=now - timedelta(minutes=5), limit=10) == []
+        later = now + timedelta(hours=1)
+        assert media.oldest_due(session, queued_before=later, limit=10) == [waiting]
+
+
+def test_a_duplicate_needs_publishing_only_if_the_first_publish_failed(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    first = record(engine, tenant, item())
+    assert first.needs_publish and not record(engine, tenant, item()).needs_publish
+    with session_scope(engine) as session:
+        media.mark_unqueued(session, pk=first.pk)
+    assert record(engine, tenant, item()).needs_publish
+
+
+def test_failed_rows_are_requeued_from_scratch(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    pk = record(engine, tenant, item()).pk
+    with session_scope(engine) as session:
+        media.claim(session, pk=pk, now=utcnow(), lease_seconds=60)
+        media.mark_failed(session, pk=pk, attempt=1, now=utcnow(), error="gone")
+    with session_scope(engine) as session:
+        assert media.backlog(session).counts == {"failed": 1}
+        assert media.requeue_failed(session, tenant_id=tenant.id, media_ids=None, now=utcnow()) == [
+            pk
         ]
+    with session_scope(engine) as session:
+        row = media.get_row(session, pk=pk)
+        assert row is not None and row.status == "queued" and row.attempts == 0
+        backlog = media.backlog(session)
+    assert backlog.counts == {"queued": 1} and backlog.oldest_unarchived is not None
 
 
 def test_lists_newest_first_with_keyset_paging(engine: Engine) -> None:

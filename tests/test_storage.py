@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from archiver.buckets import make_s3_client
 from archiver.errors import PermanentError
 from tests.services import S3_CREDENTIALS, s3_client
-from worker.storage import SizeMismatch, make_s3_client, put_stream
+from worker.storage import SizeMismatch, put_stream
 
 MiB = 1024 * 1024
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from archiver import media
@@ -15,7 +17,7 @@ from archiver.tables import Media, Strategy, Tenant, utcnow
 from archiver.tenants import get_tenant_by_id, secrets_of
 from worker.backoff import retry_delay
 from worker.resources import WorkerResources
-from worker.storage import put_stream
+from worker.storage import abort_upload, put_stream
 from worker.titan_client import TitanClient
 
 log = logging.getLogger(__name__)
@@ -25,29 +27,34 @@ log = logging.getLogger(__name__)
 class Result:
     """What happened to one row; ``retry_in`` is set when another attempt is due."""
 
-    outcome: str  # archived | failed | retrying | skipped
+    outcome: str  # archived | failed | retrying | busy | skipped
     detail: str = ""
     retry_in: float | None = None
 
 
 def archive_row(res: WorkerResources, pk: int) -> Result:
     settings = res.settings
+    now = utcnow()
     with session_scope(res.engine) as session:
-        row = media.claim(session, pk=pk, now=utcnow(), lease_seconds=settings.lease_seconds)
-        if row is None:
-            return Result("skipped", "not claimable (done, or leased by another worker)")
-        try:
-            tenant = get_tenant_by_id(session, tenant_id=row.tenant_id)
-        except NotFound:
-            tenant = None
+        claim = media.claim(session, pk=pk, now=now, lease_seconds=settings.lease_seconds)
+        row = claim.row
+        tenant = None
+        if row is not None:
+            with suppress(NotFound):
+                tenant = get_tenant_by_id(session, tenant_id=row.tenant_id)
+    if row is None:
+        if claim.busy_until is not None:
+            # Another worker holds the lease (or held it and died): look again when it ends.
+            wait = max(1.0, (claim.busy_until - now).total_seconds() + 1)
+            return Result("busy", "leased by another worker", retry_in=wait)
+        return Result("skipped", "already archived or failed")
     attempt = row.attempts
     if tenant is None:
         return _fail(res, row, "tenant no longer exists")
     if attempt > settings.max_attempts:
         # A row whose attempts keep dying with their worker ends here, not in endless redelivery.
-        return _fail(
-            res, row, f"gave up after {attempt - 1} attempts: {row.last_error or 'worker lost'}"
-        )
+        reason = row.last_error or "worker lost during transfer"
+        return _fail(res, row, f"gave up after {attempt - 1} attempts: {reason}")
     started = time.monotonic()
     try:
         secrets = secrets_of(tenant, box=res.box)
@@ -67,18 +74,22 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
             cap=settings.retry_max_seconds,
             retry_after=exc.retry_after,
         )
+        now = utcnow()
         with session_scope(res.engine) as session:
             media.mark_retrying(
-                session, pk=row.pk or 0, attempt=attempt, now=utcnow(), error=str(exc)
+                session,
+                pk=pk,
+                attempt=attempt,
+                now=now,
+                error=str(exc),
+                due=now + timedelta(seconds=delay),
             )
         log.info(
             "media %s attempt %d failed (%s); retry in %.1fs", row.media_id, attempt, exc, delay
         )
         return Result("retrying", str(exc), retry_in=delay)
     with session_scope(res.engine) as session:
-        mine = media.mark_archived(
-            session, pk=row.pk or 0, attempt=attempt, now=utcnow(), outcome=outcome
-        )
+        mine = media.mark_archived(session, pk=pk, attempt=attempt, now=utcnow(), outcome=outcome)
     if not mine:
         return Result("skipped", "lease lost to another worker; its outcome stands")
     log.info(
@@ -102,6 +113,7 @@ def _download(
     res: WorkerResources, tenant: Tenant, *, s3: Any, titan: TitanClient, row: Media
 ) -> dict[str, Any]:
     settings = res.settings
+    pk, attempt = row.pk or 0, row.attempts
     assert row.received_at is not None
     key = object_key(
         settings.object_key_template,
@@ -112,6 +124,11 @@ def _download(
         mime_type=row.mime_type,
         when=row.message_at or row.received_at,
     )
+    if row.upload_id:
+        # An earlier attempt died mid-upload: remove its parts before starting afresh.
+        abort_upload(s3, bucket=tenant.s3_bucket, key=key, upload_id=row.upload_id)
+        with session_scope(res.engine) as session:
+            media.set_upload_id(session, pk=pk, attempt=attempt, upload_id=None)
     lease_check = time.monotonic()
 
     def keep_lease(_: int) -> None:
@@ -121,14 +138,14 @@ def _download(
         lease_check = time.monotonic()
         with session_scope(res.engine) as session:
             ours = media.renew_lease(
-                session,
-                pk=row.pk or 0,
-                attempt=row.attempts,
-                now=utcnow(),
-                lease_seconds=settings.lease_seconds,
+                session, pk=pk, attempt=attempt, now=utcnow(), lease_seconds=settings.lease_seconds
             )
         if not ours:
             raise TransientError("lease lost to another worker")
+
+    def remember_upload(upload_id: str) -> None:
+        with session_scope(res.engine) as session:
+            media.set_upload_id(session, pk=pk, attempt=attempt, upload_id=upload_id)
 
     with titan.download(row.session, row.media_id) as body:
         expected = [n for n in (body.content_length, row.file_length) if n is not None]
@@ -141,6 +158,7 @@ def _download(
             part_size=settings.part_size,
             expected_sizes=expected,
             on_part=keep_lease,
+            on_upload_started=remember_upload,
         )
     return {
         "bucket": stored.bucket,

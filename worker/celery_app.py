@@ -13,7 +13,7 @@ settings = load_settings()
 configure_logging(settings.log_level)
 app = make_celery(settings)
 app.conf.beat_schedule = {
-    "sweep-stuck-media": {"task": SWEEP_TASK, "schedule": float(settings.lease_seconds)},
+    "sweep-stuck-media": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds},
 }
 register(app, settings)
 logging.getLogger(__name__).debug("worker app ready")

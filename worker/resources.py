@@ -15,12 +15,12 @@ import httpx
 from celery import Celery
 from sqlalchemy import Engine
 
+from archiver.buckets import make_s3_client
 from archiver.db import make_engine
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Tenant
 from archiver.tenants import TenantSecrets
-from worker.storage import make_s3_client
 from worker.titan_client import TitanClient
 
 

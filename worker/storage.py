@@ -9,72 +9,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from archiver.errors import AppError, PermanentError, TransientError
+from archiver.buckets import SHA256_METADATA, StoredObject, classify_s3
+from archiver.errors import TransientError
 
 log = logging.getLogger(__name__)
-
-SHA256_METADATA = "sha256"
-_PERMANENT_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "NoSuchBucket",
-    "AllAccessDisabled",
-    "InvalidBucketName",
-}
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    bucket: str
-    key: str
-    size: int
-    sha256: str
-
-
-def make_s3_client(
-    *,
-    endpoint: str | None,
-    region: str | None,
-    access_key_id: str | None,
-    secret_access_key: str | None,
-    connect_timeout: float,
-    read_timeout: float,
-) -> Any:
-    """A boto3 S3 client for one tenant's credentials, isolated in its own boto3 session."""
-    config = Config(
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        retries={"max_attempts": 3, "mode": "standard"},
-        # boto3 >= 1.36 adds CRC checksums by default; R2 and some MinIO builds reject them.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        s3={"addressing_style": "path" if endpoint else "auto"},
-        signature_version="s3v4",
-    )
-    session = boto3.session.Session(
-        aws_access_key_id=access_key_id or None,
-        aws_secret_access_key=secret_access_key or None,
-        region_name=region or "us-east-1",
-    )
-    return session.client("s3", endpoint_url=endpoint or None, config=config)
-
-
-def classify_s3(exc: Exception) -> AppError:
-    """Bucket answers that no retry can fix are permanent; the rest may pass."""
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _PERMANENT_CODES:
-            return PermanentError(f"bucket refused: {code}")
-        return TransientError(f"bucket error: {code or 'unknown'}")
-    return TransientError(f"bucket unreachable: {type(exc).__name__}")
 
 
 class SizeMismatch(TransientError):
@@ -91,8 +33,13 @@ def put_stream(
     part_size: int,
     expected_sizes: Sequence[int] = (),
     on_part: Callable[[int], None] | None = None,
+    on_upload_started: Callable[[str], None] | None = None,
 ) -> StoredObject:
-    """Upload ``chunks`` to ``bucket/key``; raise before completing if the size is not expected."""
+    """Upload ``chunks`` to ``bucket/key``; raise before completing if the size is not expected.
+
+    Every object ends with its SHA-256 in ``x-amz-meta-sha256`` (multipart objects get it by
+    an in-place server-side copy once the hash is known), so a reconcile can check it.
+    """
     digest = hashlib.sha256()
     buffer = bytearray()
     upload_id: str | None = None
@@ -118,6 +65,8 @@ def put_stream(
                     upload_id = s3.create_multipart_upload(
                         Bucket=bucket, Key=key, ContentType=content_type
                     )["UploadId"]
+                    if on_upload_started is not None:
+                        on_upload_started(upload_id)
                 upload_part(bytes(buffer[:part_size]))
                 del buffer[:part_size]
         for expected in expected_sizes:
@@ -140,12 +89,31 @@ def put_stream(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
             upload_id = None
+            s3.copy_object(
+                Bucket=bucket,
+                Key=key,
+                CopySource={"Bucket": bucket, "Key": key},
+                Metadata={SHA256_METADATA: sha256},
+                MetadataDirective="REPLACE",
+                ContentType=content_type,
+            )
     except (ClientError, BotoCoreError) as exc:
         raise classify_s3(exc) from exc
     finally:
         if upload_id is not None:
             _abort(s3, bucket=bucket, key=key, upload_id=upload_id)
     return StoredObject(bucket=bucket, key=key, size=size, sha256=sha256)
+
+
+def abort_upload(s3: Any, *, bucket: str, key: str, upload_id: str) -> None:
+    """Abort a multipart upload an earlier attempt left open (it may already be gone)."""
+    try:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            raise classify_s3(exc) from exc
+    except BotoCoreError as exc:
+        raise classify_s3(exc) from exc
 
 
 def _abort(s3: Any, *, bucket: str, key: str, upload_id: str) -> None:

@@ -8,7 +8,7 @@ from celery import Celery, Task
 
 from archiver.errors import Unavailable
 from archiver.queue import ARCHIVE_TASK, SWEEP_TASK, publish_archive
-from archiver.redrive import requeue_stuck
+from archiver.redrive import sweep
 from archiver.settings import Settings
 from worker.archive import archive_row
 from worker.resources import resources
@@ -24,12 +24,13 @@ def register(app: Celery, settings: Settings) -> None:
         try:
             result = archive_row(resources(settings, app), pk)
         except Unavailable as exc:
-            # The database is down: hand the message back so it is tried again later.
+            # The database is down: try again later; the row's lease keeps others off it.
             raise self.retry(countdown=settings.retry_base_seconds, max_retries=None) from exc
         if result.retry_in is not None:
+            # If this publish fails the row stays pending and the sweeper queues it again.
             publish_archive(app, pk=pk, countdown=result.retry_in)
         return result.outcome
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_stuck() -> int:
-        return requeue_stuck(resources(settings, app).engine, app, settings)
+        return sweep(resources(settings, app).engine, app, settings).total

@@ -1,0 +1,92 @@
+"""Talking to a tenant's S3-compatible bucket: one isolated client per tenant, error classes.
+
+Shared because the worker writes objects, the receiver presigns reads and the CLI reconciles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from archiver.errors import AppError, PermanentError, TransientError
+
+SHA256_METADATA = "sha256"
+_PERMANENT_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "NoSuchBucket",
+    "AllAccessDisabled",
+    "InvalidBucketName",
+}
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+
+
+def make_s3_client(
+    *,
+    endpoint: str | None,
+    region: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    connect_timeout: float,
+    read_timeout: float,
+) -> Any:
+    """A boto3 S3 client for one tenant's credentials, isolated in its own boto3 session."""
+    config = Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"max_attempts": 3, "mode": "standard"},
+        # boto3 >= 1.36 adds CRC checksums by default; R2 and some MinIO builds reject them.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        signature_version="s3v4",
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=access_key_id or None,
+        aws_secret_access_key=secret_access_key or None,
+        region_name=region or "us-east-1",
+    )
+    return session.client("s3", endpoint_url=endpoint or None, config=config)
+
+
+def classify_s3(exc: Exception) -> AppError:
+    """Bucket answers that no retry can fix are permanent; the rest may pass."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _PERMANENT_CODES:
+            return PermanentError(f"bucket refused: {code}")
+        return TransientError(f"bucket error: {code or 'unknown'}")
+    return TransientError(f"bucket unreachable: {type(exc).__name__}")
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    size: int
+    sha256: str | None
+
+
+def head(s3: Any, *, bucket: str, key: str) -> ObjectState | None:
+    """The object's size and recorded SHA-256, or None if it is not there."""
+    try:
+        answer = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            return None
+        raise classify_s3(exc) from exc
+    except BotoCoreError as exc:
+        raise classify_s3(exc) from exc
+    return ObjectState(
+        size=int(answer["ContentLength"]), sha256=answer.get("Metadata", {}).get(SHA256_METADATA)
+    )

@@ -1,0 +1,119 @@
+"""Check archived rows against their buckets and re-queue what is missing or differs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import Engine
+
+from archiver import media
+from archiver.buckets import head, make_s3_client
+from archiver.db import session_scope
+from archiver.queue import publish_archive
+from archiver.secrets_box import SecretBox
+from archiver.settings import Settings
+from archiver.tables import Tenant, utcnow
+from archiver.tenants import list_tenants, secrets_of
+
+PAGE = 500
+
+
+@dataclass
+class Difference:
+    tenant: str
+    media_id: str
+    key: str
+    problem: str
+
+
+@dataclass
+class ReconcileReport:
+    checked: int = 0
+    ok: int = 0
+    requeued: int = 0
+    differences: list[Difference] = field(default_factory=list)
+
+
+def check_row(*, size: int | None, sha256: str | None, found: Any) -> str | None:
+    """What is wrong with an object compared to its row, or None (pure)."""
+    if found is None:
+        return "object missing"
+    if size is not None and found.size != size:
+        return f"size {found.size} in bucket, {size} on row"
+    if found.sha256 is not None and sha256 is not None and found.sha256 != sha256:
+        return "sha256 metadata differs from the row"
+    if found.sha256 is None:
+        return "object has no sha256 metadata"
+    return None
+
+
+def reconcile(
+    engine: Engine,
+    app: Celery,
+    settings: Settings,
+    *,
+    tenant_name: str | None,
+    requeue: bool,
+    progress: Callable[[int], None] | None = None,
+) -> ReconcileReport:
+    box = SecretBox(settings.master_key())
+    report = ReconcileReport()
+    with session_scope(engine) as session:
+        tenants = [t for t in list_tenants(session) if tenant_name in (None, t.name)]
+    for tenant in tenants:
+        _reconcile_tenant(engine, app, settings, box, tenant, requeue, report, progress)
+    return report
+
+
+def _reconcile_tenant(
+    engine: Engine,
+    app: Celery,
+    settings: Settings,
+    box: SecretBox,
+    tenant: Tenant,
+    requeue: bool,
+    report: ReconcileReport,
+    progress: Callable[[int], None] | None,
+) -> None:
+    secrets = secrets_of(tenant, box=box)
+    s3 = make_s3_client(
+        endpoint=tenant.s3_endpoint,
+        region=tenant.s3_region,
+        access_key_id=tenant.s3_access_key_id,
+        secret_access_key=secrets.s3_secret_access_key,
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+    )
+    after = 0
+    while True:
+        with session_scope(engine) as session:
+            rows = media.archived_in_buckets(
+                session, tenant_id=tenant.id, after_pk=after, limit=PAGE
+            )
+        if not rows:
+            return
+        for row in rows:
+            after = row.pk or after
+            assert row.bucket is not None and row.object_key is not None
+            found = head(s3, bucket=row.bucket, key=row.object_key)
+            problem = check_row(size=row.size, sha256=row.sha256, found=found)
+            report.checked += 1
+            if progress is not None:
+                progress(1)
+            if problem is None:
+                report.ok += 1
+                continue
+            report.differences.append(
+                Difference(tenant.name, row.media_id, row.object_key, problem)
+            )
+            if requeue:
+                with session_scope(engine) as session:
+                    reopened = media.reopen(
+                        session, pk=row.pk or 0, reason=f"reconcile: {problem}", now=utcnow()
+                    )
+                if reopened:
+                    publish_archive(app, pk=row.pk or 0)
+                    report.requeued += 1
