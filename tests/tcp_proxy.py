@@ -1,0 +1,64 @@
+"""A loopback TCP proxy that can be cut: ``down()`` drops every connection and refuses new ones."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from contextlib import suppress
+
+
+class TcpProxy:
+    def __init__(self, target_port: int, listen_port: int = 0) -> None:
+        self._target = ("127.0.0.1", target_port)
+        self._server = socket.create_server(("127.0.0.1", listen_port))
+        self.port = int(self._server.getsockname()[1])
+        self._up = True
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            self._up = False
+            for sock in self._open:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def up(self) -> None:
+        with self._lock:
+            self._up = True
+
+    def close(self) -> None:
+        self.down()
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            with self._lock:
+                if not self._up:
+                    client.close()  # connection refused, as far as the client can tell
+                    continue
+                try:
+                    upstream = socket.create_connection(self._target, timeout=5)
+                except OSError:
+                    client.close()
+                    continue
+                self._open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)

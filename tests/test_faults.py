@@ -1,0 +1,45 @@
+"""The fault-injection suite's quick profile in CI: every scenario loses and duplicates nothing.
+
+The full profile (a few hundred events per scenario, 24 MB videos, a 20 s S3 outage) is
+``python -m tests.faults``; docs/reliability.md records its figures.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults import QUICK, SCENARIOS, postgres_available, run_scenario
+
+pytestmark = pytest.mark.skipif(
+    not postgres_available(), reason="the fault suite restarts a private embedded PostgreSQL"
+)
+
+# What each scenario must show to prove its fault actually happened.
+BIT = {
+    "worker_kill": lambda o: o.retried_rows > 0,
+    "redis_restart": lambda o: (
+        o.evidence.endswith("-> 0 messages at restart") and not o.evidence.startswith("queue 0 ")
+    ),
+    "s3_down": lambda o: o.retried_rows > 0,
+    "titan_faults": lambda o: o.retried_rows > 0,
+    "postgres_restart": lambda o: o.refused > 0,
+    "media_gone": lambda o: o.failed > 0,
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario_loses_and_duplicates_nothing(scenario: str) -> None:
+    outcome = run_scenario(scenario, QUICK)
+    assert outcome.problems == [], outcome.problems
+    assert (outcome.lost, outcome.duplicated, outcome.stray_uploads, outcome.sha_mismatch) == (
+        0,
+        0,
+        0,
+        0,
+    ), outcome.problems
+    assert outcome.archived + outcome.failed == outcome.events
+    assert BIT[scenario](outcome), f"the fault did not bite: {outcome}"
+    if scenario == "media_gone":
+        assert outcome.objects == outcome.archived == outcome.events - outcome.failed
+    else:
+        assert outcome.failed == 0 and outcome.objects == outcome.events
