@@ -19,6 +19,7 @@ from archiver.secrets_box import SecretBox
 from archiver.settings import Settings, load_settings
 from receiver import api
 from receiver.intake import Intake
+from receiver.metrics import ReceiverMetrics
 from receiver.webhooks import receive_webhook
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 
 async def healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: ReceiverMetrics = request.app.state.metrics
+    return await metrics.endpoint(request)
 
 
 async def unavailable(_: Request, exc: Exception) -> Response:
@@ -52,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         celery = make_celery(settings)
         app.state.settings = settings
         app.state.engine = engine
+        app.state.metrics = ReceiverMetrics(engine)
         app.state.intake = Intake(
             engine=engine,
             celery=celery,
@@ -66,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/metrics", metrics_endpoint),
             Route("/webhooks/{tenant}", receive_webhook, methods=["POST"]),
             Route("/api/media", api.list_media),
             Route("/api/media/{id:path}", api.get_media),

@@ -30,6 +30,7 @@ class Answer:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    outcome: str = ""  # for metrics and logs: queued, duplicate, ignored, unauthorized, ...
 
 
 class Intake:
@@ -46,16 +47,17 @@ class Intake:
             return self._accept(tenant_name, body, signature)
         except InvalidSignature as exc:
             log.info("webhook refused for %r: %s", tenant_name[:64], exc)
-            return Answer(401, UNAUTHORIZED)
+            return Answer(401, UNAUTHORIZED, outcome="unauthorized")
         except PayloadError as exc:
             log.info("webhook for %r has a bad payload: %s", tenant_name, exc)
-            return Answer(400, {"error": str(exc)})
+            return Answer(400, {"error": str(exc)}, outcome="bad_payload")
         except Unavailable as exc:
             log.warning("webhook for %r not accepted, %s", tenant_name, exc)
             return Answer(
                 503,
                 {"error": "temporarily unavailable, retry later"},
                 {"Retry-After": str(self._retry_after)},
+                outcome="unavailable",
             )
 
     def _accept(self, tenant_name: str, body: bytes, signature: str | None) -> Answer:
@@ -72,7 +74,7 @@ class Intake:
             item = media_item(envelope)
             if item is None:
                 log.debug("ignored %r event for %s", envelope.get("event"), tenant_name)
-                return Answer(200, {"status": "ignored"})
+                return Answer(200, {"status": "ignored"}, outcome="ignored")
             recorded = media.record_item(session, tenant=tenant, item=item, now=utcnow())
         # Committed: the row is durable. Queue it; if the broker is down, flag the row as
         # not queued and answer 503: Titan's retry (or the sweeper) queues it again.
@@ -86,5 +88,5 @@ class Intake:
         outcome = "queued" if recorded.created else "duplicate"
         log.info("media %s of %s: %s", item.media_id, tenant_name, outcome)
         if recorded.created:
-            return Answer(202, {"status": recorded.status, "id": item.media_id})
-        return Answer(200, {"status": "duplicate", "id": item.media_id})
+            return Answer(202, {"status": recorded.status, "id": item.media_id}, outcome=outcome)
+        return Answer(200, {"status": "duplicate", "id": item.media_id}, outcome=outcome)

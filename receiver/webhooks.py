@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from receiver.intake import Intake
+from receiver.metrics import ReceiverMetrics
 
 TOO_LARGE = {"error": "body too large"}
 
@@ -28,11 +31,15 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
 
 async def receive_webhook(request: Request) -> Response:
     intake: Intake = request.app.state.intake
+    metrics: ReceiverMetrics = request.app.state.metrics
+    started = time.perf_counter()
     try:
         body = await read_capped(request, request.app.state.settings.max_body_bytes)
     except ClientDisconnect:
+        metrics.webhooks.labels("client_disconnected").inc()
         return Response(status_code=400)
     if body is None:
+        metrics.webhooks.labels("too_large").inc()
         return JSONResponse(TOO_LARGE, status_code=413, headers={"Connection": "close"})
     answer = await run_in_threadpool(
         intake.accept,
@@ -40,4 +47,6 @@ async def receive_webhook(request: Request) -> Response:
         body,
         request.headers.get("x-webhook-signature"),
     )
+    metrics.webhooks.labels(answer.outcome).inc()
+    metrics.accept_seconds.observe(time.perf_counter() - started)
     return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)

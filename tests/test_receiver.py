@@ -349,3 +349,26 @@ def test_query_api_never_shows_another_tenants_rows(stack: Stack) -> None:
     other = {"Authorization": f"Bearer {other_key}"}
     assert httpx.get(f"{stack.url}/api/media", headers=other).json()["data"] == []
     assert httpx.get(f"{stack.url}/api/media/mine", headers=other).status_code == 404
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.rsplit(" ", 1)[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def test_metrics_count_webhooks_by_outcome_and_report_the_backlog(stack: Stack) -> None:
+    before = httpx.get(f"{stack.url}/metrics").text
+    assert metric(before, "archiver_oldest_unarchived_age_seconds") == 0
+    assert stack.post(media_body("m1")).status_code == 202
+    assert stack.post(media_body("m1")).status_code == 200
+    assert stack.post(media_body("m2"), sig="sha256=" + "0" * 64).status_code == 401
+    time.sleep(1.1)
+    text = httpx.get(f"{stack.url}/metrics").text
+    assert metric(text, 'archiver_webhooks_total{outcome="queued"}') == 1
+    assert metric(text, 'archiver_webhooks_total{outcome="duplicate"}') == 1
+    assert metric(text, 'archiver_webhooks_total{outcome="unauthorized"}') == 1
+    assert metric(text, 'archiver_media_rows{status="queued"}') == 1
+    assert metric(text, "archiver_oldest_unarchived_age_seconds") >= 1
+    assert metric(text, "archiver_webhook_accept_seconds_count") == 3

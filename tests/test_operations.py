@@ -1,0 +1,271 @@
+"""Operator commands and worker lifecycle against real processes: status, dead letters,
+retry, the sweeper, reconcile, and a worker's graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlmodel import select
+
+from archiver.db import make_engine, session_scope
+from archiver.queue import ARCHIVE_QUEUE
+from archiver.secrets_box import SecretBox
+from archiver.tables import Media
+from archiver.tenants import TenantSpec, create_tenant
+from tests import services
+from tests.conftest import MASTER_KEY, migrated_database, process_env
+from titan_simulator.sender import SentMedia, Simulator, post_signed
+
+
+@dataclass
+class Ops:
+    env: dict[str, str]
+    database_url: str
+    sim: Simulator
+    receiver: str
+    hmac_key: str
+    bucket: str
+    s3: Any
+    queue: redis.Redis
+    tmp: Path
+    procs: list[services.Process]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "archiver.cli", *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def send(self, item: SentMedia) -> int:
+        import httpx
+
+        with httpx.Client(timeout=30) as client:
+            return post_signed(
+                client, f"{self.receiver}/webhooks/acme", self.hmac_key, item.envelope
+            ).status_code
+
+    def rows(self) -> dict[str, Media]:
+        engine = make_engine(self.database_url)
+        try:
+            with session_scope(engine) as session:
+                return {r.media_id: r for r in session.exec(select(Media))}
+        finally:
+            engine.dispose()
+
+    def wait_status(self, media_id: str, status: str, timeout: float = 60) -> Media:
+        services.wait_until(
+            lambda: (
+                self.rows().get(media_id) is not None and self.rows()[media_id].status == status
+            ),
+            timeout=timeout,
+            what=f"{media_id} to be {status}",
+        )
+        return self.rows()[media_id]
+
+    def worker(self, name: str, **env: str) -> services.Process:
+        proc = services.start_process(
+            name, [*services.worker_argv(concurrency=1), "-n", f"{name}@%h"], {**self.env, **env}
+        )
+        self.procs.append(proc)
+        return proc
+
+
+@pytest.fixture
+def ops(
+    tmp_path: Path, redis_url: str, s3_endpoint: str, pg_admin_url: str | None
+) -> Iterator[Ops]:
+    broker = redis_url.rsplit("/", 1)[0] + "/3"
+    queue = redis.Redis.from_url(broker)
+    queue.flushdb()
+    with migrated_database("sqlite", tmp_path, pg_admin_url) as database_url:
+        env = process_env(
+            database_url,
+            broker,
+            ARCHIVER_LEASE_SECONDS="5",
+            ARCHIVER_STUCK_AFTER_SECONDS="1",
+            REMAP_SIGTERM="SIGQUIT",
+        )
+        sim_port, receiver_port = services.free_port(), services.free_port()
+        procs = [
+            services.start_process(
+                "ops-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
+            ),
+            services.start_process(
+                "ops-receiver", services.uvicorn_argv("receiver.app:create_app", receiver_port), env
+            ),
+        ]
+        sim_url, receiver_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{receiver_port}"
+        services.wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30)
+        services.wait_until(lambda: services.http_up(receiver_url + "/healthz"), timeout=30)
+        sim = Simulator(sim_url)
+        s3 = services.s3_client(s3_endpoint)
+        bucket = "ops-" + secrets.token_hex(4)
+        s3.create_bucket(Bucket=bucket)
+        hmac_key = secrets.token_urlsafe(12)
+        sim.add_account(api_key="titan_ops", account="acme")
+        engine = make_engine(database_url)
+        with session_scope(engine) as session:
+            create_tenant(
+                session,
+                box=SecretBox(MASTER_KEY),
+                spec=TenantSpec(
+                    name="acme",
+                    hmac_key=hmac_key,
+                    titan_url=sim_url,
+                    titan_api_key="titan_ops",
+                    strategy="download",
+                    s3_bucket=bucket,
+                    s3_endpoint=s3_endpoint,
+                    s3_region="us-east-1",
+                    s3_access_key_id="testing",
+                    s3_secret_access_key="testing",
+                ),
+            )
+        engine.dispose()
+        ops = Ops(
+            env, database_url, sim, receiver_url, hmac_key, bucket, s3, queue, tmp_path, procs
+        )
+        try:
+            yield ops
+        finally:
+            for proc in reversed(ops.procs):
+                proc.stop()
+            sim.close()
+            queue.flushdb()
+            queue.close()
+
+
+def test_status_reports_rows_oldest_unarchived_age_and_queue_depth(ops: Ops) -> None:
+    assert ops.send(ops.sim.make_media(account="acme", message_type="image", size=1000)) == 202
+    time.sleep(1.1)
+    doc = json.loads(ops.cli("status", "--json").stdout)
+    assert doc["rows"]["queued"] == 1 and doc["queueDepth"] == 1
+    assert doc["oldestUnarchivedAgeSeconds"] >= 1
+    table = ops.cli("status").stdout
+    assert "oldest unarchived" in table and "queue depth" in table
+
+
+def test_failed_rows_are_listed_with_reasons_and_retried_to_archived(ops: Ops) -> None:
+    gone = ops.sim.make_media(account="acme", message_type="document", size=5000, gone=True)
+    ok = ops.sim.make_media(account="acme", message_type="image", size=5000)
+    assert ops.send(gone) == 202 and ops.send(ok) == 202
+    ops.worker("ops-w1")
+    ops.wait_status(gone.media_id, "failed")
+    ops.wait_status(ok.media_id, "archived")
+    failed = json.loads(ops.cli("media", "failed", "--format", "json").stdout)
+    assert [f["id"] for f in failed] == [gone.media_id] and "404" in failed[0]["lastError"]
+    # The operator fixes the cause (here: Titan has the file again), then re-drives.
+    ops.sim.make_media(account="acme", message_type="document", size=5000)  # unrelated
+    import httpx
+
+    httpx.post(
+        f"{ops.sim.base_url}/_sim/media",
+        json={
+            "account": "acme",
+            "mediaId": gone.media_id,
+            "session": gone.session,
+            "mimeType": gone.mime_type,
+            "size": gone.size,
+        },
+    ).raise_for_status()
+    result = ops.cli("media", "retry", "--id", gone.media_id)
+    assert json.loads(result.stdout) == {"requeued": 1}
+    row = ops.wait_status(gone.media_id, "archived")
+    assert row.sha256 == gone.sha256 and row.attempts == 1
+
+
+def test_retry_needs_a_selection(ops: Ops) -> None:
+    result = ops.cli("media", "retry", check=False)
+    assert result.returncode == 2 and "--all" in result.stderr
+
+
+def test_requeue_stuck_queues_rows_the_broker_lost(ops: Ops) -> None:
+    items = [ops.sim.make_media(account="acme", message_type="image", size=2000) for _ in range(3)]
+    assert [ops.send(i) for i in items] == [202] * 3
+    ops.queue.flushdb()  # the broker forgets everything
+    time.sleep(1.2)  # longer than ARCHIVER_STUCK_AFTER_SECONDS
+    report = json.loads(ops.cli("media", "requeue", "--stuck").stdout)
+    assert report["lostByBroker"] == 3 and report["queueDepth"] == 0
+    assert ops.queue.llen(ARCHIVE_QUEUE) == 3
+    # A second sweep sees the queue holding them and adds nothing.
+    assert json.loads(ops.cli("media", "requeue", "--stuck").stdout)["requeued"] == 0
+    ops.worker("ops-w2")
+    for item in items:
+        ops.wait_status(item.media_id, "archived")
+
+
+def test_reconcile_finds_missing_and_altered_objects_and_requeues_them(ops: Ops) -> None:
+    items = [
+        ops.sim.make_media(account="acme", message_type="video", size=s)
+        for s in (3000, 6 * 1024 * 1024)
+    ]
+    assert [ops.send(i) for i in items] == [202, 202]
+    worker = ops.worker("ops-w3")
+    rows = [ops.wait_status(i.media_id, "archived") for i in items]
+    clean = json.loads(ops.cli("reconcile").stdout.splitlines()[-1])
+    assert clean == {"checked": 2, "ok": 2, "differences": 0, "requeued": 0}
+    worker.stop()
+    ops.s3.delete_object(Bucket=ops.bucket, Key=rows[0].object_key)
+    ops.s3.put_object(
+        Bucket=ops.bucket, Key=rows[1].object_key, Body=b"tampered", Metadata={"sha256": "0" * 64}
+    )
+    lines = ops.cli("reconcile", "--tenant", "acme").stdout.splitlines()
+    problems = {json.loads(line)["id"]: json.loads(line)["problem"] for line in lines[:-1]}
+    assert problems[items[0].media_id] == "object missing"
+    assert problems[items[1].media_id].startswith("size ")
+    assert json.loads(lines[-1])["requeued"] == 2
+    ops.worker("ops-w4")
+    for item in items:
+        row = ops.wait_status(item.media_id, "archived")
+        assert row.sha256 == item.sha256
+    assert json.loads(ops.cli("reconcile").stdout.splitlines()[-1])["ok"] == 2
+
+
+def test_sigterm_lets_a_running_transfer_finish_within_the_grace_period(ops: Ops) -> None:
+    item = ops.sim.make_media(account="acme", message_type="video", size=12 * 1024 * 1024)
+    ops.sim.set_faults(slow_ms=40)  # about 2 s for 48 chunks of 256 KiB
+    worker = ops.worker("ops-grace", ARCHIVER_SHUTDOWN_GRACE_SECONDS="20")
+    assert ops.send(item) == 202
+    ops.wait_status(item.media_id, "archiving")
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(30)
+    row = ops.rows()[item.media_id]
+    assert row.status == "archived" and row.attempts == 1 and row.sha256 == item.sha256
+
+
+def test_sigterm_hands_back_a_transfer_that_outlasts_the_grace_period(ops: Ops) -> None:
+    item = ops.sim.make_media(account="acme", message_type="video", size=12 * 1024 * 1024)
+    ops.sim.set_faults(slow_ms=200)  # about 10 s
+    worker = ops.worker("ops-short", ARCHIVER_SHUTDOWN_GRACE_SECONDS="1")
+    assert ops.send(item) == 202
+    ops.wait_status(item.media_id, "archiving")
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(30)
+    assert time.monotonic() - started < 8
+    assert ops.rows()[item.media_id].status != "archived"
+    ops.sim.set_faults()
+    ops.worker(
+        "ops-next"
+    )  # the next worker (or its sweeper) takes the row over once the lease ends
+    row = ops.wait_status(item.media_id, "archived", timeout=60)
+    assert row.attempts == 2 and row.sha256 == item.sha256
+    assert ops.s3.list_multipart_uploads(Bucket=ops.bucket).get("Uploads", []) == []
