@@ -1,0 +1,43 @@
+"""A row whose attempts keep dying with their worker ends failed, not redelivered forever."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Engine, update
+from sqlmodel import col
+
+from archiver import media
+from archiver.db import session_scope
+from archiver.queue import make_celery
+from archiver.secrets_box import SecretBox
+from archiver.tables import Media, utcnow
+from tests.conftest import MASTER_KEY, settings_for
+from tests.test_media_rows import item, make_tenant, record
+from worker.archive import archive_row
+from worker.resources import WorkerResources
+
+
+def test_a_row_whose_workers_keep_dying_ends_failed_after_max_attempts(
+    engine: Engine, database_url: str
+) -> None:
+    settings = settings_for(database_url, max_attempts=3, lease_seconds=10)
+    res = WorkerResources(
+        settings=settings, celery=make_celery(settings), engine=engine, box=SecretBox(MASTER_KEY)
+    )
+    pk = record(engine, make_tenant(engine), item("poison")).pk
+    for _ in range(3):
+        # A worker claims the row, then dies without a word: its lease simply runs out.
+        with session_scope(engine) as session:
+            assert media.claim(session, pk=pk, now=utcnow(), lease_seconds=10).row is not None
+            session.execute(
+                update(Media)
+                .where(col(Media.pk) == pk)
+                .values(lease_until=utcnow() - timedelta(seconds=1))
+            )
+    result = archive_row(res, pk)
+    assert result.outcome == "failed" and "gave up after 3 attempts" in result.detail
+    with session_scope(engine) as session:
+        row = media.get_row(session, pk=pk)
+    assert row is not None and row.status == "failed" and row.attempts == 4
+    assert archive_row(res, pk).outcome == "skipped"
