@@ -90,3 +90,33 @@ def head(s3: Any, *, bucket: str, key: str) -> ObjectState | None:
     return ObjectState(
         size=int(answer["ContentLength"]), sha256=answer.get("Metadata", {}).get(SHA256_METADATA)
     )
+
+
+def key_in_bucket(url: str, *, bucket: str) -> str | None:
+    """The object key a stored URL names inside ``bucket``, or None if it names another place.
+
+    Understands s3://bucket/key, path-style endpoint/bucket/key and AWS virtual-hosted
+    https://bucket.s3[.region].amazonaws.com/key (pure).
+    """
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    path = unquote(parts.path.lstrip("/"))
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "s3":
+        return path or None if host == bucket.lower() else None
+    if parts.scheme not in {"http", "https"}:
+        return None
+    if host.startswith(bucket.lower() + ".s3") and host.endswith(".amazonaws.com"):
+        return path or None
+    first, _, rest = path.partition("/")
+    return rest or None if first == bucket else None
+
+
+def presign_get(s3: Any, *, bucket: str, key: str, ttl: int) -> str:
+    """A short-lived GET URL for one object; computed locally, never stored."""
+    return str(
+        s3.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl
+        )
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -16,7 +18,8 @@ from archiver import media as media_rows
 from archiver import schema
 from archiver.db import make_engine, session_scope
 from archiver.errors import AppError
-from archiver.media_info import media_info
+from archiver.media_info import MEDIA_INFO_SCHEMA, media_info
+from archiver.media_query import FILTERS, MediaQuery, parse_query
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings, load_settings
 from archiver.tables import Status, utcnow
@@ -163,25 +166,91 @@ def media() -> None:
     """Archived media rows."""
 
 
-@media.command("list")
-@click.option("--tenant", default=None)
-@click.option("--status", type=click.Choice([s.value for s in Status]), default=None)
-@click.option("--session", "session_name", default=None)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table")
-@_friendly
-def media_list(
-    tenant: str | None, status: str | None, session_name: str | None, limit: int, fmt: str
-) -> None:
-    """List media rows, newest first."""
-    with _db() as session:
+def _filter_options(func: F) -> F:
+    """One option per query filter, named like the API parameter in kebab-case."""
+    for flt in reversed(FILTERS):
+        if flt.name in {"cursor", "limit"}:
+            continue
+        option = "--" + "".join("-" + c.lower() if c.isupper() else c for c in flt.name)
+        func = click.option(option, flt.name, default=None, help=flt.description)(func)
+    return func
+
+
+def _query(filters: dict[str, str | None], **extra: str) -> MediaQuery:
+    params = {k: v for k, v in filters.items() if v is not None} | extra
+    return parse_query(params)
+
+
+def iter_media(engine: Any, query: MediaQuery, *, page: int = 500) -> Iterator[dict[str, Any]]:
+    """Every row matching ``query`` as MediaInfo, one page (and one short session) at a time."""
+    with session_scope(engine) as session:
         names = {t.id: t.name for t in list_tenants(session)}
-        tenant_id = get_tenant(session, name=tenant).id if tenant else None
-        rows = media_rows.list_media(
-            session, tenant_id=tenant_id, status=status, session_name=session_name, limit=limit
-        )
-        docs = [media_info(row, tenant=names.get(row.tenant_id, "?")) for row in rows]
+        tenant_id = get_tenant(session, name=query.tenant).id if query.tenant else None
+    after = query.after_pk
+    while True:
+        batch = MediaQuery(**{**query.__dict__, "limit": page, "after_pk": after})
+        with session_scope(engine) as session:
+            rows = media_rows.search(session, tenant_id=tenant_id, query=batch)
+        for row in rows:
+            yield media_info(row, tenant=names.get(row.tenant_id, "?"))
+        if len(rows) < page:
+            return
+        after = rows[-1].pk
+
+
+CSV_COLUMNS = list(MEDIA_INFO_SCHEMA["properties"])  # type: ignore[call-overload]
+
+
+@media.command("list")
+@_filter_options
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "jsonl", "csv"]), default="table"
+)
+@_friendly
+def media_list(limit: int, fmt: str, **filters: str | None) -> None:
+    """List media rows (newest first), with the query API's filters."""
+    engine = make_engine(_settings().database_url)
+    try:
+        query = _query(filters)
+        docs = list(itertools.islice(iter_media(engine, query), limit))
+    finally:
+        engine.dispose()
     print_media(docs, fmt)
+
+
+@media.command("export")
+@_filter_options
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@_friendly
+def media_export(output: str, fmt: str, **filters: str | None) -> None:
+    """Stream every matching row to a file (jsonl or csv), with a progress bar."""
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        query = _query(filters)
+        with session_scope(engine) as session:
+            tenant_id = get_tenant(session, name=query.tenant).id if query.tenant else None
+            total = sum(media_rows.backlog(session, tenant_id=tenant_id).counts.values())
+        with (
+            click.open_file(output, "w", encoding="utf-8", newline="") as out,
+            click.progressbar(length=total, label="exporting", file=sys.stderr) as bar,
+        ):
+            writer = csv.DictWriter(out, CSV_COLUMNS) if fmt == "csv" else None
+            if writer is not None:
+                writer.writeheader()
+            count = 0
+            for doc in iter_media(engine, query):
+                if writer is not None:
+                    writer.writerow(doc)
+                else:
+                    out.write(json.dumps(doc) + "\n")
+                count += 1
+                bar.update(1)
+    finally:
+        engine.dispose()
+    click.echo(f"exported {count} rows to {output}", err=True)
 
 
 def print_media(docs: list[dict[str, Any]], fmt: str) -> None:
@@ -190,6 +259,10 @@ def print_media(docs: list[dict[str, Any]], fmt: str) -> None:
     elif fmt == "jsonl":
         for doc in docs:
             click.echo(json.dumps(doc))
+    elif fmt == "csv":
+        writer = csv.DictWriter(click.get_text_stream("stdout"), CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(docs)
     else:
         columns = ("tenant", "session", "id", "type", "size", "status", "key", "lastError")
         table = [

@@ -33,6 +33,7 @@ class MediaItem:
     media_url: str | None
     message_at: datetime | None
     event_id: str | None
+    sender_lid: str | None = None
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -90,6 +91,7 @@ def media_item(envelope: dict[str, Any]) -> MediaItem | None:
         media_url=_optional_text(field("mediaUrl"), "mediaUrl", 2048),
         message_at=_unix_time(payload.get("timestamp")),
         event_id=_optional_text(envelope.get("id"), "id", MAX_ID_LEN),
+        sender_lid=_sender_lid(payload),
     )
 
 
@@ -170,6 +172,17 @@ def _sender(payload: dict[str, Any]) -> str | None:
                 value = candidate.get(key)
                 if isinstance(value, str) and value:
                     return _optional_text(value, "sender", 255)
+    return None
+
+
+def _sender_lid(payload: dict[str, Any]) -> str | None:
+    for candidate in (payload.get("sender"), payload.get("from")):
+        if (
+            isinstance(candidate, dict)
+            and isinstance(candidate.get("lid"), str)
+            and candidate["lid"]
+        ):
+            return _optional_text(candidate["lid"], "sender lid", 255)
     return None
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from archiver.envelope import MediaItem
+from archiver.media_query import MediaQuery
 from archiver.tables import PENDING, Media, Status, Tenant
 
 MAX_ERROR_LEN = 1000
@@ -59,6 +60,7 @@ def record_item(session: Session, *, tenant: Tenant, item: MediaItem, now: datet
         "mime_type": item.mime_type,
         "file_length": item.file_length,
         "sender": item.sender,
+        "sender_lid": item.sender_lid,
         "caption": item.caption,
         "filename": item.filename,
         "event_id": item.event_id,
@@ -226,29 +228,59 @@ def get_media(session: Session, *, tenant_id: int, media_id: str) -> Media | Non
     ).first()
 
 
+def search(session: Session, *, tenant_id: int | None, query: MediaQuery) -> list[Media]:
+    """One page of rows matching ``query`` (keyset paging on pk, newest first unless asc).
+
+    Rows inserted while a client pages never cause gaps or repeats: new rows get higher
+    pks, which lie before a descending cursor and after an ascending one.
+    """
+    stmt = select(Media)
+    if tenant_id is not None:
+        stmt = stmt.where(Media.tenant_id == tenant_id)
+    for column, value in (
+        (Media.session, query.session),
+        (Media.status, query.status),
+        (Media.message_type, query.type),
+        (Media.message_id, query.message_id),
+        (Media.persisted, query.persisted),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if query.mime_type is not None:
+        if query.mime_type.endswith("/"):
+            stmt = stmt.where(col(Media.mime_type).like(query.mime_type + "%"))
+        else:
+            stmt = stmt.where(Media.mime_type == query.mime_type)
+    if query.sender is not None:
+        stmt = stmt.where(or_(Media.sender == query.sender, Media.sender_lid == query.sender))
+    if query.since is not None:
+        stmt = stmt.where(col(Media.received_at) >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(col(Media.received_at) < query.until)
+    if query.min_size is not None:
+        stmt = stmt.where(col(Media.file_length) >= query.min_size)
+    if query.max_size is not None:
+        stmt = stmt.where(col(Media.file_length) <= query.max_size)
+    ascending = query.order == "asc"
+    if query.after_pk is not None:
+        stmt = stmt.where(
+            col(Media.pk) > query.after_pk if ascending else col(Media.pk) < query.after_pk
+        )
+    order = col(Media.pk).asc() if ascending else col(Media.pk).desc()
+    return list(session.exec(stmt.order_by(order).limit(query.limit)))
+
+
 def list_media(
     session: Session,
     *,
     tenant_id: int | None,
     session_name: str | None = None,
     status: str | None = None,
-    message_id: str | None = None,
     limit: int = 50,
-    after_pk: int | None = None,
 ) -> list[Media]:
-    """Rows newest first; ``after_pk`` continues a previous page (keyset paging)."""
-    query = select(Media)
-    if tenant_id is not None:
-        query = query.where(Media.tenant_id == tenant_id)
-    if session_name is not None:
-        query = query.where(Media.session == session_name)
-    if status is not None:
-        query = query.where(Media.status == status)
-    if message_id is not None:
-        query = query.where(Media.message_id == message_id)
-    if after_pk is not None:
-        query = query.where(col(Media.pk) < after_pk)
-    return list(session.exec(query.order_by(col(Media.pk).desc()).limit(limit)))
+    """Newest rows first, for the CLI and the dev demo."""
+    query = MediaQuery(session=session_name, status=status, limit=limit)
+    return search(session, tenant_id=tenant_id, query=query)
 
 
 def expired_leases(session: Session, *, now: datetime, limit: int) -> list[int]:
@@ -375,3 +407,21 @@ def reopen(session: Session, *, pk: int, reason: str, now: datetime) -> bool:
         )
     )
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
+@dataclass(frozen=True)
+class Stats:
+    by_status: dict[str, tuple[int, int]]  # status -> (rows, bytes)
+    by_type: dict[str, tuple[int, int]]  # message type -> (rows, bytes)
+
+
+def stats(session: Session, *, tenant_id: int | None) -> Stats:
+    """Row counts and bytes (archived size, else Titan's fileLength) by status and by type."""
+    where = [] if tenant_id is None else [Media.tenant_id == tenant_id]
+    size = func.coalesce(func.sum(func.coalesce(Media.size, Media.file_length)), 0)
+
+    def grouped(column: Any) -> dict[str, tuple[int, int]]:
+        rows = session.exec(select(column, func.count(), size).where(*where).group_by(column))
+        return {str(key): (int(n), int(total)) for key, n, total in rows}
+
+    return Stats(by_status=grouped(Media.status), by_type=grouped(Media.message_type))

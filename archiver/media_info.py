@@ -28,6 +28,7 @@ def media_info(row: Media, *, tenant: str) -> dict[str, Any]:
         "size": row.size,
         "type": row.message_type,
         "sender": row.sender,
+        "senderLid": row.sender_lid,
         "caption": row.caption,
         "filename": row.filename,
         "eventId": row.event_id,
@@ -39,3 +40,41 @@ def media_info(row: Media, *, tenant: str) -> dict[str, Any]:
         "messageAt": _iso(row.message_at),
         "archivedAt": _iso(row.archived_at),
     }
+
+
+def _nullable(kind: str, **extra: object) -> dict[str, object]:
+    return {"type": [kind, "null"], **extra}
+
+
+# The JSON Schema of media_info()'s answer, for the OpenAPI document.
+MEDIA_INFO_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "required": ["id", "session", "tenant", "status", "persisted", "attempts", "receivedAt"],
+    "properties": {
+        "id": {"type": "string", "description": "Titan's mediaId"},
+        "messageId": _nullable("string"),
+        "mimeType": _nullable("string"),
+        "fileLength": _nullable("integer"),
+        "persisted": {"type": "boolean"},
+        "s3Url": _nullable("string", description="s3://bucket/key, or Titan's URL; not a link"),
+        "session": {"type": "string"},
+        "tenant": {"type": "string"},
+        "bucket": _nullable("string"),
+        "key": _nullable("string"),
+        "sha256": _nullable("string"),
+        "size": _nullable("integer"),
+        "type": {"type": "string"},
+        "sender": _nullable("string"),
+        "senderLid": _nullable("string"),
+        "caption": _nullable("string"),
+        "filename": _nullable("string"),
+        "eventId": _nullable("string"),
+        "strategy": {"type": "string", "enum": ["download", "persist", "auto"]},
+        "status": {"type": "string"},
+        "attempts": {"type": "integer"},
+        "lastError": _nullable("string"),
+        "receivedAt": {"type": "string", "format": "date-time"},
+        "messageAt": _nullable("string", format="date-time"),
+        "archivedAt": _nullable("string", format="date-time"),
+    },
+}

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # Receiver
+    admin_api_key: SecretStr | None = None
+    presign_ttl_seconds: int = Field(default=300, ge=10, le=7 * 86400)
     max_body_bytes: int = Field(default=1 * MiB, ge=1024)
     retry_after_seconds: int = Field(default=5, ge=1)
 
@@ -71,6 +73,11 @@ class Settings(BaseSettings):
             raise ValueError("ARCHIVER_SECRET_KEY is required outside development")
         if key.lower() in _PLACEHOLDERS or len(key) < 16:
             raise ValueError("ARCHIVER_SECRET_KEY is a placeholder or shorter than 16 characters")
+        admin = self.admin_api_key.get_secret_value() if self.admin_api_key else None
+        if admin is not None and (admin.lower() in _PLACEHOLDERS or len(admin) < 24):
+            raise ValueError(
+                "ARCHIVER_ADMIN_API_KEY is a placeholder or shorter than 24 characters"
+            )
         return self
 
     def master_key(self) -> str:

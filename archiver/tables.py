@@ -88,7 +88,17 @@ class Media(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("tenant_id", "media_id", name="uq_media_tenant_media_id"),
         Index("ix_media_tenant_pk", "tenant_id", "pk"),
-        Index("ix_media_tenant_status", "tenant_id", "status"),
+        Index("ix_media_tenant_status", "tenant_id", "status", "pk"),
+        Index("ix_media_tenant_type", "tenant_id", "message_type", "pk"),
+        Index("ix_media_tenant_sender", "tenant_id", "sender"),
+        Index("ix_media_tenant_sender_lid", "tenant_id", "sender_lid"),
+        Index("ix_media_tenant_received", "tenant_id", "received_at"),
+        Index(
+            "ix_media_tenant_mime",
+            "tenant_id",
+            "mime_type",
+            postgresql_ops={"mime_type": "text_pattern_ops"},
+        ),
         Index("ix_media_tenant_session", "tenant_id", "session", "pk"),
         Index("ix_media_tenant_message", "tenant_id", "message_id"),
         Index("ix_media_status_lease", "status", "lease_until"),
@@ -103,7 +113,8 @@ class Media(SQLModel, table=True):
     message_type: str = Field(max_length=32)
     mime_type: str | None = Field(default=None, max_length=255)
     file_length: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
-    sender: str | None = Field(default=None, max_length=255)
+    sender: str | None = Field(default=None, max_length=255)  # phone number, else lid or id
+    sender_lid: str | None = Field(default=None, max_length=255)
     caption: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     filename: str | None = Field(default=None, max_length=255)
     event_id: str | None = Field(default=None, max_length=255)

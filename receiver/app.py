@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,6 +21,8 @@ from archiver.settings import Settings, load_settings
 from receiver import api
 from receiver.intake import Intake
 from receiver.metrics import ReceiverMetrics
+from receiver.openapi import docs_page, openapi_json
+from receiver.tenant_clients import TenantClients
 from receiver.webhooks import receive_webhook
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,16 @@ log = logging.getLogger(__name__)
 
 async def healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok"})
+
+
+def _delegate(name: str) -> Any:
+    """A route handler that calls the app's MediaApi built in lifespan."""
+
+    async def handler(request: Request) -> Response:
+        return await getattr(request.app.state.api, name)(request)  # type: ignore[no-any-return]
+
+    handler.__name__ = name
+    return handler
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -59,10 +72,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.settings = settings
         app.state.engine = engine
         app.state.metrics = ReceiverMetrics(engine)
+        box = SecretBox(settings.master_key())
+        app.state.api = api.MediaApi(
+            engine=engine,
+            admin_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
+            clients=TenantClients(settings=settings, box=box),
+            presign_ttl=settings.presign_ttl_seconds,
+        )
         app.state.intake = Intake(
             engine=engine,
             celery=celery,
-            box=SecretBox(settings.master_key()),
+            box=box,
             retry_after=settings.retry_after_seconds,
         )
         try:
@@ -75,8 +95,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/metrics", metrics_endpoint),
             Route("/webhooks/{tenant}", receive_webhook, methods=["POST"]),
-            Route("/api/media", api.list_media),
-            Route("/api/media/{id:path}", api.get_media),
+            Route("/api/media", _delegate("list_media")),
+            # Media ids are opaque and may hold "/": match them as paths.
+            Route("/api/media/{id:path}/content", _delegate("content")),
+            Route("/api/media/{id:path}", _delegate("get_media")),
+            Route("/api/stats", _delegate("stats")),
+            Route("/openapi.json", openapi_json),
+            Route("/docs", docs_page),
         ],
         lifespan=lifespan,
         exception_handlers={Unavailable: unavailable, Exception: server_error},

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from archiver import media
 from archiver.db import session_scope
 from archiver.envelope import MediaItem
+from archiver.media_query import MediaQuery
 from archiver.secrets_box import SecretBox
 from archiver.tables import Status, Tenant, utcnow
 from archiver.tenants import TenantSpec, create_tenant
@@ -178,6 +179,7 @@ def test_lists_newest_first_with_keyset_paging(engine: Engine) -> None:
     tenant = make_tenant(engine)
     pks = [record(engine, tenant, item(f"m{i}")).pk for i in range(5)]
     with session_scope(engine) as session:
-        page1 = media.list_media(session, tenant_id=tenant.id, limit=3)
-        page2 = media.list_media(session, tenant_id=tenant.id, limit=3, after_pk=page1[-1].pk)
+        page1 = media.search(session, tenant_id=tenant.id, query=MediaQuery(limit=3))
+        after = MediaQuery(limit=3, after_pk=page1[-1].pk)
+        page2 = media.search(session, tenant_id=tenant.id, query=after)
     assert [r.pk for r in page1 + page2] == pks[::-1]
