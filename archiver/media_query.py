@@ -6,12 +6,10 @@ whose message starts with the offending parameter's name.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from archiver.envelope import MEDIA_TYPES, SESSION_RE
@@ -20,7 +18,15 @@ from archiver.tables import Status
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
-_MIME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/([a-z0-9][a-z0-9!#$&^_.+-]*)?$")
+MIME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*)?$"
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+CURSOR_PATTERN = r"^c[0-9a-z]{1,12}$"
+MAX_SIZE = 2**53
+_MIME_RE = re.compile(MIME_PATTERN)
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+)
 
 
 @dataclass(frozen=True)
@@ -38,16 +44,32 @@ FILTERS: tuple[Filter, ...] = (
     Filter("type", {"type": "string", "enum": sorted(MEDIA_TYPES)}, "WhatsApp message type."),
     Filter(
         "mimeType",
-        {"type": "string", "maxLength": 255},
+        {"type": "string", "maxLength": 255, "pattern": MIME_PATTERN},
         "Exact MIME type (image/jpeg), or a prefix ending in '/' (image/).",
     ),
-    Filter("messageId", {"type": "string", "maxLength": 255}, "WhatsApp message id."),
-    Filter("sender", {"type": "string", "maxLength": 255}, "Sender's phone number or lid."),
+    Filter(
+        "messageId",
+        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": PRINTABLE_PATTERN},
+        "WhatsApp message id.",
+    ),
+    Filter(
+        "sender",
+        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": PRINTABLE_PATTERN},
+        "Sender's phone number or lid.",
+    ),
     Filter("persisted", {"type": "boolean"}, "Whether the file is in the tenant's bucket."),
     Filter("since", {"type": "string", "format": "date-time"}, "Received at or after (ISO 8601)."),
     Filter("until", {"type": "string", "format": "date-time"}, "Received before (ISO 8601)."),
-    Filter("minSize", {"type": "integer", "minimum": 0}, "Smallest fileLength in bytes."),
-    Filter("maxSize", {"type": "integer", "minimum": 0}, "Largest fileLength in bytes."),
+    Filter(
+        "minSize",
+        {"type": "integer", "minimum": 0, "maximum": MAX_SIZE},
+        "Smallest fileLength in bytes.",
+    ),
+    Filter(
+        "maxSize",
+        {"type": "integer", "minimum": 0, "maximum": MAX_SIZE},
+        "Largest fileLength in bytes.",
+    ),
     Filter(
         "order",
         {"type": "string", "enum": ["desc", "asc"], "default": "desc"},
@@ -58,7 +80,11 @@ FILTERS: tuple[Filter, ...] = (
         {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
         "Rows per page.",
     ),
-    Filter("cursor", {"type": "string", "maxLength": 200}, "nextCursor of the previous page."),
+    Filter(
+        "cursor",
+        {"type": "string", "pattern": CURSOR_PATTERN},
+        "nextCursor of the previous page: a position, valid in either order.",
+    ),
     Filter(
         "tenant",
         {"type": "string", "pattern": SESSION_RE.pattern},
@@ -87,21 +113,20 @@ class MediaQuery:
     tenant: str | None = None
 
 
-def encode_cursor(pk: int, order: str) -> str:
-    return base64.urlsafe_b64encode(f"v1:{order}:{pk}".encode()).decode().rstrip("=")
+def encode_cursor(pk: int) -> str:
+    """An opaque position in the pk order (base 36); valid with either sort order."""
+    digits = ""
+    while True:
+        pk, rest = divmod(pk, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[rest] + digits
+        if pk == 0:
+            return "c" + digits
 
 
-def decode_cursor(cursor: str, order: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise PayloadError("cursor: not a cursor this API issued") from exc
-    parts = text.split(":")
-    if len(parts) != 3 or parts[0] != "v1" or not parts[2].isdigit() or len(parts[2]) > 18:
+def decode_cursor(cursor: str) -> int:
+    if not _CURSOR_RE.match(cursor):
         raise PayloadError("cursor: not a cursor this API issued")
-    if parts[1] != order:
-        raise PayloadError("cursor: issued for the other sort order")
-    return int(parts[2])
+    return int(cursor[1:], 36)
 
 
 def _text(params: Mapping[str, str], name: str, limit: int = 255) -> str | None:
@@ -133,15 +158,39 @@ def _time(params: Mapping[str, str], name: str) -> datetime | None:
     value = params.get(name)
     if value is None:
         return None
+    match = _RFC3339.match(value)
+    if match is None:
+        raise PayloadError(f"{name}: must be an RFC 3339 date-time, e.g. 2025-01-15T10:30:00Z")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        micros = int((fraction or "0")[:6].ljust(6, "0"))
+        offset = (
+            timedelta(0)
+            if zone in ("Z", "z")
+            else (1 if zone[0] == "+" else -1)
+            * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+        )
+        local = datetime(  # a leap second counts as :59
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            min(int(second), 59),
+            micros,
+            tzinfo=UTC,
+        )
     except ValueError as exc:
-        raise PayloadError(
-            f"{name}: must be an ISO 8601 date-time, e.g. 2025-01-15T10:30:00Z"
-        ) from exc
-    if not 1970 <= parsed.year <= 9998:
-        raise PayloadError(f"{name}: year out of range")
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        raise PayloadError(f"{name}: not a real date-time ({exc})") from exc
+    try:
+        return local - offset
+    except OverflowError:
+        # Beyond year 1 or 9999 once the offset is applied: the edge of time will do.
+        return (
+            local.replace(year=1, month=1, day=1)
+            if offset > timedelta(0)
+            else local.replace(year=9999, month=12, day=31)
+        )
 
 
 def parse_query(params: Mapping[str, str]) -> MediaQuery:
@@ -162,7 +211,6 @@ def parse_query(params: Mapping[str, str]) -> MediaQuery:
             raise PayloadError("mimeType: must be a MIME type (image/jpeg) or a prefix (image/)")
     persisted = _choice(params, "persisted", {"true", "false"})
     order = _choice(params, "order", {"asc", "desc"}) or "desc"
-    big = 2**53
     query = MediaQuery(
         session=session,
         status=_choice(params, "status", {s.value for s in Status}),
@@ -173,19 +221,12 @@ def parse_query(params: Mapping[str, str]) -> MediaQuery:
         persisted=None if persisted is None else persisted == "true",
         since=_time(params, "since"),
         until=_time(params, "until"),
-        min_size=_integer(params, "minSize", 0, big),
-        max_size=_integer(params, "maxSize", 0, big),
+        min_size=_integer(params, "minSize", 0, MAX_SIZE),
+        max_size=_integer(params, "maxSize", 0, MAX_SIZE),
         order=order,
         limit=_integer(params, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT,
-        after_pk=decode_cursor(params["cursor"], order) if params.get("cursor") else None,
+        after_pk=decode_cursor(params["cursor"]) if "cursor" in params else None,
         tenant=tenant,
     )
-    if query.since and query.until and query.since >= query.until:
-        raise PayloadError("until: must be later than since")
-    if (
-        query.min_size is not None
-        and query.max_size is not None
-        and query.min_size > query.max_size
-    ):
-        raise PayloadError("maxSize: must not be smaller than minSize")
+    # A reversed range (since after until, minSize above maxSize) is simply empty.
     return query

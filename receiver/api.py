@@ -125,7 +125,7 @@ class MediaApi:
         page, more = rows[: query.limit], len(rows) > query.limit
         return {
             "data": [media_info(r, tenant=names.get(r.tenant_id, "?")) for r in page],
-            "nextCursor": encode_cursor(page[-1].pk or 0, query.order) if more and page else None,
+            "nextCursor": encode_cursor(page[-1].pk or 0) if more and page else None,
         }
 
     # -- GET /api/media/{id} and /content ---------------------------------------------------

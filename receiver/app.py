@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -54,6 +55,13 @@ async def unavailable(_: Request, exc: Exception) -> Response:
         status_code=503,
         headers={"Retry-After": "5"},
     )
+
+
+async def http_error(_: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 answers, in the API's JSON error shape."""
+    assert isinstance(exc, HTTPException)
+    message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, exc.detail)
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def server_error(_: Request, exc: Exception) -> Response:
@@ -104,5 +112,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/docs", docs_page),
         ],
         lifespan=lifespan,
-        exception_handlers={Unavailable: unavailable, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_error,
+            Unavailable: unavailable,
+            Exception: server_error,
+        },
     )
