@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -186,16 +187,18 @@ def iter_media(engine: Any, query: MediaQuery, *, page: int = 500) -> Iterator[d
     with session_scope(engine) as session:
         names = {t.id: t.name for t in list_tenants(session)}
         tenant_id = get_tenant(session, name=query.tenant).id if query.tenant else None
-    after = query.after_pk
+    after = query.after
     while True:
-        batch = MediaQuery(**{**query.__dict__, "limit": page, "after_pk": after})
+        batch = MediaQuery(**{**query.__dict__, "limit": page, "after": after})
         with session_scope(engine) as session:
             rows = media_rows.search(session, tenant_id=tenant_id, query=batch)
         for row in rows:
             yield media_info(row, tenant=names.get(row.tenant_id, "?"))
         if len(rows) < page:
             return
-        after = rows[-1].pk
+        last = rows[-1]
+        assert last.received_at is not None and last.pk is not None
+        after = (last.received_at, last.pk)
 
 
 CSV_COLUMNS = list(MEDIA_INFO_SCHEMA["properties"])  # type: ignore[call-overload]
@@ -233,8 +236,14 @@ def media_export(output: str, fmt: str, **filters: str | None) -> None:
         with session_scope(engine) as session:
             tenant_id = get_tenant(session, name=query.tenant).id if query.tenant else None
             total = sum(media_rows.backlog(session, tenant_id=tenant_id).counts.values())
+        # newline="" so the csv module controls line endings (click.open_file cannot pass it).
+        target = (
+            contextlib.nullcontext(sys.stdout)
+            if output == "-"
+            else open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        )
         with (
-            click.open_file(output, "w", encoding="utf-8", newline="") as out,
+            target as out,
             click.progressbar(length=total, label="exporting", file=sys.stderr) as bar,
         ):
             writer = csv.DictWriter(out, CSV_COLUMNS) if fmt == "csv" else None

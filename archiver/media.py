@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, func, literal, or_, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from archiver.envelope import MediaItem
 from archiver.media_query import MediaQuery
-from archiver.tables import PENDING, Media, Status, Tenant
+from archiver.tables import PENDING, Media, Status, Tenant, UTCDateTime
 
 MAX_ERROR_LEN = 1000
 
@@ -229,10 +229,10 @@ def get_media(session: Session, *, tenant_id: int, media_id: str) -> Media | Non
 
 
 def search(session: Session, *, tenant_id: int | None, query: MediaQuery) -> list[Media]:
-    """One page of rows matching ``query`` (keyset paging on pk, newest first unless asc).
+    """One page of rows matching ``query``, newest first unless asc.
 
-    Rows inserted while a client pages never cause gaps or repeats: new rows get higher
-    pks, which lie before a descending cursor and after an ascending one.
+    The order is (received_at, pk), immutable and unique, so keyset paging never skips or
+    repeats a row; every filter's index ends in those columns, so a page is one index range.
     """
     stmt = select(Media)
     if tenant_id is not None:
@@ -262,12 +262,16 @@ def search(session: Session, *, tenant_id: int | None, query: MediaQuery) -> lis
     if query.max_size is not None:
         stmt = stmt.where(col(Media.file_length) <= query.max_size)
     ascending = query.order == "asc"
-    if query.after_pk is not None:
-        stmt = stmt.where(
-            col(Media.pk) > query.after_pk if ascending else col(Media.pk) < query.after_pk
-        )
-    order = col(Media.pk).asc() if ascending else col(Media.pk).desc()
-    return list(session.exec(stmt.order_by(order).limit(query.limit)))
+    position = tuple_(col(Media.received_at), col(Media.pk))
+    if query.after is not None:
+        # Bind through the column's type so the time compares as stored (naive UTC).
+        mark = tuple_(literal(query.after[0], UTCDateTime()), literal(query.after[1]))
+        stmt = stmt.where(position > mark if ascending else position < mark)
+    if ascending:
+        stmt = stmt.order_by(col(Media.received_at).asc(), col(Media.pk).asc())
+    else:
+        stmt = stmt.order_by(col(Media.received_at).desc(), col(Media.pk).desc())
+    return list(session.exec(stmt.limit(query.limit)))
 
 
 def list_media(

@@ -20,7 +20,7 @@ MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 MIME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*)?$"
 PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-CURSOR_PATTERN = r"^c[0-9a-z]{1,12}$"
+CURSOR_PATTERN = r"^c[0-9a-z]{1,14}\.[0-9a-z]{1,13}$"
 MAX_SIZE = 2**53
 _MIME_RE = re.compile(MIME_PATTERN)
 _CURSOR_RE = re.compile(CURSOR_PATTERN)
@@ -109,24 +109,37 @@ class MediaQuery:
     max_size: int | None = None
     order: str = "desc"
     limit: int = DEFAULT_LIMIT
-    after_pk: int | None = None  # decoded cursor
+    after: tuple[datetime, int] | None = None  # decoded cursor: (received_at, pk) of the last row
     tenant: str | None = None
 
 
-def encode_cursor(pk: int) -> str:
-    """An opaque position in the pk order (base 36); valid with either sort order."""
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _b36(n: int) -> str:
     digits = ""
     while True:
-        pk, rest = divmod(pk, 36)
-        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[rest] + digits
-        if pk == 0:
-            return "c" + digits
+        n, rest = divmod(n, 36)
+        digits = _DIGITS[rest] + digits
+        if n == 0:
+            return digits
 
 
-def decode_cursor(cursor: str) -> int:
+def encode_cursor(received_at: datetime, pk: int) -> str:
+    """An opaque position in the listing order (received time, then pk); valid in either order."""
+    micros = max(0, (received_at - _EPOCH) // timedelta(microseconds=1))
+    return f"c{_b36(micros)}.{_b36(pk)}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
     if not _CURSOR_RE.match(cursor):
         raise PayloadError("cursor: not a cursor this API issued")
-    return int(cursor[1:], 36)
+    micros, pk = cursor[1:].split(".")
+    try:
+        return _EPOCH + timedelta(microseconds=int(micros, 36)), int(pk, 36)
+    except OverflowError as exc:
+        raise PayloadError("cursor: not a cursor this API issued") from exc
 
 
 def _text(params: Mapping[str, str], name: str, limit: int = 255) -> str | None:
@@ -225,7 +238,7 @@ def parse_query(params: Mapping[str, str]) -> MediaQuery:
         max_size=_integer(params, "maxSize", 0, MAX_SIZE),
         order=order,
         limit=_integer(params, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT,
-        after_pk=decode_cursor(params["cursor"]) if "cursor" in params else None,
+        after=decode_cursor(params["cursor"]) if "cursor" in params else None,
         tenant=tenant,
     )
     # A reversed range (since after until, minSize above maxSize) is simply empty.

@@ -87,20 +87,22 @@ class Media(SQLModel, table=True):
     __tablename__ = "media"
     __table_args__ = (
         UniqueConstraint("tenant_id", "media_id", name="uq_media_tenant_media_id"),
-        Index("ix_media_tenant_pk", "tenant_id", "pk"),
-        Index("ix_media_tenant_status", "tenant_id", "status", "pk"),
-        Index("ix_media_tenant_type", "tenant_id", "message_type", "pk"),
+        # Listing order is (received_at, pk): each filter's index ends in it (keyset paging).
+        Index("ix_media_tenant_received", "tenant_id", "received_at", "pk"),
+        Index("ix_media_tenant_status", "tenant_id", "status", "received_at", "pk"),
+        Index("ix_media_tenant_session", "tenant_id", "session", "received_at", "pk"),
+        Index("ix_media_tenant_type", "tenant_id", "message_type", "received_at", "pk"),
+        Index("ix_media_received", "received_at", "pk"),
+        Index("ix_media_tenant_message", "tenant_id", "message_id"),
         Index("ix_media_tenant_sender", "tenant_id", "sender"),
         Index("ix_media_tenant_sender_lid", "tenant_id", "sender_lid"),
-        Index("ix_media_tenant_received", "tenant_id", "received_at"),
+        # text_pattern_ops lets PostgreSQL serve a MIME prefix (LIKE 'image/%') by index.
         Index(
             "ix_media_tenant_mime",
             "tenant_id",
             "mime_type",
             postgresql_ops={"mime_type": "text_pattern_ops"},
         ),
-        Index("ix_media_tenant_session", "tenant_id", "session", "pk"),
-        Index("ix_media_tenant_message", "tenant_id", "message_id"),
         Index("ix_media_status_lease", "status", "lease_until"),
         Index("ix_media_status_queued", "status", "queued_at"),
     )

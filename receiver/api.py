@@ -81,6 +81,11 @@ def _scope(engine: Engine, who: Principal, tenant_param: str | None) -> Tenant |
             raise ApiError(404, "tenant: no such tenant") from exc
 
 
+def _cursor(row: Media) -> str:
+    assert row.received_at is not None and row.pk is not None
+    return encode_cursor(row.received_at, row.pk)
+
+
 def _names(engine: Engine) -> dict[int, str]:
     with session_scope(engine) as session:
         return {t.id or 0: t.name for t in list_tenants(session)}
@@ -125,7 +130,7 @@ class MediaApi:
         page, more = rows[: query.limit], len(rows) > query.limit
         return {
             "data": [media_info(r, tenant=names.get(r.tenant_id, "?")) for r in page],
-            "nextCursor": encode_cursor(page[-1].pk or 0) if more and page else None,
+            "nextCursor": _cursor(page[-1]) if more and page else None,
         }
 
     # -- GET /api/media/{id} and /content ---------------------------------------------------

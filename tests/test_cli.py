@@ -172,3 +172,65 @@ def test_missing_master_key_is_refused_before_anything_runs(tmp_path: Path) -> N
         f"sqlite:///{tmp_path / 'x.db'}", "tenants", "list", check=False, ARCHIVER_SECRET_KEY=""
     )
     assert result.returncode == 1 and "ARCHIVER_SECRET_KEY" in result.stderr
+
+
+def test_media_list_filters_and_export_stream_every_matching_row(
+    database_url: str, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from archiver import media
+    from archiver.db import make_engine, session_scope
+    from archiver.envelope import MediaItem
+    from archiver.tenants import get_tenant
+
+    add(database_url)
+    engine = make_engine(database_url)
+    with session_scope(engine) as session:
+        tenant = get_tenant(session, name="acme")
+        for i in range(1203):
+            kind = "video" if i % 3 == 0 else "image"
+            item = MediaItem(
+                media_id=f"m{i:04d}",
+                session="support",
+                message_id=None,
+                message_type=kind,
+                mime_type="video/mp4" if kind == "video" else "image/png",
+                file_length=i,
+                sender="+1",
+                caption=None,
+                filename=None,
+                media_url=None,
+                message_at=None,
+                event_id=None,
+            )
+            media.record_item(
+                session,
+                tenant=tenant,
+                item=item,
+                now=datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=i),
+            )
+    engine.dispose()
+    listed = json.loads(
+        run(
+            database_url, "media", "list", "--type", "video", "--limit", "5", "--format", "json"
+        ).stdout
+    )
+    assert [d["id"] for d in listed] == ["m1200", "m1197", "m1194", "m1191", "m1188"]
+    csv_out = run(
+        database_url, "media", "list", "--mime-type", "image/", "--max-size", "4", "--format", "csv"
+    ).stdout.splitlines()
+    assert csv_out[0].startswith("id,messageId,mimeType") and len(csv_out) == 1 + 3
+    bad = run(database_url, "media", "list", "--since", "yesterday", check=False)
+    assert bad.returncode == 1 and "since:" in bad.stderr
+    out = tmp_path / "export.jsonl"
+    result = run(
+        database_url, "media", "export", "--type", "image", "--order", "asc", "-o", str(out)
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 802 and "exported 802 rows" in result.stderr
+    assert [r["id"] for r in rows[:3]] == ["m0001", "m0002", "m0004"]
+    assert len({r["id"] for r in rows}) == 802
+    csv_file = tmp_path / "export.csv"
+    run(database_url, "media", "export", "--format", "csv", "-o", str(csv_file))
+    assert len(csv_file.read_text().splitlines()) == 1 + 1203

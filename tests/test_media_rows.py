@@ -180,6 +180,8 @@ def test_lists_newest_first_with_keyset_paging(engine: Engine) -> None:
     pks = [record(engine, tenant, item(f"m{i}")).pk for i in range(5)]
     with session_scope(engine) as session:
         page1 = media.search(session, tenant_id=tenant.id, query=MediaQuery(limit=3))
-        after = MediaQuery(limit=3, after_pk=page1[-1].pk)
+        last = page1[-1]
+        assert last.received_at is not None and last.pk is not None
+        after = MediaQuery(limit=3, after=(last.received_at, last.pk))
         page2 = media.search(session, tenant_id=tenant.id, query=after)
     assert [r.pk for r in page1 + page2] == pks[::-1]

@@ -1,0 +1,212 @@
+"""Latency of GET /api/media over 1,000,000 PostgreSQL rows: p50/p99 per query and deep page.
+
+    .venv/bin/python -m bench.query_latency [--rows 1000000] [--repeat 200]
+
+Uses PostgreSQL on 127.0.0.1:5432 (a fresh database, dropped afterwards) or an embedded one,
+loads the rows with COPY, runs ANALYZE, starts one uvicorn receiver on 127.0.0.1 and asks each
+query ``--repeat`` times over one keep-alive connection. Target: p99 under 30 ms per page of 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import secrets
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+
+from archiver.db import make_engine, session_scope
+from archiver.secrets_box import SecretBox
+from archiver.tenants import TenantSpec, create_tenant
+from tests import services
+from tests.conftest import migrated_database
+
+TYPES = {
+    "image": ["image/jpeg", "image/png"],
+    "video": ["video/mp4"],
+    "audio": ["audio/ogg", "audio/mpeg"],
+    "document": ["application/pdf", "application/vnd.ms-excel"],
+    "sticker": ["image/webp"],
+}
+SESSIONS = ["support", "sales", "billing", "ops", "vip", "north", "south", "east", "west", "hq"]
+START = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def load(conninfo: str, tenant_ids: list[int], rows: int) -> dict[str, str]:
+    """COPY ``rows`` media rows (90% to the first tenant); return sample values to query."""
+    rng = random.Random(7)
+    samples: dict[str, str] = {}
+    statuses = ["archived"] * 90 + ["failed"] * 3 + ["queued"] * 5 + ["retrying"] * 2
+    columns = (
+        "tenant_id, media_id, message_id, session, message_type, mime_type, file_length, sender, "
+        "sender_lid, strategy, persisted, status, attempts, received_at, updated_at, bucket, "
+        "object_key, size, sha256"
+    )
+    step = timedelta(days=180) / rows
+    with psycopg.connect(conninfo) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY media ({columns}) FROM STDIN") as copy:
+            for i in range(rows):
+                tenant = tenant_ids[0] if rng.random() < 0.9 else rng.choice(tenant_ids[1:])
+                kind = rng.choice(list(TYPES))
+                status = rng.choice(statuses)
+                received = START + step * i
+                media_id = secrets.token_hex(10).upper()
+                message_id = "3EB0" + secrets.token_hex(8).upper()
+                sender = f"+55119{rng.randrange(10_000):05d}"
+                archived = status == "archived"
+                length = rng.randrange(10_000, 80_000_000 if kind == "video" else 3_000_000)
+                key = f"acme/{kind}/{media_id}" if archived else None
+                copy.write_row(
+                    (
+                        tenant,
+                        media_id,
+                        message_id,
+                        rng.choice(SESSIONS),
+                        kind,
+                        rng.choice(TYPES[kind]),
+                        length,
+                        sender,
+                        f"{rng.randrange(10**9)}@lid",
+                        "download",
+                        archived,
+                        status,
+                        1,
+                        received,
+                        received,
+                        "bucket" if archived else None,
+                        key,
+                        length if archived else None,
+                        secrets.token_hex(32) if archived else None,
+                    )
+                )
+                if i == rows // 2 and tenant == tenant_ids[0]:
+                    samples |= {"messageId": message_id, "sender": sender}
+                if i == rows // 3:
+                    samples["middle"] = received.isoformat()
+        cur.execute("ANALYZE media")
+        if "messageId" not in samples:
+            cur.execute(
+                "SELECT message_id, sender FROM media WHERE tenant_id = %s LIMIT 1",
+                (tenant_ids[0],),
+            )
+            message_id, sender = cur.fetchone()  # type: ignore[misc]
+            samples |= {"messageId": message_id, "sender": sender}
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=200)
+    args = parser.parse_args()
+    master = secrets.token_urlsafe(24)
+    import tempfile
+    from pathlib import Path
+
+    with services.postgres_server() as admin_url:
+        if admin_url is None:
+            sys.exit("no PostgreSQL here (local or embedded)")
+        with migrated_database("postgres", Path(tempfile.mkdtemp()), admin_url) as db_url:
+            engine = make_engine(db_url)
+            keys, ids = [], []
+            with session_scope(engine) as session:
+                for name in ("acme", "globex", "initech"):
+                    tenant, key = create_tenant(
+                        session,
+                        box=SecretBox(master),
+                        spec=TenantSpec(
+                            name=name,
+                            hmac_key="hmac-key-" + name,
+                            titan_url="http://t",
+                            titan_api_key="x",
+                            strategy="download",
+                            s3_bucket="bucket",
+                        ),
+                    )
+                    keys.append(key)
+                    ids.append(tenant.id or 0)
+            engine.dispose()
+            started = time.monotonic()
+            samples = load(db_url, ids, args.rows)
+            print(f"loaded {args.rows:,} rows in {time.monotonic() - started:.0f}s", flush=True)
+            port = services.free_port()
+            receiver = services.start_process(
+                "bench-query-receiver",
+                services.uvicorn_argv("receiver.app:create_app", port),
+                {
+                    "ARCHIVER_DATABASE_URL": db_url,
+                    "ARCHIVER_SECRET_KEY": master,
+                    "ARCHIVER_BROKER_URL": "redis://127.0.0.1:1/0",
+                    "ARCHIVER_LOG_LEVEL": "WARNING",
+                },
+            )
+            try:
+                url = f"http://127.0.0.1:{port}"
+                services.wait_until(lambda: services.http_up(url + "/healthz"), timeout=30)
+                run_queries(url, keys[0], samples, args.repeat)
+            finally:
+                receiver.stop()
+
+
+def run_queries(url: str, key: str, samples: dict[str, str], repeat: int) -> None:
+    from archiver.media_query import encode_cursor
+
+    # A position a third of the way into the table: every page after it is a "deep" page.
+    middle = encode_cursor(datetime.fromisoformat(samples["middle"]), 1)
+    week = (START + timedelta(days=90)).isoformat().replace("+00:00", "Z")
+    week_end = (START + timedelta(days=97)).isoformat().replace("+00:00", "Z")
+    queries: list[tuple[str, dict[str, str]]] = [
+        ("newest page", {}),
+        ("status=failed", {"status": "failed"}),
+        ("session=sales", {"session": "sales"}),
+        ("type=video", {"type": "video"}),
+        ("mimeType=image/ (prefix)", {"mimeType": "image/"}),
+        ("mimeType=application/pdf", {"mimeType": "application/pdf"}),
+        ("sender (phone)", {"sender": samples["sender"]}),
+        ("messageId", {"messageId": samples["messageId"]}),
+        ("since/until one week", {"since": week, "until": week_end}),
+        ("minSize/maxSize band", {"minSize": "1000000", "maxSize": "1200000"}),
+        ("type+session+status", {"type": "image", "session": "support", "status": "archived"}),
+        ("persisted=false", {"persisted": "false"}),
+        ("deep page (desc cursor)", {"cursor": middle}),
+        ("deep page (asc cursor)", {"cursor": middle, "order": "asc"}),
+        ("deep page + type=audio", {"cursor": middle, "type": "audio"}),
+    ]
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} cores, python {sys.version.split()[0]}"
+    )
+    head = f"{'query (limit=100)':<28}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'rows':>6}"
+    print(head + "  target p99 < 30")
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for name, params in queries:
+            timings = []
+            count = 0
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                answer = client.get("/api/media", params={"limit": "100", **params})
+                timings.append((time.perf_counter() - t0) * 1000)
+                answer.raise_for_status()
+                count = len(answer.json()["data"])
+            p99 = percentile(timings, 0.99)
+            print(
+                f"{name:<28}{statistics.median(timings):>9.2f}{p99:>9.2f}{max(timings):>9.2f}"
+                f"{count:>6}  {'ok' if p99 < 30 else 'MISSED'}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
