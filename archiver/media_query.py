@@ -132,14 +132,17 @@ def encode_cursor(received_at: datetime, pk: int) -> str:
     return f"c{_b36(micros)}.{_b36(pk)}"
 
 
+_MAX_PK = 2**63 - 1
+_MAX_MICROS = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """The position a cursor names; out-of-range parts are clamped (a position past the end)."""
     if not _CURSOR_RE.match(cursor):
         raise PayloadError("cursor: not a cursor this API issued")
     micros, pk = cursor[1:].split(".")
-    try:
-        return _EPOCH + timedelta(microseconds=int(micros, 36)), int(pk, 36)
-    except OverflowError as exc:
-        raise PayloadError("cursor: not a cursor this API issued") from exc
+    clamped = min(int(micros, 36), _MAX_MICROS)
+    return _EPOCH + timedelta(microseconds=clamped), min(int(pk, 36), _MAX_PK)
 
 
 def _text(params: Mapping[str, str], name: str, limit: int = 255) -> str | None:

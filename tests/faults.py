@@ -405,7 +405,9 @@ class Rig:
                 outcome.sha_mismatch += 1
                 outcome.problems.append(f"{item.media_id}: sha256 differs")
         # An object that no row accounts for is a duplicate copy of some media.
-        outcome.duplicated += len(set(objects) - expected_keys)
+        extra = set(objects) - expected_keys
+        outcome.duplicated += len(extra)
+        outcome.problems += [f"object no row accounts for: {key}" for key in sorted(extra)]
         return outcome
 
     def _sha256(self, key: str) -> str:

@@ -423,3 +423,11 @@ def test_openapi_document_and_docs_page_describe_every_filter(world: World) -> N
     page = world.get("/docs")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "mimeType" in page.text and "/api/media/{id}/content" in page.text
+
+
+@pytest.mark.parametrize("cursor", ["cz9.c3adld38iqlfq", "c1msk1sz2yfl1hs.l3eduzaa", "c0.0"])
+def test_out_of_range_cursors_are_positions_not_errors(world: World, cursor: str) -> None:
+    seed(world)
+    for order in ("asc", "desc"):
+        answer = world.get("/api/media", world.keys["acme"], cursor=cursor, order=order)
+        assert answer.status_code == 200, answer.text

@@ -17,7 +17,7 @@ from archiver.tables import Media, Strategy, Tenant, utcnow
 from archiver.tenants import get_tenant_by_id, secrets_of
 from worker.backoff import retry_delay
 from worker.resources import WorkerResources
-from worker.storage import abort_upload, put_stream
+from worker.storage import abort_stale_uploads, abort_upload, put_stream
 from worker.titan_client import TitanClient
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,9 @@ def _download(
         abort_upload(s3, bucket=tenant.s3_bucket, key=key, upload_id=row.upload_id)
         with session_scope(res.engine) as session:
             media.set_upload_id(session, pk=pk, attempt=attempt, upload_id=None)
+    if attempt > 1:
+        # One may also have died before it could record its upload's id.
+        abort_stale_uploads(s3, bucket=tenant.s3_bucket, key=key)
     lease_check = time.monotonic()
 
     def keep_lease(_: int) -> None:

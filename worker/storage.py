@@ -116,6 +116,31 @@ def abort_upload(s3: Any, *, bucket: str, key: str, upload_id: str) -> None:
         raise classify_s3(exc) from exc
 
 
+def abort_stale_uploads(s3: Any, *, bucket: str, key: str) -> int:
+    """Abort every unfinished multipart upload of ``key``; return how many.
+
+    Called only on a retry attempt, while this worker holds the row's lease: any upload of
+    this deterministic key is then a dead attempt's leftover (for example one killed between
+    creating the upload and recording its id). Needs s3:ListBucketMultipartUploads; without
+    it the bucket's lifecycle rule must clean up (docs/reliability.md).
+    """
+    try:
+        listing = s3.list_multipart_uploads(Bucket=bucket, Prefix=key)
+    except ClientError as exc:
+        log.warning(
+            "cannot list multipart uploads of %s: %s",
+            key,
+            exc.response.get("Error", {}).get("Code"),
+        )
+        return 0
+    except BotoCoreError as exc:
+        raise classify_s3(exc) from exc
+    stale = [u for u in listing.get("Uploads", []) if u.get("Key") == key]
+    for upload in stale:
+        abort_upload(s3, bucket=bucket, key=key, upload_id=upload["UploadId"])
+    return len(stale)
+
+
 def _abort(s3: Any, *, bucket: str, key: str, upload_id: str) -> None:
     try:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)

@@ -1,0 +1,138 @@
+"""Ingest: POST /webhooks/{tenant} with durable accept, against a bare Starlette endpoint.
+
+    .venv/bin/python -m bench.ingest [--seconds 10] [--connections 32] [--database postgres]
+
+Both servers run as one uvicorn process with the same settings on 127.0.0.1 and get the
+same closed-loop load (wrk when installed). Every request is a distinct signed ~1.5 KB
+media event. Afterwards the rows and broker messages are counted: every 202 must be both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+import redis
+from sqlalchemy import func
+from sqlmodel import select
+
+from archiver.db import make_engine, session_scope
+from archiver.queue import ARCHIVE_QUEUE
+from archiver.secrets_box import SecretBox
+from archiver.tables import Media
+from archiver.tenants import TenantSpec, create_tenant
+from bench.loadgen import Load, run_load
+from tests import services
+from tests.conftest import migrated_database
+
+UVICORN = ["--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+
+
+def serve(
+    name: str, target: str, env: dict[str, str], factory: bool
+) -> tuple[services.Process, str]:
+    port = services.free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *UVICORN,
+        *(["--factory"] if factory else []),
+    ]
+    proc = services.start_process(name, argv, env)
+    url = f"http://127.0.0.1:{port}"
+    services.wait_until(lambda: services.port_open("127.0.0.1", port), timeout=30)
+    return proc, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    args = parser.parse_args()
+    master = secrets.token_urlsafe(24)
+    hmac_key = "bench-hmac-key"
+    count = 400_000
+    tmp = Path(tempfile.mkdtemp())
+    with (
+        services.postgres_server() as admin_url,
+        services.redis_server() as redis_url,
+        migrated_database(args.database, tmp, admin_url) as db_url,
+    ):
+        if True:
+            engine = make_engine(db_url)
+            with session_scope(engine) as session:
+                create_tenant(
+                    session,
+                    box=SecretBox(master),
+                    spec=TenantSpec(
+                        name="acme",
+                        hmac_key=hmac_key,
+                        titan_url="http://t",
+                        titan_api_key="x",
+                        strategy="download",
+                        s3_bucket="b",
+                    ),
+                )
+            env = {
+                "ARCHIVER_DATABASE_URL": db_url,
+                "ARCHIVER_BROKER_URL": redis_url,
+                "ARCHIVER_SECRET_KEY": master,
+                "ARCHIVER_LOG_LEVEL": "WARNING",
+            }
+            results: dict[str, Load] = {}
+            for name, target, factory in (
+                ("bare starlette", "bench.bare_app:app", False),
+                ("titan-archiver", "receiver.app:create_app", True),
+            ):
+                proc, url = serve(f"bench-{name.split()[0]}", target, env, factory)
+                try:
+                    results[name] = run_load(
+                        f"{url}/webhooks/acme",
+                        hmac_key=hmac_key,
+                        run=name[0].upper(),
+                        count=count,
+                        connections=args.connections,
+                        seconds=args.seconds,
+                    )
+                finally:
+                    proc.stop()
+            with session_scope(engine) as session:
+                rows = session.exec(select(func.count()).select_from(Media)).one()
+            queued = redis.Redis.from_url(redis_url).llen(ARCHIVE_QUEUE)
+            engine.dispose()
+    bare, ours = results["bare starlette"], results["titan-archiver"]
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} cores, python {sys.version.split()[0]}"
+    )
+    print(
+        f"load: {bare.tool}, {args.connections} connections, {args.seconds:.0f}s; one uvicorn "
+        f"process each; database {args.database}"
+    )
+    print(f"{'server':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'errors':>8}")
+    for name, load in results.items():
+        print(
+            f"{name:<16}{load.rps:>10.0f}{load.p50_ms:>9.2f}{load.p99_ms:>9.2f}"
+            f"{load.non_2xx:>9}{load.errors:>8}"
+        )
+    accepted = ours.requests - ours.non_2xx - ours.errors
+    print(
+        f"ratio: {ours.rps / bare.rps:.2f} of bare (target >= 0.40); p99 {ours.p99_ms:.1f} ms "
+        f"(target < 25)"
+    )
+    print(f"durability: {accepted} accepted, {rows} rows, {queued} broker messages")
+
+
+if __name__ == "__main__":
+    main()
