@@ -70,48 +70,47 @@ def main() -> None:
         services.redis_server() as redis_url,
         migrated_database(args.database, tmp, admin_url) as db_url,
     ):
-        if True:
-            engine = make_engine(db_url)
-            with session_scope(engine) as session:
-                create_tenant(
-                    session,
-                    box=SecretBox(master),
-                    spec=TenantSpec(
-                        name="acme",
-                        hmac_key=hmac_key,
-                        titan_url="http://t",
-                        titan_api_key="x",
-                        strategy="download",
-                        s3_bucket="b",
-                    ),
+        engine = make_engine(db_url)
+        with session_scope(engine) as session:
+            create_tenant(
+                session,
+                box=SecretBox(master),
+                spec=TenantSpec(
+                    name="acme",
+                    hmac_key=hmac_key,
+                    titan_url="http://t",
+                    titan_api_key="x",
+                    strategy="download",
+                    s3_bucket="b",
+                ),
+            )
+        env = {
+            "ARCHIVER_DATABASE_URL": db_url,
+            "ARCHIVER_BROKER_URL": redis_url,
+            "ARCHIVER_SECRET_KEY": master,
+            "ARCHIVER_LOG_LEVEL": "WARNING",
+        }
+        results: dict[str, Load] = {}
+        for name, target, factory in (
+            ("bare starlette", "bench.bare_app:app", False),
+            ("titan-archiver", "receiver.app:create_app", True),
+        ):
+            proc, url = serve(f"bench-{name.split()[0]}", target, env, factory)
+            try:
+                results[name] = run_load(
+                    f"{url}/webhooks/acme",
+                    hmac_key=hmac_key,
+                    run=name[0].upper(),
+                    count=count,
+                    connections=args.connections,
+                    seconds=args.seconds,
                 )
-            env = {
-                "ARCHIVER_DATABASE_URL": db_url,
-                "ARCHIVER_BROKER_URL": redis_url,
-                "ARCHIVER_SECRET_KEY": master,
-                "ARCHIVER_LOG_LEVEL": "WARNING",
-            }
-            results: dict[str, Load] = {}
-            for name, target, factory in (
-                ("bare starlette", "bench.bare_app:app", False),
-                ("titan-archiver", "receiver.app:create_app", True),
-            ):
-                proc, url = serve(f"bench-{name.split()[0]}", target, env, factory)
-                try:
-                    results[name] = run_load(
-                        f"{url}/webhooks/acme",
-                        hmac_key=hmac_key,
-                        run=name[0].upper(),
-                        count=count,
-                        connections=args.connections,
-                        seconds=args.seconds,
-                    )
-                finally:
-                    proc.stop()
-            with session_scope(engine) as session:
-                rows = session.exec(select(func.count()).select_from(Media)).one()
-            queued = redis.Redis.from_url(redis_url).llen(ARCHIVE_QUEUE)
-            engine.dispose()
+            finally:
+                proc.stop()
+        with session_scope(engine) as session:
+            rows = session.exec(select(func.count()).select_from(Media)).one()
+        queued = redis.Redis.from_url(redis_url).llen(ARCHIVE_QUEUE)
+        engine.dispose()
     bare, ours = results["bare starlette"], results["titan-archiver"]
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cores, python {sys.version.split()[0]}"

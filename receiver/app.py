@@ -16,13 +16,16 @@ from starlette.routing import Route
 from archiver.db import make_engine
 from archiver.errors import Unavailable
 from archiver.logs import configure_logging
+from archiver.publisher import Publisher
 from archiver.queue import make_celery
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings, load_settings
 from receiver import api
+from receiver.group_commit import GroupCommit
 from receiver.intake import Intake
 from receiver.metrics import ReceiverMetrics
 from receiver.openapi import docs_page, openapi_json
+from receiver.tenant_cache import TenantCache
 from receiver.tenant_clients import TenantClients
 from receiver.webhooks import receive_webhook
 
@@ -87,15 +90,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             clients=TenantClients(settings=settings, box=box),
             presign_ttl=settings.presign_ttl_seconds,
         )
+        publisher = Publisher(celery, settings.broker_url)
+        commit = GroupCommit(engine=engine, publisher=publisher)
+        commit.start()
         app.state.intake = Intake(
-            engine=engine,
-            celery=celery,
-            box=box,
+            tenants=TenantCache(engine=engine, box=box),
+            commit=commit,
             retry_after=settings.retry_after_seconds,
         )
         try:
             yield
         finally:
+            await commit.stop()
+            publisher.close()
             engine.dispose()
 
     return Starlette(

@@ -1,28 +1,29 @@
-"""Accept one webhook delivery: verify, parse, record durably, queue; answer with a status."""
+"""Accept one webhook delivery: verify, parse, record durably, queue; answer with a status.
+
+Runs on the event loop: HMAC and JSON parsing are microseconds for Titan's events, the
+tenant comes from an in-process cache, and the durable write is shared with concurrent
+requests through the group commit. Nothing is answered 2xx before its row is committed.
+"""
 
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import Celery
-from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
-from archiver import media
-from archiver.db import session_scope
-from archiver.envelope import SESSION_RE, media_item, parse_body
-from archiver.errors import InvalidSignature, NotFound, PayloadError, Unavailable
-from archiver.queue import publish_archive
-from archiver.secrets_box import SecretBox
+from archiver.envelope import SESSION_RE, MediaItem, media_item, parse_body
+from archiver.errors import InvalidSignature, PayloadError, Unavailable
+from archiver.media import Arrival
 from archiver.signature import verify
-from archiver.tables import utcnow
-from archiver.tenants import get_tenant, secrets_of
+from receiver.group_commit import GroupCommit
+from receiver.tenant_cache import TenantCache
 
 log = logging.getLogger(__name__)
 
 UNAUTHORIZED = {"error": "invalid signature"}
+_PARSE_INLINE_BYTES = 64 * 1024  # larger bodies are parsed in a thread, off the event loop
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,14 @@ class Answer:
 
 
 class Intake:
-    """The webhook path's logic; blocking I/O, so the endpoint runs it in a worker thread."""
-
-    def __init__(self, *, engine: Engine, celery: Celery, box: SecretBox, retry_after: int) -> None:
-        self._engine = engine
-        self._celery = celery
-        self._box = box
+    def __init__(self, *, tenants: TenantCache, commit: GroupCommit, retry_after: int) -> None:
+        self._tenants = tenants
+        self._commit = commit
         self._retry_after = retry_after
 
-    def accept(self, tenant_name: str, body: bytes, signature: str | None) -> Answer:
+    async def accept(self, tenant_name: str, body: bytes, signature: str | None) -> Answer:
         try:
-            return self._accept(tenant_name, body, signature)
+            return await self._accept(tenant_name, body, signature)
         except InvalidSignature as exc:
             log.info("webhook refused for %r: %s", tenant_name[:64], exc)
             return Answer(401, UNAUTHORIZED, outcome="unauthorized")
@@ -60,33 +58,33 @@ class Intake:
                 outcome="unavailable",
             )
 
-    def _accept(self, tenant_name: str, body: bytes, signature: str | None) -> Answer:
+    async def _accept(self, tenant_name: str, body: bytes, signature: str | None) -> Answer:
         # Unknown tenants get the same answer as bad signatures: existence is not disclosed.
         if not SESSION_RE.match(tenant_name):
             raise InvalidSignature("unknown tenant")
-        with session_scope(self._engine) as session:
-            try:
-                tenant = get_tenant(session, name=tenant_name)
-            except NotFound as exc:
-                raise InvalidSignature("unknown tenant") from exc
-            verify(body, signature, secrets_of(tenant, box=self._box).hmac_keys)
-            envelope = parse_body(body)
-            item = media_item(envelope)
-            if item is None:
-                log.debug("ignored %r event for %s", envelope.get("event"), tenant_name)
-                return Answer(200, {"status": "ignored"}, outcome="ignored")
-            recorded = media.record_item(session, tenant=tenant, item=item, now=utcnow())
-        # Committed: the row is durable. Queue it; if the broker is down, flag the row as
-        # not queued and answer 503: Titan's retry (or the sweeper) queues it again.
-        if recorded.needs_publish:
-            try:
-                publish_archive(self._celery, pk=recorded.pk)
-            except Unavailable:
-                with suppress(Unavailable), session_scope(self._engine) as session:
-                    media.mark_unqueued(session, pk=recorded.pk)
-                raise
+        hit, tenant = self._tenants.cached(tenant_name)
+        if not hit:
+            tenant = await run_in_threadpool(self._tenants.load, tenant_name)
+        if tenant is None:
+            raise InvalidSignature("unknown tenant")
+        verify(body, signature, tenant.hmac_keys)
+        if len(body) > _PARSE_INLINE_BYTES:
+            item, event = await run_in_threadpool(_parse, body)
+        else:
+            item, event = _parse(body)
+        if item is None:
+            log.debug("ignored %r event for %s", event, tenant_name)
+            return Answer(200, {"status": "ignored"}, outcome="ignored")
+        recorded = await self._commit.submit(
+            Arrival(tenant_id=tenant.id, strategy=tenant.strategy, item=item)
+        )
         outcome = "queued" if recorded.created else "duplicate"
         log.info("media %s of %s: %s", item.media_id, tenant_name, outcome)
         if recorded.created:
             return Answer(202, {"status": recorded.status, "id": item.media_id}, outcome=outcome)
         return Answer(200, {"status": "duplicate", "id": item.media_id}, outcome=outcome)
+
+
+def _parse(body: bytes) -> tuple[MediaItem | None, Any]:
+    envelope = parse_body(body)
+    return media_item(envelope), envelope.get("event")

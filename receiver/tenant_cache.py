@@ -1,0 +1,68 @@
+"""Tenants as the webhook path needs them (id, strategy, HMAC keys), cached briefly in-process.
+
+A webhook then costs no database read and no decryption before its batch is written.
+Changes to a tenant (a new HMAC key, a removal) take effect within ``ttl`` seconds.
+Unknown names are cached too, so spraying made-up tenant names cannot load the database.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from archiver.db import session_scope
+from archiver.errors import NotFound
+from archiver.secrets_box import SecretBox
+from archiver.tenants import get_tenant, secrets_of
+
+
+@dataclass(frozen=True)
+class WebhookTenant:
+    id: int
+    name: str
+    strategy: str
+    hmac_keys: tuple[str, ...]
+
+
+class TenantCache:
+    def __init__(self, *, engine: Engine, box: SecretBox, ttl: float = 5.0, size: int = 10_000):
+        self._engine = engine
+        self._box = box
+        self._ttl = ttl
+        self._size = size
+        self._entries: OrderedDict[str, tuple[float, WebhookTenant | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, name: str) -> tuple[bool, WebhookTenant | None]:
+        """(hit, tenant) without touching the database; safe on the event loop."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry[0] < time.monotonic():
+                return False, None
+            self._entries.move_to_end(name)
+            return True, entry[1]
+
+    def load(self, name: str) -> WebhookTenant | None:
+        """Read the tenant from the database (blocking) and cache the answer."""
+        with session_scope(self._engine) as session:
+            try:
+                tenant = get_tenant(session, name=name)
+            except NotFound:
+                found = None
+            else:
+                found = WebhookTenant(
+                    id=tenant.id or 0,
+                    name=tenant.name,
+                    strategy=tenant.strategy,
+                    hmac_keys=secrets_of(tenant, box=self._box).hmac_keys,
+                )
+        with self._lock:
+            self._entries[name] = (time.monotonic() + self._ttl, found)
+            self._entries.move_to_end(name)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return found
