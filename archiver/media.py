@@ -92,31 +92,75 @@ def _values(arrival: Arrival, now: datetime) -> dict[str, Any]:
     return values
 
 
+Key = tuple[int, str]  # (tenant_id, media_id)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A group commit's rows: one per (tenant, mediaId), in a stable (lock-safe) order."""
+
+    arrivals: list[Arrival]
+    firsts: dict[Key, dict[str, Any]]
+
+    @classmethod
+    def of(cls, arrivals: list[Arrival], now: datetime) -> Batch:
+        firsts: dict[Key, dict[str, Any]] = {}
+        for arrival in arrivals:
+            firsts.setdefault((arrival.tenant_id, arrival.item.media_id), _values(arrival, now))
+        return cls(arrivals, firsts)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        # Sorted, so two concurrent batches take the unique index's locks in the same order.
+        return [self.firsts[key] for key in sorted(self.firsts)]
+
+    def missing(self, created: dict[Key, int]) -> list[Key]:
+        return [key for key in self.firsts if key not in created]
+
+    def answers(
+        self, created: dict[Key, int], existing: dict[Key, tuple[int, str, datetime | None]]
+    ) -> list[Recorded]:
+        """One answer per arrival, in order; the first arrival of a new row created it."""
+        pending = {s.value for s in PENDING}
+        answers: list[Recorded] = []
+        claimed: set[Key] = set()
+        for arrival in self.arrivals:
+            key = (arrival.tenant_id, arrival.item.media_id)
+            if key in created:
+                status = self.firsts[key]["status"]
+                first = key not in claimed
+                claimed.add(key)
+                needs = first and status == Status.QUEUED.value
+                answers.append(Recorded(created[key], first, status, needs))
+            else:
+                pk, status, queued_at = existing[key]
+                # A redelivery re-queues only a row whose earlier publish failed (queued_at
+                # NULL), so concurrent duplicates do not multiply broker messages.
+                answers.append(Recorded(pk, False, status, status in pending and queued_at is None))
+        return answers
+
+
 def record_items(session: Session, *, arrivals: list[Arrival], now: datetime) -> list[Recorded]:
     """Insert one row per (tenant, mediaId) in one statement; answer in ``arrivals``' order.
 
     A media item already recorded (or twice in this batch) comes back with created=False
-    and the existing row's state. Used by the receiver's group commit.
+    and the existing row's state.
     """
     if not arrivals:
         return []
-    firsts: dict[tuple[int, str], dict[str, Any]] = {}
-    for arrival in arrivals:
-        firsts.setdefault((arrival.tenant_id, arrival.item.media_id), _values(arrival, now))
-    # Sorted, so two concurrent batches take the unique index's locks in the same order.
-    rows = [firsts[key] for key in sorted(firsts)]
+    batch = Batch.of(arrivals, now)
     if session.get_bind().dialect.name == "postgresql":
-        inserted = _insert_unnest(session, rows)
+        inserted = _insert_unnest(session, batch.rows)
     else:
         stmt = (
             sqlite.insert(Media)
             .on_conflict_do_nothing(index_elements=["tenant_id", "media_id"])
             .returning(col(Media.pk), col(Media.tenant_id), col(Media.media_id))
         )
-        inserted = [tuple(r) for r in session.execute(stmt, rows)]
+        inserted = [tuple(r) for r in session.execute(stmt, batch.rows)]
     created = {(t, m): pk for pk, t, m in inserted}
-    existing: dict[tuple[int, str], tuple[int, str, bool]] = {}
-    missing = [key for key in firsts if key not in created]
+    existing: dict[Key, tuple[int, str, datetime | None]] = {}
+    missing = batch.missing(created)
     if missing:
         found = session.execute(
             select(Media.pk, Media.tenant_id, Media.media_id, Media.status, Media.queued_at).where(
@@ -124,24 +168,8 @@ def record_items(session: Session, *, arrivals: list[Arrival], now: datetime) ->
             )
         )
         for pk, tenant_id, media_id, status, queued_at in found:
-            # A redelivery re-queues only a row whose earlier publish failed (queued_at NULL),
-            # so concurrent duplicates do not multiply broker messages.
-            needs = status in {s.value for s in PENDING} and queued_at is None
-            existing[(tenant_id, media_id)] = (pk, status, needs)
-    answers: list[Recorded] = []
-    claimed: set[tuple[int, str]] = set()
-    for arrival in arrivals:
-        key = (arrival.tenant_id, arrival.item.media_id)
-        if key in created and key not in claimed:
-            claimed.add(key)
-            status = firsts[key]["status"]
-            answers.append(Recorded(created[key], True, status, status == Status.QUEUED.value))
-        elif key in created:
-            answers.append(Recorded(created[key], False, firsts[key]["status"], False))
-        else:
-            pk, status, needs = existing[key]
-            answers.append(Recorded(pk, False, status, needs))
-    return answers
+            existing[(tenant_id, media_id)] = (pk, status, queued_at)
+    return batch.answers(created, existing)
 
 
 _COLUMNS = list(
@@ -173,16 +201,20 @@ def _pg_insert_sql() -> str:
     )
 
 
-_PG_INSERT = _pg_insert_sql()
+PG_INSERT = _pg_insert_sql()
 
 
-def _insert_unnest(session: Session, rows: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
-    """One prepared statement over column arrays: no per-row SQL, no per-batch compile.
+PG_EXISTING = (
+    "SELECT pk, tenant_id, media_id, status, queued_at FROM media "
+    "WHERE (tenant_id, media_id) IN (SELECT * FROM unnest(%s::bigint[], %s::text[]))"
+)
+PG_UNQUEUE = "UPDATE media SET queued_at = NULL WHERE pk = ANY(%s::bigint[])"
 
-    Measured on a 32-row batch: 3.6 ms against 27.7 ms for a compiled multi-row VALUES.
-    """
+
+def pg_arrays(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """The parameters of PG_INSERT: one array per column, times as naive UTC."""
     utc = UTCDateTime()
-    columns = [
+    return [
         [
             utc.process_bind_param(row[name], None)
             if isinstance(row[name], datetime)
@@ -191,9 +223,16 @@ def _insert_unnest(session: Session, rows: list[dict[str, Any]]) -> list[tuple[i
         ]
         for name in _COLUMNS
     ]
+
+
+def _insert_unnest(session: Session, rows: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """One prepared statement over column arrays: no per-row SQL, no per-batch compile.
+
+    Measured on a 32-row batch: 3.6 ms against 27.7 ms for a compiled multi-row VALUES.
+    """
     driver = session.connection().connection.driver_connection
     with driver.cursor() as cursor:  # type: ignore[union-attr]
-        cursor.execute(_PG_INSERT, columns, prepare=True)
+        cursor.execute(PG_INSERT, pg_arrays(rows), prepare=True)
         return [tuple(r) for r in cursor.fetchall()]
 
 

@@ -28,6 +28,7 @@ from receiver.openapi import docs_page, openapi_json
 from receiver.tenant_cache import TenantCache
 from receiver.tenant_clients import TenantClients
 from receiver.webhooks import receive_webhook
+from receiver.writers import PostgresWriter, ThreadedWriter, Writer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             presign_ttl=settings.presign_ttl_seconds,
         )
         publisher = Publisher(celery, settings.broker_url)
-        commit = GroupCommit(engine=engine, publisher=publisher)
+        writer: Writer
+        if engine.dialect.name == "postgresql":
+            conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            writer = PostgresWriter(conninfo=conninfo, publisher=publisher, connections=8)
+        else:
+            writer = ThreadedWriter(engine=engine, publisher=publisher)
+        commit = GroupCommit(writer=writer, flushes=8)
         commit.start()
         app.state.intake = Intake(
             tenants=TenantCache(engine=engine, box=box),
@@ -102,7 +109,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await commit.stop()
-            publisher.close()
+            await writer.close()
+            await publisher.aclose()
             engine.dispose()
 
     return Starlette(

@@ -13,15 +13,9 @@ import logging
 from contextlib import suppress
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
-from starlette.concurrency import run_in_threadpool
-
-from archiver import media
-from archiver.db import session_scope
 from archiver.errors import Unavailable
 from archiver.media import Arrival, Recorded
-from archiver.publisher import Publisher
-from archiver.tables import utcnow
+from receiver.writers import Writer
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +27,8 @@ class _Pending:
 
 
 class GroupCommit:
-    def __init__(
-        self, *, engine: Engine, publisher: Publisher, max_batch: int = 500, flushes: int = 4
-    ) -> None:
-        self._engine = engine
-        self._publisher = publisher
+    def __init__(self, *, writer: Writer, max_batch: int = 500, flushes: int = 4) -> None:
+        self._writer = writer
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(flushes)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -75,12 +66,14 @@ class GroupCommit:
 
     async def _flush(self, batch: list[_Pending]) -> None:
         try:
-            results = await run_in_threadpool(self._write, [p.arrival for p in batch])
+            results: list[Recorded | Exception] = list(
+                await self._writer.write([p.arrival for p in batch])
+            )
         except Unavailable as exc:
             results = [exc] * len(batch)
-        except Exception as exc:
-            log.exception("group commit failed")
-            results = [exc] * len(batch)
+        except Exception:
+            log.exception("group commit failed; answering 503 so Titan retries")
+            results = [Unavailable("internal error while recording")] * len(batch)
         finally:
             self._slots.release()
         for pending, result in zip(batch, results, strict=True):
@@ -90,18 +83,3 @@ class GroupCommit:
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
-
-    def _write(self, arrivals: list[Arrival]) -> list[Recorded | Unavailable]:
-        with session_scope(self._engine) as session:
-            recorded = media.record_items(session, arrivals=arrivals, now=utcnow())
-        to_publish = sorted({r.pk for r in recorded if r.needs_publish})
-        try:
-            self._publisher.publish(to_publish)
-        except Unavailable as exc:
-            # Committed but not queued: flag the rows so a retry or the sweeper queues them,
-            # and refuse exactly the requests that needed the publish (503, Titan retries).
-            with suppress(Unavailable), session_scope(self._engine) as session:
-                for pk in to_publish:
-                    media.mark_unqueued(session, pk=pk)
-            return [exc if r.needs_publish else r for r in recorded]
-        return list(recorded)

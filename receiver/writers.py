@@ -1,0 +1,118 @@
+"""How a group-commit batch reaches the database and the broker.
+
+``PostgresWriter`` (production): asyncio psycopg connections in autocommit mode, so the one
+``INSERT ... SELECT unnest(...) RETURNING`` is its own durable transaction, a single round
+trip with no thread hop; then one pipelined broker push. ``ThreadedWriter`` (SQLite, the
+embedded default): a SQLAlchemy session in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+from typing import Protocol
+
+import psycopg
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+
+from archiver import media
+from archiver.db import session_scope
+from archiver.errors import Unavailable
+from archiver.media import Arrival, Batch, Recorded
+from archiver.publisher import Publisher
+from archiver.tables import utcnow
+
+log = logging.getLogger(__name__)
+Results = list[Recorded | Unavailable]
+
+
+class Writer(Protocol):
+    async def write(self, arrivals: list[Arrival]) -> Results: ...
+
+    async def close(self) -> None: ...
+
+
+def _refuse_unpublished(recorded: list[Recorded], exc: Unavailable) -> Results:
+    """Committed but not queued: refuse exactly the requests that needed the publish."""
+    return [exc if r.needs_publish else r for r in recorded]
+
+
+class ThreadedWriter:
+    def __init__(self, *, engine: Engine, publisher: Publisher) -> None:
+        self._engine = engine
+        self._publisher = publisher
+
+    async def write(self, arrivals: list[Arrival]) -> Results:
+        return await run_in_threadpool(self._write, arrivals)
+
+    def _write(self, arrivals: list[Arrival]) -> Results:
+        with session_scope(self._engine) as session:
+            recorded = media.record_items(session, arrivals=arrivals, now=utcnow())
+        to_publish = sorted({r.pk for r in recorded if r.needs_publish})
+        try:
+            self._publisher.publish(to_publish)
+        except Unavailable as exc:
+            # Flag the rows so Titan's retry or the sweeper queues them.
+            with suppress(Unavailable), session_scope(self._engine) as session:
+                for pk in to_publish:
+                    media.mark_unqueued(session, pk=pk)
+            return _refuse_unpublished(recorded, exc)
+        return list(recorded)
+
+    async def close(self) -> None:
+        return None
+
+
+class PostgresWriter:
+    def __init__(self, *, conninfo: str, publisher: Publisher, connections: int) -> None:
+        self._conninfo = conninfo
+        self._publisher = publisher
+        self._idle: asyncio.LifoQueue[psycopg.AsyncConnection[tuple[object, ...]] | None] = (
+            asyncio.LifoQueue()
+        )
+        for _ in range(connections):
+            self._idle.put_nowait(None)  # connected on first use
+
+    async def write(self, arrivals: list[Arrival]) -> Results:
+        batch = Batch.of(arrivals, utcnow())
+        conn = await self._idle.get()
+        try:
+            if conn is None or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5
+                )
+            async with conn.cursor() as cur:
+                await cur.execute(media.PG_INSERT, media.pg_arrays(batch.rows), prepare=True)
+                created = {(t, m): pk for pk, t, m in await cur.fetchall()}
+                existing = {}
+                missing = batch.missing(created)
+                if missing:
+                    await cur.execute(
+                        media.PG_EXISTING, [[t for t, _ in missing], [m for _, m in missing]]
+                    )
+                    existing = {(t, m): (pk, s, q) for pk, t, m, s, q in await cur.fetchall()}
+            recorded = batch.answers(created, existing)
+            to_publish = sorted({r.pk for r in recorded if r.needs_publish})
+            try:
+                await self._publisher.apublish(to_publish)
+            except Unavailable as exc:
+                with suppress(psycopg.Error):
+                    await conn.execute(media.PG_UNQUEUE, [to_publish])
+                return _refuse_unpublished(recorded, exc)
+            return list(recorded)
+        except psycopg.Error as exc:
+            # Down, restarted, or a broken connection: drop it, answer 503, reconnect next time.
+            if conn is not None:
+                await conn.close()
+            conn = None
+            raise Unavailable("database unavailable") from exc
+        finally:
+            self._idle.put_nowait(conn)
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            conn = self._idle.get_nowait()
+            if conn is not None:
+                await conn.close()
