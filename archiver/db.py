@@ -13,8 +13,13 @@ from sqlmodel import Session
 from archiver.errors import Unavailable
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create the engine for one process (never at import: it must not cross a fork)."""
+def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Engine:
+    """Create the engine for one process (never at import: it must not cross a fork).
+
+    ``durable_commits=False`` (PostgreSQL: ``synchronous_commit=off``) is for the worker:
+    each of its transitions is idempotent and re-driven by the lease and the sweeper if a
+    crash loses it, so it need not wait for the WAL flush. The receiver's accept always waits.
+    """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
@@ -24,7 +29,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("connect_args", {"connect_timeout": 5})
+    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    if not durable_commits:
+        connect_args["options"] = "-c synchronous_commit=off"
+    kwargs.setdefault("connect_args", connect_args)
     return create_engine(url, **kwargs)
 
 

@@ -259,18 +259,25 @@ def claim(session: Session, *, pk: int, now: datetime, lease_seconds: int) -> Cl
         col(Media.status).in_([s.value for s in PENDING]),
         and_(col(Media.status) == Status.ARCHIVING.value, col(Media.lease_until) < now),
     )
-    result = session.execute(
-        update(Media)
-        .where(col(Media.pk) == pk, claimable)
-        .values(
-            status=Status.ARCHIVING.value,
-            attempts=col(Media.attempts) + 1,
-            lease_until=now + timedelta(seconds=lease_seconds),
-            updated_at=now,
+    # One round-trip: the UPDATE hands back the claimed row (no SELECT after it).
+    claimed = (
+        session.execute(
+            update(Media)
+            .where(col(Media.pk) == pk, claimable)
+            .values(
+                status=Status.ARCHIVING.value,
+                attempts=col(Media.attempts) + 1,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(Media)
+            .execution_options(populate_existing=True)
         )
+        .scalars()
+        .first()
     )
-    if result.rowcount == 1:  # type: ignore[attr-defined]
-        return Claim(row=session.get(Media, pk, populate_existing=True))
+    if claimed is not None:
+        return Claim(row=claimed)
     current = session.exec(select(Media.status, Media.lease_until).where(Media.pk == pk)).first()
     if current is not None and current[0] == Status.ARCHIVING.value:
         return Claim(row=None, busy_until=current[1])

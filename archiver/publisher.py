@@ -109,6 +109,11 @@ class Publisher:
         except redis.RedisError as exc:
             raise Unavailable("broker unavailable") from exc
 
+    def close(self) -> None:
+        """Close the blocking client (for callers that never used ``apublish``)."""
+        if self._redis is not None:
+            self._redis.close()
+
     async def aclose(self) -> None:
         if self._aredis is not None:
             await self._aredis.aclose()

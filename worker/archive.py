@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -14,7 +13,6 @@ from archiver.db import session_scope
 from archiver.errors import NotFound, PermanentError, TransientError
 from archiver.object_keys import object_key
 from archiver.tables import Media, Strategy, Tenant, utcnow
-from archiver.tenants import get_tenant_by_id, secrets_of
 from worker.backoff import retry_delay
 from worker.resources import WorkerResources
 from worker.storage import abort_stale_uploads, abort_upload, put_stream
@@ -38,10 +36,6 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
     with session_scope(res.engine) as session:
         claim = media.claim(session, pk=pk, now=now, lease_seconds=settings.lease_seconds)
         row = claim.row
-        tenant = None
-        if row is not None:
-            with suppress(NotFound):
-                tenant = get_tenant_by_id(session, tenant_id=row.tenant_id)
     if row is None:
         if claim.busy_until is not None:
             # Another worker holds the lease (or held it and died): look again when it ends.
@@ -49,15 +43,16 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
             return Result("busy", "leased by another worker", retry_in=wait)
         return Result("skipped", "already archived or failed")
     attempt = row.attempts
-    if tenant is None:
-        return _fail(res, row, "tenant no longer exists")
     if attempt > settings.max_attempts:
         # A row whose attempts keep dying with their worker ends here, not in endless redelivery.
         reason = row.last_error or "worker lost during transfer"
         return _fail(res, row, f"gave up after {attempt - 1} attempts: {reason}")
+    try:
+        tenant, secrets = res.tenant(row.tenant_id)
+    except NotFound:
+        return _fail(res, row, "tenant no longer exists")
     started = time.monotonic()
     try:
-        secrets = secrets_of(tenant, box=res.box)
         titan = res.titan(tenant, secrets)
         if tenant.strategy == Strategy.PERSIST:
             outcome = _persist(titan, row)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +17,11 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from archiver.buckets import make_s3_client
-from archiver.db import make_engine
+from archiver.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Tenant
-from archiver.tenants import TenantSecrets
+from archiver.tenants import TenantSecrets, get_tenant_by_id, secrets_of
 from worker.titan_client import TitanClient
 
 
@@ -34,8 +35,23 @@ class WorkerResources:
     celery: Celery
     engine: Engine
     box: SecretBox
+    _tenants: dict[int, tuple[float, Tenant, TenantSecrets]] = field(default_factory=dict)
     _titan: dict[int, tuple[str, TitanClient]] = field(default_factory=dict)
     _s3: dict[int, tuple[str, Any]] = field(default_factory=dict)
+
+    def tenant(self, tenant_id: int, *, ttl: float = 10.0) -> tuple[Tenant, TenantSecrets]:
+        """The tenant and its decrypted secrets, read at most every ``ttl`` seconds.
+
+        A changed key or bucket reaches the worker within ``ttl``; NotFound if it is gone.
+        """
+        cached = self._tenants.get(tenant_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1], cached[2]
+        with session_scope(self.engine) as session:
+            tenant = get_tenant_by_id(session, tenant_id=tenant_id)
+        secrets = secrets_of(tenant, box=self.box)
+        self._tenants[tenant_id] = (time.monotonic() + ttl, tenant, secrets)
+        return tenant, secrets
 
     def titan(self, tenant: Tenant, secrets: TenantSecrets) -> TitanClient:
         assert tenant.id is not None
@@ -90,7 +106,7 @@ def resources(settings: Settings, celery: Celery) -> WorkerResources:
             WorkerResources(
                 settings=settings,
                 celery=celery,
-                engine=make_engine(settings.database_url),
+                engine=make_engine(settings.database_url, durable_commits=False),
                 box=SecretBox(settings.master_key()),
             ),
         )

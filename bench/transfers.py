@@ -1,0 +1,303 @@
+"""Transfers through the worker against a plain copy, and end-to-end latency.
+
+    .venv/bin/python -m bench.transfers [--large 6] [--large-mb 50] [--small 2000] [--workers 2]
+
+Everything runs on 127.0.0.1: Redis, moto's S3 server, the Titan simulator, SQLite, one
+receiver and Celery workers. The plain copy is the physical limit of this setup: a script
+that streams the same files from the same simulator into the same S3 endpoint with the same
+part size and the same concurrency, and does nothing else (no database, no hashing).
+
+1. large: MB/s for ``--large`` files of ``--large-mb`` MB.
+2. small: items/s for ``--small`` files of 100 KB, ``--workers`` worker processes.
+3. e2e:   webhook accepted -> row archived, p50/p99, 100 KB media at a steady 50 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from archiver import media as media_rows
+from archiver.buckets import make_s3_client
+from archiver.db import make_engine, session_scope
+from archiver.envelope import media_item
+from archiver.queue import make_celery
+from archiver.secrets_box import SecretBox
+from archiver.settings import load_settings
+from archiver.tables import Media, Status, utcnow
+from archiver.tenants import TenantSpec, create_tenant
+from tests import services
+from tests.conftest import migrated_database
+from titan_simulator.sender import SentMedia, Simulator, post_signed
+
+MB = 1_000_000
+PART = 8 * 1024 * 1024
+TITAN_KEY = "titan_bench"
+
+
+class Rig:
+    def __init__(self, workers: int, database: str) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-transfers-"))
+        self._stack = contextlib.ExitStack()
+        self.redis_url = self._stack.enter_context(services.redis_server())
+        self.s3_url = self._stack.enter_context(services.s3_server())
+        admin = self._stack.enter_context(services.postgres_server())
+        self.db_url = self._stack.enter_context(migrated_database(database, self.tmp, admin))
+        self.engine = make_engine(self.db_url)
+        self.master = secrets.token_urlsafe(24)
+        self.env = {
+            "ARCHIVER_DATABASE_URL": self.db_url,
+            "ARCHIVER_BROKER_URL": self.redis_url,
+            "ARCHIVER_SECRET_KEY": self.master,
+            "ARCHIVER_LOG_LEVEL": "WARNING",
+            "ARCHIVER_PART_SIZE": str(PART),
+        }
+        sim_port, receiver_port = services.free_port(), services.free_port()
+        self.sim_url = f"http://127.0.0.1:{sim_port}"
+        self.receiver_url = f"http://127.0.0.1:{receiver_port}"
+        self.procs = [
+            services.start_process(
+                "bench-t-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
+            ),
+            services.start_process(
+                "bench-t-receiver",
+                services.uvicorn_argv("receiver.app:create_app", receiver_port),
+                self.env,
+            ),
+        ]
+        services.wait_until(lambda: services.http_up(self.sim_url + "/_sim/stats"), timeout=30)
+        services.wait_until(lambda: services.http_up(self.receiver_url + "/healthz"), timeout=30)
+        self.sim = Simulator(self.sim_url)
+        self.sim.add_account(api_key=TITAN_KEY, account="bench")
+        self.s3 = make_s3_client(
+            endpoint=self.s3_url,
+            region="us-east-1",
+            access_key_id="testing",
+            secret_access_key="testing",
+            connect_timeout=5,
+            read_timeout=60,
+        )
+        for bucket in ("ours", "plain"):
+            self.s3.create_bucket(Bucket=bucket)
+        self.hmac_key = "bench-hmac-key"
+        with session_scope(self.engine) as session:
+            self.tenant, _ = create_tenant(
+                session,
+                box=SecretBox(self.master),
+                spec=TenantSpec(
+                    name="bench",
+                    hmac_key=self.hmac_key,
+                    titan_url=self.sim_url,
+                    titan_api_key=TITAN_KEY,
+                    strategy="download",
+                    s3_bucket="ours",
+                    s3_endpoint=self.s3_url,
+                    s3_region="us-east-1",
+                    s3_access_key_id="testing",
+                    s3_secret_access_key="testing",
+                ),
+            )
+        self.celery = make_celery(
+            load_settings(
+                database_url=self.db_url, broker_url=self.redis_url, secret_key=self.master
+            )
+        )
+        self.workers = workers
+        self.procs.append(
+            services.start_process(
+                "bench-t-worker", services.worker_argv(concurrency=workers), self.env
+            )
+        )
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.sim.close()
+        self.celery.close()
+        self.engine.dispose()
+        self._stack.close()
+
+    def make(self, count: int, size: int, kind: str) -> list[SentMedia]:
+        return [
+            self.sim.make_media(account="bench", message_type=kind, size=size) for _ in range(count)
+        ]
+
+    # -- our path: rows queued, timed until all archived ------------------------------------
+
+    def archive(self, items: list[SentMedia]) -> float:
+        from archiver.publisher import Publisher
+
+        publisher = Publisher(self.celery, self.redis_url)
+        arrivals = [
+            media_rows.Arrival(self.tenant.id or 0, "download", media_item(i.envelope))
+            for i in items
+        ]  # type: ignore[arg-type]
+        started = time.monotonic()
+        with session_scope(self.engine) as session:
+            recorded = media_rows.record_items(session, arrivals=arrivals, now=utcnow())
+        publisher.publish([r.pk for r in recorded])
+        ids = [i.media_id for i in items]
+
+        def done() -> bool:
+            with session_scope(self.engine) as session:
+                rows = session.exec(select(Media.status).where(col(Media.media_id).in_(ids))).all()
+            assert Status.FAILED not in rows, "a transfer failed"
+            return sum(s == Status.ARCHIVED for s in rows) == len(ids)
+
+        services.wait_until(done, timeout=1800, interval=0.05)
+        publisher.close()
+        return time.monotonic() - started
+
+    # -- the plain copy: the same bytes, same S3, same part size, same concurrency ----------
+
+    def plain_copy(self, items: list[SentMedia], concurrency: int) -> float:
+        client = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=concurrency))
+
+        def copy(item: SentMedia) -> None:
+            url = f"{self.sim_url}/api/sessions/{item.session}/media/{item.media_id}/download"
+            with client.stream("POST", url, headers={"Authorization": f"Bearer {TITAN_KEY}"}) as r:
+                r.raise_for_status()
+                key = f"plain/{item.media_id}"
+                buffer = bytearray()
+                upload_id = None
+                parts: list[dict[str, Any]] = []
+                for chunk in r.iter_bytes(256 * 1024):
+                    buffer += chunk
+                    while len(buffer) >= PART:
+                        if upload_id is None:
+                            upload_id = self.s3.create_multipart_upload(Bucket="plain", Key=key)[
+                                "UploadId"
+                            ]
+                        answer = self.s3.upload_part(
+                            Bucket="plain",
+                            Key=key,
+                            UploadId=upload_id,
+                            PartNumber=len(parts) + 1,
+                            Body=bytes(buffer[:PART]),
+                        )
+                        parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
+                        del buffer[:PART]
+                if upload_id is None:
+                    self.s3.put_object(Bucket="plain", Key=key, Body=bytes(buffer))
+                    return
+                if buffer:
+                    answer = self.s3.upload_part(
+                        Bucket="plain",
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=len(parts) + 1,
+                        Body=bytes(buffer),
+                    )
+                    parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"]})
+                self.s3.complete_multipart_upload(
+                    Bucket="plain", Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(copy, items))
+        client.close()
+        return time.monotonic() - started
+
+    # -- end to end: signed webhooks at a steady rate, accepted -> archived -----------------
+
+    def e2e(self, rate: float, seconds: float, size: int) -> list[float]:
+        items = self.make(int(rate * seconds), size, "image")
+        client = httpx.Client(timeout=30)
+        started = time.monotonic()
+        for n, item in enumerate(items):
+            delay = started + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            assert (
+                post_signed(
+                    client, f"{self.receiver_url}/webhooks/bench", self.hmac_key, item.envelope
+                ).status_code
+                == 202
+            )
+        client.close()
+        ids = [i.media_id for i in items]
+
+        def rows() -> list[tuple[Any, Any, Any]]:
+            with session_scope(self.engine) as session:
+                return list(
+                    session.exec(
+                        select(Media.status, Media.received_at, Media.archived_at).where(
+                            col(Media.media_id).in_(ids)
+                        )
+                    )
+                )
+
+        services.wait_until(lambda: all(r[0] == Status.ARCHIVED for r in rows()), timeout=300)
+        return sorted(
+            (archived - received).total_seconds() * 1000 for _, received, archived in rows()
+        )
+
+
+def pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large", type=int, default=6)
+    parser.add_argument("--large-mb", type=int, default=50)
+    parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=50)
+    parser.add_argument("--e2e-seconds", type=float, default=20)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="postgres")
+    args = parser.parse_args()
+    rig = Rig(args.workers, args.database)
+    try:
+        python = sys.version.split()[0]
+        print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {python}")
+        print(
+            f"S3: moto; part size {PART // 1024 // 1024} MiB; worker processes: {args.workers}; "
+            f"database {args.database}"
+        )
+        print(f"{'bench':<34}{'limit':>12}{'titan-archiver':>16}{'ratio':>8}  target")
+        big = rig.make(args.large, args.large_mb * MB, "video")
+        total_mb = args.large * args.large_mb
+        plain = rig.plain_copy(rig.make(args.large, args.large_mb * MB, "video"), args.workers)
+        ours = rig.archive(big)
+        print(
+            f"{f'large: {args.large} x {args.large_mb} MB (MB/s)':<34}{total_mb / plain:>12.1f}"
+            f"{total_mb / ours:>16.1f}{plain / ours:>8.2f}  >= 0.8"
+        )
+        small = rig.make(args.small, 100_000, "image")
+        plain = rig.plain_copy(rig.make(args.small, 100_000, "image"), args.workers)
+        ours = rig.archive(small)
+        print(
+            f"{f'small: {args.small} x 100 KB (items/s)':<34}{args.small / plain:>12.1f}"
+            f"{args.small / ours:>16.1f}{plain / ours:>8.2f}  >= 0.7"
+        )
+        latencies = rig.e2e(args.rate, args.e2e_seconds, 100_000)
+        print(
+            f"e2e at {args.rate:.0f} events/s, {len(latencies)} x 100 KB: accepted -> archived "
+            f"p50 {statistics.median(latencies):.0f} ms, p99 {pct(latencies, 0.99):.0f} ms, "
+            f"max {latencies[-1]:.0f} ms (targets: p50 < 150, p99 < 1000)"
+        )
+        with session_scope(rig.engine) as session:
+            failed = session.exec(select(func.count()).where(Media.status == Status.FAILED)).one()
+        print(f"failed rows: {failed}")
+    finally:
+        rig.close()
+
+
+if __name__ == "__main__":
+    main()
