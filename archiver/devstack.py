@@ -112,6 +112,7 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
     env.setdefault("ARCHIVER_SECRET_KEY", key_file.read_text().strip())
     env.setdefault("ARCHIVER_DATABASE_URL", f"sqlite:///{root / 'archiver.db'}")
     env.setdefault("ARCHIVER_LOG_LEVEL", "INFO")
+    env.setdefault("ARCHIVER_LOG_FORMAT", "text")  # humans read the dev logs
     stack = Stack(log_dir=root / "logs")
     say = lambda text: click.echo(click.style("dev ", fg="cyan") + text, err=True)  # noqa: E731
 

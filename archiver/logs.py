@@ -1,19 +1,88 @@
-"""Logging set-up shared by every process: one line per event, secrets never formatted in."""
+"""Logging for every process: one line per event (JSON in production), secrets redacted.
+
+Fields passed as ``extra={...}`` (tenant, session, mediaId, eventId, outcome, durationMs,
+bytes) become JSON keys. The redaction filter runs on every record of every logger, so a
+key or signature that slips into a message or an exception is masked before it is written.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
+from datetime import UTC, datetime
+from typing import Any
+
+FIELDS = ("tenant", "session", "mediaId", "eventId", "outcome", "durationMs", "bytes", "attempt")
+_SECRETS = [
+    (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?bearer\s+)[^\s\"',]+"), r"\1[redacted]"),
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"), "Bearer [redacted]"),
+    (re.compile(r"\btak_[A-Za-z0-9_-]{8,}"), "tak_[redacted]"),
+    (re.compile(r"\btitan_(?:ct_)?[A-Za-z0-9_-]{8,}"), "titan_[redacted]"),
+    (re.compile(r"sha256=[0-9a-fA-F]{16,}"), "sha256=[redacted]"),
+    (
+        re.compile(r"(?i)(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s\"']+"),
+        r"\1[redacted]",
+    ),
+    (
+        re.compile(
+            r"(?i)((?:secret|password|hmac|api)[_-]?(?:access[_-]?)?key[\"']?\s*[:=]\s*[\"']?)"
+            r"[^\s\"',}]+"
+        ),
+        r"\1[redacted]",
+    ),
+]
 
 
-def configure_logging(level: str = "INFO") -> None:
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                doc[name] = value
+        if record.exc_text or record.exc_info:
+            doc["error"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+        return json.dumps(doc, default=str)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     if any(getattr(h, "_archiver", False) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s")
-    )
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s")
+        )
+    handler.addFilter(RedactingFilter())
     handler._archiver = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())

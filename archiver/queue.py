@@ -46,6 +46,8 @@ def make_celery(settings: Settings) -> Celery:
         },
         broker_pool_limit=20,
         timezone="UTC",
+        # Our JSON, redacting handler stays on the root logger in worker processes too.
+        worker_hijack_root_logger=False,
         enable_utc=True,
     )
     return app

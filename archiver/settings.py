@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"
     secret_key: SecretStr | None = None
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
 
     # Receiver
     admin_api_key: SecretStr | None = None

@@ -44,13 +44,25 @@ class Intake:
         try:
             return await self._accept(tenant_name, body, signature)
         except InvalidSignature as exc:
-            log.info("webhook refused for %r: %s", tenant_name[:64], exc)
+            log.info(
+                "webhook refused: %s",
+                exc,
+                extra={"tenant": tenant_name[:64], "outcome": "unauthorized"},
+            )
             return Answer(401, UNAUTHORIZED, outcome="unauthorized")
         except PayloadError as exc:
-            log.info("webhook for %r has a bad payload: %s", tenant_name, exc)
+            log.info(
+                "webhook has a bad payload: %s",
+                exc,
+                extra={"tenant": tenant_name, "outcome": "bad_payload"},
+            )
             return Answer(400, {"error": str(exc)}, outcome="bad_payload")
         except Unavailable as exc:
-            log.warning("webhook for %r not accepted, %s", tenant_name, exc)
+            log.warning(
+                "webhook not accepted: %s",
+                exc,
+                extra={"tenant": tenant_name, "outcome": "unavailable"},
+            )
             return Answer(
                 503,
                 {"error": "temporarily unavailable, retry later"},
@@ -79,7 +91,17 @@ class Intake:
             Arrival(tenant_id=tenant.id, strategy=tenant.strategy, item=item)
         )
         outcome = "queued" if recorded.created else "duplicate"
-        log.info("media %s of %s: %s", item.media_id, tenant_name, outcome)
+        log.info(
+            "webhook %s",
+            outcome,
+            extra={
+                "tenant": tenant_name,
+                "session": item.session,
+                "mediaId": item.media_id,
+                "eventId": item.event_id,
+                "outcome": outcome,
+            },
+        )
         if recorded.created:
             return Answer(202, {"status": recorded.status, "id": item.media_id}, outcome=outcome)
         return Answer(200, {"status": "duplicate", "id": item.media_id}, outcome=outcome)

@@ -80,7 +80,15 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
                 due=now + timedelta(seconds=delay),
             )
         log.info(
-            "media %s attempt %d failed (%s); retry in %.1fs", row.media_id, attempt, exc, delay
+            "transfer failed, retry in %.1fs: %s",
+            delay,
+            exc,
+            extra={
+                "tenant": tenant.name,
+                "mediaId": row.media_id,
+                "outcome": "retrying",
+                "attempt": attempt,
+            },
         )
         return Result("retrying", str(exc), retry_in=delay)
     with session_scope(res.engine) as session:
@@ -88,11 +96,16 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
     if not mine:
         return Result("skipped", "lease lost to another worker; its outcome stands")
     log.info(
-        "archived media %s of tenant %s (%s bytes) in %.2fs",
-        row.media_id,
-        tenant.name,
-        outcome.get("size"),
-        time.monotonic() - started,
+        "media archived",
+        extra={
+            "tenant": tenant.name,
+            "session": row.session,
+            "mediaId": row.media_id,
+            "outcome": "archived",
+            "bytes": outcome.get("size"),
+            "attempt": attempt,
+            "durationMs": round((time.monotonic() - started) * 1000, 1),
+        },
     )
     return Result("archived")
 
@@ -100,7 +113,11 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
 def _fail(res: WorkerResources, row: Media, reason: str) -> Result:
     with session_scope(res.engine) as session:
         media.mark_failed(session, pk=row.pk or 0, attempt=row.attempts, now=utcnow(), error=reason)
-    log.warning("media %s failed: %s", row.media_id, reason)
+    log.warning(
+        "media failed: %s",
+        reason,
+        extra={"mediaId": row.media_id, "outcome": "failed", "attempt": row.attempts},
+    )
     return Result("failed", reason)
 
 

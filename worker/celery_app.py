@@ -10,7 +10,7 @@ from archiver.settings import load_settings
 from worker.tasks import register
 
 settings = load_settings()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 app = make_celery(settings)
 app.conf.beat_schedule = {
     "sweep-stuck-media": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds},

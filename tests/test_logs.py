@@ -1,0 +1,94 @@
+"""Logs: one JSON object per event line, and no secret or signature ever written."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+
+from archiver.logs import JsonFormatter, RedactingFilter, redact
+from tests import services
+from tests.conftest import MASTER_KEY, migrated_database, process_env
+from tests.test_receiver import add_tenant, media_body
+from titan_simulator.sender import signature
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("Authorization: Bearer tak_abcdefghijklmnop", "tak_abcdefghijklmnop"),
+        ("calling with titan_0123456789abcdef", "titan_0123456789abcdef"),
+        ("header X-Webhook-Signature: sha256=" + "ab" * 32, "ab" * 32),
+        ("https://b.s3/k?X-Amz-Credential=AKIA123&X-Amz-Signature=deadbeefcafe", "deadbeefcafe"),
+        ("{'hmac_key': 'supersecretvalue'}", "supersecretvalue"),
+        ("aws_secret_access_key=wJalrXUtnFEMI", "wJalrXUtnFEMI"),
+    ],
+)
+def test_redact_masks_keys_tokens_and_signatures(text: str, secret: str) -> None:
+    assert secret not in redact(text)
+
+
+def test_json_lines_carry_event_fields_and_redacted_exceptions() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "webhook %s", ("queued",), None)
+    record.tenant, record.mediaId, record.outcome = "acme", "m1", "queued"
+    RedactingFilter().filter(record)
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["msg"] == "webhook queued" and doc["tenant"] == "acme" and doc["mediaId"] == "m1"
+    try:
+        raise RuntimeError("boom with Bearer tak_abcdefghijklmnop")
+    except RuntimeError:
+        import sys
+
+        failing = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    RedactingFilter().filter(failing)
+    line = JsonFormatter().format(failing)
+    assert "tak_abcdefghijklmnop" not in line and "RuntimeError" in json.loads(line)["error"]
+
+
+def test_receiver_process_logs_json_events_without_secrets(
+    tmp_path: Path, redis_url: str, pg_admin_url: str | None
+) -> None:
+    with migrated_database("sqlite", tmp_path, pg_admin_url) as database_url:
+        api_key = add_tenant(database_url, "acme", "acme-hmac-secret-key")
+        port = services.free_port()
+        env = process_env(database_url, redis_url, ARCHIVER_LOG_FORMAT="json")
+        proc = services.start_process(
+            "logs-receiver", services.uvicorn_argv("receiver.app:create_app", port), env
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            services.wait_until(lambda: services.http_up(url + "/healthz"), timeout=30)
+            body = media_body("logged-1")
+            sig = signature(body, "acme-hmac-secret-key")
+            assert (
+                httpx.post(
+                    f"{url}/webhooks/acme", content=body, headers={"X-Webhook-Signature": sig}
+                ).status_code
+                == 202
+            )
+            assert (
+                httpx.post(
+                    f"{url}/webhooks/acme",
+                    content=body,
+                    headers={"X-Webhook-Signature": "sha256=" + "1" * 64},
+                ).status_code
+                == 401
+            )
+            assert (
+                httpx.get(
+                    f"{url}/api/media", headers={"Authorization": f"Bearer {api_key}"}
+                ).status_code
+                == 200
+            )
+        finally:
+            proc.stop()
+        log = proc.log()
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    queued = [e for e in events if e.get("outcome") == "queued"]
+    assert queued and queued[0]["tenant"] == "acme" and queued[0]["mediaId"] == "logged-1"
+    assert any(e.get("outcome") == "unauthorized" for e in events)
+    for secret in (api_key, "acme-hmac-secret-key", MASTER_KEY, sig.removeprefix("sha256=")):
+        assert secret not in log
