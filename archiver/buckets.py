@@ -61,6 +61,18 @@ def make_s3_client(
     return session.client("s3", endpoint_url=endpoint or None, config=config)
 
 
+def tenant_s3_client(tenant: Any, *, secret_access_key: str | None, settings: Any) -> Any:
+    """The S3 client for one tenant's bucket, with the deployment's timeouts."""
+    return make_s3_client(
+        endpoint=tenant.s3_endpoint,
+        region=tenant.s3_region,
+        access_key_id=tenant.s3_access_key_id,
+        secret_access_key=secret_access_key,
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+    )
+
+
 def classify_s3(exc: Exception) -> AppError:
     """Bucket answers that no retry can fix are permanent; the rest may pass."""
     if isinstance(exc, ClientError):

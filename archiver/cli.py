@@ -233,9 +233,7 @@ def media_export(output: str, fmt: str, **filters: str | None) -> None:
     engine = make_engine(settings.database_url)
     try:
         query = _query(filters)
-        with session_scope(engine) as session:
-            tenant_id = get_tenant(session, name=query.tenant).id if query.tenant else None
-            total = sum(media_rows.backlog(session, tenant_id=tenant_id).counts.values())
+        _, total = _scope_count(engine, query.tenant, None)
         # newline="" so the csv module controls line endings (click.open_file cannot pass it).
         target = (
             contextlib.nullcontext(sys.stdout)
@@ -327,6 +325,14 @@ def media_failed(tenant: str | None, limit: int, fmt: str) -> None:
     print_media(docs, fmt)
 
 
+def _scope_count(engine: Any, tenant: str | None, status: str | None) -> tuple[int | None, int]:
+    """The tenant's id (None: every tenant) and how many of its rows have ``status`` (or any)."""
+    with session_scope(engine) as session:
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        counts = media_rows.backlog(session, tenant_id=tenant_id).counts
+    return tenant_id, counts.get(status, 0) if status else sum(counts.values())
+
+
 @media.command("retry")
 @click.option("--all", "retry_all", is_flag=True, help="Every failed row of every tenant.")
 @click.option("--tenant", default=None, help="Every failed row of this tenant.")
@@ -342,9 +348,7 @@ def media_retry(retry_all: bool, tenant: str | None, media_ids: tuple[str, ...])
     settings = _settings()
     engine = make_engine(settings.database_url)
     try:
-        with session_scope(engine) as session:
-            tenant_id = get_tenant(session, name=tenant).id if tenant else None
-            total = media_rows.backlog(session, tenant_id=tenant_id).counts.get("failed", 0)
+        tenant_id, total = _scope_count(engine, tenant, Status.FAILED.value)
         with click.progressbar(length=total, label="re-queueing", file=sys.stderr) as bar:
             count = retry_failed(
                 engine,
@@ -370,9 +374,7 @@ def reconcile(tenant: str | None, requeue: bool) -> None:
     settings = _settings()
     engine = make_engine(settings.database_url)
     try:
-        with session_scope(engine) as session:
-            tenant_id = get_tenant(session, name=tenant).id if tenant else None
-            total = media_rows.backlog(session, tenant_id=tenant_id).counts.get("archived", 0)
+        _, total = _scope_count(engine, tenant, Status.ARCHIVED.value)
         with click.progressbar(length=total, label="checking", file=sys.stderr) as bar:
             report = run_reconcile(
                 engine,

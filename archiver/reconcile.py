@@ -10,7 +10,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from archiver import media
-from archiver.buckets import head, make_s3_client
+from archiver.buckets import head, tenant_s3_client
 from archiver.db import session_scope
 from archiver.queue import publish_archive
 from archiver.secrets_box import SecretBox
@@ -79,14 +79,7 @@ def _reconcile_tenant(
     progress: Callable[[int], None] | None,
 ) -> None:
     secrets = secrets_of(tenant, box=box)
-    s3 = make_s3_client(
-        endpoint=tenant.s3_endpoint,
-        region=tenant.s3_region,
-        access_key_id=tenant.s3_access_key_id,
-        secret_access_key=secrets.s3_secret_access_key,
-        connect_timeout=settings.s3_connect_timeout,
-        read_timeout=settings.s3_read_timeout,
-    )
+    s3 = tenant_s3_client(tenant, secret_access_key=secrets.s3_secret_access_key, settings=settings)
     after = 0
     while True:
         with session_scope(engine) as session:

@@ -86,6 +86,14 @@ def _cursor(row: Media) -> str:
     return encode_cursor(row.received_at, row.pk)
 
 
+def _tenant_param(request: Request) -> str | None:
+    """The only query parameter these endpoints take; anything else is named in a 400."""
+    unknown = sorted(set(request.query_params) - {"tenant"})
+    if unknown:
+        raise PayloadError(f"{unknown[0]}: unknown parameter")
+    return request.query_params.get("tenant")
+
+
 def _names(engine: Engine) -> dict[int, str]:
     with session_scope(engine) as session:
         return {t.id or 0: t.name for t in list_tenants(session)}
@@ -137,11 +145,7 @@ class MediaApi:
 
     def _one(self, request: Request) -> tuple[Media, Tenant]:
         who = _principal(self._engine, self._admin_key, _bearer(request))
-        params = dict(request.query_params)
-        unknown = sorted(set(params) - {"tenant"})
-        if unknown:
-            raise PayloadError(f"{unknown[0]}: unknown parameter")
-        scope = _scope(self._engine, who, params.get("tenant"))
+        scope = _scope(self._engine, who, _tenant_param(request))
         if scope is None:
             raise PayloadError("tenant: the admin key must name the tenant of a media id")
         media_id = request.path_params["id"]
@@ -185,11 +189,7 @@ class MediaApi:
     async def stats(self, request: Request) -> Response:
         def work(req: Request) -> Response:
             who = _principal(self._engine, self._admin_key, _bearer(req))
-            params = dict(req.query_params)
-            unknown = sorted(set(params) - {"tenant"})
-            if unknown:
-                raise PayloadError(f"{unknown[0]}: unknown parameter")
-            scope = _scope(self._engine, who, params.get("tenant"))
+            scope = _scope(self._engine, who, _tenant_param(req))
             tenant_id = scope.id if scope else None
             with session_scope(self._engine) as session:
                 figures = media.stats(session, tenant_id=tenant_id)

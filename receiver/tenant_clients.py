@@ -6,7 +6,7 @@ import hashlib
 import threading
 from typing import Any
 
-from archiver.buckets import make_s3_client
+from archiver.buckets import tenant_s3_client
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Tenant
@@ -36,13 +36,8 @@ class TenantClients:
             if cached and cached[0] == fingerprint:
                 return cached[1]
         secrets = secrets_of(tenant, box=self._box)
-        client = make_s3_client(
-            endpoint=tenant.s3_endpoint,
-            region=tenant.s3_region,
-            access_key_id=tenant.s3_access_key_id,
-            secret_access_key=secrets.s3_secret_access_key,
-            connect_timeout=self._settings.s3_connect_timeout,
-            read_timeout=self._settings.s3_read_timeout,
+        client = tenant_s3_client(
+            tenant, secret_access_key=secrets.s3_secret_access_key, settings=self._settings
         )
         with self._lock:
             self._clients[tenant.id or 0] = (fingerprint, client)

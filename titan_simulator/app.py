@@ -71,20 +71,22 @@ def create_app(world: World | None = None) -> Starlette:
                 return None, _error(502, "Media worker unreachable")
         return account, None
 
-    def find(account: str, request: Request) -> MediaRecord | Response:
+    def media_request(request: Request) -> tuple[str, MediaRecord] | Response:
+        """The caller's account and the media it names, or the answer that refuses it."""
+        account, refusal = authorise(request)
+        if refusal is not None or account is None:
+            return refusal or _error(401, "Invalid API key")
         record = world.media.get((account, request.path_params["media_id"]))
         if record is None or record.session != request.path_params["session"] or record.gone:
             count("answered_404")
             return _error(404, "Media not found or expired")
-        return record
+        return account, record
 
     async def get_media(request: Request) -> Response:
-        account, refusal = authorise(request)
-        if refusal or account is None:
-            return refusal or _error(401, "Invalid API key")
-        record = find(account, request)
-        if isinstance(record, Response):
-            return record
+        found = media_request(request)
+        if isinstance(found, Response):
+            return found
+        _account, record = found
         count("get")
         return JSONResponse({"data": record.info()}, headers=common_headers())
 
@@ -103,12 +105,10 @@ def create_app(world: World | None = None) -> Starlette:
         return StreamingResponse(body(), media_type=record.mime_type, headers=headers)
 
     async def download(request: Request) -> Response:
-        account, refusal = authorise(request)
-        if refusal or account is None:
-            return refusal or _error(401, "Invalid API key")
-        record = find(account, request)
-        if isinstance(record, Response):
-            return record
+        found = media_request(request)
+        if isinstance(found, Response):
+            return found
+        account, record = found
         count("download")
         if world.faults.redirect:
             token = secrets.token_urlsafe(16)
@@ -133,12 +133,10 @@ def create_app(world: World | None = None) -> Starlette:
         return stream(world.media[found], truncate=False, short=False)
 
     async def persist(request: Request) -> Response:
-        account, refusal = authorise(request)
-        if refusal or account is None:
-            return refusal or _error(401, "Invalid API key")
-        record = find(account, request)
-        if isinstance(record, Response):
-            return record
+        found = media_request(request)
+        if isinstance(found, Response):
+            return found
+        account, record = found
         target = world.s3.get(account)
         if target is None:
             return _error(409, "No S3 storage configured for this account")

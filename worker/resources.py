@@ -16,7 +16,7 @@ import httpx
 from celery import Celery
 from sqlalchemy import Engine
 
-from archiver.buckets import make_s3_client
+from archiver.buckets import tenant_s3_client
 from archiver.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
@@ -82,13 +82,8 @@ class WorkerResources:
         cached = self._s3.get(tenant.id)
         if cached and cached[0] == print_:
             return cached[1]
-        client = make_s3_client(
-            endpoint=tenant.s3_endpoint,
-            region=tenant.s3_region,
-            access_key_id=tenant.s3_access_key_id,
-            secret_access_key=secrets.s3_secret_access_key,
-            connect_timeout=self.settings.s3_connect_timeout,
-            read_timeout=self.settings.s3_read_timeout,
+        client = tenant_s3_client(
+            tenant, secret_access_key=secrets.s3_secret_access_key, settings=self.settings
         )
         self._s3[tenant.id] = (print_, client)
         return client
