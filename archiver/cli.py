@@ -31,6 +31,7 @@ from archiver.tenants import (
     list_tenants,
     public_view,
     remove_tenant,
+    rotate_hmac_key,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -146,6 +147,37 @@ def tenants_show(name: str) -> None:
     """Show one tenant (secrets masked)."""
     with _db() as session:
         _echo_json(public_view(get_tenant(session, name=name)))
+
+
+@tenants.command("rotate-hmac-key")
+@click.argument("name")
+@click.option("--hmac-key", required=True, help="The webhook's new signing key.")
+@click.option(
+    "--previous-valid-for",
+    default=24.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Hours the current key keeps verifying (0: stop at once).",
+)
+@_friendly
+def tenants_rotate_hmac_key(name: str, hmac_key: str, previous_valid_for: float) -> None:
+    """Switch the tenant to a new webhook key; signatures by the old one verify until it expires.
+
+    Receivers pick the change up within 5 seconds (their tenant cache).
+    """
+    from datetime import timedelta
+
+    box = SecretBox(_settings().master_key())
+    with _db() as session:
+        tenant = rotate_hmac_key(
+            session,
+            box=box,
+            name=name,
+            new_key=hmac_key,
+            previous_valid_for=timedelta(hours=previous_valid_for),
+        )
+        view = public_view(tenant)
+    click.echo(json.dumps(view))
 
 
 @tenants.command("remove")

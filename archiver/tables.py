@@ -64,6 +64,9 @@ class Tenant(SQLModel, table=True):
     s3_access_key_id: str | None = Field(default=None, max_length=255)
     s3_prefix: str = Field(default="", max_length=512)
     hmac_key_enc: str = Field(sa_column=Column(Text, nullable=False))
+    # During a webhook key rotation the old key keeps verifying until it expires.
+    hmac_key_previous_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    hmac_key_previous_expires_at: datetime | None = _time()
     titan_api_key_enc: str = Field(sa_column=Column(Text, nullable=False))
     s3_secret_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime | None = _time(nullable=False)

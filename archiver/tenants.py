@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -122,9 +123,34 @@ def remove_tenant(session: Session, *, name: str, purge: bool) -> int:
     return int(count)
 
 
+def rotate_hmac_key(
+    session: Session, *, box: SecretBox, name: str, new_key: str, previous_valid_for: timedelta
+) -> Tenant:
+    """Make ``new_key`` the webhook key; the current one keeps verifying for a while."""
+    if len(new_key) < 8:
+        raise PayloadError("hmac-key must be at least 8 characters")
+    tenant = get_tenant(session, name=name)
+    if box.decrypt(tenant.hmac_key_enc) == new_key:
+        raise Conflict("that is already the tenant's webhook key")
+    tenant.hmac_key_previous_enc = (
+        tenant.hmac_key_enc if previous_valid_for > timedelta(0) else None
+    )
+    tenant.hmac_key_previous_expires_at = (
+        utcnow() + previous_valid_for if previous_valid_for > timedelta(0) else None
+    )
+    tenant.hmac_key_enc = box.encrypt(new_key)
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
 def secrets_of(tenant: Tenant, *, box: SecretBox) -> TenantSecrets:
+    keys = [box.decrypt(tenant.hmac_key_enc)]
+    expires = tenant.hmac_key_previous_expires_at
+    if tenant.hmac_key_previous_enc and expires is not None and expires > utcnow():
+        keys.append(box.decrypt(tenant.hmac_key_previous_enc))
     return TenantSecrets(
-        hmac_keys=(box.decrypt(tenant.hmac_key_enc),),
+        hmac_keys=tuple(keys),
         titan_api_key=box.decrypt(tenant.titan_api_key_enc),
         s3_secret_access_key=box.decrypt(tenant.s3_secret_enc) if tenant.s3_secret_enc else None,
     )
@@ -142,6 +168,11 @@ def public_view(tenant: Tenant) -> dict[str, Any]:
         "s3AccessKeyId": tenant.s3_access_key_id,
         "s3Prefix": tenant.s3_prefix,
         "hmacKey": "********",
+        "previousHmacKeyExpiresAt": (
+            tenant.hmac_key_previous_expires_at.isoformat()
+            if tenant.hmac_key_previous_enc and tenant.hmac_key_previous_expires_at
+            else None
+        ),
         "titanApiKey": "********",
         "s3SecretAccessKey": "********" if tenant.s3_secret_enc else None,
         "createdAt": tenant.created_at.isoformat() if tenant.created_at else None,
