@@ -60,6 +60,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="the receiver's ARCHIVER_LOG_LEVEL (INFO: one JSON line per webhook)",
+    )
     args = parser.parse_args()
     master = secrets.token_urlsafe(24)
     hmac_key = "bench-hmac-key"
@@ -88,7 +93,7 @@ def main() -> None:
             "ARCHIVER_DATABASE_URL": db_url,
             "ARCHIVER_BROKER_URL": redis_url,
             "ARCHIVER_SECRET_KEY": master,
-            "ARCHIVER_LOG_LEVEL": "WARNING",
+            "ARCHIVER_LOG_LEVEL": args.log_level,
         }
         results: dict[str, Load] = {}
         for name, target, factory in (
@@ -117,7 +122,7 @@ def main() -> None:
     )
     print(
         f"load: {bare.tool}, {args.connections} connections, {args.seconds:.0f}s; one uvicorn "
-        f"process each; database {args.database}"
+        f"process each; database {args.database}; receiver log level {args.log_level}"
     )
     print(f"{'server':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'errors':>8}")
     for name, load in results.items():

@@ -21,15 +21,12 @@ import boto3
 import httpx
 from botocore.config import Config
 
+from archiver.devstack import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 S3_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port"]  # the dev stack's, re-exported for the tests
 
 
 def port_open(host: str, port: int) -> bool:
