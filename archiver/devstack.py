@@ -203,7 +203,12 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
         say(f"worker started; logs in {stack.log_dir}")
 
         if demo:
-            api_key = _demo(engine, settings.master_key(), s3_url, sim_url, receiver_url, say)
+            api_key, archived = _demo(
+                engine, settings.master_key(), s3_url, sim_url, receiver_url, say, stack
+            )
+            if not archived:
+                say(f"the demo media were not archived; see the logs in {stack.log_dir}")
+                return 1
             say(
                 "query the archive:  "
                 f"curl -H 'Authorization: Bearer {api_key}' {receiver_url}/api/media"
@@ -224,8 +229,15 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
 
 
 def _demo(
-    engine: Any, master_key: str, s3_url: str, sim_url: str, receiver_url: str, say: Any
-) -> str:
+    engine: Any,
+    master_key: str,
+    s3_url: str,
+    sim_url: str,
+    receiver_url: str,
+    say: Any,
+    stack: Stack,
+) -> tuple[str, bool]:
+    """Register the demo tenant, send its webhooks, wait for them; (api key, all archived)."""
     import boto3
 
     from titan_simulator.sender import Simulator, post_signed
@@ -284,6 +296,10 @@ def _demo(
         click.echo(f"\r  archived {done}/{len(DEMO_MEDIA)}", nl=False, err=True)
         if done == len(DEMO_MEDIA):
             break
+        if stack.dead():
+            click.echo("", err=True)
+            say(f"stopped: {', '.join(stack.dead())} exited")
+            return api_key, False
         time.sleep(0.5)
     click.echo("", err=True)
     from archiver.cli import print_media
@@ -295,4 +311,5 @@ def _demo(
             for r in media_rows.list_media(session, tenant_id=tenant_id)
         ]
     print_media(docs, "table")
-    return api_key
+    archived = sum(d["status"] == "archived" for d in docs)
+    return api_key, archived == len(DEMO_MEDIA)
