@@ -385,6 +385,7 @@ def media_retry(retry_all: bool, tenant: str | None, media_ids: tuple[str, ...])
             count = retry_failed(
                 engine,
                 make_celery(settings),
+                settings,
                 tenant_id=tenant_id,
                 media_ids=list(media_ids) or None,
                 progress=bar.update,
@@ -446,9 +447,9 @@ def reconcile(tenant: str | None, requeue: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 @_friendly
 def status(tenant: str | None, as_json: bool) -> None:
-    """Rows by status, the oldest unarchived item's age, and the queue depth."""
-    from archiver.queue import make_celery
-    from archiver.redrive import queue_depth
+    """Rows by status, the oldest unarchived item's age, queue depths, and the live workers."""
+    from archiver.queue import make_celery, workers
+    from archiver.redrive import queue_depths
 
     settings = _settings()
     with _db() as session:
@@ -457,15 +458,19 @@ def status(tenant: str | None, as_json: bool) -> None:
     now = utcnow()
     age = (now - backlog.oldest_unarchived).total_seconds() if backlog.oldest_unarchived else 0.0
     failed_age = (now - backlog.oldest_failed).total_seconds() if backlog.oldest_failed else 0.0
+    celery = make_celery(settings)
     try:
-        depth: int | None = queue_depth(make_celery(settings))
+        depths: dict[str, int] | None = queue_depths(celery)
+        live: list[dict[str, object]] | None = workers(celery)
     except AppError:
-        depth = None
+        depths, live = None, None
     doc = {
         "rows": {s.value: backlog.counts.get(s.value, 0) for s in Status},
         "oldestUnarchivedAgeSeconds": round(age, 1),
         "oldestFailedAgeSeconds": round(failed_age, 1),
-        "queueDepth": depth,
+        "queueDepth": None if depths is None else sum(depths.values()),
+        "queues": depths,
+        "workers": live,
     }
     if as_json:
         click.echo(json.dumps(doc))
@@ -474,7 +479,19 @@ def status(tenant: str | None, as_json: bool) -> None:
         click.echo(f"{name:<28}{count}")
     click.echo(f"{'oldest unarchived':<28}{_age(age)}")
     click.echo(f"{'oldest failed':<28}{_age(failed_age)}")
-    click.echo(f"{'queue depth':<28}{'unreachable' if depth is None else depth}")
+    if depths is None or live is None:
+        click.echo(f"{'queue depth':<28}unreachable")
+        click.echo(f"{'workers':<28}unknown (broker unreachable)")
+    else:
+        for queue, depth in depths.items():
+            click.echo(f"{'queue ' + queue:<28}{depth}")
+        click.echo(f"{'workers':<28}{len(live)}")
+        for worker in live:
+            queues = ",".join(str(q) for q in worker["queues"])  # type: ignore[attr-defined]
+            click.echo(
+                f"  {worker['name']}  queues={queues}  "
+                f"busy={worker['active']}/{worker['concurrency']}"
+            )
     if age > 7 * 86400:
         click.echo("warning: media older than 7 days is not archived; WhatsApp expires it at ~14")
 

@@ -113,6 +113,8 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
     env.setdefault("ARCHIVER_DATABASE_URL", f"sqlite:///{root / 'archiver.db'}")
     env.setdefault("ARCHIVER_LOG_LEVEL", "INFO")
     env.setdefault("ARCHIVER_LOG_FORMAT", "text")  # humans read the dev logs
+    env.setdefault("ARCHIVER_WORKER_METRICS_HOST", "127.0.0.1")
+    env.setdefault("ARCHIVER_WORKER_METRICS_PORT", str(free_port()))
     stack = Stack(log_dir=root / "logs")
     say = lambda text: click.echo(click.style("dev ", fg="cyan") + text, err=True)  # noqa: E731
 
@@ -200,7 +202,11 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
             ],
             env,
         )
-        say(f"worker started; logs in {stack.log_dir}")
+        say(
+            "worker started, metrics on "
+            f"http://127.0.0.1:{env['ARCHIVER_WORKER_METRICS_PORT']}/metrics; "
+            f"logs in {stack.log_dir}"
+        )
 
         if demo:
             api_key, archived = _demo(

@@ -455,6 +455,18 @@ def unqueued(session: Session, *, limit: int) -> list[int]:
     return [pk for pk in session.exec(query) if pk is not None]
 
 
+def routing(session: Session, *, pks: list[int]) -> dict[int, tuple[int | None, str]]:
+    """(announced size, message type) of each row, which decide its queue."""
+    found: dict[int, tuple[int | None, str]] = {}
+    for start in range(0, len(pks), 500):
+        query = select(Media.pk, Media.file_length, Media.message_type).where(
+            col(Media.pk).in_(pks[start : start + 500])
+        )
+        for pk, file_length, message_type in session.execute(query):
+            found[pk] = (file_length, message_type)
+    return found
+
+
 def due_pending_count(session: Session, *, now: datetime) -> int:
     """Pending rows whose message should be waiting in the broker right now."""
     query = select(func.count()).where(

@@ -23,6 +23,8 @@ from celery import Celery
 from archiver.errors import Unavailable
 from archiver.queue import ARCHIVE_QUEUE, ARCHIVE_TASK, publish_archive
 
+Routed = tuple[int, str]  # (media row pk, queue name)
+
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -79,32 +81,32 @@ class Publisher:
         self._redis = redis.Redis.from_url(broker_url, **options) if is_redis else None
         self._aredis = aioredis.Redis.from_url(broker_url, **options) if is_redis else None
 
-    def publish(self, pks: Sequence[int]) -> None:
-        if not pks:
+    def publish(self, routed: Sequence[Routed]) -> None:
+        if not routed:
             return
         if self._redis is None:
-            for pk in pks:
-                publish_archive(self._app, pk=pk)
+            for pk, queue in routed:
+                publish_archive(self._app, pk=pk, queue=queue)
             return
         try:
             pipe = self._redis.pipeline(transaction=False)
-            for pk in pks:
-                pipe.lpush(ARCHIVE_QUEUE, task_message(pk, origin=self._origin))
+            for pk, queue in routed:
+                pipe.lpush(queue, task_message(pk, queue=queue, origin=self._origin))
             pipe.execute()
         except redis.RedisError as exc:
             raise Unavailable("broker unavailable") from exc
 
-    async def apublish(self, pks: Sequence[int]) -> None:
+    async def apublish(self, routed: Sequence[Routed]) -> None:
         """``publish`` without leaving the event loop (one pipelined round-trip on Redis)."""
-        if not pks:
+        if not routed:
             return
         if self._aredis is None:
-            await asyncio.to_thread(self.publish, pks)
+            await asyncio.to_thread(self.publish, routed)
             return
         try:
             pipe = self._aredis.pipeline(transaction=False)
-            for pk in pks:
-                pipe.lpush(ARCHIVE_QUEUE, task_message(pk, origin=self._origin))
+            for pk, queue in routed:
+                pipe.lpush(queue, task_message(pk, queue=queue, origin=self._origin))
             await pipe.execute()
         except redis.RedisError as exc:
             raise Unavailable("broker unavailable") from exc

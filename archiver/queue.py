@@ -6,6 +6,7 @@ The receiver publishes by task *name*, so it never imports worker code.
 from __future__ import annotations
 
 from celery import Celery
+from kombu import Queue
 from kombu.exceptions import KombuError, OperationalError
 
 from archiver.errors import Unavailable
@@ -13,7 +14,17 @@ from archiver.settings import Settings
 
 ARCHIVE_TASK = "worker.archive_media"
 SWEEP_TASK = "worker.sweep_stuck"
-ARCHIVE_QUEUE = "archive"
+ARCHIVE_QUEUE = "archive"  # photos, voice notes, stickers, small documents
+LARGE_QUEUE = "archive-large"  # videos and large documents, so a burst of them delays no photo
+QUEUES = (ARCHIVE_QUEUE, LARGE_QUEUE)
+_LARGE_WHEN_UNSIZED = frozenset({"video", "document"})
+
+
+def queue_for(file_length: int | None, message_type: str, *, large_bytes: int) -> str:
+    """The queue a media item's transfer goes to: by its announced size, else by its type."""
+    if file_length is None:
+        return LARGE_QUEUE if message_type in _LARGE_WHEN_UNSIZED else ARCHIVE_QUEUE
+    return LARGE_QUEUE if file_length >= large_bytes else ARCHIVE_QUEUE
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -36,6 +47,8 @@ def make_celery(settings: Settings) -> Celery:
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(settings.task_time_limit - 30, 30),
         task_default_queue=ARCHIVE_QUEUE,
+        # What a worker consumes unless started with -Q; ARCHIVER_WORKER_QUEUES narrows it.
+        task_queues=[Queue(name, routing_key=name) for name in settings.worker_queues],
         task_routes={SWEEP_TASK: {"queue": ARCHIVE_QUEUE}},
         broker_connection_retry_on_startup=True,
         broker_transport_options={
@@ -53,15 +66,41 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def publish_archive(app: Celery, *, pk: int, countdown: float | None = None) -> None:
+def publish_archive(
+    app: Celery, *, pk: int, queue: str = ARCHIVE_QUEUE, countdown: float | None = None
+) -> None:
     """Queue the archiving of media row ``pk``; Unavailable if the broker cannot take it."""
     try:
         app.send_task(
             ARCHIVE_TASK,
             args=[pk],
+            queue=queue,
             countdown=countdown,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         )
     except (KombuError, OperationalError, OSError) as exc:
         raise Unavailable("broker unavailable") from exc
+
+
+def workers(app: Celery, *, timeout: float = 1.5) -> list[dict[str, object]]:
+    """The workers that answer a broadcast within ``timeout``: name, queues, pool size, busy."""
+    try:
+        inspect = app.control.inspect(timeout=timeout)
+        stats = inspect.stats() or {}
+        queues = inspect.active_queues() or {}
+        active = inspect.active() or {}
+    except (KombuError, OperationalError, OSError) as exc:
+        raise Unavailable("broker unavailable") from exc
+    found = []
+    for name in sorted(stats):
+        pool = stats[name].get("pool", {}) if isinstance(stats[name], dict) else {}
+        found.append(
+            {
+                "name": name,
+                "queues": sorted(q.get("name", "") for q in queues.get(name, [])),
+                "concurrency": pool.get("max-concurrency"),
+                "active": len(active.get(name, [])),
+            }
+        )
+    return found

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from archiver import media
 from archiver.buckets import head, tenant_s3_client
 from archiver.db import session_scope
-from archiver.queue import publish_archive
+from archiver.queue import publish_archive, queue_for
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Tenant, utcnow
@@ -108,5 +108,8 @@ def _reconcile_tenant(
                         session, pk=row.pk or 0, reason=f"reconcile: {problem}", now=utcnow()
                     )
                 if reopened:
-                    publish_archive(app, pk=row.pk or 0)
+                    queue = queue_for(
+                        row.file_length, row.message_type, large_bytes=settings.large_media_bytes
+                    )
+                    publish_archive(app, pk=row.pk or 0, queue=queue)
                     report.requeued += 1

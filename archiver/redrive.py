@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from archiver import media
 from archiver.db import session_scope
 from archiver.errors import Unavailable
-from archiver.queue import ARCHIVE_QUEUE, publish_archive
+from archiver.queue import QUEUES, publish_archive, queue_for
 from archiver.settings import Settings
 from archiver.tables import utcnow
 
@@ -38,15 +38,39 @@ class SweepReport:
         return self.expired_leases + self.unqueued + self.lost
 
 
-def queue_depth(app: Celery, queue: str = ARCHIVE_QUEUE) -> int:
-    """Messages waiting in ``queue`` (Redis or RabbitMQ), 0 if it does not exist."""
+def queue_depths(app: Celery) -> dict[str, int]:
+    """Messages waiting in each archive queue (Redis or RabbitMQ); 0 for one not yet declared."""
+    depths: dict[str, int] = {}
     try:
-        with app.connection_for_read() as conn, conn.channel() as channel:
-            return int(channel.queue_declare(queue=queue, passive=True).message_count)
-    except ChannelError:
-        return 0
+        with app.connection_for_read() as conn:
+            for queue in QUEUES:
+                # A passive declare of a missing queue closes the AMQP channel: one per queue.
+                try:
+                    with conn.channel() as channel:
+                        found = channel.queue_declare(queue=queue, passive=True)
+                        depths[queue] = int(found.message_count)
+                except ChannelError:
+                    depths[queue] = 0
     except OSError as exc:
         raise Unavailable("broker unavailable") from exc
+    return depths
+
+
+def queue_depth(app: Celery) -> int:
+    """Messages waiting in all archive queues together."""
+    return sum(queue_depths(app).values())
+
+
+def publish_rows(engine: Engine, app: Celery, settings: Settings, pks: list[int]) -> None:
+    """Publish rows by pk, each to the queue its size calls for."""
+    if not pks:
+        return
+    with session_scope(engine) as session:
+        routes = media.routing(session, pks=pks)
+    for pk in pks:
+        file_length, message_type = routes.get(pk, (None, "document"))
+        queue = queue_for(file_length, message_type, large_bytes=settings.large_media_bytes)
+        publish_archive(app, pk=pk, queue=queue)
 
 
 def sweep(
@@ -73,8 +97,7 @@ def sweep(
         with session_scope(engine) as session:
             cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
             lost = media.oldest_due(session, queued_before=cutoff, limit=min(missing, limit))
-    for pk in [*expired, *unqueued, *lost]:
-        publish_archive(app, pk=pk)
+    publish_rows(engine, app, settings, [*expired, *unqueued, *lost])
     with session_scope(engine) as session:
         media.mark_queued(session, pks=[*unqueued, *lost], at=now)
     report = SweepReport(len(expired), len(unqueued), len(lost), depth)
@@ -94,6 +117,7 @@ def sweep(
 def retry_failed(
     engine: Engine,
     app: Celery,
+    settings: Settings,
     *,
     tenant_id: int | None,
     media_ids: list[str] | None,
@@ -102,8 +126,9 @@ def retry_failed(
     """Re-drive failed rows from scratch; return how many were queued."""
     with session_scope(engine) as session:
         pks = media.requeue_failed(session, tenant_id=tenant_id, media_ids=media_ids, now=utcnow())
-    for pk in pks:
-        publish_archive(app, pk=pk)
+    for start in range(0, len(pks), 500):
+        chunk = pks[start : start + 500]
+        publish_rows(engine, app, settings, chunk)
         if progress is not None:
-            progress(1)
+            progress(len(chunk))
     return len(pks)

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     presign_ttl_seconds: int = Field(default=300, ge=10, le=7 * 86400)
     max_body_bytes: int = Field(default=1 * MiB, ge=1024)
     retry_after_seconds: int = Field(default=5, ge=1)
+    # Bearer token that /metrics (receiver and worker) requires when set.
+    metrics_token: SecretStr | None = None
 
     # Worker
     part_size: int = Field(default=8 * MiB, ge=5 * MiB, le=512 * MiB)
@@ -51,6 +53,15 @@ class Settings(BaseSettings):
     s3_read_timeout: float = Field(default=60.0, gt=0)
     task_time_limit: int = Field(default=3600, ge=60)
     broker_visibility_timeout: int = Field(default=7200, ge=60)
+    # Media announced at this size or more goes to the archive-large queue.
+    large_media_bytes: int = Field(default=10 * MiB, ge=1)
+    # Queues a worker consumes (comma-separated) unless it is started with -Q.
+    worker_queues_csv: str = Field(
+        default="archive,archive-large", validation_alias="ARCHIVER_WORKER_QUEUES"
+    )
+    # Address and port of each worker's Prometheus endpoint; port 0 turns it off.
+    worker_metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other hosts
+    worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
 
     @field_validator("object_key_template")
     @classmethod
@@ -59,6 +70,21 @@ class Settings(BaseSettings):
             return validate_template(value)
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
+
+    @field_validator("worker_queues_csv")
+    @classmethod
+    def _queues(cls, value: str) -> str:
+        from archiver.queue import QUEUES
+
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(QUEUES))
+        if not names or unknown:
+            raise ValueError(f"must list queues among {', '.join(QUEUES)} (got {value!r})")
+        return ",".join(names)
+
+    @property
+    def worker_queues(self) -> tuple[str, ...]:
+        return tuple(self.worker_queues_csv.split(","))
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -74,6 +100,9 @@ class Settings(BaseSettings):
             raise ValueError("ARCHIVER_SECRET_KEY is required outside development")
         if key.lower() in _PLACEHOLDERS or len(key) < 16:
             raise ValueError("ARCHIVER_SECRET_KEY is a placeholder or shorter than 16 characters")
+        token = self.metrics_token.get_secret_value() if self.metrics_token else None
+        if token is not None and len(token) < 16:
+            raise ValueError("ARCHIVER_METRICS_TOKEN is shorter than 16 characters")
         admin = self.admin_api_key.get_secret_value() if self.admin_api_key else None
         if admin is not None and (admin.lower() in _PLACEHOLDERS or len(admin) < 24):
             raise ValueError(

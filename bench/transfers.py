@@ -35,7 +35,7 @@ from archiver import media as media_rows
 from archiver.buckets import make_s3_client
 from archiver.db import make_engine, session_scope
 from archiver.envelope import media_item
-from archiver.queue import make_celery
+from archiver.queue import make_celery, queue_for
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
 from archiver.tables import Media, Status, utcnow
@@ -65,7 +65,9 @@ class Rig:
             "ARCHIVER_SECRET_KEY": self.master,
             "ARCHIVER_LOG_LEVEL": "WARNING",
             "ARCHIVER_PART_SIZE": str(PART),
+            "ARCHIVER_WORKER_METRICS_PORT": "0",
         }
+        self.large_bytes = load_settings(secret_key=self.master).large_media_bytes
         sim_port, receiver_port = services.free_port(), services.free_port()
         self.sim_url = f"http://127.0.0.1:{sim_port}"
         self.receiver_url = f"http://127.0.0.1:{receiver_port}"
@@ -149,7 +151,12 @@ class Rig:
         started = time.monotonic()
         with session_scope(self.engine) as session:
             recorded = media_rows.record_items(session, arrivals=arrivals, now=utcnow())
-        publisher.publish([r.pk for r in recorded])
+        publisher.publish(
+            [
+                (r.pk, queue_for(i.size, i.message_type, large_bytes=self.large_bytes))
+                for r, i in zip(recorded, items, strict=True)
+            ]
+        )
         ids = [i.media_id for i in items]
 
         def done() -> bool:

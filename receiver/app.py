@@ -122,7 +122,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.settings = settings
         app.state.engine = engine
         app.state.celery = celery
-        app.state.metrics = ReceiverMetrics(engine)
+        app.state.metrics = ReceiverMetrics(
+            engine,
+            celery,
+            token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
+        )
         box = SecretBox(settings.master_key())
         app.state.api = api.MediaApi(
             engine=engine,
@@ -134,9 +138,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         writer: Writer
         if engine.dialect.name == "postgresql":
             conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            writer = PostgresWriter(conninfo=conninfo, publisher=publisher, connections=8)
+            writer = PostgresWriter(
+                conninfo=conninfo,
+                publisher=publisher,
+                connections=8,
+                large_bytes=settings.large_media_bytes,
+            )
         else:
-            writer = ThreadedWriter(engine=engine, publisher=publisher)
+            writer = ThreadedWriter(
+                engine=engine, publisher=publisher, large_bytes=settings.large_media_bytes
+            )
         commit = GroupCommit(writer=writer, flushes=8)
         commit.start()
         app.state.intake = Intake(

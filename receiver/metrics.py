@@ -1,58 +1,31 @@
 """Prometheus metrics of the web process: webhook outcomes and latency, and the archive's backlog.
 
-Backlog figures (rows by status, oldest unarchived age) come from the database at scrape
-time, so every replica reports the same values; aggregate them with max(), not sum().
+The counters are this process's; the backlog gauges (archiver.backlog_metrics) are read
+from the database and broker at scrape time. With ARCHIVER_METRICS_TOKEN set, a scrape
+must send ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
+from celery import Celery
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-from archiver import media
-from archiver.db import session_scope
-from archiver.errors import Unavailable
-from archiver.tables import Status, utcnow
+from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, authorized
 
 log = logging.getLogger(__name__)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class BacklogCollector(Collector):
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            with session_scope(self._engine) as session:
-                backlog = media.backlog(session)
-        except Unavailable:
-            log.warning("metrics: database unavailable, backlog gauges omitted")
-            return
-        rows = GaugeMetricFamily("archiver_media_rows", "Media rows by status", labels=["status"])
-        for status in Status:
-            rows.add_metric([status.value], backlog.counts.get(status.value, 0))
-        yield rows
-        oldest = backlog.oldest_unarchived
-        yield GaugeMetricFamily(
-            "archiver_oldest_unarchived_age_seconds",
-            "Age of the oldest media row not yet archived or failed (WhatsApp expires media ~14 d)",
-            value=(utcnow() - oldest).total_seconds() if oldest else 0.0,
-        )
 
 
 class ReceiverMetrics:
     """One registry per app instance, so tests and several apps in one process stay apart."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, celery: Celery, *, token: str | None = None) -> None:
+        self._token = token
         self.registry = CollectorRegistry()
         self.webhooks = Counter(
             "archiver_webhooks_total",
@@ -66,8 +39,15 @@ class ReceiverMetrics:
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
-        self.registry.register(BacklogCollector(engine))
+        self.registry.register(BacklogCollector(engine, celery))
 
-    async def endpoint(self, _: Request) -> Response:
+    async def endpoint(self, request: Request) -> Response:
+        if not authorized(request.headers.get("authorization"), self._token):
+            log.warning("metrics: scrape refused, missing or wrong token")
+            return JSONResponse(
+                {"error": "unauthorized", "message": "metrics need the bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         body = await run_in_threadpool(generate_latest, self.registry)
         return Response(body, media_type=CONTENT_TYPE)

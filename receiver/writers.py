@@ -21,7 +21,8 @@ from archiver import media
 from archiver.db import session_scope
 from archiver.errors import Unavailable
 from archiver.media import Arrival, Batch, Recorded
-from archiver.publisher import Publisher
+from archiver.publisher import Publisher, Routed
+from archiver.queue import queue_for
 from archiver.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,23 @@ def _refuse_unpublished(recorded: list[Recorded], exc: Unavailable) -> Results:
     return [exc if r.needs_publish else r for r in recorded]
 
 
+def _routed(arrivals: list[Arrival], recorded: list[Recorded], large_bytes: int) -> list[Routed]:
+    """Each row to publish once, on the small or the large queue by its announced size."""
+    routed: dict[int, str] = {}
+    for arrival, answer in zip(arrivals, recorded, strict=True):
+        if answer.needs_publish and answer.pk not in routed:
+            item = arrival.item
+            routed[answer.pk] = queue_for(
+                item.file_length, item.message_type, large_bytes=large_bytes
+            )
+    return sorted(routed.items())
+
+
 class ThreadedWriter:
-    def __init__(self, *, engine: Engine, publisher: Publisher) -> None:
+    def __init__(self, *, engine: Engine, publisher: Publisher, large_bytes: int) -> None:
         self._engine = engine
         self._publisher = publisher
+        self._large_bytes = large_bytes
 
     async def write(self, arrivals: list[Arrival]) -> Results:
         return await run_in_threadpool(self._write, arrivals)
@@ -50,13 +64,13 @@ class ThreadedWriter:
     def _write(self, arrivals: list[Arrival]) -> Results:
         with session_scope(self._engine) as session:
             recorded = media.record_items(session, arrivals=arrivals, now=utcnow())
-        to_publish = sorted({r.pk for r in recorded if r.needs_publish})
+        to_publish = _routed(arrivals, recorded, self._large_bytes)
         try:
             self._publisher.publish(to_publish)
         except Unavailable as exc:
             # Flag the rows so Titan's retry or the sweeper queues them.
             with suppress(Unavailable), session_scope(self._engine) as session:
-                for pk in to_publish:
+                for pk, _ in to_publish:
                     media.mark_unqueued(session, pk=pk)
             return _refuse_unpublished(recorded, exc)
         return list(recorded)
@@ -66,9 +80,12 @@ class ThreadedWriter:
 
 
 class PostgresWriter:
-    def __init__(self, *, conninfo: str, publisher: Publisher, connections: int) -> None:
+    def __init__(
+        self, *, conninfo: str, publisher: Publisher, connections: int, large_bytes: int
+    ) -> None:
         self._conninfo = conninfo
         self._publisher = publisher
+        self._large_bytes = large_bytes
         self._idle: asyncio.LifoQueue[psycopg.AsyncConnection[tuple[object, ...]] | None] = (
             asyncio.LifoQueue()
         )
@@ -94,12 +111,12 @@ class PostgresWriter:
                     )
                     existing = {(t, m): (pk, s, q) for pk, t, m, s, q in await cur.fetchall()}
             recorded = batch.answers(created, existing)
-            to_publish = sorted({r.pk for r in recorded if r.needs_publish})
+            to_publish = _routed(arrivals, recorded, self._large_bytes)
             try:
                 await self._publisher.apublish(to_publish)
             except Unavailable as exc:
                 with suppress(psycopg.Error):
-                    await conn.execute(media.PG_UNQUEUE, [to_publish])
+                    await conn.execute(media.PG_UNQUEUE, [[pk for pk, _ in to_publish]])
                 return _refuse_unpublished(recorded, exc)
             return list(recorded)
         except psycopg.Error as exc:

@@ -1,15 +1,21 @@
-"""A loopback TCP proxy that can be cut: ``down()`` drops every connection and refuses new ones."""
+"""A loopback TCP proxy that can be cut: ``down()`` drops every connection and refuses new ones.
+
+Given several target ports it is a round-robin load balancer (one target per connection).
+"""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
+from collections.abc import Sequence
 from contextlib import suppress
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, listen_port: int = 0) -> None:
-        self._target = ("127.0.0.1", target_port)
+    def __init__(self, target_port: int | Sequence[int], listen_port: int = 0) -> None:
+        ports = [target_port] if isinstance(target_port, int) else list(target_port)
+        self._targets = itertools.cycle([("127.0.0.1", port) for port in ports])
         self._server = socket.create_server(("127.0.0.1", listen_port))
         self.port = int(self._server.getsockname()[1])
         self._up = True
@@ -45,7 +51,7 @@ class TcpProxy:
                     client.close()  # connection refused, as far as the client can tell
                     continue
                 try:
-                    upstream = socket.create_connection(self._target, timeout=5)
+                    upstream = socket.create_connection(next(self._targets), timeout=5)
                 except OSError:
                     client.close()
                     continue

@@ -153,14 +153,42 @@ def ops(
             queue.close()
 
 
-def test_status_reports_rows_oldest_unarchived_age_and_queue_depth(ops: Ops) -> None:
+def test_status_reports_rows_oldest_unarchived_age_and_queue_depths(ops: Ops) -> None:
     assert ops.send(ops.sim.make_media(account="acme", message_type="image", size=1000)) == 202
+    # 11 MB is over ARCHIVER_LARGE_MEDIA_BYTES (10 MiB): the large queue.
+    assert (
+        ops.send(ops.sim.make_media(account="acme", message_type="video", size=11_000_000)) == 202
+    )
     time.sleep(1.1)
     doc = json.loads(ops.cli("status", "--json").stdout)
-    assert doc["rows"]["queued"] == 1 and doc["queueDepth"] == 1
+    assert doc["rows"]["queued"] == 2 and doc["queueDepth"] == 2
+    assert doc["queues"] == {"archive": 1, "archive-large": 1}
+    assert doc["workers"] == []  # none started yet
     assert doc["oldestUnarchivedAgeSeconds"] >= 1
     table = ops.cli("status").stdout
-    assert "oldest unarchived" in table and "queue depth" in table
+    assert "oldest unarchived" in table and "queue archive-large" in table
+    assert "workers                     0" in table
+
+
+def test_a_burst_of_videos_does_not_hold_up_photos(ops: Ops) -> None:
+    videos = [
+        ops.sim.make_media(account="acme", message_type="video", size=11_000_000) for _ in range(3)
+    ]
+    photos = [
+        ops.sim.make_media(account="acme", message_type="image", size=40_000) for _ in range(5)
+    ]
+    for item in [*videos, *photos]:  # the videos arrive first
+        assert ops.send(item) == 202
+    ops.worker("ops-small", ARCHIVER_WORKER_QUEUES="archive")
+    for photo in photos:
+        ops.wait_status(photo.media_id, "archived")
+    assert {ops.rows()[v.media_id].status for v in videos} == {"queued"}
+    doc = json.loads(ops.cli("status", "--json").stdout)
+    assert doc["queues"] == {"archive": 0, "archive-large": 3}
+    assert [(w["queues"], w["concurrency"]) for w in doc["workers"]] == [(["archive"], 1)]
+    ops.worker("ops-large", ARCHIVER_WORKER_QUEUES="archive-large")
+    for video in videos:
+        assert ops.wait_status(video.media_id, "archived").sha256 == video.sha256
 
 
 def test_failed_rows_are_listed_with_reasons_and_retried_to_archived(ops: Ops) -> None:

@@ -28,6 +28,8 @@ class Result:
     outcome: str  # archived | failed | retrying | busy | skipped
     detail: str = ""
     retry_in: float | None = None
+    size: int | None = None  # bytes archived
+    seconds: float | None = None  # duration of the transfer that archived it
 
 
 def archive_row(res: WorkerResources, pk: int) -> Result:
@@ -95,6 +97,7 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
         mine = media.mark_archived(session, pk=pk, attempt=attempt, now=utcnow(), outcome=outcome)
     if not mine:
         return Result("skipped", "lease lost to another worker; its outcome stands")
+    seconds = time.monotonic() - started
     log.info(
         "media archived",
         extra={
@@ -104,10 +107,10 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
             "outcome": "archived",
             "bytes": outcome.get("size"),
             "attempt": attempt,
-            "durationMs": round((time.monotonic() - started) * 1000, 1),
+            "durationMs": round(seconds * 1000, 1),
         },
     )
-    return Result("archived")
+    return Result("archived", size=outcome.get("size"), seconds=seconds)
 
 
 def _fail(res: WorkerResources, row: Media, reason: str) -> Result:

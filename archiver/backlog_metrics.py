@@ -1,0 +1,77 @@
+"""Prometheus gauges read at scrape time from the shared state: rows by status, oldest
+unarchived age, and the broker's queue depths.
+
+Every receiver and worker reports the same values (they read the same database and
+broker), so aggregate these with max(), not sum(); the counters are per process.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Iterator
+
+from celery import Celery
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+
+from archiver import media
+from archiver.db import session_scope
+from archiver.errors import Unavailable
+from archiver.tables import Status, utcnow
+
+log = logging.getLogger(__name__)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class BacklogCollector(Collector):
+    def __init__(self, engine: Engine, celery: Celery | None = None) -> None:
+        self._engine = engine
+        self._celery = celery
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._rows()
+        yield from self._queues()
+
+    def _rows(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with session_scope(self._engine) as session:
+                backlog = media.backlog(session)
+        except Unavailable:
+            log.warning("metrics: database unavailable, backlog gauges omitted")
+            return
+        rows = GaugeMetricFamily("archiver_media_rows", "Media rows by status", labels=["status"])
+        for status in Status:
+            rows.add_metric([status.value], backlog.counts.get(status.value, 0))
+        yield rows
+        oldest = backlog.oldest_unarchived
+        yield GaugeMetricFamily(
+            "archiver_oldest_unarchived_age_seconds",
+            "Age of the oldest media row not yet archived or failed (WhatsApp expires media ~14 d)",
+            value=(utcnow() - oldest).total_seconds() if oldest else 0.0,
+        )
+
+    def _queues(self) -> Iterator[GaugeMetricFamily]:
+        if self._celery is None:
+            return
+        from archiver.redrive import queue_depths
+
+        try:
+            depths = queue_depths(self._celery)
+        except Unavailable:
+            log.warning("metrics: broker unavailable, queue depth omitted")
+            return
+        gauge = GaugeMetricFamily(
+            "archiver_queue_depth", "Archive tasks waiting in the broker", labels=["queue"]
+        )
+        for queue, depth in depths.items():
+            gauge.add_metric([queue], depth)
+        yield gauge
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """Whether an Authorization header satisfies the metrics token (always, when none is set)."""
+    if token is None:
+        return True
+    return hmac.compare_digest((header or "").encode(), f"Bearer {token}".encode())
