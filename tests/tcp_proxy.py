@@ -56,10 +56,11 @@ class TcpProxy:
                     client.close()
                     continue
                 self._open |= {client, upstream}
+            pending = [2]  # pumps still running on this pair; the last one closes both
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, pending), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, pending: list[int]) -> None:
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
@@ -68,3 +69,9 @@ class TcpProxy:
         finally:
             with suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
+            with self._lock:
+                pending[0] -= 1
+                if pending[0] == 0:
+                    for sock in (source, sink):
+                        self._open.discard(sock)
+                        sock.close()

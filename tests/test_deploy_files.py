@@ -12,7 +12,10 @@ import pytest
 from archiver.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {f"ARCHIVER_{name.upper()}" for name in Settings.model_fields}
+SETTINGS = {
+    str(field.validation_alias or f"ARCHIVER_{name.upper()}")
+    for name, field in Settings.model_fields.items()
+}
 
 
 def procfile() -> dict[str, str]:
