@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from archiver.errors import NotFound
+from archiver.errors import Conflict, NotFound
 from archiver.tables import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "tak_"
@@ -21,14 +21,71 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def issue_key(session: Session, *, tenant_id: int) -> str:
-    """Create a new API key for a tenant and return its plaintext (never stored)."""
+def issue(session: Session, *, tenant_id: int, label: str | None = None) -> tuple[ApiKey, str]:
+    """Create a new API key for a tenant: its row, and its plaintext (never stored)."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(
-        ApiKey(tenant_id=tenant_id, prefix=key[:12], key_hash=hash_key(key), created_at=utcnow())
+    row = ApiKey(
+        tenant_id=tenant_id,
+        prefix=key[:12],
+        label=label,
+        key_hash=hash_key(key),
+        created_at=utcnow(),
     )
+    session.add(row)
     session.flush()
+    return row, key
+
+
+def issue_key(session: Session, *, tenant_id: int, label: str | None = None) -> str:
+    """Create a new API key for a tenant and return its plaintext (never stored)."""
+    return issue(session, tenant_id=tenant_id, label=label)[1]
+
+
+def list_keys(session: Session, *, tenant_id: int | None = None) -> list[tuple[ApiKey, str]]:
+    """Every key (revoked ones too) with its tenant's name, oldest first."""
+    query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)  # type: ignore[arg-type]
+    if tenant_id is not None:
+        query = query.where(ApiKey.tenant_id == tenant_id)
+    return [(key, name) for key, name in session.exec(query.order_by(ApiKey.id))]  # type: ignore[arg-type]
+
+
+def revoke_key(session: Session, *, prefix: str, tenant_id: int | None = None) -> ApiKey:
+    """Revoke the one key whose shown prefix (or whole plaintext) is ``prefix``.
+
+    NotFound if none matches; Conflict if the prefix is ambiguous. Revoking twice is a no-op.
+    """
+    prefix = prefix[:12]
+    query = select(ApiKey).where(ApiKey.prefix == prefix)
+    if tenant_id is not None:
+        query = query.where(ApiKey.tenant_id == tenant_id)
+    found = list(session.exec(query))
+    if not found:
+        raise NotFound(f"no API key with prefix {prefix!r}")
+    if len(found) > 1:
+        raise Conflict(f"{len(found)} API keys share prefix {prefix!r}; give the whole key")
+    key = found[0]
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.add(key)
+        session.flush()
     return key
+
+
+def key_view(key: ApiKey, tenant: str) -> dict[str, object]:
+    """What may be shown about a key: never its hash or plaintext."""
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat().replace("+00:00", "Z") if value else None
+
+    return {
+        "id": key.id,
+        "tenant": tenant,
+        "prefix": key.prefix,
+        "label": key.label,
+        "createdAt": iso(key.created_at),
+        "lastUsedAt": iso(key.last_used_at),
+        "revokedAt": iso(key.revoked_at),
+    }
 
 
 def tenant_for_key(session: Session, *, key: str) -> Tenant:

@@ -21,13 +21,13 @@ from archiver.db import make_engine, session_scope
 from archiver.errors import AppError
 from archiver.media_info import MEDIA_INFO_SCHEMA, media_info
 from archiver.media_query import FILTERS, MediaQuery, parse_query
-from archiver.secrets_box import SecretBox
 from archiver.settings import Settings, load_settings
 from archiver.tables import Status, utcnow
 from archiver.tenants import (
     TenantSpec,
     create_tenant,
     get_tenant,
+    get_tenant_by_id,
     list_tenants,
     public_view,
     remove_tenant,
@@ -124,7 +124,7 @@ def tenants() -> None:
 def tenants_add(name: str, **options: str) -> None:
     """Add a tenant; print it with a fresh query API key (shown only this once)."""
     spec = TenantSpec(name=name, **options)
-    box = SecretBox(_settings().master_key())
+    box = _settings().secret_box()
     with _db() as session:
         tenant, api_key = create_tenant(session, box=box, spec=spec)
         view = public_view(tenant)
@@ -167,7 +167,7 @@ def tenants_rotate_hmac_key(name: str, hmac_key: str, previous_valid_for: float)
     """
     from datetime import timedelta
 
-    box = SecretBox(_settings().master_key())
+    box = _settings().secret_box()
     with _db() as session:
         tenant = rotate_hmac_key(
             session,
@@ -189,6 +189,109 @@ def tenants_remove(name: str, purge: bool) -> None:
     with _db() as session:
         rows = remove_tenant(session, name=name, purge=purge)
     click.echo(f"removed tenant {name} ({rows} media rows deleted)", err=True)
+
+
+# -- api-keys ---------------------------------------------------------------------------
+
+
+@main.group("api-keys")
+def api_keys_group() -> None:
+    """Query API keys: several per tenant, shown once, stored hashed, revocable."""
+
+
+@api_keys_group.command("create")
+@click.argument("tenant")
+@click.option("--label", default=None, help="What the key is for (e.g. 'dashboard', 'etl').")
+@_friendly
+def api_keys_create(tenant: str, label: str | None) -> None:
+    """Issue a new key for TENANT and print it (the only time it is shown)."""
+    from archiver.api_keys import issue, key_view
+
+    if label is not None and not 0 < len(label) <= 64:
+        raise click.BadParameter("1 to 64 characters", param_hint="--label")
+    with _db() as session:
+        owner = get_tenant(session, name=tenant)
+        assert owner.id is not None
+        row, key = issue(session, tenant_id=owner.id, label=label)
+        view = key_view(row, owner.name)
+    click.echo(json.dumps({**view, "apiKey": key}))
+
+
+@api_keys_group.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@_friendly
+def api_keys_list(tenant: str | None) -> None:
+    """Every key (prefix, label, created, last used, revoked), one JSON object per line."""
+    from archiver.api_keys import key_view, list_keys
+
+    with _db() as session:
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        for key, name in list_keys(session, tenant_id=tenant_id):
+            click.echo(json.dumps(key_view(key, name)))
+
+
+@api_keys_group.command("revoke")
+@click.argument("prefix")
+@click.option("--tenant", default=None, help="Only match this tenant's keys.")
+@_friendly
+def api_keys_revoke(prefix: str, tenant: str | None) -> None:
+    """Revoke the key shown as PREFIX (or given whole); it stops working at once."""
+    from archiver.api_keys import key_view, revoke_key
+
+    with _db() as session:
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        key = revoke_key(session, prefix=prefix, tenant_id=tenant_id)
+        owner = get_tenant_by_id(session, tenant_id=key.tenant_id)
+        click.echo(json.dumps(key_view(key, owner.name)))
+
+
+# -- keys (master key) ------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """The master key (ARCHIVER_SECRET_KEY) that encrypts every tenant's secrets."""
+
+
+@keys.command("rotate")
+@click.option("--dry-run", is_flag=True, help="Count what would be re-encrypted; change nothing.")
+@_friendly
+def keys_rotate(dry_run: bool) -> None:
+    """Re-encrypt every stored secret under ARCHIVER_SECRET_KEY.
+
+    Run it with the new key in ARCHIVER_SECRET_KEY and the old one in
+    ARCHIVER_PREVIOUS_SECRET_KEYS, after every process has been restarted with both (they then
+    read secrets under either key). Afterwards `keys check` reports 0 and the old key can go.
+    """
+    from archiver.tenants import rekey_secrets
+
+    settings = _settings()
+    with _db() as session:
+        report = rekey_secrets(session, box=settings.secret_box(), dry_run=dry_run)
+    click.echo(
+        json.dumps(
+            {
+                "tenants": report.tenants,
+                "secrets": report.secrets,
+                "reencrypted": report.reencrypted,
+                "dryRun": dry_run,
+            }
+        )
+    )
+
+
+@keys.command("check")
+@_friendly
+def keys_check() -> None:
+    """Count stored secrets that still need an older key; exit 1 if any do."""
+    from archiver.tenants import rekey_secrets
+
+    settings = _settings()
+    with _db() as session:
+        report = rekey_secrets(session, box=settings.secret_box(), dry_run=True)
+    click.echo(json.dumps({"secrets": report.secrets, "needOlderKey": report.reencrypted}))
+    if report.reencrypted:
+        sys.exit(1)
 
 
 # -- media ------------------------------------------------------------------------------

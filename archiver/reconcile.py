@@ -59,7 +59,7 @@ def reconcile(
     requeue: bool,
     progress: Callable[[int], None] | None = None,
 ) -> ReconcileReport:
-    box = SecretBox(settings.master_key())
+    box = settings.secret_box()
     report = ReconcileReport()
     with session_scope(engine) as session:
         tenants = [t for t in list_tenants(session) if tenant_name in (None, t.name)]

@@ -26,7 +26,16 @@ class SecretBox:
     """Encrypts with the current master key; decrypts with it or any older key."""
 
     def __init__(self, current: str, older: Sequence[str] = ()) -> None:
-        self._box = MultiFernet([_fernet(current), *(_fernet(k) for k in older)])
+        self._current = _fernet(current)
+        self._box = MultiFernet([self._current, *(_fernet(k) for k in older)])
+
+    def is_current(self, token: str) -> bool:
+        """Whether ``token`` is encrypted under the current key (no older key needed)."""
+        try:
+            self._current.decrypt(token.encode("ascii"))
+        except InvalidToken:
+            return False
+        return True
 
     def encrypt(self, plaintext: str) -> str:
         return self._box.encrypt(plaintext.encode()).decode("ascii")

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from archiver.errors import ConfigError
 from archiver.object_keys import DEFAULT_TEMPLATE, validate_template
+from archiver.secrets_box import SecretBox
 
 MiB = 1024 * 1024
 _PLACEHOLDERS = {"changeme", "change-me", "change_me", "secret", "password", "dev", "test", "xxx"}
@@ -26,6 +27,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///archiver.db"
     broker_url: str = "redis://127.0.0.1:6379/0"
     secret_key: SecretStr | None = None
+    # Master keys being rotated out (comma-separated): they still decrypt, never encrypt.
+    previous_secret_keys: SecretStr | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -114,6 +117,14 @@ class Settings(BaseSettings):
         if self.secret_key is None or not self.secret_key.get_secret_value():
             raise ConfigError("ARCHIVER_SECRET_KEY is not set")
         return self.secret_key.get_secret_value()
+
+    def older_master_keys(self) -> list[str]:
+        raw = self.previous_secret_keys.get_secret_value() if self.previous_secret_keys else ""
+        return [key.strip() for key in raw.split(",") if key.strip()]
+
+    def secret_box(self) -> SecretBox:
+        """Encrypts with ARCHIVER_SECRET_KEY; decrypts with it or ARCHIVER_PREVIOUS_SECRET_KEYS."""
+        return SecretBox(self.master_key(), self.older_master_keys())
 
 
 def load_settings(**overrides: object) -> Settings:

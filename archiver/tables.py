@@ -78,6 +78,7 @@ class ApiKey(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: int = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
     prefix: str = Field(max_length=32, index=True)
+    label: str | None = Field(default=None, max_length=64)  # what the key is for
     key_hash: str = Field(max_length=64, unique=True)
     created_at: datetime | None = _time(nullable=False)
     last_used_at: datetime | None = _time()

@@ -19,7 +19,6 @@ from archiver.errors import Unavailable
 from archiver.logs import configure_logging
 from archiver.publisher import Publisher
 from archiver.queue import make_celery
-from archiver.secrets_box import SecretBox
 from archiver.settings import Settings, load_settings
 from receiver import api
 from receiver.group_commit import GroupCommit
@@ -127,7 +126,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             celery,
             token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
         )
-        box = SecretBox(settings.master_key())
+        box = settings.secret_box()
         app.state.api = api.MediaApi(
             engine=engine,
             admin_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from archiver.envelope import SESSION_RE, MediaItem, media_item, parse_body
-from archiver.errors import InvalidSignature, PayloadError, Unavailable
+from archiver.errors import ConfigError, InvalidSignature, PayloadError, Unavailable
 from archiver.media import Arrival
 from archiver.signature import verify
 from receiver.group_commit import GroupCommit
@@ -57,8 +57,12 @@ class Intake:
                 extra={"tenant": tenant_name, "outcome": "bad_payload"},
             )
             return Answer(400, {"error": str(exc)}, outcome="bad_payload")
-        except Unavailable as exc:
-            log.warning(
+        except (Unavailable, ConfigError) as exc:
+            # ConfigError: this process cannot open the tenant's secrets (a master key missing
+            # from ARCHIVER_SECRET_KEY / ARCHIVER_PREVIOUS_SECRET_KEYS). Titan retries; fix it.
+            level = logging.ERROR if isinstance(exc, ConfigError) else logging.WARNING
+            log.log(
+                level,
                 "webhook not accepted: %s",
                 exc,
                 extra={"tenant": tenant_name, "outcome": "unavailable"},

@@ -1,6 +1,7 @@
 """Secrets at rest and the settings that guard them."""
 
 import pytest
+from sqlalchemy import Engine
 
 from archiver.errors import ConfigError
 from archiver.secrets_box import SecretBox
@@ -59,3 +60,53 @@ def test_reads_settings_from_archiver_environment(monkeypatch: pytest.MonkeyPatc
 def test_refuses_a_part_size_below_the_s3_minimum() -> None:
     with pytest.raises(ConfigError, match="part_size"):
         load_settings(secret_key="x" * 20, part_size=1024)
+
+
+def test_rekey_moves_every_stored_secret_to_the_current_key(engine: Engine) -> None:
+    from datetime import timedelta
+
+    from sqlmodel import select
+
+    from archiver.db import session_scope
+    from archiver.tables import Tenant
+    from archiver.tenants import (
+        TenantSpec,
+        create_tenant,
+        rekey_secrets,
+        rotate_hmac_key,
+        secrets_of,
+    )
+
+    old, new = "old-long-master-key-123", "new-long-master-key-456"
+    with session_scope(engine) as session:
+        create_tenant(
+            session,
+            box=SecretBox(old),
+            spec=TenantSpec(
+                name="acme",
+                hmac_key="hmac-one",
+                titan_url="https://titan.example",
+                titan_api_key="t1",
+                strategy="download",
+                s3_bucket="b",
+                s3_secret_access_key="s1",
+            ),
+        )
+        rotate_hmac_key(
+            session,
+            box=SecretBox(old),
+            name="acme",
+            new_key="hmac-two",
+            previous_valid_for=timedelta(1),
+        )
+    both = SecretBox(new, older=[old])
+    with session_scope(engine) as session:
+        report = rekey_secrets(session, box=both)
+    assert (report.tenants, report.secrets, report.reencrypted) == (1, 4, 4)
+    with session_scope(engine) as session:
+        tenant = session.exec(select(Tenant)).one()
+        opened = secrets_of(tenant, box=SecretBox(new))  # the old key is no longer needed
+        assert opened.hmac_keys == ("hmac-two", "hmac-one")
+        assert (opened.titan_api_key, opened.s3_secret_access_key) == ("t1", "s1")
+        with pytest.raises(ConfigError):
+            secrets_of(tenant, box=SecretBox(old))

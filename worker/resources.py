@@ -102,7 +102,7 @@ def resources(settings: Settings, celery: Celery) -> WorkerResources:
                 settings=settings,
                 celery=celery,
                 engine=make_engine(settings.database_url, durable_commits=False),
-                box=SecretBox(settings.master_key()),
+                box=settings.secret_box(),
             ),
         )
     return _current[1]
