@@ -105,14 +105,22 @@ def _depth(value: Any, level: int = 1) -> int:
     return level
 
 
-def _has_control(text: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+def has_control(text: str) -> bool:
+    """Control characters, or lone surrogates (JSON escapes that are not Unicode text)."""
+    return any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
+def _free_text(text: str) -> str:
+    """Free text (a caption) as stored: NULs and lone surrogates dropped, newlines kept."""
+    if text.isprintable() or not any(c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return text
+    return "".join(c for c in text if c != "\x00" and not 0xD800 <= ord(c) <= 0xDFFF)
 
 
 def _opaque_id(value: Any, name: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN or _has_control(value):
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN or has_control(value):
         raise PayloadError(f"{name} must be a non-empty string of at most {MAX_ID_LEN} characters")
     return value
 
@@ -120,6 +128,8 @@ def _opaque_id(value: Any, name: str) -> str:
 def _text(value: Any, name: str, limit: int) -> str:
     if not isinstance(value, str):
         raise PayloadError(f"{name} must be a string")
+    if has_control(value[:limit]):
+        raise PayloadError(f"{name} contains control characters or invalid Unicode")
     return value[:limit]
 
 
@@ -127,7 +137,7 @@ def _optional_text(value: Any, name: str, limit: int) -> str | None:
     if value is None or value == "":
         return None
     text = _text(value, name, limit)
-    if _has_control(text):
+    if has_control(text):
         raise PayloadError(f"{name} contains control characters")
     return text
 
@@ -139,7 +149,7 @@ def _first_text(
         for name in names:
             value = source.get(name)
             if isinstance(value, str) and value:
-                return value[:MAX_TEXT_LEN]
+                return _free_text(value[:MAX_TEXT_LEN]) or None
     return None
 
 

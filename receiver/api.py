@@ -19,6 +19,7 @@ from archiver import media
 from archiver.api_keys import tenant_for_key
 from archiver.buckets import key_in_bucket, presign_get
 from archiver.db import session_scope
+from archiver.envelope import MAX_ID_LEN, SESSION_RE, has_control
 from archiver.errors import NotFound, PayloadError
 from archiver.media_info import media_info
 from archiver.media_query import MediaQuery, encode_cursor, parse_query
@@ -74,6 +75,8 @@ def _scope(engine: Engine, who: Principal, tenant_param: str | None) -> Tenant |
         return who.tenant
     if tenant_param is None:
         return None
+    if not SESSION_RE.match(tenant_param):
+        raise ApiError(404, "tenant: no such tenant")
     with session_scope(engine) as session:
         try:
             return get_tenant(session, name=tenant_param)
@@ -149,8 +152,8 @@ class MediaApi:
         if scope is None:
             raise PayloadError("tenant: the admin key must name the tenant of a media id")
         media_id = request.path_params["id"]
-        if not media_id or len(media_id) > 255:
-            raise ApiError(404, "not found")
+        if not media_id or len(media_id) > MAX_ID_LEN or has_control(media_id):
+            raise ApiError(404, "not found")  # no stored id can look like this
         with session_scope(self._engine) as session:
             row = media.get_media(session, tenant_id=scope.id or 0, media_id=media_id)
         if row is None:

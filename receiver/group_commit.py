@@ -64,6 +64,15 @@ class GroupCommit:
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
 
+    async def _write_alone(self, arrival: Arrival) -> Recorded | Exception:
+        try:
+            return (await self._writer.write([arrival]))[0]
+        except Unavailable as exc:
+            return exc
+        except Exception:
+            log.exception("recording failed; answering 503 so Titan retries")
+            return Unavailable("internal error while recording")
+
     async def _flush(self, batch: list[_Pending]) -> None:
         try:
             results: list[Recorded | Exception] = list(
@@ -72,8 +81,12 @@ class GroupCommit:
         except Unavailable as exc:
             results = [exc] * len(batch)
         except Exception:
-            log.exception("group commit failed; answering 503 so Titan retries")
-            results = [Unavailable("internal error while recording")] * len(batch)
+            if len(batch) == 1:
+                log.exception("recording failed; answering 503 so Titan retries")
+                results = [Unavailable("internal error while recording")]
+            else:
+                # One bad arrival must not fail its batch-mates: write each on its own.
+                results = [await self._write_alone(p.arrival) for p in batch]
         finally:
             self._slots.release()
         for pending, result in zip(batch, results, strict=True):

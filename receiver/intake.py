@@ -47,7 +47,7 @@ class Intake:
             log.info(
                 "webhook refused: %s",
                 exc,
-                extra={"tenant": tenant_name[:64], "outcome": "unauthorized"},
+                extra={"tenant": _shown(tenant_name), "outcome": "unauthorized"},
             )
             return Answer(401, UNAUTHORIZED, outcome="unauthorized")
         except PayloadError as exc:
@@ -109,6 +109,11 @@ class Intake:
         if recorded.created:
             return Answer(202, {"status": recorded.status, "id": item.media_id}, outcome=outcome)
         return Answer(200, {"status": "duplicate", "id": item.media_id}, outcome=outcome)
+
+
+def _shown(tenant_name: str) -> str:
+    """A tenant name as logged: as is when valid, else escaped (no forged log lines)."""
+    return tenant_name if SESSION_RE.match(tenant_name) else ascii(tenant_name[:64])
 
 
 def _parse(body: bytes) -> tuple[MediaItem | None, Any]:
