@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from archiver import schema
 from archiver.db import make_engine
 from archiver.settings import Settings, load_settings
-from tests import services
+from tests import secret_audit, services
 
 MASTER_KEY = "test-master-key-" + secrets.token_hex(8)
 
@@ -97,3 +97,37 @@ def process_env(database_url: str, broker_url: str, **extra: str) -> dict[str, s
         "ARCHIVER_WORKER_METRICS_PORT": "0",  # tests that scrape workers give each a port
         **extra,
     }
+
+
+# -- the suite-wide secret audit (tests/secret_audit.py) -------------------------------------
+
+AUDIT = secret_audit.Audit()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    AUDIT.install()
+    AUDIT.add_secret(MASTER_KEY)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for title, text in report.sections:
+        if title.startswith("Captured"):
+            AUDIT.captured.append((f"{report.nodeid} ({title})", text))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    AUDIT.uninstall()
+    leaks = AUDIT.leaks()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    summary = (
+        f"secret audit: {len(AUDIT.secrets)} secrets in play, looked for in "
+        f"{len(AUDIT.log_files)} process logs, {len(AUDIT.captured)} captured outputs and "
+        f"{len(AUDIT.answers)} HTTP answers: {len(leaks)} found"
+    )
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(summary)
+        for where, secret in leaks[:50]:
+            reporter.write_line(f"  LEAK {secret} in {where}", red=True)
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
