@@ -148,3 +148,32 @@ def test_systemd_units_run_real_commands() -> None:
                 _check_command(shlex.split(line.split("=", 1)[1]))
         if "worker" in unit.name:
             assert "Environment=REMAP_SIGTERM=SIGQUIT" in lines
+
+
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-test.lock"])
+def test_lock_files_pin_every_dependency_with_hashes(lock: str) -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    if lock == "requirements-test.lock":
+        extras = project["optional-dependencies"]
+        wanted += [r for r in extras["dev"] + extras["test"] if not r.startswith("titan-archiver")]
+    text = (ROOT / lock).read_text()
+    pins = {
+        canonicalize_name(name): version
+        for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\", text, re.M)
+    }
+    for line in wanted:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not pinned in {lock} (run scripts/lock)"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} vs {line}"
+    # Every pinned package carries at least one hash, so pip checks what it downloads.
+    entries = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", text)[1:]
+    assert len(entries) == len(pins)
+    assert all("--hash=sha256:" in entry for entry in entries)
+    assert "file://" not in text and "--extra-index-url" not in text and "--find-links" not in text
