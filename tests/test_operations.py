@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -21,11 +20,10 @@ from sqlmodel import select
 
 from archiver.db import make_engine, session_scope
 from archiver.queue import ARCHIVE_QUEUE
-from archiver.secrets_box import SecretBox
 from archiver.tables import Media
-from archiver.tenants import TenantSpec, create_tenant
 from tests import services
-from tests.conftest import MASTER_KEY, migrated_database, process_env
+from tests.conftest import migrated_database, process_env
+from tests.stack import add_tenant
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
 
@@ -117,29 +115,8 @@ def ops(
         services.wait_until(lambda: services.http_up(receiver_url + "/healthz"), timeout=30)
         sim = Simulator(sim_url)
         s3 = services.s3_client(s3_endpoint)
-        bucket = "ops-" + secrets.token_hex(4)
-        s3.create_bucket(Bucket=bucket)
-        hmac_key = secrets.token_urlsafe(12)
-        sim.add_account(api_key="titan_ops", account="acme")
-        engine = make_engine(database_url)
-        with session_scope(engine) as session:
-            create_tenant(
-                session,
-                box=SecretBox(MASTER_KEY),
-                spec=TenantSpec(
-                    name="acme",
-                    hmac_key=hmac_key,
-                    titan_url=sim_url,
-                    titan_api_key="titan_ops",
-                    strategy="download",
-                    s3_bucket=bucket,
-                    s3_endpoint=s3_endpoint,
-                    s3_region="us-east-1",
-                    s3_access_key_id="testing",
-                    s3_secret_access_key="testing",
-                ),
-            )
-        engine.dispose()
+        tenant = add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name="acme")
+        hmac_key, bucket = tenant.hmac_key, tenant.bucket
         ops = Ops(
             env, database_url, sim, receiver_url, hmac_key, bucket, s3, queue, tmp_path, procs
         )
@@ -189,6 +166,26 @@ def test_a_burst_of_videos_does_not_hold_up_photos(ops: Ops) -> None:
     ops.worker("ops-large", ARCHIVER_WORKER_QUEUES="archive-large")
     for video in videos:
         assert ops.wait_status(video.media_id, "archived").sha256 == video.sha256
+
+
+def test_a_replayed_delivery_of_an_archived_event_changes_nothing(ops: Ops) -> None:
+    item = ops.sim.make_media(account="acme", message_type="image", size=30_000)
+    assert ops.send(item) == 202
+    ops.worker("ops-replay")
+    before = ops.wait_status(item.media_id, "archived")
+    head = ops.s3.head_object(Bucket=ops.bucket, Key=before.object_key)
+    downloads = ops.sim.stats().get("download", 0)
+    # Titan's retries, or an attacker replaying a captured signed body: same bytes, same signature.
+    assert [ops.send(item) for _ in range(3)] == [200, 200, 200]
+    time.sleep(2)
+    after = ops.rows()[item.media_id]
+    fields = ("status", "attempts", "archived_at", "sha256", "object_key", "size", "updated_at")
+    assert [getattr(after, f) for f in fields] == [getattr(before, f) for f in fields]
+    assert len(ops.rows()) == 1
+    assert ops.queue.llen("archive") == 0
+    again = ops.s3.head_object(Bucket=ops.bucket, Key=before.object_key)
+    assert (again["ETag"], again["LastModified"]) == (head["ETag"], head["LastModified"])
+    assert ops.sim.stats().get("download", 0) == downloads  # Titan was not asked again
 
 
 def test_failed_rows_are_listed_with_reasons_and_retried_to_archived(ops: Ops) -> None:

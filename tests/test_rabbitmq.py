@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import httpx
@@ -12,11 +11,10 @@ import pytest
 from archiver.db import make_engine, session_scope
 from archiver.queue import make_celery
 from archiver.redrive import queue_depth
-from archiver.secrets_box import SecretBox
 from archiver.tables import Media
-from archiver.tenants import TenantSpec, create_tenant
 from tests import services
-from tests.conftest import MASTER_KEY, migrated_database, process_env, settings_for
+from tests.conftest import migrated_database, process_env, settings_for
+from tests.stack import add_tenant
 from titan_simulator.sender import Simulator, post_signed
 
 RABBIT = os.environ.get("ARCHIVER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -54,27 +52,8 @@ def test_media_is_archived_through_rabbitmq(
             services.wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30)
             services.wait_until(lambda: services.http_up(receiver_url + "/readyz"), timeout=30)
             sim = Simulator(sim_url)
-            bucket = "rabbit-" + secrets.token_hex(4)
-            services.s3_client(s3_endpoint).create_bucket(Bucket=bucket)
-            sim.add_account(api_key="titan_rabbit", account="acme")
+            tenant = add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name="acme")
             engine = make_engine(database_url)
-            with session_scope(engine) as session:
-                create_tenant(
-                    session,
-                    box=SecretBox(MASTER_KEY),
-                    spec=TenantSpec(
-                        name="acme",
-                        hmac_key="rabbit-hmac-key",
-                        titan_url=sim_url,
-                        titan_api_key="titan_rabbit",
-                        strategy="download",
-                        s3_bucket=bucket,
-                        s3_endpoint=s3_endpoint,
-                        s3_region="us-east-1",
-                        s3_access_key_id="testing",
-                        s3_secret_access_key="testing",
-                    ),
-                )
             items = [
                 sim.make_media(account="acme", message_type=t, size=s)
                 for t, s in (("image", 50_000), ("video", 9_000_000), ("document", 3_000))
@@ -82,7 +61,7 @@ def test_media_is_archived_through_rabbitmq(
             with httpx.Client(timeout=30) as client:
                 for item in items:
                     answer = post_signed(
-                        client, f"{receiver_url}/webhooks/acme", "rabbit-hmac-key", item.envelope
+                        client, f"{receiver_url}/webhooks/acme", tenant.hmac_key, item.envelope
                     )
                     assert answer.status_code == 202
             assert queue_depth(celery) == len(items)  # waiting in RabbitMQ, no worker yet
