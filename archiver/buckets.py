@@ -125,10 +125,39 @@ def key_in_bucket(url: str, *, bucket: str) -> str | None:
     return rest or None if first == bucket else None
 
 
-def presign_get(s3: Any, *, bucket: str, key: str, ttl: int) -> str:
+# Media a browser may show inline: none of these can run script when opened directly.
+INLINE_TYPES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "video/mp4",
+        "video/3gpp",
+        "video/webm",
+        "audio/ogg",
+        "audio/mpeg",
+        "audio/mp4",
+        "audio/aac",
+        "audio/amr",
+        "audio/wav",
+    }
+)
+
+
+def content_disposition(mime_type: str | None, filename: str) -> str:
+    """Inline for plain media; an attachment for anything else (HTML, SVG, PDF, unknown), so
+    a hostile file opened through its link is downloaded, never rendered."""
+    kind = "inline" if (mime_type or "").lower() in INLINE_TYPES else "attachment"
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in filename)[:100] or "media"
+    return f'{kind}; filename="{safe}"'
+
+
+def presign_get(s3: Any, *, bucket: str, key: str, ttl: int, mime_type: str | None = None) -> str:
     """A short-lived GET URL for one object; computed locally, never stored."""
-    return str(
-        s3.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl
-        )
-    )
+    params = {
+        "Bucket": bucket,
+        "Key": key,
+        "ResponseContentDisposition": content_disposition(mime_type, key.rsplit("/", 1)[-1]),
+    }
+    return str(s3.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl))

@@ -182,6 +182,7 @@ class MediaApi:
                 bucket=row.bucket or tenant.s3_bucket,
                 key=key,
                 ttl=self._ttl,
+                mime_type=row.mime_type,
             )
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 

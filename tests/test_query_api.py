@@ -359,6 +359,34 @@ def test_content_redirects_to_a_fresh_presigned_url_of_the_right_bytes(world: Wo
     assert row is not None and "X-Amz" not in (row.s3_url or "")  # never stored
 
 
+def test_content_is_inline_only_for_plain_media_and_an_attachment_otherwise(
+    world: World,
+) -> None:
+    bucket = world.buckets["acme"]
+    for media_id, mime, expected in (
+        ("pic", "image/jpeg", "inline"),
+        ("page", "text/html", "attachment"),  # a hostile upload must not render on click
+        ("vector", "image/svg+xml", "attachment"),
+    ):
+        key = f"acme/support/{media_id}"
+        world.s3.put_object(Bucket=bucket, Key=key, Body=b"<script>alert(1)</script>")
+        world.add(
+            "acme",
+            media_id,
+            received=T0,
+            mime=mime,
+            status="archived",
+            bucket=bucket,
+            object_key=key,
+            persisted=True,
+        )
+        location = world.get(f"/api/media/{media_id}/content", world.keys["acme"]).headers[
+            "Location"
+        ]
+        disposition = httpx.get(location).headers["Content-Disposition"]
+        assert disposition == f'{expected}; filename="{media_id}"'
+
+
 def test_content_of_media_persisted_by_titan_into_the_tenant_bucket(world: World) -> None:
     bucket = world.buckets["acme"]
     world.s3.put_object(Bucket=bucket, Key="titan/support/M1", Body=b"persisted bytes")
