@@ -8,6 +8,7 @@ requests through the group commit. Nothing is answered 2xx before its row is com
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,7 @@ class Intake:
             )
 
     async def _accept(self, tenant_name: str, body: bytes, signature: str | None) -> Answer:
+        started = time.perf_counter()
         # Unknown tenants get the same answer as bad signatures: existence is not disclosed.
         if not SESSION_RE.match(tenant_name):
             raise InvalidSignature("unknown tenant")
@@ -104,6 +106,7 @@ class Intake:
                 "mediaId": item.media_id,
                 "eventId": item.event_id,
                 "outcome": outcome,
+                "durationMs": round((time.perf_counter() - started) * 1000, 2),
             },
         )
         if recorded.created:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from starlette.requests import ClientDisconnect, Request
@@ -11,6 +12,7 @@ from receiver.intake import Intake
 from receiver.metrics import ReceiverMetrics
 
 TOO_LARGE = {"error": "body too large"}
+log = logging.getLogger(__name__)
 
 
 async def read_capped(request: Request, limit: int) -> bytes | None:
@@ -36,9 +38,15 @@ async def receive_webhook(request: Request) -> Response:
         body = await read_capped(request, request.app.state.settings.max_body_bytes)
     except ClientDisconnect:
         metrics.webhooks.labels("client_disconnected").inc()
+        log.info("webhook abandoned: client disconnected", extra={"outcome": "client_disconnected"})
         return Response(status_code=400)
     if body is None:
         metrics.webhooks.labels("too_large").inc()
+        log.info(
+            "webhook refused: body over %d bytes",
+            request.app.state.settings.max_body_bytes,
+            extra={"outcome": "too_large"},
+        )
         return JSONResponse(TOO_LARGE, status_code=413, headers={"Connection": "close"})
     answer = await intake.accept(
         request.path_params["tenant"], body, request.headers.get("x-webhook-signature")
