@@ -88,8 +88,8 @@ def key_view(key: ApiKey, tenant: str) -> dict[str, object]:
     }
 
 
-def tenant_for_key(session: Session, *, key: str) -> Tenant:
-    """Return the tenant an unrevoked API key belongs to, or raise NotFound."""
+def key_for(session: Session, *, key: str) -> tuple[ApiKey, Tenant]:
+    """The unrevoked API key ``key`` and its tenant (last use recorded), or raise NotFound."""
     row = session.exec(
         select(ApiKey, Tenant)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)  # type: ignore[arg-type]
@@ -101,4 +101,21 @@ def tenant_for_key(session: Session, *, key: str) -> Tenant:
     now = utcnow()
     if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_GRANULARITY:
         session.execute(update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now))  # type: ignore[arg-type]
-    return tenant
+    return api_key, tenant
+
+
+def tenant_for_key(session: Session, *, key: str) -> Tenant:
+    """Return the tenant an unrevoked API key belongs to, or raise NotFound."""
+    return key_for(session, key=key)[1]
+
+
+def active_key(session: Session, *, key_id: int) -> Tenant:
+    """The tenant of API key ``key_id`` while it is unrevoked (a signed-in session's check)."""
+    row = session.exec(
+        select(ApiKey, Tenant)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)  # type: ignore[arg-type]
+        .where(ApiKey.id == key_id, ApiKey.revoked_at == None)  # noqa: E711
+    ).first()
+    if row is None:
+        raise NotFound("API key revoked or gone")
+    return row[1]

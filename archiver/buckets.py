@@ -153,11 +153,20 @@ def content_disposition(mime_type: str | None, filename: str) -> str:
     return f'{kind}; filename="{safe}"'
 
 
-def presign_get(s3: Any, *, bucket: str, key: str, ttl: int, mime_type: str | None = None) -> str:
+def presign_get(
+    s3: Any,
+    *,
+    bucket: str,
+    key: str,
+    ttl: int,
+    mime_type: str | None = None,
+    filename: str | None = None,
+) -> str:
     """A short-lived GET URL for one object; computed locally, never stored."""
+    name = filename or key.rsplit("/", 1)[-1]
     params = {
         "Bucket": bucket,
         "Key": key,
-        "ResponseContentDisposition": content_disposition(mime_type, key.rsplit("/", 1)[-1]),
+        "ResponseContentDisposition": content_disposition(mime_type, name),
     }
     return str(s3.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl))

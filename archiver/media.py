@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, and_, func, literal, or_, tuple_, update
+from sqlalchemy import Boolean, Integer, and_, case, func, literal, or_, tuple_, update
 from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, col, select
 
@@ -587,3 +587,48 @@ def stats(session: Session, *, tenant_id: int | None) -> Stats:
         return {str(key): (int(n), int(total)) for key, n, total in rows}
 
     return Stats(by_status=grouped(Media.status), by_type=grouped(Media.message_type))
+
+
+def archive_rate(
+    session: Session, *, tenant_id: int | None, now: datetime, minutes: int = 60, step: int = 5
+) -> list[tuple[datetime, int]]:
+    """Rows archived per ``step``-minute slot over the last ``minutes``: [(slot start, n)]."""
+    utc = UTCDateTime()
+    starts = [now - timedelta(minutes=minutes - i * step) for i in range(minutes // step)]
+    slots = [
+        func.sum(
+            case(
+                (
+                    and_(
+                        col(Media.archived_at) >= literal(start, utc),
+                        col(Media.archived_at) < literal(start + timedelta(minutes=step), utc),
+                    ),
+                    1,
+                ),
+                else_=0,
+            )
+        )
+        for start in starts
+    ]
+    query = select(*slots).where(col(Media.archived_at) >= literal(starts[0], utc))
+    if tenant_id is not None:
+        query = query.where(Media.tenant_id == tenant_id)
+    counts = session.execute(query).one()
+    return [(start, int(n or 0)) for start, n in zip(starts, counts, strict=True)]
+
+
+def stuck(
+    session: Session, *, tenant_id: int | None, now: datetime, older_than: timedelta, limit: int
+) -> list[Media]:
+    """Rows not moving: pending for longer than ``older_than``, or held by an expired lease."""
+    moving = or_(
+        and_(
+            col(Media.status).in_([s.value for s in PENDING]),
+            col(Media.received_at) < now - older_than,
+        ),
+        and_(Media.status == Status.ARCHIVING.value, col(Media.lease_until) < now),
+    )
+    query = select(Media).where(moving)
+    if tenant_id is not None:
+        query = query.where(Media.tenant_id == tenant_id)
+    return list(session.exec(query.order_by(col(Media.received_at)).limit(limit)))

@@ -21,6 +21,7 @@ from archiver.publisher import Publisher
 from archiver.queue import make_celery
 from archiver.settings import Settings, load_settings
 from receiver import api
+from receiver.dashboard import Dashboard, ui_routes
 from receiver.group_commit import GroupCommit
 from receiver.intake import Intake
 from receiver.metrics import ReceiverMetrics
@@ -127,11 +128,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
         )
         box = settings.secret_box()
+        clients = TenantClients(settings=settings, box=box)
         app.state.api = api.MediaApi(
             engine=engine,
             admin_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
-            clients=TenantClients(settings=settings, box=box),
+            clients=clients,
             presign_ttl=settings.presign_ttl_seconds,
+        )
+        app.state.dashboard = Dashboard(
+            engine=engine, settings=settings, celery=celery, clients=clients
         )
         publisher = Publisher(celery, settings.broker_url)
         writer: Writer
@@ -175,6 +180,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/api/stats", _delegate("stats")),
             Route("/openapi.json", openapi_json),
             Route("/docs", docs_page),
+            *ui_routes(),
         ],
         lifespan=lifespan,
         exception_handlers={

@@ -96,7 +96,9 @@ def create_app(world: World | None = None) -> Starlette:
         declared = sent_size if short else size
 
         async def body() -> AsyncIterator[bytes]:
-            async for piece in iterate_in_threadpool(content.chunks(record.media_id, sent_size)):
+            async for piece in iterate_in_threadpool(
+                content.media_chunks(record.media_id, sent_size, record.sample)
+            ):
                 if world.faults.slow_ms:
                     await asyncio.sleep(world.faults.slow_ms / 1000)
                 yield piece
@@ -163,19 +165,31 @@ def create_app(world: World | None = None) -> Starlette:
         made: list[dict[str, Any]] = []
         for spec in items:
             media_id = spec.get("mediaId") or secrets.token_hex(12).upper()
+            sample = spec.get("sample")
+            if sample is not None and sample not in content.SAMPLES:
+                return _error(400, f"sample must be one of {sorted(content.SAMPLES)}")
             record = MediaRecord(
                 account=spec["account"],
                 session=spec.get("session", "default"),
                 media_id=media_id,
                 message_id=spec.get("messageId") or "3EB0" + secrets.token_hex(8).upper(),
-                mime_type=spec.get("mimeType", "application/octet-stream"),
-                size=int(spec["size"]),
+                mime_type=(
+                    content.SAMPLES[sample][1]
+                    if sample
+                    else spec.get("mimeType", "application/octet-stream")
+                ),
+                size=len(content.sample_bytes(sample)) if sample else int(spec["size"]),
                 gone=bool(spec.get("gone", False)),
+                sample=sample,
             )
             world.media[(record.account, media_id)] = record
             made.append(
                 record.info()
-                | {"sha256": await run_in_threadpool(content.sha256, media_id, record.size)}
+                | {
+                    "sha256": await run_in_threadpool(
+                        content.media_sha256, media_id, record.size, record.sample
+                    )
+                }
             )
         return JSONResponse({"data": made})
 
@@ -215,7 +229,7 @@ class _ChunkReader:
     """A file-like view of the generated chunks, for boto3's upload_fileobj."""
 
     def __init__(self, record: MediaRecord) -> None:
-        self._chunks = content.chunks(record.media_id, record.size)
+        self._chunks = content.media_chunks(record.media_id, record.size, record.sample)
         self._buffer = b""
 
     def read(self, size: int = -1) -> bytes:

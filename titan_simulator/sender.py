@@ -120,12 +120,31 @@ class Simulator:
         session: str = "default",
         mime_type: str | None = None,
         gone: bool = False,
+        sample: bool = False,
+        media_id: str | None = None,
+        sender: str = "+5511999999999",
+        filename: str | None = None,
     ) -> SentMedia:
+        """Register media with the simulator and build the webhook that announces it.
+
+        ``sample=True`` serves the real sample file for ``message_type`` (its own size and
+        MIME type) instead of ``size`` bytes of noise; ``media_id`` re-registers an id (for
+        instance to bring back media registered as gone).
+        """
         mime = mime_type or MIME_BY_TYPE.get(message_type, "application/octet-stream")
-        info = self._post(
-            "/_sim/media",
-            {"account": account, "session": session, "mimeType": mime, "size": size, "gone": gone},
-        )["data"][0]
+        spec: dict[str, Any] = {
+            "account": account,
+            "session": session,
+            "mimeType": mime,
+            "size": size,
+            "gone": gone,
+        }
+        if sample:
+            spec["sample"] = message_type
+        if media_id:
+            spec["mediaId"] = media_id
+        info = self._post("/_sim/media", spec)["data"][0]
+        mime, size = info["mimeType"], info["fileLength"]
         envelope = media_envelope(
             media_id=info["id"],
             message_id=info["messageId"],
@@ -133,8 +152,11 @@ class Simulator:
             message_type=message_type,
             mime_type=mime,
             size=size,
+            sender=sender,
             caption=f"{message_type} of {size} bytes",
         )
+        if filename:
+            envelope["payload"]["filename"] = filename
         return SentMedia(
             media_id=info["id"],
             message_id=info["messageId"],

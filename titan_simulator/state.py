@@ -30,6 +30,7 @@ class MediaRecord:
     persisted: bool = False
     s3_url: str | None = None
     gone: bool = False
+    sample: str | None = None  # serve titan_simulator/samples/<type> instead of noise
 
     def info(self) -> dict[str, Any]:
         return {

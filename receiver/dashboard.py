@@ -1,0 +1,492 @@
+"""The web dashboard under /ui: overview, media browser, media detail, failures and retries.
+
+Server-rendered HTML (Jinja2, autoescaped) with one small script. Signed in with a tenant
+API key (that tenant only) or the admin key (every tenant). Media bytes are never proxied:
+previews and downloads redirect to a fresh, short-lived presigned URL of the tenant's
+bucket. Retrying runs the same code as ``titan-archiver media retry``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from celery import Celery
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from archiver import media
+from archiver.api_keys import active_key, key_for
+from archiver.buckets import key_in_bucket, presign_get
+from archiver.db import session_scope
+from archiver.envelope import MEDIA_TYPES
+from archiver.errors import NotFound, PayloadError
+from archiver.media_info import media_info
+from archiver.media_query import encode_cursor, parse_query
+from archiver.redrive import retry_failed
+from archiver.settings import Settings
+from archiver.tables import Media, Status, Tenant, utcnow
+from archiver.tenants import get_tenant_by_id, list_tenants
+from receiver.tenant_clients import TenantClients
+from receiver.ui_session import COOKIE, PATH, SessionSigner, UiSession, admin_fingerprint, csrf_ok
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+PAGE_SIZE = 48
+MAX_FORM_BYTES = 16 * 1024
+WARN_AGE = timedelta(days=3)  # WhatsApp's copy expires after ~14 days
+CRITICAL_AGE = timedelta(days=7)
+SECURITY_HEADERS = {
+    # Previews load from the tenants' buckets (presigned URLs on their own origins).
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' http: https: data:; media-src 'self' http: https:; "
+        "script-src 'self'; style-src 'self'; object-src 'none'; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking: one tenant, or the admin (tenant None)."""
+
+    session: UiSession
+    tenant: Tenant | None
+
+    @property
+    def admin(self) -> bool:
+        return self.tenant is None
+
+    @property
+    def tenant_id(self) -> int | None:
+        return None if self.tenant is None else self.tenant.id
+
+
+class NotSignedIn(Exception):
+    pass
+
+
+def human_bytes(value: int | None) -> str:
+    if value is None:
+        return "\u2013"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "\u2013"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "\u2013"
+
+
+class Dashboard:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        settings: Settings,
+        celery: Celery,
+        clients: TenantClients,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._celery = celery
+        self._clients = clients
+        admin = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+        self._admin_key = admin
+        self._signer = SessionSigner(settings.master_key(), ttl_seconds=8 * 3600)
+        self._env = Environment(
+            loader=FileSystemLoader(HERE / "templates"),
+            autoescape=select_autoescape(["html"]),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._env.filters["bytes"] = human_bytes
+        self._env.filters["age"] = human_age
+        self._env.filters["when"] = _when
+
+    async def dispatch(self, name: str, request: Request) -> Response:
+        if name in _PUBLIC:
+            return await getattr(self, name)(request)  # type: ignore[no-any-return]
+        return await self._signed_in(getattr(self, name), request)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _render(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self._env.get_template(name).render(**context)
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    async def redirect_home(self, _: Request) -> Response:
+        return RedirectResponse("/ui/", status_code=303)
+
+    def _viewer(self, request: Request) -> Viewer:
+        session = self._signer.load(request.cookies.get(COOKIE))
+        if session is None:
+            raise NotSignedIn
+        if session.admin:
+            if self._admin_key is None or not hmac.compare_digest(
+                session.admin_print or "", admin_fingerprint(self._admin_key)
+            ):
+                raise NotSignedIn
+            return Viewer(session, None)
+        with session_scope(self._engine) as db:
+            try:
+                return Viewer(session, active_key(db, key_id=session.key_id or 0))
+            except NotFound as exc:
+                raise NotSignedIn from exc
+
+    async def _signed_in(self, handler: Any, request: Request) -> Response:
+        try:
+            viewer = await run_in_threadpool(self._viewer, request)
+        except NotSignedIn:
+            if request.method == "GET" and not request.url.path.startswith("/ui/content/"):
+                return RedirectResponse("/ui/login", status_code=303)
+            return self._render("error.html", 401, message="Sign in again.", viewer=None)
+        try:
+            return await handler(request, viewer)  # type: ignore[no-any-return]
+        except PayloadError as exc:
+            return self._render("error.html", 400, message=str(exc), viewer=viewer)
+        except NotFound:
+            return self._render("error.html", 404, message="Not found.", viewer=viewer)
+
+    def _base(self, viewer: Viewer, active: str) -> dict[str, Any]:
+        return {
+            "viewer": viewer,
+            "active": active,
+            "csrf": viewer.session.csrf,
+            "who": "admin (all tenants)" if viewer.admin else viewer.tenant.name,  # type: ignore[union-attr]
+        }
+
+    def _tenant_names(self) -> dict[int, str]:
+        with session_scope(self._engine) as db:
+            return {t.id or 0: t.name for t in list_tenants(db)}
+
+    def _row(self, viewer: Viewer, pk: int) -> tuple[Media, Tenant]:
+        """A row the viewer may see, or NotFound (another tenant's row is simply not there)."""
+        with session_scope(self._engine) as db:
+            row = media.get_row(db, pk=pk)
+            if row is None or (viewer.tenant_id is not None and row.tenant_id != viewer.tenant_id):
+                raise NotFound("no such media")
+            return row, get_tenant_by_id(db, tenant_id=row.tenant_id)
+
+    async def _form(self, request: Request) -> dict[str, str]:
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            raise PayloadError("form too large")
+        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        return {k: v[0] for k, v in fields.items() if v}
+
+    # -- sign in and out ----------------------------------------------------------------
+
+    async def login_form(self, request: Request) -> Response:
+        return self._render("login.html", viewer=None, error=None)
+
+    async def login(self, request: Request) -> Response:
+        form = await self._form(request)
+        key = form.get("key", "").strip()
+
+        def authenticate() -> UiSession | None:
+            if not key or len(key) > 200:
+                return None
+            if self._admin_key is not None and hmac.compare_digest(
+                key.encode(), self._admin_key.encode()
+            ):
+                return self._signer.new(key_id=None, admin_print=admin_fingerprint(self._admin_key))
+            with session_scope(self._engine) as db:
+                try:
+                    api_key, _ = key_for(db, key=key)
+                except NotFound:
+                    return None
+            return self._signer.new(key_id=api_key.id, admin_print=None)
+
+        session = await run_in_threadpool(authenticate)
+        if session is None:
+            log.info("dashboard sign-in refused", extra={"outcome": "unauthorized"})
+            return self._render(
+                "login.html", 401, viewer=None, error="That key is not valid (or was revoked)."
+            )
+        log.info(
+            "dashboard sign-in",
+            extra={"outcome": "signed_in", "admin": session.admin, "keyId": session.key_id},
+        )
+        response = RedirectResponse("/ui/", status_code=303)
+        response.set_cookie(
+            COOKIE,
+            self._signer.dump(session),
+            max_age=self._signer.ttl_seconds,
+            path=PATH,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        session = self._signer.load(request.cookies.get(COOKIE))
+        form = await self._form(request)
+        if session is not None and not csrf_ok(session, form.get("csrf")):
+            return self._render("error.html", 403, message="Stale form; reload.", viewer=None)
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(COOKIE, path=PATH)
+        return response
+
+    # -- overview -----------------------------------------------------------------------
+
+    async def overview(self, request: Request, viewer: Viewer) -> Response:
+        def work() -> dict[str, Any]:
+            now = utcnow()
+            with session_scope(self._engine) as db:
+                figures = media.stats(db, tenant_id=viewer.tenant_id)
+                backlog = media.backlog(db, tenant_id=viewer.tenant_id)
+                rate = media.archive_rate(db, tenant_id=viewer.tenant_id, now=now)
+            oldest = backlog.oldest_unarchived
+            age = (now - oldest) if oldest else None
+            level = "ok"
+            if age is not None and age >= CRITICAL_AGE:
+                level = "critical"
+            elif age is not None and age >= WARN_AGE:
+                level = "warning"
+            peak = max((n for _, n in rate), default=0)
+            return {
+                "by_status": [(s.value, *figures.by_status.get(s.value, (0, 0))) for s in Status],
+                "by_type": sorted(figures.by_type.items()),
+                "total": sum(n for n, _ in figures.by_status.values()),
+                "rate": [(start, n, (100 * n // peak) if peak else 0) for start, n in rate],
+                "last_hour": sum(n for _, n in rate),
+                "oldest_age": age.total_seconds() if age else None,
+                "level": level,
+                "expires_in": (timedelta(days=14) - age).total_seconds() if age else None,
+            }
+
+        return self._render(
+            "overview.html", **self._base(viewer, "overview"), **(await run_in_threadpool(work))
+        )
+
+    # -- media browser ------------------------------------------------------------------
+
+    def _query_params(
+        self, request: Request, viewer: Viewer
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """(the filter form's values, the query API parameters they mean)."""
+        form = {k: v.strip() for k, v in request.query_params.items() if v.strip()}
+        params: dict[str, str] = {}
+        for name in ("session", "type", "status", "sender", "cursor"):
+            if name in form:
+                params[name] = form[name]
+        if viewer.admin and "tenant" in form:
+            params["tenant"] = form["tenant"]
+        for name, field in (("from", "since"), ("to", "until")):
+            if name in form:
+                try:
+                    day = datetime.strptime(form[name], "%Y-%m-%d").replace(tzinfo=UTC)
+                except ValueError as exc:
+                    raise PayloadError(f"{name}: a date as YYYY-MM-DD") from exc
+                if name == "to":
+                    day += timedelta(days=1)  # through the end of that day
+                params[field] = day.isoformat().replace("+00:00", "Z")
+        for name, field in (("minKb", "minSize"), ("maxKb", "maxSize")):
+            if name in form:
+                try:
+                    params[field] = str(int(float(form[name]) * 1024))
+                except ValueError as exc:
+                    raise PayloadError(f"{name}: a size in KB") from exc
+        params["limit"] = str(PAGE_SIZE)
+        return form, params
+
+    async def media_grid(self, request: Request, viewer: Viewer) -> Response:
+        form, params = self._query_params(request, viewer)
+        query = parse_query(params)
+
+        def work() -> dict[str, Any]:
+            names = self._tenant_names()
+            tenant_id = viewer.tenant_id
+            if viewer.admin and query.tenant is not None:
+                found = [i for i, n in names.items() if n == query.tenant]
+                if not found:
+                    raise PayloadError("tenant: no such tenant")
+                tenant_id = found[0]
+            with session_scope(self._engine) as db:
+                rows = media.search(db, tenant_id=tenant_id, query=query)
+            following = None
+            if len(rows) == query.limit and rows[-1].received_at and rows[-1].pk:
+                cursor = encode_cursor(rows[-1].received_at, rows[-1].pk)
+                following = "?" + urlencode(
+                    {**{k: v for k, v in form.items() if k != "cursor"}, "cursor": cursor}
+                )
+            return {
+                "rows": [(row, names.get(row.tenant_id, "?")) for row in rows],
+                "next_page": following,
+                "first_page": "?" + urlencode({k: v for k, v in form.items() if k != "cursor"}),
+                "paged": "cursor" in form,
+                "tenants": sorted(names.values()) if viewer.admin else [],
+            }
+
+        context = await run_in_threadpool(work)
+        return self._render(
+            "media.html",
+            **self._base(viewer, "media"),
+            **context,
+            form=form,
+            types=sorted(MEDIA_TYPES),
+            statuses=[s.value for s in Status],
+        )
+
+    async def media_detail(self, request: Request, viewer: Viewer) -> Response:
+        row, tenant = await run_in_threadpool(self._row, viewer, request.path_params["pk"])
+        info = media_info(row, tenant=tenant.name)
+        return self._render("detail.html", **self._base(viewer, "media"), row=row, info=info)
+
+    async def content(self, request: Request, viewer: Viewer) -> Response:
+        def work() -> Response:
+            row, tenant = self._row(viewer, request.path_params["pk"])
+            key = row.object_key
+            if key is None and row.s3_url:
+                key = key_in_bucket(row.s3_url, bucket=tenant.s3_bucket)
+            if row.status != Status.ARCHIVED or key is None:
+                return Response("not archived in this tenant's bucket", status_code=404)
+            download = request.query_params.get("download") == "1"
+            url = presign_get(
+                self._clients.s3(tenant),
+                bucket=row.bucket or tenant.s3_bucket,
+                key=key,
+                ttl=self._settings.presign_ttl_seconds,
+                mime_type=None if download else row.mime_type,  # None: always an attachment
+                filename=row.filename,
+            )
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+
+        return await run_in_threadpool(work)
+
+    # -- failures -----------------------------------------------------------------------
+
+    async def failures(self, request: Request, viewer: Viewer) -> Response:
+        def work() -> dict[str, Any]:
+            names = self._tenant_names()
+            now = utcnow()
+            with session_scope(self._engine) as db:
+                failed = media.search(
+                    db,
+                    tenant_id=viewer.tenant_id,
+                    query=parse_query({"status": "failed", "limit": "200"}),
+                )
+                stuck = media.stuck(
+                    db,
+                    tenant_id=viewer.tenant_id,
+                    now=now,
+                    older_than=timedelta(seconds=self._settings.stuck_after_seconds),
+                    limit=200,
+                )
+            return {
+                "failed": [(row, names.get(row.tenant_id, "?")) for row in failed],
+                "stuck": [
+                    (
+                        row,
+                        names.get(row.tenant_id, "?"),
+                        (now - row.received_at).total_seconds() if row.received_at else None,
+                    )
+                    for row in stuck
+                ],
+                "notice": request.query_params.get("retried"),
+            }
+
+        return self._render(
+            "failures.html", **self._base(viewer, "failures"), **(await run_in_threadpool(work))
+        )
+
+    async def retry(self, request: Request, viewer: Viewer) -> Response:
+        form = await self._form(request)
+        if not csrf_ok(viewer.session, form.get("csrf")):
+            log.warning("dashboard retry refused: bad CSRF token", extra={"outcome": "forbidden"})
+            return self._render(
+                "error.html", 403, message="Stale form; reload and try again.", viewer=viewer
+            )
+
+        def work() -> int:
+            if form.get("pk"):
+                try:
+                    pk = int(form["pk"])
+                except ValueError as exc:
+                    raise PayloadError("pk: not a media row") from exc
+                row, _ = self._row(viewer, pk)
+                return retry_failed(
+                    self._engine,
+                    self._celery,
+                    self._settings,
+                    tenant_id=row.tenant_id,
+                    media_ids=[row.media_id],
+                )
+            # Every failed row the viewer can see: one tenant, or all of them for the admin.
+            return retry_failed(
+                self._engine,
+                self._celery,
+                self._settings,
+                tenant_id=viewer.tenant_id,
+                media_ids=None,
+            )
+
+        count = await run_in_threadpool(work)
+        log.info(
+            "dashboard retry: %d failed rows re-queued",
+            count,
+            extra={"outcome": "retried", "tenant": None if viewer.admin else viewer.tenant.name},  # type: ignore[union-attr]
+        )
+        back = form.get("back", "/ui/failures")
+        if not back.startswith("/ui/") or back.startswith("//"):
+            back = "/ui/failures"
+        separator = "&" if "?" in back else "?"
+        return RedirectResponse(f"{back}{separator}retried={count}", status_code=303)
+
+
+_PUBLIC = {"redirect_home", "login_form", "login", "logout"}
+
+
+def ui_routes() -> list[Route | Mount]:
+    """The dashboard's routes; the Dashboard itself is built in the app's lifespan."""
+
+    def to(name: str) -> Any:
+        async def endpoint(request: Request) -> Response:
+            dashboard: Dashboard = request.app.state.dashboard
+            return await dashboard.dispatch(name, request)
+
+        return endpoint
+
+    return [
+        Route("/ui", to("redirect_home")),
+        Route("/ui/", to("overview")),
+        Route("/ui/login", to("login_form"), methods=["GET"]),
+        Route("/ui/login", to("login"), methods=["POST"]),
+        Route("/ui/logout", to("logout"), methods=["POST"]),
+        Route("/ui/media", to("media_grid")),
+        Route("/ui/media/{pk:int}", to("media_detail")),
+        Route("/ui/content/{pk:int}", to("content")),
+        Route("/ui/failures", to("failures")),
+        Route("/ui/failures/retry", to("retry"), methods=["POST"]),
+        Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static"),
+    ]

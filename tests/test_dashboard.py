@@ -1,0 +1,405 @@
+"""The dashboard in a real browser: Playwright drives headless Chromium against a running
+stack (receiver, Celery worker, Titan simulator, S3 endpoint). Screenshots of every view
+land in test-artifacts/screenshots/ (and in docs/screenshots/ with
+ARCHIVER_UPDATE_SCREENSHOTS=1). Sign-in, cookie and CSRF rules are also checked over plain
+HTTP, which needs no browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import services
+from tests.conftest import migrated_database, process_env
+from tests.stack import TenantSetup, add_tenant
+from titan_simulator.sender import SentMedia, Simulator, post_signed
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = services.ARTIFACTS / "screenshots"
+ADMIN = "dashboard-admin-key-" + "a" * 12
+
+
+@dataclass
+class Stack:
+    url: str
+    sim: Simulator
+    database_url: str
+    tenants: dict[str, TenantSetup]
+    api_keys: dict[str, str]
+    media: dict[str, list[SentMedia]]
+    gone: SentMedia
+
+    def send(self, tenant: str, item: SentMedia) -> int:
+        with httpx.Client(timeout=30) as client:
+            return post_signed(
+                client,
+                f"{self.url}/webhooks/{tenant}",
+                self.tenants[tenant].hmac_key,
+                item.envelope,
+            ).status_code
+
+    def api(self, tenant: str, path: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.api_keys[tenant]}"}
+        return httpx.get(f"{self.url}{path}", headers=headers, timeout=10)
+
+    def status_of(self, tenant: str, media_id: str) -> str:
+        return str(self.api(tenant, f"/api/media/{media_id}").json()["data"]["status"])
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
+    s3_endpoint: str,
+    pg_admin_url: str | None,
+) -> Iterator[Stack]:
+    from archiver.api_keys import issue_key
+    from archiver.db import make_engine, session_scope
+    from archiver.tenants import get_tenant
+
+    tmp = tmp_path_factory.mktemp("dashboard")
+    broker = redis_url.rsplit("/", 1)[0] + "/11"
+    with migrated_database("sqlite", tmp, pg_admin_url) as database_url:
+        env = process_env(database_url, broker, ARCHIVER_ADMIN_API_KEY=ADMIN)
+        sim_port, port = services.free_port(), services.free_port()
+        procs = [
+            services.start_process(
+                "ui-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
+            ),
+            services.start_process(
+                "ui-receiver", services.uvicorn_argv("receiver.app:create_app", port), env
+            ),
+            services.start_process("ui-worker", services.worker_argv(concurrency=2), env),
+        ]
+        try:
+            sim_url, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
+            services.wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30)
+            services.wait_until(lambda: services.http_up(url + "/readyz"), timeout=30)
+            sim = Simulator(sim_url)
+            tenants = {
+                name: add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name=name)
+                for name in ("acme", "globex")
+            }
+            engine = make_engine(database_url)
+            with session_scope(engine) as session:
+                api_keys = {
+                    name: issue_key(session, tenant_id=get_tenant(session, name=name).id or 0)
+                    for name in tenants
+                }
+            engine.dispose()
+            media: dict[str, list[SentMedia]] = {"acme": [], "globex": []}
+            for kind in ("image", "video", "audio", "sticker", "document", "video", "image"):
+                media["acme"].append(
+                    sim.make_media(
+                        account="acme",
+                        message_type=kind,
+                        size=0,
+                        sample=True,
+                        filename="invoice-0042.pdf" if kind == "document" else None,
+                    )
+                )
+            media["globex"].append(
+                sim.make_media(account="globex", message_type="image", size=0, sample=True)
+            )
+            gone = sim.make_media(
+                account="acme", message_type="document", size=4000, gone=True, filename="lost.pdf"
+            )
+            world = Stack(url, sim, database_url, tenants, api_keys, media, gone)
+            for tenant, items in media.items():
+                for item in items:
+                    assert world.send(tenant, item) == 202
+            assert world.send("acme", gone) == 202
+            services.wait_until(
+                lambda: (
+                    all(
+                        world.status_of(t, i.media_id) == "archived"
+                        for t in media
+                        for i in media[t]
+                    )
+                    and world.status_of("acme", gone.media_id) == "failed"
+                ),
+                timeout=120,
+                what="the dashboard's media archived, and the gone one failed",
+            )
+            yield world
+            sim.close()
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+
+
+# -- over plain HTTP -----------------------------------------------------------------------
+
+
+def test_pages_need_a_session_and_a_wrong_key_is_refused(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.url) as client:
+        for path in ("/ui/", "/ui/media", "/ui/failures", "/ui/media/1"):
+            answer = client.get(path)
+            assert (answer.status_code, answer.headers["location"]) == (303, "/ui/login")
+        assert client.get("/ui/content/1").status_code == 401
+        refused = client.post("/ui/login", data={"key": "tak_not-a-real-key"})
+        assert refused.status_code == 401 and "not valid" in refused.text
+        assert "archiver_ui" not in refused.headers.get("set-cookie", "")
+    forged_cookie = {"archiver_ui": "eyJrZXlfaWQiOjF9.forged"}
+    with httpx.Client(base_url=stack.url, cookies=forged_cookie) as client:
+        assert client.get("/ui/").status_code == 303
+
+
+def test_session_cookie_is_httponly_strict_and_forms_need_the_csrf_token(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.url) as client:
+        signed_in = client.post("/ui/login", data={"key": stack.api_keys["acme"]})
+        assert signed_in.status_code == 303
+        cookie = signed_in.headers["set-cookie"]
+        for flag in ("HttpOnly", "SameSite=strict", "Path=/ui"):
+            assert flag in cookie
+        assert stack.api_keys["acme"] not in cookie
+        page = client.get("/ui/failures")
+        assert page.status_code == 200
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        # A cross-site form post carries the cookie at most, never the token.
+        forged = client.post("/ui/failures/retry", data={})
+        assert forged.status_code == 403
+        assert stack.status_of("acme", stack.gone.media_id) == "failed"  # nothing was retried
+
+
+def test_a_revoked_key_ends_its_dashboard_session(stack: Stack) -> None:
+    from archiver.api_keys import issue, revoke_key
+    from archiver.db import make_engine, session_scope
+    from archiver.tenants import get_tenant
+
+    engine = make_engine(stack.database_url)
+    with session_scope(engine) as session:
+        _, key = issue(session, tenant_id=get_tenant(session, name="acme").id or 0, label="temp")
+    with httpx.Client(base_url=stack.url) as client:
+        assert client.post("/ui/login", data={"key": key}).status_code == 303
+        assert client.get("/ui/media").status_code == 200
+        with session_scope(engine) as session:
+            revoke_key(session, prefix=key[:12])
+        assert client.get("/ui/media").status_code == 303
+    engine.dispose()
+
+
+# -- in the browser -------------------------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium here (scripts/test installs Debian's when it can: apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page = context.new_page()
+    problems: list[str] = []
+    # The pages run under their real Content-Security-Policy: any violation (an inline style
+    # or script that slipped in) or script error fails the test.
+    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    yield page
+    context.close()
+    assert [p for p in problems if "Content Security Policy" in p or "Error" in p] == []
+
+
+def wait_js(page: object, expression: str, timeout: float = 15) -> None:
+    """Poll a JavaScript expression (evaluated over the DevTools protocol, so the page's
+    CSP, which forbids eval, stays on) until it is true."""
+    services.wait_until(
+        lambda: bool(page.evaluate(expression)),  # type: ignore[attr-defined]
+        timeout=timeout,
+        interval=0.1,
+        what=expression,
+    )
+
+
+def shoot(page: object, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+    if os.environ.get("ARCHIVER_UPDATE_SCREENSHOTS") == "1":
+        docs = ROOT / "docs" / "screenshots"
+        docs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, docs / path.name)
+
+
+def sign_in(page: object, stack: Stack, key: str) -> None:
+    page.goto(f"{stack.url}/ui/login")  # type: ignore[attr-defined]
+    page.get_by_label("API key").fill(key)  # type: ignore[attr-defined]
+    page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
+
+
+def test_sign_in_is_refused_with_a_wrong_key(page: object, stack: Stack) -> None:
+    sign_in(page, stack, "tak_wrong-key-" + "z" * 20)
+    alert = page.get_by_role("alert")  # type: ignore[attr-defined]
+    assert "not valid" in alert.inner_text()
+    assert page.url.endswith("/ui/login")  # type: ignore[attr-defined]
+    shoot(page, "login-refused")
+
+
+def test_overview_counts_bytes_rate_and_oldest_age(page: object, stack: Stack) -> None:
+    sign_in(page, stack, stack.api_keys["acme"])
+    assert page.url.endswith("/ui/")  # type: ignore[attr-defined]
+    total = len(stack.media["acme"]) + 1  # and the gone one
+    assert page.get_by_test_id("total").inner_text() == str(total)  # type: ignore[attr-defined]
+    by_status = page.get_by_test_id("by-status").inner_text()  # type: ignore[attr-defined]
+    assert re.search(r"archived\s+7\b", by_status) and re.search(r"failed\s+1\b", by_status)
+    assert int(page.get_by_test_id("last-hour").inner_text()) >= 7  # type: ignore[attr-defined]
+    assert "Nothing is waiting" in page.get_by_test_id("oldest").inner_text()  # type: ignore[attr-defined]
+    shoot(page, "overview")
+
+
+def test_filter_to_videos_open_one_and_it_plays(page: object, stack: Stack) -> None:
+    sign_in(page, stack, stack.api_keys["acme"])
+    page.get_by_role("link", name="Media").click()  # type: ignore[attr-defined]
+    tiles = page.locator("[data-testid=grid] > li")  # type: ignore[attr-defined]
+    assert tiles.count() == len(stack.media["acme"]) + 1
+    # Images render from their presigned URL: the browser decoded real pixels.
+    wait_js(
+        page,
+        "[...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth > 0)",
+    )
+    shoot(page, "media-grid")
+    page.get_by_label("Type").select_option("video")  # type: ignore[attr-defined]
+    page.get_by_role("button", name="Filter").click()  # type: ignore[attr-defined]
+    kinds = tiles.evaluate_all("nodes => nodes.map(n => n.dataset.type)")
+    assert kinds == ["video", "video"]
+    shoot(page, "media-videos")
+    tiles.first.get_by_role("link").click()
+    video = page.locator("video")  # type: ignore[attr-defined]
+    wait_js(page, "document.querySelector('video').readyState >= 1")
+    duration = video.evaluate("v => v.duration")
+    assert duration > 2.5, duration  # the 3-second sample, decoded by the browser
+    video.evaluate("v => { v.muted = true; return v.play(); }")
+    wait_js(page, "document.querySelector('video').currentTime > 0.3")
+    info = page.get_by_test_id("info").inner_text()  # type: ignore[attr-defined]
+    for field in ("sha256", "messageId", "mimeType", "receivedAt", "archivedAt", "key"):
+        assert field in info
+    assert "video/mp4" in info
+    download = page.get_by_role("link", name="Download")  # type: ignore[attr-defined]
+    assert download.get_attribute("href").endswith("?download=1")
+    shoot(page, "media-detail-video")
+
+
+def test_retry_a_failed_item_and_it_becomes_archived(page: object, stack: Stack) -> None:
+    sign_in(page, stack, stack.api_keys["acme"])
+    page.get_by_role("link", name="Failures").click()  # type: ignore[attr-defined]
+    row = page.locator(f"[data-testid=failed] tr[data-media-id='{stack.gone.media_id}']")  # type: ignore[attr-defined]
+    assert "404" in row.inner_text() or "not found" in row.inner_text().lower()
+    shoot(page, "failures")
+    # Titan has the file again (say the sender re-sent it), so a retry can now succeed.
+    stack.sim.make_media(
+        account="acme", message_type="document", size=4000, media_id=stack.gone.media_id
+    )
+    row.get_by_role("button", name=f"Retry {stack.gone.media_id}").click()
+    assert "1 item(s) queued again" in page.get_by_role("status").inner_text()  # type: ignore[attr-defined]
+    services.wait_until(
+        lambda: stack.status_of("acme", stack.gone.media_id) == "archived",
+        timeout=60,
+        what="the retried item archived",
+    )
+    page.goto(f"{stack.url}/ui/failures")  # type: ignore[attr-defined]
+    assert "No failed items." in page.inner_text("main")  # type: ignore[attr-defined]
+
+
+def test_tenant_a_never_sees_tenant_b(page: object, stack: Stack) -> None:
+    theirs = stack.media["globex"][0].media_id
+    sign_in(page, stack, stack.api_keys["acme"])
+    page.goto(f"{stack.url}/ui/media")  # type: ignore[attr-defined]
+    shown = page.locator("[data-testid=grid] > li").evaluate_all(  # type: ignore[attr-defined]
+        "nodes => nodes.map(n => [n.dataset.tenant, n.dataset.mediaId])"
+    )
+    assert {tenant for tenant, _ in shown} == {"acme"} and theirs not in {m for _, m in shown}
+    pk = stack.api("globex", f"/api/media/{theirs}").json()["data"]
+    assert pk["tenant"] == "globex"
+    # Guessing the other tenant's row numbers finds nothing.
+    for number in range(1, 20):
+        answer = page.request.get(f"{stack.url}/ui/media/{number}")  # type: ignore[attr-defined]
+        assert answer.status in (200, 404)
+        if answer.status == 200:
+            assert theirs not in answer.text() and "globex" not in answer.text()
+        content = page.request.get(  # type: ignore[attr-defined]
+            f"{stack.url}/ui/content/{number}", max_redirects=0
+        )
+        if content.status == 307:
+            assert stack.tenants["globex"].bucket not in content.headers["location"]
+    # The admin key sees both tenants.
+    page.context.clear_cookies()  # type: ignore[attr-defined]
+    sign_in(page, stack, ADMIN)
+    page.goto(f"{stack.url}/ui/media")  # type: ignore[attr-defined]
+    tenants = page.locator("[data-testid=grid] > li").evaluate_all(  # type: ignore[attr-defined]
+        "nodes => nodes.map(n => n.dataset.tenant)"
+    )
+    assert set(tenants) == {"acme", "globex"}
+    shoot(page, "media-grid-admin")
+
+
+def test_readable_on_a_phone(browser: object, stack: Stack) -> None:
+    context = browser.new_context(  # type: ignore[attr-defined]
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True
+    )
+    page = context.new_page()
+    sign_in(page, stack, stack.api_keys["acme"])
+    page.goto(f"{stack.url}/ui/media")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways ({width}px)"
+    shoot(page, "media-grid-phone")
+    # Keyboard: the skip link and the filters are reachable with Tab.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    context.close()
+
+
+def test_retry_all_requeues_every_failed_item_of_the_tenant_only(stack: Stack) -> None:
+    gone = stack.sim.make_media(account="acme", message_type="image", size=500, gone=True)
+    theirs = stack.sim.make_media(account="globex", message_type="image", size=500, gone=True)
+    assert stack.send("acme", gone) == 202 and stack.send("globex", theirs) == 202
+    services.wait_until(
+        lambda: (
+            stack.status_of("acme", gone.media_id) == "failed"
+            and stack.status_of("globex", theirs.media_id) == "failed"
+        ),
+        timeout=60,
+        what="both failed",
+    )
+    asked = stack.sim.stats().get("answered_404", 0)
+    with httpx.Client(base_url=stack.url) as client:
+        assert client.post("/ui/login", data={"key": stack.api_keys["acme"]}).status_code == 303
+        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/ui/failures").text)
+        assert csrf is not None
+        answer = client.post("/ui/failures/retry", data={"csrf": csrf.group(1)})
+        assert (answer.status_code, answer.headers["location"]) == (303, "/ui/failures?retried=1")
+    # Titan is asked again for acme's item (still gone, so it fails again); globex's stays put.
+    services.wait_until(
+        lambda: (
+            stack.sim.stats().get("answered_404", 0) > asked
+            and stack.status_of("acme", gone.media_id) == "failed"
+        ),
+        timeout=60,
+        what="acme's item retried",
+    )
+    assert stack.sim.stats().get("answered_404", 0) == asked + 1
