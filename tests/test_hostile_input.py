@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ class Target:
     database_url: str
     api_keys: dict[str, str]
     client: httpx.Client
+    ui_cookies: dict[str, str] = field(default_factory=dict)
 
     def post(self, tenant: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         return self.client.post(f"{self.url}/webhooks/{tenant}", content=body, headers=headers)
@@ -148,7 +149,7 @@ def envelopes(draw: st.DrawFn) -> dict[str, Any]:
         caption=draw(st.one_of(st.none(), TEXT)),
     )
     payload = env["payload"]
-    for field in draw(
+    for name in draw(
         st.lists(
             st.sampled_from(
                 [
@@ -168,7 +169,7 @@ def envelopes(draw: st.DrawFn) -> dict[str, Any]:
             max_size=4,
         )
     ):
-        payload[field] = draw(JSONISH)
+        payload[name] = draw(JSONISH)
     if draw(st.booleans()):
         env["session"] = draw(st.one_of(TEXT, JSONISH))
     if draw(st.integers(0, 9)) == 0:
@@ -357,3 +358,55 @@ def test_hostile_media_ids_in_the_path_never_5xx(
     if answer.status_code == 200 and who != "admin":
         data = answer.json()["data"]  # the listing itself when the id is empty
         assert {row["tenant"] for row in (data if isinstance(data, list) else [data])} <= {who}
+
+
+# -- the dashboard --------------------------------------------------------------------------
+
+UI_FIELDS = ["type", "status", "session", "sender", "from", "to", "minKb", "maxKb", "cursor"]
+
+
+@FUZZ
+@given(
+    params=st.dictionaries(
+        st.one_of(st.sampled_from([*UI_FIELDS, "tenant"]), TEXT), PARAM_VALUES, max_size=5
+    ),
+    who=st.sampled_from(["alpha", "admin"]),
+)
+def test_hostile_dashboard_filters_never_5xx_and_never_cross_tenants(
+    target: Target, params: dict[str, str], who: str
+) -> None:
+    clean = {
+        k.encode("utf-8", "replace").decode(): v.encode("utf-8", "replace").decode()
+        for k, v in params.items()
+    }
+    if who not in target.ui_cookies:
+        signed_in = target.client.post(f"{target.url}/ui/login", data={"key": target.api_keys[who]})
+        assert signed_in.status_code == 303
+        target.ui_cookies[who] = signed_in.cookies["archiver_ui"]
+        target.client.cookies.clear()
+    answer = target.client.get(
+        f"{target.url}/ui/media",
+        params=clean,
+        headers={"Cookie": f"archiver_ui={target.ui_cookies[who]}"},
+    )
+    assert answer.status_code in (200, 400), answer.text[:500]
+    if answer.status_code == 200 and who == "alpha":
+        assert 'data-tenant="beta"' not in answer.text
+
+
+@FUZZ
+@given(
+    body=st.one_of(st.binary(max_size=3000), TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")))
+)
+def test_hostile_sign_in_forms_and_cookies_never_5xx(target: Target, body: bytes) -> None:
+    answer = target.client.post(
+        f"{target.url}/ui/login",
+        content=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code in (303, 400, 401), answer.text[:500]
+    target.client.cookies.clear()
+    cookie = {"Cookie": "archiver_ui=" + _header_value(body.decode("latin-1")).replace(";", "")}
+    assert target.client.get(f"{target.url}/ui/media", headers=cookie).status_code == 303
+    retried = target.client.post(f"{target.url}/ui/failures/retry", content=body, headers=cookie)
+    assert retried.status_code in (400, 401, 403)
