@@ -16,9 +16,12 @@ from archiver.errors import Unavailable
 def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Engine:
     """Create the engine for one process (never at import: it must not cross a fork).
 
-    ``durable_commits=False`` (PostgreSQL: ``synchronous_commit=off``) is for the worker:
-    each of its transitions is idempotent and re-driven by the lease and the sweeper if a
-    crash loses it, so it need not wait for the WAL flush. The receiver's accept always waits.
+    ``durable_commits=False`` is for the worker (PostgreSQL only). Each of its transitions
+    is one idempotent statement, re-driven by the lease and the sweeper if a crash loses it,
+    so: ``synchronous_commit=off`` (no wait for the WAL flush), autocommit (the statement is
+    its own transaction: no BEGIN and COMMIT round-trips), and no ping before each checkout
+    (a connection that died with its server fails the statement as Unavailable, the pool is
+    invalidated, and the task retries). The receiver's accept always waits for the flush.
     """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
@@ -26,12 +29,13 @@ def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Eng
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_pre_ping", durable_commits)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     connect_args: dict[str, Any] = {"connect_timeout": 5}
     if not durable_commits:
         connect_args["options"] = "-c synchronous_commit=off"
+        kwargs.setdefault("isolation_level", "AUTOCOMMIT")
     kwargs.setdefault("connect_args", connect_args)
     return create_engine(url, **kwargs)
 
