@@ -253,17 +253,27 @@ def mark_queued(session: Session, *, pks: list[int], at: datetime) -> None:
         session.execute(update(Media).where(col(Media.pk).in_(pks)).values(queued_at=at))
 
 
-def claim(session: Session, *, pk: int, now: datetime, lease_seconds: int) -> Claim:
-    """Take ownership of a row for one attempt, or say why it is not ours to work on now."""
-    claimable = or_(
+def _claimable(now: datetime) -> Any:
+    return or_(
         col(Media.status).in_([s.value for s in PENDING]),
         and_(col(Media.status) == Status.ARCHIVING.value, col(Media.lease_until) < now),
     )
-    # One round-trip: the UPDATE hands back the claimed row (no SELECT after it).
+
+
+def claim(session: Session, *, pk: int, now: datetime, lease_seconds: int) -> Claim:
+    """Take ownership of a row for one attempt, or say why it is not ours to work on now."""
+    return claim_many(session, pks=[pk], now=now, lease_seconds=lease_seconds)[pk]
+
+
+def claim_many(
+    session: Session, *, pks: list[int], now: datetime, lease_seconds: int
+) -> dict[int, Claim]:
+    """``claim`` for several rows in one statement (a batch of small transfers)."""
+    # One round-trip: the UPDATE hands back the claimed rows (no SELECT after it).
     claimed = (
         session.execute(
             update(Media)
-            .where(col(Media.pk) == pk, claimable)
+            .where(col(Media.pk).in_(pks), _claimable(now))
             .values(
                 status=Status.ARCHIVING.value,
                 attempts=col(Media.attempts) + 1,
@@ -274,14 +284,16 @@ def claim(session: Session, *, pk: int, now: datetime, lease_seconds: int) -> Cl
             .execution_options(populate_existing=True)
         )
         .scalars()
-        .first()
+        .all()
     )
-    if claimed is not None:
-        return Claim(row=claimed)
-    current = session.exec(select(Media.status, Media.lease_until).where(Media.pk == pk)).first()
-    if current is not None and current[0] == Status.ARCHIVING.value:
-        return Claim(row=None, busy_until=current[1])
-    return Claim(row=None)
+    claims = {row.pk or 0: Claim(row=row) for row in claimed}
+    others = [pk for pk in pks if pk not in claims]
+    if others:
+        query = select(Media.pk, Media.status, Media.lease_until).where(col(Media.pk).in_(others))
+        held = {pk: until for pk, status, until in session.exec(query) if status == "archiving"}
+        for pk in others:
+            claims[pk] = Claim(row=None, busy_until=held.get(pk))
+    return claims
 
 
 def set_upload_id(session: Session, *, pk: int, attempt: int, upload_id: str | None) -> bool:

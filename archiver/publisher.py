@@ -15,23 +15,32 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
 from archiver.errors import Unavailable
-from archiver.queue import ARCHIVE_QUEUE, ARCHIVE_TASK, publish_archive
+from archiver.queue import (
+    ARCHIVE_BATCH_TASK,
+    ARCHIVE_QUEUE,
+    ARCHIVE_TASK,
+    batches,
+    publish_task,
+)
 
 Routed = tuple[int, str]  # (media row pk, queue name)
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def task_message(pk: int, *, queue: str = ARCHIVE_QUEUE, origin: str = "") -> bytes:
-    """Celery protocol v2 for ``worker.archive_media(pk)``, as kombu's Redis transport stores it."""
+def task_message(
+    args: list[Any], *, task: str = ARCHIVE_TASK, queue: str = ARCHIVE_QUEUE, origin: str = ""
+) -> bytes:
+    """Celery protocol v2 for ``task(*args)``, as kombu's Redis transport stores it."""
     task_id = str(uuid.uuid4())
-    body = base64.b64encode(json.dumps([[pk], {}, _EMBED]).encode()).decode()
+    body = base64.b64encode(json.dumps([args, {}, _EMBED]).encode()).decode()
     return json.dumps(
         {
             "body": body,
@@ -39,7 +48,7 @@ def task_message(pk: int, *, queue: str = ARCHIVE_QUEUE, origin: str = "") -> by
             "content-type": "application/json",
             "headers": {
                 "lang": "py",
-                "task": ARCHIVE_TASK,
+                "task": task,
                 "id": task_id,
                 "shadow": None,
                 "eta": None,
@@ -50,7 +59,7 @@ def task_message(pk: int, *, queue: str = ARCHIVE_QUEUE, origin: str = "") -> by
                 "timelimit": [None, None],
                 "root_id": task_id,
                 "parent_id": None,
-                "argsrepr": f"[{pk}]",
+                "argsrepr": repr(args),
                 "kwargsrepr": "{}",
                 "origin": origin,
                 "ignore_result": True,
@@ -70,6 +79,20 @@ def task_message(pk: int, *, queue: str = ARCHIVE_QUEUE, origin: str = "") -> by
     ).encode()
 
 
+def _tasks(routed: Sequence[Routed]) -> list[tuple[str, list[Any], str]]:
+    """(task, args, queue) per message: large rows one by one, small ones in batches."""
+    small = [pk for pk, queue in routed if queue == ARCHIVE_QUEUE]
+    messages: list[tuple[str, list[Any], str]] = [
+        (ARCHIVE_TASK, [pk], queue) for pk, queue in routed if queue != ARCHIVE_QUEUE
+    ]
+    for batch in batches(small):
+        if len(batch) == 1:
+            messages.append((ARCHIVE_TASK, batch, ARCHIVE_QUEUE))
+        else:
+            messages.append((ARCHIVE_BATCH_TASK, [batch], ARCHIVE_QUEUE))
+    return messages
+
+
 class Publisher:
     """Queues archive tasks for many rows at once; one per process."""
 
@@ -85,13 +108,13 @@ class Publisher:
         if not routed:
             return
         if self._redis is None:
-            for pk, queue in routed:
-                publish_archive(self._app, pk=pk, queue=queue)
+            for task, args, queue in _tasks(routed):
+                publish_task(self._app, task=task, args=args, queue=queue)
             return
         try:
             pipe = self._redis.pipeline(transaction=False)
-            for pk, queue in routed:
-                pipe.lpush(queue, task_message(pk, queue=queue, origin=self._origin))
+            for task, args, queue in _tasks(routed):
+                pipe.lpush(queue, task_message(args, task=task, queue=queue, origin=self._origin))
             pipe.execute()
         except redis.RedisError as exc:
             raise Unavailable("broker unavailable") from exc
@@ -105,8 +128,8 @@ class Publisher:
             return
         try:
             pipe = self._aredis.pipeline(transaction=False)
-            for pk, queue in routed:
-                pipe.lpush(queue, task_message(pk, queue=queue, origin=self._origin))
+            for task, args, queue in _tasks(routed):
+                pipe.lpush(queue, task_message(args, task=task, queue=queue, origin=self._origin))
             await pipe.execute()
         except redis.RedisError as exc:
             raise Unavailable("broker unavailable") from exc

@@ -5,6 +5,8 @@ The receiver publishes by task *name*, so it never imports worker code.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Queue
 from kombu.exceptions import KombuError, OperationalError
@@ -13,6 +15,8 @@ from archiver.errors import Unavailable
 from archiver.settings import Settings
 
 ARCHIVE_TASK = "worker.archive_media"
+ARCHIVE_BATCH_TASK = "worker.archive_batch"  # several small rows: one claim, one task
+MAX_BATCH = 16
 SWEEP_TASK = "worker.sweep_stuck"
 ARCHIVE_QUEUE = "archive"  # photos, voice notes, stickers, small documents
 LARGE_QUEUE = "archive-large"  # videos and large documents, so a burst of them delays no photo
@@ -25,6 +29,14 @@ def queue_for(file_length: int | None, message_type: str, *, large_bytes: int) -
     if file_length is None:
         return LARGE_QUEUE if message_type in _LARGE_WHEN_UNSIZED else ARCHIVE_QUEUE
     return LARGE_QUEUE if file_length >= large_bytes else ARCHIVE_QUEUE
+
+
+def batches(pks: list[int], *, spread: int = 8, most: int = MAX_BATCH) -> list[list[int]]:
+    """Split small rows into tasks: one row each while there are few (every worker process
+    gets one), then growing batches as load grows, up to ``most`` rows, so a burst costs one
+    claim and one task per batch instead of per file."""
+    size = max(1, min(most, len(pks) // spread))
+    return [pks[i : i + size] for i in range(0, len(pks), size)]
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -70,10 +82,22 @@ def publish_archive(
     app: Celery, *, pk: int, queue: str = ARCHIVE_QUEUE, countdown: float | None = None
 ) -> None:
     """Queue the archiving of media row ``pk``; Unavailable if the broker cannot take it."""
+    publish_task(app, task=ARCHIVE_TASK, args=[pk], queue=queue, countdown=countdown)
+
+
+def publish_task(
+    app: Celery,
+    *,
+    task: str,
+    args: list[Any],
+    queue: str = ARCHIVE_QUEUE,
+    countdown: float | None = None,
+) -> None:
+    """Send one archive task through Celery; Unavailable if the broker cannot take it."""
     try:
         app.send_task(
-            ARCHIVE_TASK,
-            args=[pk],
+            task,
+            args=args,
             queue=queue,
             countdown=countdown,
             retry=True,

@@ -185,3 +185,15 @@ def test_lists_newest_first_with_keyset_paging(engine: Engine) -> None:
         after = MediaQuery(limit=3, after=(last.received_at, last.pk))
         page2 = media.search(session, tenant_id=tenant.id, query=after)
     assert [r.pk for r in page1 + page2] == pks[::-1]
+
+
+def test_small_rows_are_batched_only_once_there_are_many() -> None:
+    from archiver.queue import batches
+
+    assert batches([1, 2, 3]) == [[1], [2], [3]]  # few: one per task, every worker busy
+    assert batches(list(range(15))) == [[n] for n in range(15)]
+    assert batches(list(range(40))) == [list(range(i, i + 5)) for i in range(0, 40, 5)]
+    many = batches(list(range(1000)))
+    assert all(len(b) == 16 for b in many[:-1]) and len(many[-1]) == 1000 % 16
+    assert [pk for b in many for pk in b] == list(range(1000))
+    assert batches([]) == []

@@ -188,6 +188,43 @@ def test_a_replayed_delivery_of_an_archived_event_changes_nothing(ops: Ops) -> N
     assert ops.sim.stats().get("download", 0) == downloads  # Titan was not asked again
 
 
+def test_a_burst_of_small_media_is_archived_in_batches_once_each(ops: Ops) -> None:
+    from archiver.envelope import media_item
+    from archiver.media import Arrival, record_items
+    from archiver.publisher import Publisher
+    from archiver.queue import make_celery
+    from archiver.settings import load_settings
+    from archiver.tables import Tenant, utcnow
+
+    items = [
+        ops.sim.make_media(account="acme", message_type="image", size=20_000) for _ in range(40)
+    ]
+    engine = make_engine(ops.database_url)
+    with session_scope(engine) as session:
+        tenant = session.exec(select(Tenant)).one()
+        arrivals = [Arrival(tenant.id or 0, "download", media_item(i.envelope)) for i in items]
+        recorded = record_items(session, arrivals=arrivals, now=utcnow())
+    engine.dispose()
+    settings = load_settings(
+        **{
+            k.removeprefix("ARCHIVER_").lower(): v
+            for k, v in ops.env.items()
+            if k.startswith("ARCHIVER_")
+        }
+    )
+    publisher = Publisher(make_celery(settings), settings.broker_url)
+    publisher.publish([(r.pk, "archive") for r in recorded])  # as one group commit would
+    publisher.close()
+    messages = [json.loads(m) for m in ops.queue.lrange("archive", 0, -1)]
+    assert [m["headers"]["task"] for m in messages] == ["worker.archive_batch"] * 8  # 8 x 5 rows
+    downloads = ops.sim.stats().get("download", 0)
+    ops.worker("ops-batch")
+    for item in items:
+        assert ops.wait_status(item.media_id, "archived").sha256 == item.sha256
+    assert ops.sim.stats().get("download", 0) - downloads == 40  # each fetched once
+    assert ops.queue.llen("archive") == 0
+
+
 def test_failed_rows_are_listed_with_reasons_and_retried_to_archived(ops: Ops) -> None:
     gone = ops.sim.make_media(account="acme", message_type="document", size=5000, gone=True)
     ok = ops.sim.make_media(account="acme", message_type="image", size=5000)

@@ -33,17 +33,47 @@ class Result:
 
 
 def archive_row(res: WorkerResources, pk: int) -> Result:
+    return archive_rows(res, [pk])[0][1]
+
+
+def archive_rows(res: WorkerResources, pks: list[int]) -> list[tuple[int, Result]]:
+    """Claim the rows in one statement, then move each in turn: [(pk, its result)]."""
     settings = res.settings
     now = utcnow()
     with session_scope(res.engine) as session:
-        claim = media.claim(session, pk=pk, now=now, lease_seconds=settings.lease_seconds)
-        row = claim.row
-    if row is None:
-        if claim.busy_until is not None:
+        claims = media.claim_many(session, pks=pks, now=now, lease_seconds=settings.lease_seconds)
+    claimed_at = time.monotonic()
+    results = []
+    for pk in pks:
+        claim = claims[pk]
+        if claim.row is not None and not _still_ours(res, claim.row, claimed_at):
+            results.append((pk, Result("skipped", "lease lost to another worker")))
+        elif claim.row is not None:
+            results.append((pk, _archive(res, claim.row)))
+        elif claim.busy_until is not None:
             # Another worker holds the lease (or held it and died): look again when it ends.
             wait = max(1.0, (claim.busy_until - now).total_seconds() + 1)
-            return Result("busy", "leased by another worker", retry_in=wait)
-        return Result("skipped", "already archived or failed")
+            results.append((pk, Result("busy", "leased by another worker", retry_in=wait)))
+        else:
+            results.append((pk, Result("skipped", "already archived or failed")))
+    return results
+
+
+def _still_ours(res: WorkerResources, row: Media, claimed_at: float) -> bool:
+    """Later rows of a batch renew their lease if the earlier ones took a while."""
+    lease = res.settings.lease_seconds
+    if time.monotonic() - claimed_at < lease / 3:
+        return True
+    with session_scope(res.engine) as session:
+        return media.renew_lease(
+            session, pk=row.pk or 0, attempt=row.attempts, now=utcnow(), lease_seconds=lease
+        )
+
+
+def _archive(res: WorkerResources, row: Media) -> Result:
+    """One claimed row: move the file by the tenant's strategy and record the outcome."""
+    settings = res.settings
+    pk = row.pk or 0
     attempt = row.attempts
     if attempt > settings.max_attempts:
         # A row whose attempts keep dying with their worker ends here, not in endless redelivery.

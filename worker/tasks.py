@@ -7,11 +7,18 @@ import logging
 from celery import Celery, Task
 
 from archiver.errors import Unavailable
-from archiver.queue import ARCHIVE_QUEUE, ARCHIVE_TASK, QUEUES, SWEEP_TASK, publish_archive
+from archiver.queue import (
+    ARCHIVE_BATCH_TASK,
+    ARCHIVE_QUEUE,
+    ARCHIVE_TASK,
+    QUEUES,
+    SWEEP_TASK,
+    publish_archive,
+)
 from archiver.redrive import sweep
 from archiver.settings import Settings
 from worker import metrics
-from worker.archive import archive_row
+from worker.archive import Result, archive_rows
 from worker.resources import resources
 
 log = logging.getLogger(__name__)
@@ -20,22 +27,34 @@ log = logging.getLogger(__name__)
 def register(app: Celery, settings: Settings) -> None:
     """Attach the tasks to ``app``; the settings are those the worker process started with."""
 
-    @app.task(name=ARCHIVE_TASK, bind=True, ignore_result=True)
-    def archive_media(self: Task, pk: int) -> str:
+    def run(task: Task, pks: list[int]) -> list[tuple[int, Result]]:
         # Another attempt goes back to the queue this one came from (small or large).
-        queue = (self.request.delivery_info or {}).get("routing_key")
+        queue = (task.request.delivery_info or {}).get("routing_key")
         queue = queue if queue in QUEUES else ARCHIVE_QUEUE
         try:
-            result = archive_row(resources(settings, app), pk)
+            results = archive_rows(resources(settings, app), pks)
         except Unavailable as exc:
-            # The database is down: try again later; the row's lease keeps others off it.
+            # The database is down: try again later; the rows' leases keep others off them.
             metrics.record("unavailable", queue=queue)
-            raise self.retry(countdown=settings.retry_base_seconds, max_retries=None) from exc
-        metrics.record(result.outcome, queue=queue, size=result.size, seconds=result.seconds)
-        if result.retry_in is not None:
-            # If this publish fails the row stays pending and the sweeper queues it again.
-            publish_archive(app, pk=pk, queue=queue, countdown=result.retry_in)
-        return result.outcome
+            raise task.retry(countdown=settings.retry_base_seconds, max_retries=None) from exc
+        for pk, result in results:
+            metrics.record(result.outcome, queue=queue, size=result.size, seconds=result.seconds)
+            if result.retry_in is not None:
+                # If this publish fails the row stays pending and the sweeper queues it again.
+                publish_archive(app, pk=pk, queue=queue, countdown=result.retry_in)
+        return results
+
+    @app.task(name=ARCHIVE_TASK, bind=True, ignore_result=True)
+    def archive_media(self: Task, pk: int) -> str:
+        return run(self, [pk])[0][1].outcome
+
+    @app.task(name=ARCHIVE_BATCH_TASK, bind=True, ignore_result=True)
+    def archive_batch(self: Task, pks: list[int]) -> list[str]:
+        # Small files published together under load: one claim and one task for all of them.
+        if not isinstance(pks, list) or not all(isinstance(pk, int) for pk in pks):
+            log.error("archive_batch: malformed arguments %r; dropped", pks)
+            return []
+        return [result.outcome for _, result in run(self, pks)]
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_stuck() -> int:
