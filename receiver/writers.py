@@ -101,7 +101,7 @@ class PostgresWriter:
                     self._conninfo, autocommit=True, connect_timeout=5
                 )
             async with conn.cursor() as cur:
-                await cur.execute(media.PG_INSERT, media.pg_arrays(batch.rows), prepare=True)
+                await cur.execute(media.PG_INSERT, media.pg_rows(batch.rows), prepare=True)
                 created = {(t, m): pk for pk, t, m in await cur.fetchall()}
                 existing = {}
                 missing = batch.missing(created)
