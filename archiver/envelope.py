@@ -105,9 +105,12 @@ def _depth(value: Any, level: int = 1) -> int:
     return level
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def has_control(text: str) -> bool:
     """Control characters, or lone surrogates (JSON escapes that are not Unicode text)."""
-    return any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in text)
+    return _CONTROL.search(text) is not None
 
 
 def _free_text(text: str) -> str:
