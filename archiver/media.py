@@ -291,17 +291,21 @@ def set_upload_id(session: Session, *, pk: int, attempt: int, upload_id: str | N
     return _finish(session, pk=pk, attempt=attempt, values={"upload_id": upload_id})
 
 
+_TABLE = Media.__table__  # type: ignore[attr-defined]
+
+
 def _finish(session: Session, *, pk: int, attempt: int, values: dict[str, Any]) -> bool:
-    result = session.execute(
-        update(Media)
+    # A Core UPDATE on the table: no ORM bulk-update bookkeeping on the worker's hot path.
+    result = session.connection().execute(
+        _TABLE.update()
         .where(
-            col(Media.pk) == pk,
-            col(Media.status) == Status.ARCHIVING.value,
-            col(Media.attempts) == attempt,
+            _TABLE.c.pk == pk,
+            _TABLE.c.status == Status.ARCHIVING.value,
+            _TABLE.c.attempts == attempt,
         )
         .values(**values)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    return result.rowcount == 1
 
 
 def renew_lease(
