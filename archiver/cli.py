@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import click
 from sqlmodel import Session
 
+from archiver import humanize, schema
 from archiver import media as media_rows
-from archiver import schema
 from archiver.db import make_engine, session_scope
 from archiver.errors import AppError
 from archiver.media_info import MEDIA_INFO_SCHEMA, media_info
@@ -600,13 +600,7 @@ def status(tenant: str | None, as_json: bool) -> None:
 
 
 def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+    return humanize.age(seconds, compact=True)
 
 
 # -- dev --------------------------------------------------------------------------------

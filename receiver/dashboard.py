@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from archiver import media
+from archiver import humanize, media
 from archiver.api_keys import active_key, key_for
 from archiver.buckets import key_in_bucket, presign_get
 from archiver.db import session_scope
@@ -79,27 +79,8 @@ class NotSignedIn(Exception):
     pass
 
 
-def human_bytes(value: int | None) -> str:
-    if value is None:
-        return "\u2013"
-    size = float(value)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
-
-
-def human_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "\u2013"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+human_bytes = humanize.size
+human_age = humanize.age
 
 
 def _when(value: datetime | None) -> str:

@@ -88,3 +88,39 @@ def total(
     """Sum of ``name``'s samples whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+@dataclass
+class Web:
+    """The Titan simulator and a receiver, running as processes; stop() ends both."""
+
+    sim_url: str
+    receiver_url: str
+    procs: list[services.Process]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def start_web(name: str, env: dict[str, str]) -> Web:
+    """Start ``{name}-sim`` and ``{name}-receiver`` (with ``env``) and wait until both answer."""
+    sim_port, receiver_port = services.free_port(), services.free_port()
+    web = Web(f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{receiver_port}", [])
+    web.procs.append(
+        services.start_process(
+            f"{name}-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
+        )
+    )
+    web.procs.append(
+        services.start_process(
+            f"{name}-receiver", services.uvicorn_argv("receiver.app:create_app", receiver_port), env
+        )
+    )
+    try:
+        services.wait_until(lambda: services.http_up(web.sim_url + "/_sim/stats"), timeout=30)
+        services.wait_until(lambda: services.http_up(web.receiver_url + "/readyz"), timeout=30)
+    except BaseException:
+        web.stop()
+        raise
+    return web

@@ -18,7 +18,7 @@ import pytest
 
 from tests import services
 from tests.conftest import migrated_database, process_env
-from tests.stack import TenantSetup, add_tenant
+from tests.stack import TenantSetup, add_tenant, start_web
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,20 +68,13 @@ def stack(
     broker = redis_url.rsplit("/", 1)[0] + "/11"
     with migrated_database("sqlite", tmp, pg_admin_url) as database_url:
         env = process_env(database_url, broker, ARCHIVER_ADMIN_API_KEY=ADMIN)
-        sim_port, port = services.free_port(), services.free_port()
+        web = start_web("ui", env)
         procs = [
-            services.start_process(
-                "ui-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
-            ),
-            services.start_process(
-                "ui-receiver", services.uvicorn_argv("receiver.app:create_app", port), env
-            ),
+            *web.procs,
             services.start_process("ui-worker", services.worker_argv(concurrency=2), env),
         ]
         try:
-            sim_url, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
-            services.wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30)
-            services.wait_until(lambda: services.http_up(url + "/readyz"), timeout=30)
+            sim_url, url = web.sim_url, web.receiver_url
             sim = Simulator(sim_url)
             tenants = {
                 name: add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name=name)

@@ -23,7 +23,7 @@ from archiver.queue import ARCHIVE_QUEUE
 from archiver.tables import Media
 from tests import services
 from tests.conftest import migrated_database, process_env
-from tests.stack import add_tenant
+from tests.stack import add_tenant, start_web
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
 
@@ -101,18 +101,8 @@ def ops(
             ARCHIVER_STUCK_AFTER_SECONDS="1",
             REMAP_SIGTERM="SIGQUIT",
         )
-        sim_port, receiver_port = services.free_port(), services.free_port()
-        procs = [
-            services.start_process(
-                "ops-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
-            ),
-            services.start_process(
-                "ops-receiver", services.uvicorn_argv("receiver.app:create_app", receiver_port), env
-            ),
-        ]
-        sim_url, receiver_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{receiver_port}"
-        services.wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30)
-        services.wait_until(lambda: services.http_up(receiver_url + "/healthz"), timeout=30)
+        web = start_web("ops", env)
+        sim_url, receiver_url, procs = web.sim_url, web.receiver_url, web.procs
         sim = Simulator(sim_url)
         s3 = services.s3_client(s3_endpoint)
         tenant = add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name="acme")

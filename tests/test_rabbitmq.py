@@ -14,7 +14,7 @@ from archiver.redrive import queue_depth
 from archiver.tables import Media
 from tests import services
 from tests.conftest import migrated_database, process_env, settings_for
-from tests.stack import add_tenant
+from tests.stack import add_tenant, start_web
 from titan_simulator.sender import Simulator, post_signed
 
 RABBIT = os.environ.get("ARCHIVER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -36,21 +36,10 @@ def test_media_is_archived_through_rabbitmq(
         channel.queue_purge("archive")
     with migrated_database("sqlite", tmp_path, pg_admin_url) as database_url:
         env = process_env(database_url, RABBIT)
-        sim_port, receiver_port = services.free_port(), services.free_port()
-        procs = [
-            services.start_process(
-                "rabbit-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
-            ),
-            services.start_process(
-                "rabbit-receiver",
-                services.uvicorn_argv("receiver.app:create_app", receiver_port),
-                env,
-            ),
-        ]
-        sim_url, receiver_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{receiver_port}"
+        web = start_web("rabbit", env)
+        procs = list(web.procs)
+        sim_url, receiver_url = web.sim_url, web.receiver_url
         try:
-            services.wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30)
-            services.wait_until(lambda: services.http_up(receiver_url + "/readyz"), timeout=30)
             sim = Simulator(sim_url)
             tenant = add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name="acme")
             engine = make_engine(database_url)
