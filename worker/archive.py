@@ -38,6 +38,7 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
 
 def archive_rows(res: WorkerResources, pks: list[int]) -> list[tuple[int, Result]]:
     """Claim the rows in one statement, then move each in turn: [(pk, its result)]."""
+    pks = list(dict.fromkeys(pks))  # a row named twice is still one transfer
     settings = res.settings
     now = utcnow()
     with session_scope(res.engine) as session:
