@@ -41,3 +41,33 @@ def test_a_row_whose_workers_keep_dying_ends_failed_after_max_attempts(
         row = media.get_row(session, pk=pk)
     assert row is not None and row.status == "failed" and row.attempts == 4
     assert archive_row(res, pk).outcome == "skipped"
+
+
+def test_a_batch_claims_what_it_can_and_reports_every_row_once(
+    engine: Engine, database_url: str
+) -> None:
+    from worker.archive import archive_rows
+
+    settings = settings_for(database_url, max_attempts=1, lease_seconds=10)
+    res = WorkerResources(
+        settings=settings, celery=make_celery(settings), engine=engine, box=SecretBox(MASTER_KEY)
+    )
+    tenant = make_tenant(engine)
+    spent, held, done = (record(engine, tenant, item(name)).pk for name in ("a", "b", "c"))
+    with session_scope(engine) as session:
+        for pk in (spent, held, done):
+            assert media.claim(session, pk=pk, now=utcnow(), lease_seconds=10).row is not None
+        # spent: its worker died (lease over, attempts used up); held: another worker is on it.
+        session.execute(
+            update(Media)
+            .where(col(Media.pk) == spent)
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+        media.mark_failed(session, pk=done, attempt=1, now=utcnow(), error="404")
+    results = dict(archive_rows(res, [spent, held, done, spent]))
+    assert list(results) == [spent, held, done]  # named twice, reported once
+    assert (
+        results[spent].outcome == "failed" and "gave up after 1 attempts" in results[spent].detail
+    )
+    assert results[held].outcome == "busy" and results[held].retry_in is not None
+    assert results[done].outcome == "skipped"
