@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from archiver.errors import Conflict, NotFound
 from archiver.tables import ApiKey, Tenant, utcnow
@@ -43,10 +43,10 @@ def issue_key(session: Session, *, tenant_id: int, label: str | None = None) -> 
 
 def list_keys(session: Session, *, tenant_id: int | None = None) -> list[tuple[ApiKey, str]]:
     """Every key (revoked ones too) with its tenant's name, oldest first."""
-    query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)  # type: ignore[arg-type]
+    query = select(ApiKey, Tenant.name).join(Tenant, col(Tenant.id) == col(ApiKey.tenant_id))
     if tenant_id is not None:
         query = query.where(ApiKey.tenant_id == tenant_id)
-    return [(key, name) for key, name in session.exec(query.order_by(ApiKey.id))]  # type: ignore[arg-type]
+    return [(key, name) for key, name in session.exec(query.order_by(col(ApiKey.id)))]
 
 
 def revoke_key(session: Session, *, prefix: str, tenant_id: int | None = None) -> ApiKey:
@@ -71,28 +71,11 @@ def revoke_key(session: Session, *, prefix: str, tenant_id: int | None = None) -
     return key
 
 
-def key_view(key: ApiKey, tenant: str) -> dict[str, object]:
-    """What may be shown about a key: never its hash or plaintext."""
-
-    def iso(value: datetime | None) -> str | None:
-        return value.isoformat().replace("+00:00", "Z") if value else None
-
-    return {
-        "id": key.id,
-        "tenant": tenant,
-        "prefix": key.prefix,
-        "label": key.label,
-        "createdAt": iso(key.created_at),
-        "lastUsedAt": iso(key.last_used_at),
-        "revokedAt": iso(key.revoked_at),
-    }
-
-
 def key_for(session: Session, *, key: str) -> tuple[ApiKey, Tenant]:
     """The unrevoked API key ``key`` and its tenant (last use recorded), or raise NotFound."""
     row = session.exec(
         select(ApiKey, Tenant)
-        .join(Tenant, Tenant.id == ApiKey.tenant_id)  # type: ignore[arg-type]
+        .join(Tenant, col(Tenant.id) == col(ApiKey.tenant_id))
         .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at == None)  # noqa: E711
     ).first()
     if row is None:
@@ -100,7 +83,7 @@ def key_for(session: Session, *, key: str) -> tuple[ApiKey, Tenant]:
     api_key, tenant = row
     now = utcnow()
     if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_GRANULARITY:
-        session.execute(update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now))  # type: ignore[arg-type]
+        session.execute(update(ApiKey).where(col(ApiKey.id) == api_key.id).values(last_used_at=now))
     return api_key, tenant
 
 
@@ -113,7 +96,7 @@ def active_key(session: Session, *, key_id: int) -> Tenant:
     """The tenant of API key ``key_id`` while it is unrevoked (a signed-in session's check)."""
     row = session.exec(
         select(ApiKey, Tenant)
-        .join(Tenant, Tenant.id == ApiKey.tenant_id)  # type: ignore[arg-type]
+        .join(Tenant, col(Tenant.id) == col(ApiKey.tenant_id))
         .where(ApiKey.id == key_id, ApiKey.revoked_at == None)  # noqa: E711
     ).first()
     if row is None:

@@ -16,7 +16,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
-from archiver import media
+from archiver import figures
+from archiver.broker import queue_depths
 from archiver.db import session_scope
 from archiver.errors import Unavailable
 from archiver.tables import Status, utcnow
@@ -37,7 +38,7 @@ class BacklogCollector(Collector):
     def _rows(self) -> Iterator[GaugeMetricFamily]:
         try:
             with session_scope(self._engine) as session:
-                backlog = media.backlog(session)
+                backlog = figures.backlog(session)
         except Unavailable:
             log.warning("metrics: database unavailable, backlog gauges omitted")
             return
@@ -55,8 +56,6 @@ class BacklogCollector(Collector):
     def _queues(self) -> Iterator[GaugeMetricFamily]:
         if self._celery is None:
             return
-        from archiver.redrive import queue_depths
-
         try:
             depths = queue_depths(self._celery)
         except Unavailable:

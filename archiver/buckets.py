@@ -1,18 +1,27 @@
-"""Talking to a tenant's S3-compatible bucket: one isolated client per tenant, error classes.
+"""Talking to a tenant's S3-compatible bucket: one isolated client per tenant (cached per
+process), error classes, object checks and presigned reads.
 
 Shared because the worker writes objects, the receiver presigns reads and the CLI reconciles.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from archiver.errors import AppError, PermanentError, TransientError
+from archiver.secrets_box import SecretBox
+from archiver.settings import Settings
+from archiver.tables import Tenant
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 SHA256_METADATA = "sha256"
 _PERMANENT_CODES = {
@@ -41,7 +50,7 @@ def make_s3_client(
     secret_access_key: str | None,
     connect_timeout: float,
     read_timeout: float,
-) -> Any:
+) -> S3Client:
     """A boto3 S3 client for one tenant's credentials, isolated in its own boto3 session."""
     config = Config(
         connect_timeout=connect_timeout,
@@ -61,7 +70,9 @@ def make_s3_client(
     return session.client("s3", endpoint_url=endpoint or None, config=config)
 
 
-def tenant_s3_client(tenant: Any, *, secret_access_key: str | None, settings: Any) -> Any:
+def tenant_s3_client(
+    tenant: Tenant, *, secret_access_key: str | None, settings: Settings
+) -> S3Client:
     """The S3 client for one tenant's bucket, with the deployment's timeouts."""
     return make_s3_client(
         endpoint=tenant.s3_endpoint,
@@ -71,6 +82,39 @@ def tenant_s3_client(tenant: Any, *, secret_access_key: str | None, settings: An
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
     )
+
+
+class TenantS3Clients:
+    """One process's S3 clients, one per tenant, rebuilt when the tenant's bucket settings or
+    credentials change; the secret is decrypted only when a client is (re)built."""
+
+    def __init__(self, *, settings: Settings, box: SecretBox) -> None:
+        self._settings = settings
+        self._box = box
+        self._clients: dict[int, tuple[str, S3Client]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: Tenant) -> S3Client:
+        fingerprint = hashlib.sha256(
+            repr(
+                (
+                    tenant.s3_endpoint,
+                    tenant.s3_region,
+                    tenant.s3_access_key_id,
+                    tenant.s3_secret_enc,
+                )
+            ).encode()
+        ).hexdigest()
+        key = tenant.id or 0
+        with self._lock:
+            cached = self._clients.get(key)
+            if cached is not None and cached[0] == fingerprint:
+                return cached[1]
+        secret = self._box.decrypt(tenant.s3_secret_enc) if tenant.s3_secret_enc else None
+        client = tenant_s3_client(tenant, secret_access_key=secret, settings=self._settings)
+        with self._lock:
+            self._clients[key] = (fingerprint, client)
+        return client
 
 
 def classify_s3(exc: Exception) -> AppError:
@@ -89,7 +133,7 @@ class ObjectState:
     sha256: str | None
 
 
-def head(s3: Any, *, bucket: str, key: str) -> ObjectState | None:
+def head(s3: S3Client, *, bucket: str, key: str) -> ObjectState | None:
     """The object's size and recorded SHA-256, or None if it is not there."""
     try:
         answer = s3.head_object(Bucket=bucket, Key=key)
@@ -154,7 +198,7 @@ def content_disposition(mime_type: str | None, filename: str) -> str:
 
 
 def presign_get(
-    s3: Any,
+    s3: S3Client,
     *,
     bucket: str,
     key: str,

@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 FIELDS = ("tenant", "session", "mediaId", "eventId", "outcome", "durationMs", "bytes", "attempt")
 _SECRETS = [
@@ -72,16 +72,22 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 doc[name] = value
-        if record.exc_text or record.exc_info:
-            doc["error"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+        if record.exc_text:
+            doc["error"] = record.exc_text
+        elif record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
+
+
+class _Handler(logging.StreamHandler[TextIO]):
+    """Ours: configure_logging installs it once per process."""
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
-    if any(getattr(h, "_archiver", False) for h in root.handlers):
+    if any(isinstance(h, _Handler) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -89,7 +95,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s")
         )
     handler.addFilter(RedactingFilter())
-    handler._archiver = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
     # httpx logs every request URL at INFO; keep our own lines readable.

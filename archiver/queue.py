@@ -1,18 +1,8 @@
-"""The queue contract between receiver and worker: the Celery app's config, task names, publishing.
-
-The receiver publishes by task *name*, so it never imports worker code.
-"""
+"""The queue contract between receiver and worker: task names, queue names, which queue a
+media item goes to, and how small rows are batched into tasks (pure; archiver/broker.py
+talks to the broker)."""
 
 from __future__ import annotations
-
-from typing import Any
-
-from celery import Celery
-from kombu import Queue
-from kombu.exceptions import KombuError, OperationalError
-
-from archiver.errors import Unavailable
-from archiver.settings import Settings
 
 ARCHIVE_TASK = "worker.archive_media"
 ARCHIVE_BATCH_TASK = "worker.archive_batch"  # several small rows: one claim, one task
@@ -37,94 +27,3 @@ def batches(pks: list[int], *, spread: int = 8, most: int = MAX_BATCH) -> list[l
     claim and one task per batch instead of per file."""
     size = max(1, min(most, len(pks) // spread))
     return [pks[i : i + size] for i in range(0, len(pks), size)]
-
-
-def make_celery(settings: Settings) -> Celery:
-    """A Celery app configured for at-least-once, one-row-at-a-time transfers."""
-    app = Celery("titan_archiver", broker=settings.broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
-        result_backend=None,
-        # A task is acknowledged only after it ran; a worker that dies hands it back.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        # On SIGTERM (remapped to SIGQUIT, see the Procfile) running transfers get this long
-        # to finish; what is still running then is handed back to the broker.
-        worker_soft_shutdown_timeout=settings.shutdown_grace_seconds,
-        task_time_limit=settings.task_time_limit,
-        task_soft_time_limit=max(settings.task_time_limit - 30, 30),
-        task_default_queue=ARCHIVE_QUEUE,
-        # What a worker consumes unless started with -Q; ARCHIVER_WORKER_QUEUES narrows it.
-        task_queues=[Queue(name, routing_key=name) for name in settings.worker_queues],
-        task_routes={SWEEP_TASK: {"queue": ARCHIVE_QUEUE}},
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            # Must exceed the longest transfer, or Redis hands a running task to a second worker.
-            "visibility_timeout": settings.broker_visibility_timeout,
-            "socket_timeout": 5,
-            "socket_connect_timeout": 5,
-        },
-        broker_pool_limit=20,
-        timezone="UTC",
-        # Our JSON, redacting handler stays on the root logger in worker processes too.
-        worker_hijack_root_logger=False,
-        enable_utc=True,
-    )
-    return app
-
-
-def publish_archive(
-    app: Celery, *, pk: int, queue: str = ARCHIVE_QUEUE, countdown: float | None = None
-) -> None:
-    """Queue the archiving of media row ``pk``; Unavailable if the broker cannot take it."""
-    publish_task(app, task=ARCHIVE_TASK, args=[pk], queue=queue, countdown=countdown)
-
-
-def publish_task(
-    app: Celery,
-    *,
-    task: str,
-    args: list[Any],
-    queue: str = ARCHIVE_QUEUE,
-    countdown: float | None = None,
-) -> None:
-    """Send one archive task through Celery; Unavailable if the broker cannot take it."""
-    try:
-        app.send_task(
-            task,
-            args=args,
-            queue=queue,
-            countdown=countdown,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
-        )
-    except (KombuError, OperationalError, OSError) as exc:
-        raise Unavailable("broker unavailable") from exc
-
-
-def workers(app: Celery, *, timeout: float = 1.5) -> list[dict[str, object]]:
-    """The workers that answer a broadcast within ``timeout``: name, queues, pool size, busy."""
-    try:
-        inspect = app.control.inspect(timeout=timeout)
-        stats = inspect.stats() or {}
-        queues = inspect.active_queues() or {}
-        active = inspect.active() or {}
-    except (KombuError, OperationalError, OSError) as exc:
-        raise Unavailable("broker unavailable") from exc
-    found = []
-    for name in sorted(stats):
-        pool = stats[name].get("pool", {}) if isinstance(stats[name], dict) else {}
-        found.append(
-            {
-                "name": name,
-                "queues": sorted(q.get("name", "") for q in queues.get(name, [])),
-                "concurrency": pool.get("max-concurrency"),
-                "active": len(active.get(name, [])),
-            }
-        )
-    return found

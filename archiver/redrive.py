@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery import Celery
-from kombu.exceptions import ChannelError
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
 
-from archiver import media
+from archiver import lifecycle
+from archiver.broker import publish_archive, queue_depth
 from archiver.db import session_scope
-from archiver.errors import Unavailable
-from archiver.queue import QUEUES, publish_archive, queue_for
+from archiver.queue import queue_for
 from archiver.settings import Settings
-from archiver.tables import utcnow
+from archiver.tables import PENDING, Media, Status, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +38,66 @@ class SweepReport:
         return self.expired_leases + self.unqueued + self.lost
 
 
-def queue_depths(app: Celery) -> dict[str, int]:
-    """Messages waiting in each archive queue (Redis or RabbitMQ); 0 for one not yet declared."""
-    depths: dict[str, int] = {}
-    try:
-        with app.connection_for_read() as conn:
-            for queue in QUEUES:
-                # A passive declare of a missing queue closes the AMQP channel: one per queue.
-                try:
-                    with conn.channel() as channel:
-                        found = channel.queue_declare(queue=queue, passive=True)
-                        depths[queue] = int(found.message_count)
-                except ChannelError:
-                    depths[queue] = 0
-    except OSError as exc:
-        raise Unavailable("broker unavailable") from exc
-    return depths
+# -- what the sweeper looks for -------------------------------------------------------
 
 
-def queue_depth(app: Celery) -> int:
-    """Messages waiting in all archive queues together."""
-    return sum(queue_depths(app).values())
+def expired_leases(session: Session, *, now: datetime, limit: int) -> list[int]:
+    """Rows whose worker stopped renewing its lease (it died, or lost its database)."""
+    query = (
+        select(Media.pk)
+        .where(col(Media.status) == Status.ARCHIVING.value, col(Media.lease_until) < now)
+        .order_by(col(Media.lease_until))
+        .limit(limit)
+    )
+    return [pk for pk in session.exec(query) if pk is not None]
+
+
+def unpublished(session: Session, *, limit: int) -> list[int]:
+    """Pending rows that are certainly not in the broker (their publish failed)."""
+    query = (
+        select(Media.pk)
+        .where(col(Media.status).in_([s.value for s in PENDING]), col(Media.queued_at).is_(None))
+        .order_by(col(Media.pk))
+        .limit(limit)
+    )
+    return [pk for pk in session.exec(query) if pk is not None]
+
+
+def routing(session: Session, *, pks: list[int]) -> dict[int, tuple[int | None, str]]:
+    """(announced size, message type) of each row, which decide its queue."""
+    found: dict[int, tuple[int | None, str]] = {}
+    for start in range(0, len(pks), 500):
+        query = select(Media.pk, Media.file_length, Media.message_type).where(
+            col(Media.pk).in_(pks[start : start + 500])
+        )
+        for pk, file_length, message_type in session.execute(query):
+            found[pk] = (file_length, message_type)
+    return found
+
+
+def due_pending_count(session: Session, *, now: datetime) -> int:
+    """Pending rows whose message should be waiting in the broker right now."""
+    query = select(func.count()).where(
+        col(Media.status).in_([s.value for s in PENDING]), col(Media.queued_at) <= now
+    )
+    return int(session.exec(query).one())
+
+
+def oldest_due(session: Session, *, queued_before: datetime, limit: int) -> list[int]:
+    """The longest-waiting pending rows, queued before ``queued_before``, oldest first."""
+    query = (
+        select(Media.pk)
+        .where(
+            col(Media.status).in_([s.value for s in PENDING]),
+            col(Media.queued_at) < queued_before,
+        )
+        .order_by(col(Media.queued_at))
+        .limit(limit)
+    )
+    return [pk for pk in session.exec(query) if pk is not None]
+
+
+# -- re-driving ------------------------------------------------------------------------
 
 
 def publish_rows(engine: Engine, app: Celery, settings: Settings, pks: list[int]) -> None:
@@ -66,7 +105,7 @@ def publish_rows(engine: Engine, app: Celery, settings: Settings, pks: list[int]
     if not pks:
         return
     with session_scope(engine) as session:
-        routes = media.routing(session, pks=pks)
+        routes = routing(session, pks=pks)
     for pk in pks:
         file_length, message_type = routes.get(pk, (None, "document"))
         queue = queue_for(file_length, message_type, large_bytes=settings.large_media_bytes)
@@ -84,9 +123,9 @@ def sweep(
     """Publish again what the broker no longer holds; return what was re-queued."""
     now = now or utcnow()
     with session_scope(engine) as session:
-        expired = media.expired_leases(session, now=now, limit=limit)
-        unqueued = media.unqueued(session, limit=limit)
-        due = media.due_pending_count(session, now=now)
+        expired = expired_leases(session, now=now, limit=limit)
+        unqueued = unpublished(session, limit=limit)
+        due = due_pending_count(session, now=now)
     depth = queue_depth(app)
     # Pending rows outnumbering the queued messages were lost by the broker (e.g. a Redis
     # restarted empty). The oldest are the likeliest lost; only long-waiting ones qualify,
@@ -96,10 +135,10 @@ def sweep(
     if missing:
         with session_scope(engine) as session:
             cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
-            lost = media.oldest_due(session, queued_before=cutoff, limit=min(missing, limit))
+            lost = oldest_due(session, queued_before=cutoff, limit=min(missing, limit))
     publish_rows(engine, app, settings, [*expired, *unqueued, *lost])
     with session_scope(engine) as session:
-        media.mark_queued(session, pks=[*unqueued, *lost], at=now)
+        lifecycle.mark_queued(session, pks=[*unqueued, *lost], at=now)
     report = SweepReport(len(expired), len(unqueued), len(lost), depth)
     if report.total:
         log.info(
@@ -125,7 +164,9 @@ def retry_failed(
 ) -> int:
     """Re-drive failed rows from scratch; return how many were queued."""
     with session_scope(engine) as session:
-        pks = media.requeue_failed(session, tenant_id=tenant_id, media_ids=media_ids, now=utcnow())
+        pks = lifecycle.requeue_failed(
+            session, tenant_id=tenant_id, media_ids=media_ids, now=utcnow()
+        )
     for start in range(0, len(pks), 500):
         chunk = pks[start : start + 500]
         publish_rows(engine, app, settings, chunk)

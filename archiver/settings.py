@@ -5,13 +5,14 @@ Built only at entry points (app factory, Celery app, CLI) and passed down as val
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from archiver.errors import ConfigError
 from archiver.object_keys import DEFAULT_TEMPLATE, validate_template
+from archiver.queue import QUEUES
 from archiver.secrets_box import SecretBox
 
 MiB = 1024 * 1024
@@ -77,8 +78,6 @@ class Settings(BaseSettings):
     @field_validator("worker_queues_csv")
     @classmethod
     def _queues(cls, value: str) -> str:
-        from archiver.queue import QUEUES
-
         names = [name.strip() for name in value.split(",") if name.strip()]
         unknown = sorted(set(names) - set(QUEUES))
         if not names or unknown:
@@ -127,10 +126,10 @@ class Settings(BaseSettings):
         return SecretBox(self.master_key(), self.older_master_keys())
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning validation errors into one readable ConfigError."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, delete, select
+from sqlmodel import Session, col, delete, select
 
 from archiver.api_keys import issue_key
-from archiver.envelope import SESSION_RE
 from archiver.errors import Conflict, NotFound, PayloadError
+from archiver.names import SESSION_RE
 from archiver.secrets_box import SecretBox
 from archiver.tables import ApiKey, Media, Strategy, Tenant, utcnow
 
@@ -116,8 +115,8 @@ def remove_tenant(session: Session, *, name: str, purge: bool) -> int:
             f"tenant {name!r} has {count} media rows; pass --purge to delete them too "
             "(objects in the bucket are left alone)"
         )
-    session.exec(delete(Media).where(Media.tenant_id == tenant.id))  # type: ignore[call-overload]
-    session.exec(delete(ApiKey).where(ApiKey.tenant_id == tenant.id))  # type: ignore[call-overload]
+    session.execute(delete(Media).where(col(Media.tenant_id) == tenant.id))
+    session.execute(delete(ApiKey).where(col(ApiKey.tenant_id) == tenant.id))
     session.delete(tenant)
     session.flush()
     return int(count)
@@ -193,26 +192,3 @@ def secrets_of(tenant: Tenant, *, box: SecretBox) -> TenantSecrets:
         titan_api_key=box.decrypt(tenant.titan_api_key_enc),
         s3_secret_access_key=box.decrypt(tenant.s3_secret_enc) if tenant.s3_secret_enc else None,
     )
-
-
-def public_view(tenant: Tenant) -> dict[str, Any]:
-    """The tenant as operators may see it: no secret, only whether each is set."""
-    return {
-        "name": tenant.name,
-        "titanUrl": tenant.titan_url,
-        "strategy": tenant.strategy,
-        "s3Bucket": tenant.s3_bucket,
-        "s3Endpoint": tenant.s3_endpoint,
-        "s3Region": tenant.s3_region,
-        "s3AccessKeyId": tenant.s3_access_key_id,
-        "s3Prefix": tenant.s3_prefix,
-        "hmacKey": "********",
-        "previousHmacKeyExpiresAt": (
-            tenant.hmac_key_previous_expires_at.isoformat()
-            if tenant.hmac_key_previous_enc and tenant.hmac_key_previous_expires_at
-            else None
-        ),
-        "titanApiKey": "********",
-        "s3SecretAccessKey": "********" if tenant.s3_secret_enc else None,
-        "createdAt": tenant.created_at.isoformat() if tenant.created_at else None,
-    }

@@ -29,16 +29,16 @@ from archiver.secrets_box import SecretBox
 from archiver.tables import Media
 from archiver.tenants import TenantSpec, create_tenant
 from bench.loadgen import Load, run_load
-from tests import services
-from tests.conftest import migrated_database
+from devstack import processes, services
+from devstack.fixtures import migrated_database
 
 UVICORN = ["--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
 
 
 def serve(
     name: str, target: str, env: dict[str, str], factory: bool
-) -> tuple[services.Process, str]:
-    port = services.free_port()
+) -> tuple[processes.Process, str]:
+    port = processes.free_port()
     argv = [
         sys.executable,
         "-m",
@@ -51,9 +51,9 @@ def serve(
         *UVICORN,
         *(["--factory"] if factory else []),
     ]
-    proc = services.start_process(name, argv, env)
+    proc = processes.start_process(name, argv, env)
     url = f"http://127.0.0.1:{port}"
-    services.wait_until(lambda: services.port_open("127.0.0.1", port), timeout=30)
+    processes.wait_until(lambda: processes.port_open("127.0.0.1", port), timeout=30)
     return proc, url
 
 

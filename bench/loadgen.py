@@ -132,7 +132,7 @@ end
         check=True,
     ).stdout
     return Load(
-        requests=int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        requests=int(_match(r"(\d+) requests in", out).group(1)),
         seconds=_wrk_seconds(out),
         p50_ms=_wrk_ms(out, "50%"),
         p99_ms=_wrk_ms(out, "99%"),
@@ -142,13 +142,20 @@ end
     )
 
 
+def _match(pattern: str, out: str) -> re.Match[str]:
+    found = re.search(pattern, out)
+    if found is None:
+        raise RuntimeError(f"wrk printed no {pattern!r}:\n{out}")
+    return found
+
+
 def _wrk_seconds(out: str) -> float:
-    value, unit = re.search(r"requests in ([\d.]+)(m?s|m)", out).groups()  # type: ignore[union-attr]
+    value, unit = _match(r"requests in ([\d.]+)(m?s|m)", out).groups()
     return float(value) * {"s": 1, "ms": 0.001, "m": 60}[unit]
 
 
 def _wrk_ms(out: str, label: str) -> float:
-    value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    value, unit = _match(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 

@@ -25,8 +25,8 @@ import psycopg
 from archiver.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
 from archiver.tenants import TenantSpec, create_tenant
-from tests import services
-from tests.conftest import migrated_database
+from devstack import services
+from devstack.fixtures import migrated_database
 
 TYPES = {
     "image": ["image/jpeg", "image/png"],
@@ -96,7 +96,9 @@ def load(conninfo: str, tenant_ids: list[int], rows: int) -> dict[str, str]:
                 "SELECT message_id, sender FROM media WHERE tenant_id = %s LIMIT 1",
                 (tenant_ids[0],),
             )
-            message_id, sender = cur.fetchone()  # type: ignore[misc]
+            found = cur.fetchone()
+            assert found is not None
+            message_id, sender = found
             samples |= {"messageId": message_id, "sender": sender}
     return samples
 
@@ -141,27 +143,24 @@ def main() -> None:
             started = time.monotonic()
             samples = load(db_url, ids, args.rows)
             print(f"loaded {args.rows:,} rows in {time.monotonic() - started:.0f}s", flush=True)
-            port = services.free_port()
-            receiver = services.start_process(
+            receiver = services.start_receiver(
                 "bench-query-receiver",
-                services.uvicorn_argv("receiver.app:create_app", port),
                 {
                     "ARCHIVER_DATABASE_URL": db_url,
                     "ARCHIVER_SECRET_KEY": master,
                     "ARCHIVER_BROKER_URL": "redis://127.0.0.1:1/0",
                     "ARCHIVER_LOG_LEVEL": "WARNING",
                 },
+                ready="/healthz",
             )
             try:
-                url = f"http://127.0.0.1:{port}"
-                services.wait_until(lambda: services.http_up(url + "/healthz"), timeout=30)
-                run_queries(url, keys[0], samples, args.repeat)
+                run_queries(receiver.url, keys[0], samples, args.repeat)
             finally:
                 receiver.stop()
 
 
 def run_queries(url: str, key: str, samples: dict[str, str], repeat: int) -> None:
-    from archiver.media_query import encode_cursor
+    from archiver.query import encode_cursor
 
     # A position a third of the way into the table: every page after it is a "deep" page.
     middle = encode_cursor(datetime.fromisoformat(samples["middle"]), 1)

@@ -25,24 +25,28 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from archiver import media as media_rows
+from archiver.broker import make_celery
 from archiver.buckets import make_s3_client
 from archiver.db import make_engine, session_scope
-from archiver.envelope import media_item
-from archiver.queue import make_celery, queue_for
+from archiver.queue import queue_for
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
-from archiver.tables import Media, Status, utcnow
+from archiver.tables import Media, Status
 from archiver.tenants import TenantSpec, create_tenant
-from tests import services
-from tests.conftest import migrated_database
+from devstack import processes, services
+from devstack.fixtures import migrated_database, record
+from receiver.envelope import media_item
+from receiver.recording import Arrival
 from titan_simulator.sender import SentMedia, Simulator, post_signed
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 MB = 1_000_000
 PART = 8 * 1024 * 1024
@@ -68,21 +72,11 @@ class Rig:
             "ARCHIVER_WORKER_METRICS_PORT": "0",
         }
         self.large_bytes = load_settings(secret_key=self.master).large_media_bytes
-        sim_port, receiver_port = services.free_port(), services.free_port()
-        self.sim_url = f"http://127.0.0.1:{sim_port}"
-        self.receiver_url = f"http://127.0.0.1:{receiver_port}"
-        self.procs = [
-            services.start_process(
-                "bench-t-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
-            ),
-            services.start_process(
-                "bench-t-receiver",
-                services.uvicorn_argv("receiver.app:create_app", receiver_port),
-                self.env,
-            ),
-        ]
-        services.wait_until(lambda: services.http_up(self.sim_url + "/_sim/stats"), timeout=30)
-        services.wait_until(lambda: services.http_up(self.receiver_url + "/healthz"), timeout=30)
+        sim = services.start_simulator("bench-t-sim")
+        self.procs = [sim.process]
+        receiver = services.start_receiver("bench-t-receiver", self.env, ready="/healthz")
+        self.procs.append(receiver.process)
+        self.sim_url, self.receiver_url = sim.url, receiver.url
         self.sim = Simulator(self.sim_url)
         self.sim.add_account(api_key=TITAN_KEY, account="bench")
         self.s3 = make_s3_client(
@@ -120,8 +114,8 @@ class Rig:
         )
         self.workers = workers
         self.procs.append(
-            services.start_process(
-                "bench-t-worker", services.worker_argv(concurrency=workers), self.env
+            processes.start_process(
+                "bench-t-worker", processes.worker_argv(concurrency=workers), self.env
             )
         )
 
@@ -141,16 +135,13 @@ class Rig:
     # -- our path: rows queued, timed until all archived ------------------------------------
 
     def archive(self, items: list[SentMedia]) -> float:
-        from archiver.publisher import Publisher
+        from receiver.publisher import Publisher
 
         publisher = Publisher(self.celery, self.redis_url)
-        arrivals = [
-            media_rows.Arrival(self.tenant.id or 0, "download", media_item(i.envelope))
-            for i in items
-        ]  # type: ignore[arg-type]
+        parsed = [media_item(i.envelope) for i in items]
+        arrivals = [Arrival(self.tenant.id or 0, "download", p) for p in parsed if p is not None]
         started = time.monotonic()
-        with session_scope(self.engine) as session:
-            recorded = media_rows.record_items(session, arrivals=arrivals, now=utcnow())
+        recorded = record(self.engine, arrivals)
         publisher.publish(
             [
                 (r.pk, queue_for(i.size, i.message_type, large_bytes=self.large_bytes))
@@ -165,7 +156,7 @@ class Rig:
             assert Status.FAILED not in rows, "a transfer failed"
             return sum(s == Status.ARCHIVED for s in rows) == len(ids)
 
-        services.wait_until(done, timeout=1800, interval=0.05)
+        processes.wait_until(done, timeout=1800, interval=0.05)
         publisher.close()
         return time.monotonic() - started
 
@@ -181,7 +172,7 @@ class Rig:
                 key = f"plain/{item.media_id}"
                 buffer = bytearray()
                 upload_id = None
-                parts: list[dict[str, Any]] = []
+                parts: list[CompletedPartTypeDef] = []
                 for chunk in r.iter_bytes(256 * 1024):
                     buffer += chunk
                     while len(buffer) >= PART:
@@ -249,7 +240,7 @@ class Rig:
                     )
                 )
 
-        services.wait_until(lambda: all(r[0] == Status.ARCHIVED for r in rows()), timeout=300)
+        processes.wait_until(lambda: all(r[0] == Status.ARCHIVED for r in rows()), timeout=300)
         return sorted(
             (archived - received).total_seconds() * 1000 for _, received, archived in rows()
         )

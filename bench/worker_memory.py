@@ -18,16 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from archiver import media as media_rows
-from archiver import schema
+from archiver import migrate
+from archiver import query as queries
+from archiver.broker import make_celery, publish_archive
 from archiver.db import make_engine, session_scope
-from archiver.envelope import media_item
-from archiver.queue import make_celery, publish_archive
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
-from archiver.tables import Status, utcnow
+from archiver.tables import Status
 from archiver.tenants import TenantSpec, create_tenant
-from tests import services
+from devstack import processes, services
+from devstack.fixtures import record_item
+from receiver.envelope import media_item
 from titan_simulator.sender import Simulator
 
 MB = 1_000_000
@@ -60,7 +61,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-mem-"))
     db_url = f"sqlite:///{tmp / 'bench.db'}"
     engine = make_engine(db_url)
-    schema.upgrade(engine)
+    migrate.upgrade(engine)
 
     with services.redis_server() as redis_url, services.s3_server() as s3_url:
         env = {
@@ -70,15 +71,11 @@ def main() -> None:
             "ARCHIVER_PART_SIZE": str(args.part_size_mb * 1024 * 1024),
         }
         settings = load_settings(database_url=db_url, broker_url=redis_url, secret_key=master)
-        sim_port = services.free_port()
-        sim_proc = services.start_process(
-            "bench-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
-        )
-        worker = services.start_process("bench-worker", services.worker_argv(concurrency=1), env)
+        simulator = services.start_simulator("bench-sim")
+        sim_proc = simulator.process
+        worker = processes.start_process("bench-worker", processes.worker_argv(concurrency=1), env)
         try:
-            sim_url = f"http://127.0.0.1:{sim_port}"
-            services.wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30)
-            sim = Simulator(sim_url)
+            sim = Simulator(simulator.url)
             sim.add_account(api_key="titan_bench", account="bench")
             services.s3_client(s3_url).create_bucket(Bucket="bench")
             with session_scope(engine) as session:
@@ -88,7 +85,7 @@ def main() -> None:
                     spec=TenantSpec(
                         name="bench",
                         hmac_key="bench-hmac-key",
-                        titan_url=sim_url,
+                        titan_url=simulator.url,
                         titan_api_key="titan_bench",
                         strategy="download",
                         s3_bucket="bench",
@@ -105,18 +102,17 @@ def main() -> None:
                     sim.make_media(account="bench", message_type="video", size=size).envelope
                 )
                 assert item is not None
-                with session_scope(engine) as session:
-                    pk = media_rows.record_item(session, tenant=tenant, item=item, now=utcnow()).pk
+                pk = record_item(engine, tenant=tenant, item=item).pk
                 started = time.monotonic()
                 publish_archive(celery, pk=pk)
 
                 def done() -> bool:
                     with session_scope(engine) as session:
-                        row = media_rows.get_row(session, pk=pk)
+                        row = queries.get_row(session, pk=pk)
                     assert row is not None and row.status != Status.FAILED, row
                     return row.status == Status.ARCHIVED
 
-                services.wait_until(done, timeout=600, interval=0.05)
+                processes.wait_until(done, timeout=600, interval=0.05)
                 return time.monotonic() - started
 
             archive(100_000)  # warm-up: imports, connections, clients

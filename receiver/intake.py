@@ -10,27 +10,32 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from starlette.concurrency import run_in_threadpool
 
-from archiver.envelope import SESSION_RE, MediaItem, media_item, parse_body
 from archiver.errors import ConfigError, InvalidSignature, PayloadError, Unavailable
-from archiver.media import Arrival
-from archiver.signature import verify
+from archiver.names import SESSION_RE
+from archiver.shapes import Error, Ignored, Shape, WebhookAnswer
+from archiver.tables import Status
+from receiver.envelope import MediaItem, media_item, parse_body
 from receiver.group_commit import GroupCommit
+from receiver.recording import Arrival
+from receiver.signature import verify
 from receiver.tenant_cache import TenantCache
 
 log = logging.getLogger(__name__)
 
-UNAUTHORIZED = {"error": "invalid signature"}
+UNAUTHORIZED = Error(error="invalid signature")
+UNAVAILABLE = Error(error="temporarily unavailable, retry later")
+IGNORED = Ignored(status="ignored")
 _PARSE_INLINE_BYTES = 64 * 1024  # larger bodies are parsed in a thread, off the event loop
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int
-    body: dict[str, Any]
+    body: Shape
     headers: dict[str, str] = field(default_factory=dict)
     outcome: str = ""  # for metrics and logs: queued, duplicate, ignored, unauthorized, ...
 
@@ -57,7 +62,7 @@ class Intake:
                 exc,
                 extra={"tenant": tenant_name, "outcome": "bad_payload"},
             )
-            return Answer(400, {"error": str(exc)}, outcome="bad_payload")
+            return Answer(400, Error(error=str(exc)), outcome="bad_payload")
         except (Unavailable, ConfigError) as exc:
             # ConfigError: this process cannot open the tenant's secrets (a master key missing
             # from ARCHIVER_SECRET_KEY / ARCHIVER_PREVIOUS_SECRET_KEYS). Titan retries; fix it.
@@ -70,7 +75,7 @@ class Intake:
             )
             return Answer(
                 503,
-                {"error": "temporarily unavailable, retry later"},
+                UNAVAILABLE,
                 {"Retry-After": str(self._retry_after)},
                 outcome="unavailable",
             )
@@ -92,7 +97,7 @@ class Intake:
             item, event = _parse(body)
         if item is None:
             log.debug("ignored %r event for %s", event, tenant_name)
-            return Answer(200, {"status": "ignored"}, outcome="ignored")
+            return Answer(200, IGNORED, outcome="ignored")
         recorded = await self._commit.submit(
             Arrival(tenant_id=tenant.id, strategy=tenant.strategy, item=item)
         )
@@ -110,8 +115,12 @@ class Intake:
             },
         )
         if recorded.created:
-            return Answer(202, {"status": recorded.status, "id": item.media_id}, outcome=outcome)
-        return Answer(200, {"status": "duplicate", "id": item.media_id}, outcome=outcome)
+            # Created rows arrive queued, or archived when Titan already persisted the file.
+            status: Literal["queued", "archived"] = (
+                "archived" if recorded.status == Status.ARCHIVED else "queued"
+            )
+            return Answer(202, WebhookAnswer(status=status, id=item.media_id), outcome=outcome)
+        return Answer(200, WebhookAnswer(status="duplicate", id=item.media_id), outcome=outcome)
 
 
 def _shown(tenant_name: str) -> str:

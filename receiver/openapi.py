@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 document and a human docs page, built from the code's own definitions."""
+"""The OpenAPI 3.1 document and a human docs page, built from the code's own definitions: the
+query filters (archiver/query.py) and the public shapes (archiver/shapes.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,21 @@ import html
 import json
 from typing import Any
 
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+from pydantic_core import CoreSchema
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from archiver.media_info import MEDIA_INFO_SCHEMA
-from archiver.media_query import FILTERS
+from archiver.names import MAX_ID_LEN, SESSION_RE
+from archiver.query import FILTERS
+from archiver.shapes import API_SHAPES
 
-ERROR = {"$ref": "#/components/schemas/Error"}
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: Any, description: str) -> dict[str, Any]:
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -29,7 +35,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "Body larger than ARCHIVER_MAX_BODY_BYTES.",
         503: "Database or broker unavailable; retry after Retry-After seconds.",
     }
-    return {str(s): _json(ERROR, meaning[s]) for s in statuses}
+    return {str(s): _json(_ref("Error"), meaning[s]) for s in statuses}
 
 
 def _param(
@@ -46,24 +52,48 @@ def _param(
 
 TENANT_PARAM = _param(
     "tenant",
-    {"type": "string", "pattern": "^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$"},
+    {"type": "string", "pattern": SESSION_RE.pattern},
     "Admin key only (required with it): the media's tenant.",
 )
 ID_PARAM = _param(
-    "id", {"type": "string", "minLength": 1, "maxLength": 255}, "Titan's mediaId.", "path"
+    "id", {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN}, "Titan's mediaId.", "path"
 )
-COUNTS = {
-    "type": "object",
-    "additionalProperties": {
-        "type": "object",
-        "required": ["count", "bytes"],
-        "properties": {"count": {"type": "integer"}, "bytes": {"type": "integer"}},
-    },
-}
+
+
+class _Untitled(GenerateJsonSchema):
+    """Properties carry their JSON name and description; a generated title adds nothing."""
+
+    def field_title_should_be_set(self, schema: CoreSchema) -> bool:
+        return False
+
+
+def component_schemas() -> dict[str, Any]:
+    """The JSON Schema of every public shape (archiver/shapes.py), as OpenAPI components."""
+    _, top = models_json_schema(
+        [(shape, "serialization") for shape in API_SHAPES],
+        by_alias=True,
+        ref_template="#/components/schemas/{model}",
+        schema_generator=_Untitled,
+    )
+    schemas: dict[str, Any] = top["$defs"]
+    return schemas
+
+
+def _get(
+    operation_id: str,
+    summary: str,
+    parameters: list[dict[str, Any]],
+    responses: dict[str, Any],
+    *,
+    secured: bool = True,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"operationId": operation_id, "summary": summary}
+    if secured:
+        operation["security"] = [{"apiKey": []}]
+    return {"get": {**operation, "parameters": parameters, "responses": responses}}
 
 
 def document() -> dict[str, Any]:
-    secured = [{"apiKey": []}]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -74,105 +104,48 @@ def document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "MediaInfo": MEDIA_INFO_SCHEMA,
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                },
-            },
+            "schemas": component_schemas(),
         },
         "paths": {
-            "/api/media": {
-                "get": {
-                    "summary": "List media, newest first, with filters and cursor paging",
-                    "security": secured,
-                    "parameters": [_param(f.name, f.schema, f.description) for f in FILTERS],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["data", "nextCursor"],
-                                "properties": {
-                                    "data": {
-                                        "type": "array",
-                                        "items": {"$ref": "#/components/schemas/MediaInfo"},
-                                    },
-                                    "nextCursor": {"type": ["string", "null"]},
-                                },
-                            },
-                            "One page of media.",
-                        ),
-                        **_errors(400, 401, 403, 404, 503),
-                    },
-                }
-            },
-            "/api/media/{id}": {
-                "get": {
-                    "summary": "One media row",
-                    "security": secured,
-                    "parameters": [ID_PARAM, TENANT_PARAM],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["data"],
-                                "properties": {"data": {"$ref": "#/components/schemas/MediaInfo"}},
-                            },
-                            "The media row.",
-                        ),
-                        **_errors(400, 401, 403, 404, 503),
-                    },
-                }
-            },
-            "/api/media/{id}/content": {
-                "get": {
-                    "summary": "Redirect to a short-lived presigned URL of the archived file",
-                    "security": secured,
-                    "parameters": [ID_PARAM, TENANT_PARAM],
-                    "responses": {
-                        "307": {"description": "Location is a presigned GET URL (never stored)."},
-                        **_errors(400, 401, 403, 404, 409, 503),
-                    },
-                }
-            },
-            "/api/stats": {
-                "get": {
-                    "summary": "Counts and bytes by status and type; oldest unarchived age",
-                    "security": secured,
-                    "parameters": [TENANT_PARAM],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["data"],
-                                "properties": {
-                                    "data": {
-                                        "type": "object",
-                                        "required": [
-                                            "byStatus",
-                                            "byType",
-                                            "oldestUnarchivedAgeSeconds",
-                                        ],
-                                        "properties": {
-                                            "byStatus": COUNTS,
-                                            "byType": COUNTS,
-                                            "oldestUnarchivedAgeSeconds": {
-                                                "type": ["number", "null"]
-                                            },
-                                        },
-                                    }
-                                },
-                            },
-                            "Statistics.",
-                        ),
-                        **_errors(400, 401, 403, 404, 503),
-                    },
-                }
-            },
+            "/api/media": _get(
+                "listMedia",
+                "List media, newest first, with filters and cursor paging",
+                [_param(f.name, f.schema, f.description) for f in FILTERS],
+                {
+                    "200": _json(_ref("MediaPage"), "One page of media."),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            ),
+            "/api/media/{id}": _get(
+                "getMedia",
+                "One media row",
+                [ID_PARAM, TENANT_PARAM],
+                {
+                    "200": _json(_ref("OneMedia"), "The media row."),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            ),
+            "/api/media/{id}/content": _get(
+                "getMediaContent",
+                "Redirect to a short-lived presigned URL of the archived file",
+                [ID_PARAM, TENANT_PARAM],
+                {
+                    "307": {"description": "Location is a presigned GET URL (never stored)."},
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
+            ),
+            "/api/stats": _get(
+                "getStats",
+                "Counts and bytes by status and type; oldest unarchived age",
+                [TENANT_PARAM],
+                {
+                    "200": _json(_ref("StatsAnswer"), "Statistics."),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            ),
             "/webhooks/{tenant}": {
                 "post": {
+                    "operationId": "receiveWebhook",
                     "summary": "Titan webhook delivery (signed with X-Webhook-Signature)",
                     "parameters": [
                         _param("tenant", {"type": "string"}, "Tenant name.", "path"),
@@ -185,18 +158,32 @@ def document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
                     "responses": {
-                        "200": _json({"type": "object"}, "Ignored event, or a duplicate delivery."),
-                        "202": _json({"type": "object"}, "Media recorded and queued."),
+                        "200": _json(
+                            {"oneOf": [_ref("WebhookAnswer"), _ref("Ignored")]},
+                            "A duplicate delivery, or an event that is not archived.",
+                        ),
+                        "202": _json(_ref("WebhookAnswer"), "Media recorded and queued."),
                         **_errors(400, 401, 413, 503),
                     },
                 }
             },
-            "/healthz": {
-                "get": {
-                    "summary": "Process is up",
-                    "responses": {"200": _json({"type": "object"}, "Up.")},
-                }
-            },
+            "/healthz": _get(
+                "health",
+                "Process is up",
+                [],
+                {"200": _json(_ref("Health"), "Up.")},
+                secured=False,
+            ),
+            "/readyz": _get(
+                "readiness",
+                "Ready to accept webhooks: the database and the broker answer",
+                [],
+                {
+                    "200": _json(_ref("Readiness"), "Ready."),
+                    "503": _json(_ref("Readiness"), "A dependency is down; see checks."),
+                },
+                secured=False,
+            ),
         },
     }
 

@@ -6,12 +6,11 @@ import logging
 import time
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from receiver.intake import Intake
-from receiver.metrics import ReceiverMetrics
+from receiver import resources
+from receiver.answers import ShapeResponse, error
 
-TOO_LARGE = {"error": "body too large"}
 log = logging.getLogger(__name__)
 
 
@@ -31,11 +30,12 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
 
 
 async def receive_webhook(request: Request) -> Response:
-    intake: Intake = request.app.state.intake
-    metrics: ReceiverMetrics = request.app.state.metrics
+    res = resources.of(request)
+    metrics = res.metrics
+    limit = res.settings.max_body_bytes
     started = time.perf_counter()
     try:
-        body = await read_capped(request, request.app.state.settings.max_body_bytes)
+        body = await read_capped(request, limit)
     except ClientDisconnect:
         metrics.webhooks.labels("client_disconnected").inc()
         log.info("webhook abandoned: client disconnected", extra={"outcome": "client_disconnected"})
@@ -44,13 +44,13 @@ async def receive_webhook(request: Request) -> Response:
         metrics.webhooks.labels("too_large").inc()
         log.info(
             "webhook refused: body over %d bytes",
-            request.app.state.settings.max_body_bytes,
+            limit,
             extra={"outcome": "too_large"},
         )
-        return JSONResponse(TOO_LARGE, status_code=413, headers={"Connection": "close"})
-    answer = await intake.accept(
+        return error(413, "body too large", {"Connection": "close"})
+    answer = await res.intake.accept(
         request.path_params["tenant"], body, request.headers.get("x-webhook-signature")
     )
     metrics.webhooks.labels(answer.outcome).inc()
     metrics.accept_seconds.observe(time.perf_counter() - started)
-    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+    return ShapeResponse(answer.body, status_code=answer.status, headers=answer.headers)

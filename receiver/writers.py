@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from contextlib import suppress
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from archiver import media
+from archiver import lifecycle
 from archiver.db import session_scope
 from archiver.errors import Unavailable
-from archiver.media import Arrival, Batch, Recorded
-from archiver.publisher import Publisher, Routed
 from archiver.queue import queue_for
 from archiver.tables import utcnow
+from receiver import recording
+from receiver.publisher import Routed
+from receiver.recording import Arrival, Batch, Recorded
 
 log = logging.getLogger(__name__)
 Results = list[Recorded | Unavailable]
@@ -33,6 +35,24 @@ class Writer(Protocol):
     async def write(self, arrivals: list[Arrival]) -> Results: ...
 
     async def close(self) -> None: ...
+
+
+class Publishes(Protocol):
+    """What a writer needs of the publisher (receiver/publisher.py's Publisher)."""
+
+    def publish(self, routed: Sequence[Routed]) -> None: ...
+
+    async def apublish(self, routed: Sequence[Routed]) -> None: ...
+
+
+def writer_for(engine: Engine, *, publisher: Publishes, large_bytes: int) -> Writer:
+    """The writer for ``engine``'s database: asyncio psycopg on PostgreSQL, else a thread."""
+    if engine.dialect.name == "postgresql":
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return PostgresWriter(
+            conninfo=conninfo, publisher=publisher, connections=8, large_bytes=large_bytes
+        )
+    return ThreadedWriter(engine=engine, publisher=publisher, large_bytes=large_bytes)
 
 
 def _refuse_unpublished(recorded: list[Recorded], exc: Unavailable) -> Results:
@@ -53,7 +73,7 @@ def _routed(arrivals: list[Arrival], recorded: list[Recorded], large_bytes: int)
 
 
 class ThreadedWriter:
-    def __init__(self, *, engine: Engine, publisher: Publisher, large_bytes: int) -> None:
+    def __init__(self, *, engine: Engine, publisher: Publishes, large_bytes: int) -> None:
         self._engine = engine
         self._publisher = publisher
         self._large_bytes = large_bytes
@@ -63,7 +83,7 @@ class ThreadedWriter:
 
     def _write(self, arrivals: list[Arrival]) -> Results:
         with session_scope(self._engine) as session:
-            recorded = media.record_items(session, arrivals=arrivals, now=utcnow())
+            recorded = recording.record_items(session, arrivals=arrivals, now=utcnow())
         to_publish = _routed(arrivals, recorded, self._large_bytes)
         try:
             self._publisher.publish(to_publish)
@@ -71,7 +91,7 @@ class ThreadedWriter:
             # Flag the rows so Titan's retry or the sweeper queues them.
             with suppress(Unavailable), session_scope(self._engine) as session:
                 for pk, _ in to_publish:
-                    media.mark_unqueued(session, pk=pk)
+                    lifecycle.mark_unqueued(session, pk=pk)
             return _refuse_unpublished(recorded, exc)
         return list(recorded)
 
@@ -81,12 +101,12 @@ class ThreadedWriter:
 
 class PostgresWriter:
     def __init__(
-        self, *, conninfo: str, publisher: Publisher, connections: int, large_bytes: int
+        self, *, conninfo: str, publisher: Publishes, connections: int, large_bytes: int
     ) -> None:
         self._conninfo = conninfo
         self._publisher = publisher
         self._large_bytes = large_bytes
-        self._idle: asyncio.LifoQueue[psycopg.AsyncConnection[tuple[object, ...]] | None] = (
+        self._idle: asyncio.LifoQueue[psycopg.AsyncConnection[tuple[Any, ...]] | None] = (
             asyncio.LifoQueue()
         )
         for _ in range(connections):
@@ -101,13 +121,13 @@ class PostgresWriter:
                     self._conninfo, autocommit=True, connect_timeout=5
                 )
             async with conn.cursor() as cur:
-                await cur.execute(media.PG_INSERT, media.pg_rows(batch.rows), prepare=True)
+                await cur.execute(recording.PG_INSERT, recording.pg_rows(batch.rows), prepare=True)
                 created = {(t, m): pk for pk, t, m in await cur.fetchall()}
                 existing = {}
                 missing = batch.missing(created)
                 if missing:
                     await cur.execute(
-                        media.PG_EXISTING, [[t for t, _ in missing], [m for _, m in missing]]
+                        recording.PG_EXISTING, [[t for t, _ in missing], [m for _, m in missing]]
                     )
                     existing = {(t, m): (pk, s, q) for pk, t, m, s, q in await cur.fetchall()}
             recorded = batch.answers(created, existing)
@@ -116,7 +136,7 @@ class PostgresWriter:
                 await self._publisher.apublish(to_publish)
             except Unavailable as exc:
                 with suppress(psycopg.Error):
-                    await conn.execute(media.PG_UNQUEUE, [[pk for pk, _ in to_publish]])
+                    await conn.execute(recording.PG_UNQUEUE, [[pk for pk, _ in to_publish]])
                 return _refuse_unpublished(recorded, exc)
             return list(recorded)
         except psycopg.Error as exc:

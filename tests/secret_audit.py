@@ -10,10 +10,12 @@ conftest.py wires this in and fails the run if anything is found.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 MIN_LENGTH = 12  # shorter values ("testing", moto's fake credentials) are not secrets here
 MAX_ANSWER_CHARS = 1_000_000
@@ -53,7 +55,7 @@ class Audit:
 
         from archiver import api_keys, settings, tenants
         from archiver.secrets_box import SecretBox
-        from tests import services
+        from devstack import processes
 
         audit = self
         original_encrypt = SecretBox.encrypt
@@ -79,14 +81,20 @@ class Audit:
                     for part in value.get_secret_value().split(","):
                         audit.add_secret(part.strip())
 
-        original_start = services.start_process
+        original_start = processes.start_process
 
-        def start_process(name: str, argv: Any, env: dict[str, str] | None = None) -> Any:
+        def start_process(
+            name: str,
+            argv: Sequence[str],
+            env: dict[str, str] | None = None,
+            *,
+            log_dir: Path | None = None,
+        ) -> processes.Process:
             for key, value in (env or {}).items():
                 if key.removeprefix("ARCHIVER_").lower() in SECRET_SETTINGS:
                     for part in value.split(","):
                         audit.add_secret(part.strip())
-            process = original_start(name, argv, env)
+            process = original_start(name, argv, env, log_dir=log_dir)
             audit.log_files.append(process.log_path)
             return process
 
@@ -102,7 +110,7 @@ class Audit:
         self._patch(api_keys, "issue", issue)
         self._patch(tenants, "issue_key", lambda *a, **k: issue(*a, **k)[1])
         self._patch(settings.Settings, "__init__", init)
-        self._patch(services, "start_process", start_process)
+        self._patch(processes, "start_process", start_process)
         self._patch(httpx.Client, "send", send)
 
     def uninstall(self) -> None:
@@ -115,8 +123,8 @@ class Audit:
         setattr(owner, name, replacement)
 
 
-def _is_text(response: Any) -> bool:
-    kind = response.headers.get("content-type", "")
+def _is_text(response: httpx.Response) -> bool:
+    kind: str = response.headers.get("content-type", "")
     return kind.startswith(("application/json", "text/", "application/problem+json"))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MASTER_KEY
+from devstack.fixtures import MASTER_KEY
 
 SECRETS = {
     "hmac": "hmac-secret-value-42",
@@ -20,13 +20,16 @@ SECRETS = {
 
 
 def run(
-    database_url: str, *args: str, check: bool = True, **env: str
+    database_url: str,
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     full_env = {
         **os.environ,
         "ARCHIVER_DATABASE_URL": database_url,
         "ARCHIVER_SECRET_KEY": MASTER_KEY,
-        **env,
+        **(env or {}),
     }
     result = subprocess.run(
         [sys.executable, "-m", "archiver.cli", *args],
@@ -69,9 +72,9 @@ def assert_no_secret(text: str) -> None:
 
 def test_db_upgrade_creates_the_schema_on_an_empty_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new.db'}"
-    from archiver import schema
+    from archiver import migrate
 
-    head = schema.head_revision()
+    head = migrate.head_revision()
     result = run(url, "db", "upgrade")
     assert f"revision {head}" in result.stderr
     assert f"revision {head}" in run(url, "db", "upgrade").stderr  # idempotent
@@ -169,7 +172,11 @@ def test_remove_deletes_the_tenant(database_url: str) -> None:
 
 def test_missing_master_key_is_refused_before_anything_runs(tmp_path: Path) -> None:
     result = run(
-        f"sqlite:///{tmp_path / 'x.db'}", "tenants", "list", check=False, ARCHIVER_SECRET_KEY=""
+        f"sqlite:///{tmp_path / 'x.db'}",
+        "tenants",
+        "list",
+        check=False,
+        env={"ARCHIVER_SECRET_KEY": ""},
     )
     assert result.returncode == 1 and "ARCHIVER_SECRET_KEY" in result.stderr
 
@@ -179,37 +186,37 @@ def test_media_list_filters_and_export_stream_every_matching_row(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from archiver import media
     from archiver.db import make_engine, session_scope
-    from archiver.envelope import MediaItem
     from archiver.tenants import get_tenant
+    from devstack import fixtures
+    from receiver.envelope import MediaItem
+    from receiver.recording import Arrival
 
     add(database_url)
     engine = make_engine(database_url)
     with session_scope(engine) as session:
         tenant = get_tenant(session, name="acme")
-        for i in range(1203):
-            kind = "video" if i % 3 == 0 else "image"
-            item = MediaItem(
-                media_id=f"m{i:04d}",
-                session="support",
-                message_id=None,
-                message_type=kind,
-                mime_type="video/mp4" if kind == "video" else "image/png",
-                file_length=i,
-                sender="+1",
-                caption=None,
-                filename=None,
-                media_url=None,
-                message_at=None,
-                event_id=None,
-            )
-            media.record_item(
-                session,
-                tenant=tenant,
-                item=item,
-                now=datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=i),
-            )
+    assert tenant.id is not None
+    items = [
+        MediaItem(
+            media_id=f"m{i:04d}",
+            session="support",
+            message_id=None,
+            message_type="video" if i % 3 == 0 else "image",
+            mime_type="video/mp4" if i % 3 == 0 else "image/png",
+            file_length=i,
+            sender="+1",
+            caption=None,
+            filename=None,
+            media_url=None,
+            message_at=None,
+            event_id=None,
+        )
+        for i in range(1203)
+    ]
+    recorded = fixtures.record(engine, [Arrival(tenant.id, tenant.strategy, it) for it in items])
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    fixtures.backdate(engine, {r.pk: start + timedelta(seconds=i) for i, r in enumerate(recorded)})
     engine.dispose()
     listed = json.loads(
         run(

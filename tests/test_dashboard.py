@@ -12,17 +12,21 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from tests import services
-from tests.conftest import migrated_database, process_env
-from tests.stack import TenantSetup, add_tenant, start_web
+from devstack import processes
+from devstack.fixtures import TenantSetup, add_tenant, process_env, start_web
+from tests.conftest import migrated_database
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, Page
+
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = services.ARTIFACTS / "screenshots"
+SHOTS = processes.ARTIFACTS / "screenshots"
 ADMIN = "dashboard-admin-key-" + "a" * 12
 
 
@@ -71,7 +75,7 @@ def stack(
         web = start_web("ui", env)
         procs = [
             *web.procs,
-            services.start_process("ui-worker", services.worker_argv(concurrency=2), env),
+            processes.start_process("ui-worker", processes.worker_argv(concurrency=2), env),
         ]
         try:
             sim_url, url = web.sim_url, web.receiver_url
@@ -109,7 +113,7 @@ def stack(
                 for item in items:
                     assert world.send(tenant, item) == 202
             assert world.send("acme", gone) == 202
-            services.wait_until(
+            processes.wait_until(
                 lambda: (
                     all(
                         world.status_of(t, i.media_id) == "archived"
@@ -193,7 +197,7 @@ def _chromium() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     executable = _chromium()
     if executable is None:
         pytest.skip("no Chromium here (scripts/test installs Debian's when it can: apt-get)")
@@ -206,70 +210,75 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser: object) -> Iterator[object]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     problems: list[str] = []
+
     # The pages run under their real Content-Security-Policy: any violation (an inline style
     # or script that slipped in) or script error fails the test.
-    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(message.text)
+
+    page.on("console", console)
     page.on("pageerror", lambda e: problems.append(str(e)))
     yield page
     context.close()
     assert [p for p in problems if "Content Security Policy" in p or "Error" in p] == []
 
 
-def wait_js(page: object, expression: str, timeout: float = 15) -> None:
+def wait_js(page: Page, expression: str, timeout: float = 15) -> None:
     """Poll a JavaScript expression (evaluated over the DevTools protocol, so the page's
     CSP, which forbids eval, stays on) until it is true."""
-    services.wait_until(
-        lambda: bool(page.evaluate(expression)),  # type: ignore[attr-defined]
+    processes.wait_until(
+        lambda: bool(page.evaluate(expression)),
         timeout=timeout,
         interval=0.1,
         what=expression,
     )
 
 
-def shoot(page: object, name: str) -> None:
+def shoot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+    page.screenshot(path=str(path), full_page=True)
     if os.environ.get("ARCHIVER_UPDATE_SCREENSHOTS") == "1":
         docs = ROOT / "docs" / "screenshots"
         docs.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, docs / path.name)
 
 
-def sign_in(page: object, stack: Stack, key: str) -> None:
-    page.goto(f"{stack.url}/ui/login")  # type: ignore[attr-defined]
-    page.get_by_label("API key").fill(key)  # type: ignore[attr-defined]
-    page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
+def sign_in(page: Page, stack: Stack, key: str) -> None:
+    page.goto(f"{stack.url}/ui/login")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
 
 
-def test_sign_in_is_refused_with_a_wrong_key(page: object, stack: Stack) -> None:
+def test_sign_in_is_refused_with_a_wrong_key(page: Page, stack: Stack) -> None:
     sign_in(page, stack, "tak_wrong-key-" + "z" * 20)
-    alert = page.get_by_role("alert")  # type: ignore[attr-defined]
+    alert = page.get_by_role("alert")
     assert "not valid" in alert.inner_text()
-    assert page.url.endswith("/ui/login")  # type: ignore[attr-defined]
+    assert page.url.endswith("/ui/login")
     shoot(page, "login-refused")
 
 
-def test_overview_counts_bytes_rate_and_oldest_age(page: object, stack: Stack) -> None:
+def test_overview_counts_bytes_rate_and_oldest_age(page: Page, stack: Stack) -> None:
     sign_in(page, stack, stack.api_keys["acme"])
-    assert page.url.endswith("/ui/")  # type: ignore[attr-defined]
+    assert page.url.endswith("/ui/")
     total = len(stack.media["acme"]) + 1  # and the gone one
-    assert page.get_by_test_id("total").inner_text() == str(total)  # type: ignore[attr-defined]
-    by_status = page.get_by_test_id("by-status").inner_text()  # type: ignore[attr-defined]
+    assert page.get_by_test_id("total").inner_text() == str(total)
+    by_status = page.get_by_test_id("by-status").inner_text()
     assert re.search(r"archived\s+7\b", by_status) and re.search(r"failed\s+1\b", by_status)
-    assert int(page.get_by_test_id("last-hour").inner_text()) >= 7  # type: ignore[attr-defined]
-    assert "Nothing is waiting" in page.get_by_test_id("oldest").inner_text()  # type: ignore[attr-defined]
+    assert int(page.get_by_test_id("last-hour").inner_text()) >= 7
+    assert "Nothing is waiting" in page.get_by_test_id("oldest").inner_text()
     shoot(page, "overview")
 
 
-def test_filter_to_videos_open_one_and_it_plays(page: object, stack: Stack) -> None:
+def test_filter_to_videos_open_one_and_it_plays(page: Page, stack: Stack) -> None:
     sign_in(page, stack, stack.api_keys["acme"])
-    page.get_by_role("link", name="Media").click()  # type: ignore[attr-defined]
-    tiles = page.locator("[data-testid=grid] > li")  # type: ignore[attr-defined]
+    page.get_by_role("link", name="Media").click()
+    tiles = page.locator("[data-testid=grid] > li")
     assert tiles.count() == len(stack.media["acme"]) + 1
     # Images render from their presigned URL: the browser decoded real pixels.
     wait_js(
@@ -277,31 +286,31 @@ def test_filter_to_videos_open_one_and_it_plays(page: object, stack: Stack) -> N
         "[...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth > 0)",
     )
     shoot(page, "media-grid")
-    page.get_by_label("Type").select_option("video")  # type: ignore[attr-defined]
-    page.get_by_role("button", name="Filter").click()  # type: ignore[attr-defined]
+    page.get_by_label("Type").select_option("video")
+    page.get_by_role("button", name="Filter").click()
     kinds = tiles.evaluate_all("nodes => nodes.map(n => n.dataset.type)")
     assert kinds == ["video", "video"]
     shoot(page, "media-videos")
     tiles.first.get_by_role("link").click()
-    video = page.locator("video")  # type: ignore[attr-defined]
+    video = page.locator("video")
     wait_js(page, "document.querySelector('video').readyState >= 1")
     duration = video.evaluate("v => v.duration")
     assert duration > 2.5, duration  # the 3-second sample, decoded by the browser
     video.evaluate("v => { v.muted = true; return v.play(); }")
     wait_js(page, "document.querySelector('video').currentTime > 0.3")
-    info = page.get_by_test_id("info").inner_text()  # type: ignore[attr-defined]
+    info = page.get_by_test_id("info").inner_text()
     for field in ("sha256", "messageId", "mimeType", "receivedAt", "archivedAt", "key"):
         assert field in info
     assert "video/mp4" in info
-    download = page.get_by_role("link", name="Download")  # type: ignore[attr-defined]
-    assert download.get_attribute("href").endswith("?download=1")
+    download = page.get_by_role("link", name="Download")
+    assert (download.get_attribute("href") or "").endswith("?download=1")
     shoot(page, "media-detail-video")
 
 
-def test_retry_a_failed_item_and_it_becomes_archived(page: object, stack: Stack) -> None:
+def test_retry_a_failed_item_and_it_becomes_archived(page: Page, stack: Stack) -> None:
     sign_in(page, stack, stack.api_keys["acme"])
-    page.get_by_role("link", name="Failures").click()  # type: ignore[attr-defined]
-    row = page.locator(f"[data-testid=failed] tr[data-media-id='{stack.gone.media_id}']")  # type: ignore[attr-defined]
+    page.get_by_role("link", name="Failures").click()
+    row = page.locator(f"[data-testid=failed] tr[data-media-id='{stack.gone.media_id}']")
     assert "404" in row.inner_text() or "not found" in row.inner_text().lower()
     shoot(page, "failures")
     # Titan has the file again (say the sender re-sent it), so a retry can now succeed.
@@ -309,21 +318,21 @@ def test_retry_a_failed_item_and_it_becomes_archived(page: object, stack: Stack)
         account="acme", message_type="document", size=4000, media_id=stack.gone.media_id
     )
     row.get_by_role("button", name=f"Retry {stack.gone.media_id}").click()
-    assert "1 item(s) queued again" in page.get_by_role("status").inner_text()  # type: ignore[attr-defined]
-    services.wait_until(
+    assert "1 item(s) queued again" in page.get_by_role("status").inner_text()
+    processes.wait_until(
         lambda: stack.status_of("acme", stack.gone.media_id) == "archived",
         timeout=60,
         what="the retried item archived",
     )
-    page.goto(f"{stack.url}/ui/failures")  # type: ignore[attr-defined]
-    assert "No failed items." in page.inner_text("main")  # type: ignore[attr-defined]
+    page.goto(f"{stack.url}/ui/failures")
+    assert "No failed items." in page.inner_text("main")
 
 
-def test_tenant_a_never_sees_tenant_b(page: object, stack: Stack) -> None:
+def test_tenant_a_never_sees_tenant_b(page: Page, stack: Stack) -> None:
     theirs = stack.media["globex"][0].media_id
     sign_in(page, stack, stack.api_keys["acme"])
-    page.goto(f"{stack.url}/ui/media")  # type: ignore[attr-defined]
-    shown = page.locator("[data-testid=grid] > li").evaluate_all(  # type: ignore[attr-defined]
+    page.goto(f"{stack.url}/ui/media")
+    shown = page.locator("[data-testid=grid] > li").evaluate_all(
         "nodes => nodes.map(n => [n.dataset.tenant, n.dataset.mediaId])"
     )
     assert {tenant for tenant, _ in shown} == {"acme"} and theirs not in {m for _, m in shown}
@@ -331,28 +340,26 @@ def test_tenant_a_never_sees_tenant_b(page: object, stack: Stack) -> None:
     assert pk["tenant"] == "globex"
     # Guessing the other tenant's row numbers finds nothing.
     for number in range(1, 20):
-        answer = page.request.get(f"{stack.url}/ui/media/{number}")  # type: ignore[attr-defined]
+        answer = page.request.get(f"{stack.url}/ui/media/{number}")
         assert answer.status in (200, 404)
         if answer.status == 200:
             assert theirs not in answer.text() and "globex" not in answer.text()
-        content = page.request.get(  # type: ignore[attr-defined]
-            f"{stack.url}/ui/content/{number}", max_redirects=0
-        )
+        content = page.request.get(f"{stack.url}/ui/content/{number}", max_redirects=0)
         if content.status == 307:
             assert stack.tenants["globex"].bucket not in content.headers["location"]
     # The admin key sees both tenants.
-    page.context.clear_cookies()  # type: ignore[attr-defined]
+    page.context.clear_cookies()
     sign_in(page, stack, ADMIN)
-    page.goto(f"{stack.url}/ui/media")  # type: ignore[attr-defined]
-    tenants = page.locator("[data-testid=grid] > li").evaluate_all(  # type: ignore[attr-defined]
+    page.goto(f"{stack.url}/ui/media")
+    tenants = page.locator("[data-testid=grid] > li").evaluate_all(
         "nodes => nodes.map(n => n.dataset.tenant)"
     )
     assert set(tenants) == {"acme", "globex"}
     shoot(page, "media-grid-admin")
 
 
-def test_readable_on_a_phone(browser: object, stack: Stack) -> None:
-    context = browser.new_context(  # type: ignore[attr-defined]
+def test_readable_on_a_phone(browser: Browser, stack: Stack) -> None:
+    context = browser.new_context(
         viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True
     )
     page = context.new_page()
@@ -371,7 +378,7 @@ def test_retry_all_requeues_every_failed_item_of_the_tenant_only(stack: Stack) -
     gone = stack.sim.make_media(account="acme", message_type="image", size=500, gone=True)
     theirs = stack.sim.make_media(account="globex", message_type="image", size=500, gone=True)
     assert stack.send("acme", gone) == 202 and stack.send("globex", theirs) == 202
-    services.wait_until(
+    processes.wait_until(
         lambda: (
             stack.status_of("acme", gone.media_id) == "failed"
             and stack.status_of("globex", theirs.media_id) == "failed"
@@ -387,7 +394,7 @@ def test_retry_all_requeues_every_failed_item_of_the_tenant_only(stack: Stack) -
         answer = client.post("/ui/failures/retry", data={"csrf": csrf.group(1)})
         assert (answer.status_code, answer.headers["location"]) == (303, "/ui/failures?retried=1")
     # Titan is asked again for acme's item (still gone, so it fails again); globex's stays put.
-    services.wait_until(
+    processes.wait_until(
         lambda: (
             stack.sim.stats().get("answered_404", 0) > asked
             and stack.status_of("acme", gone.media_id) == "failed"

@@ -6,6 +6,7 @@ import importlib
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,15 +64,15 @@ def test_compose_and_dockerfile_use_real_settings_only() -> None:
         assert named <= SETTINGS, path
 
 
-def _yaml_documents(path: Path) -> list[dict[str, object]]:
+def _yaml_documents(path: Path) -> list[dict[str, Any]]:
     import yaml
 
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def _routes() -> set[str]:
+    from devstack.fixtures import settings_for
     from receiver.app import create_app
-    from tests.conftest import settings_for
 
     app = create_app(settings_for("sqlite://"))
     return {getattr(route, "path", "") for route in app.routes}
@@ -82,7 +83,7 @@ def _check_command(argv: list[str]) -> None:
     if argv[0].endswith("titan-archiver"):
         from click.testing import CliRunner
 
-        from archiver.cli import main
+        from archiver.cli.main import main
 
         assert CliRunner().invoke(main, [*argv[1:], "--help"]).exit_code == 0, argv
     elif argv[0].endswith("uvicorn"):
@@ -113,11 +114,11 @@ def test_kubernetes_manifests_parse_and_name_real_commands_probes_and_settings()
     routes = _routes()
     for doc in docs:
         if doc["kind"] in {"ConfigMap", "Secret"}:
-            data = doc.get("data") or doc.get("stringData")
-            assert set(data) <= SETTINGS, set(data) - SETTINGS  # type: ignore[arg-type]
+            data = doc.get("data") or doc.get("stringData") or {}
+            assert set(data) <= SETTINGS, set(data) - SETTINGS
         if doc["kind"] not in {"Deployment", "Job"}:
             continue
-        pod = doc["spec"]["template"]["spec"]  # type: ignore[index]
+        pod = doc["spec"]["template"]["spec"]
         for container in pod["containers"]:
             _check_command(container["command"])
             for probe in ("livenessProbe", "readinessProbe"):
@@ -132,7 +133,7 @@ def test_kubernetes_manifests_parse_and_name_real_commands_probes_and_settings()
 
 def test_compose_file_parses_and_runs_real_commands() -> None:
     (compose,) = _yaml_documents(ROOT / "deploy" / "compose.yaml")
-    services = compose["services"]  # type: ignore[index]
+    services = compose["services"]
     assert {"postgres", "redis", "minio", "web", "worker"} <= set(services)
     for name in ("release", "worker", "beat"):
         _check_command(shlex.split(services[name]["command"]))

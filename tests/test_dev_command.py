@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.services import free_port
+from devstack.processes import free_port
 
 
 def test_dev_runs_the_demo_on_embedded_services_and_stops_cleanly(tmp_path: Path) -> None:

@@ -15,9 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import services
-from tests.conftest import migrated_database, process_env
-from tests.services import Process, s3_client, start_process, uvicorn_argv, wait_until, worker_argv
+from devstack import processes, services
+from devstack.fixtures import process_env
+from devstack.processes import Process, wait_until
+from devstack.services import s3_client
+from tests.conftest import migrated_database
 from titan_simulator.sender import SentMedia, Simulator, media_envelope, post_signed
 
 MB = 1_000_000
@@ -114,7 +116,7 @@ def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
         capture_output=True,
         text=True,
         check=True,
-        cwd=services.ROOT,
+        cwd=processes.ROOT,
     )
     return json.loads(out.stdout) if out.stdout.strip() else {}
 
@@ -135,15 +137,15 @@ def stack(
         broker = redis_url.rsplit("/", 1)[0] + ("/1" if request.param == "sqlite" else "/2")
         env = process_env(database_url, broker)
         s3 = s3_client(s3_endpoint)
-        sim_port, receiver_port = services.free_port(), services.free_port()
-        procs = [
-            start_process("simulator", uvicorn_argv("titan_simulator.app:create_app", sim_port)),
-            start_process("receiver", uvicorn_argv("receiver.app:create_app", receiver_port), env),
-            start_process("worker", worker_argv(concurrency=2), env),
-        ]
-        sim_url, receiver_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{receiver_port}"
+        procs: list[Process] = []
         built: Stack | None = None
         try:
+            sim = services.start_simulator("simulator")
+            procs.append(sim.process)
+            receiver = services.start_receiver("receiver", env)
+            procs.append(receiver.process)
+            procs.append(processes.start_process("worker", processes.worker_argv(2), env))
+            sim_url, receiver_url = sim.url, receiver.url
             built = _setup(request.param, env, s3, s3_endpoint, sim_url, receiver_url, procs)
             yield built
         finally:
@@ -162,8 +164,8 @@ def _setup(
     receiver_url: str,
     procs: list[Process],
 ) -> Stack:
-    wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30, what="simulator")
-    wait_until(lambda: services.http_up(receiver_url + "/healthz"), timeout=30, what="receiver")
+    wait_until(lambda: processes.http_up(sim_url + "/_sim/stats"), timeout=30, what="simulator")
+    wait_until(lambda: processes.http_up(receiver_url + "/healthz"), timeout=30, what="receiver")
     sim = Simulator(sim_url)
     tenants = {}
     for name, strategy in (("acme", "download"), ("globex", "persist")):

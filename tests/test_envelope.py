@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from archiver.envelope import media_item, parse_body
 from archiver.errors import PayloadError
+from receiver.envelope import media_item, parse_body
 
 
 def envelope(**payload: Any) -> dict[str, Any]:

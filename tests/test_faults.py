@@ -1,21 +1,23 @@
 """The fault-injection suite's quick profile in CI: every scenario loses and duplicates nothing.
 
 The full profile (a few hundred events per scenario, 24 MB videos, a 20 s S3 outage) is
-``python -m tests.faults``; docs/reliability.md records its figures.
+``python -m devstack.faults``; docs/reliability.md records its figures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from tests.faults import QUICK, SCENARIOS, postgres_available, run_scenario
+from devstack.faults import QUICK, SCENARIOS, Outcome, postgres_available, run_scenario
 
 pytestmark = pytest.mark.skipif(
     not postgres_available(), reason="the fault suite restarts a private embedded PostgreSQL"
 )
 
 # What each scenario must show to prove its fault actually happened.
-BIT = {
+BIT: dict[str, Callable[[Outcome], bool]] = {
     "worker_kill": lambda o: o.retried_rows > 0,
     "redis_restart": lambda o: (
         o.evidence.endswith("-> 0 messages at restart") and not o.evidence.startswith("queue 0 ")

@@ -21,13 +21,15 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlmodel import select
+from sqlalchemy import select
+from sqlmodel import col
 
 from archiver.db import make_engine, session_scope
-from archiver.media_query import NAMES
 from archiver.object_keys import DEFAULT_TEMPLATE, object_key
+from archiver.query import NAMES
 from archiver.tables import Media, Tenant
-from tests.conftest import migrated_database, settings_for
+from devstack.fixtures import settings_for
+from tests.conftest import migrated_database
 from tests.test_receiver import add_tenant, serve
 from titan_simulator.sender import media_envelope, signature
 
@@ -60,14 +62,14 @@ class Target:
         try:
             with session_scope(engine) as session:
                 query = select(
-                    Tenant.name,
-                    Media.media_id,
-                    Media.session,
-                    Media.mime_type,
-                    Media.message_at,
-                    Media.received_at,
-                ).join(Tenant, Tenant.id == Media.tenant_id)  # type: ignore[arg-type]
-                return [tuple(r) for r in session.exec(query)]  # type: ignore[misc]
+                    col(Tenant.name),
+                    col(Media.media_id),
+                    col(Media.session),
+                    col(Media.mime_type),
+                    col(Media.message_at),
+                    col(Media.received_at),
+                ).join(Tenant, col(Tenant.id) == col(Media.tenant_id))
+                return [tuple(r) for r in session.execute(query)]
         finally:
             engine.dispose()
 

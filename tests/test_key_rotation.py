@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import migrated_database, settings_for
+from devstack.fixtures import settings_for
+from tests.conftest import migrated_database
 from tests.test_cli import run
 from tests.test_receiver import add_tenant, media_body, serve
 from titan_simulator.sender import signature

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from archiver.logs import JsonFormatter, RedactingFilter, redact
-from tests import services
-from tests.conftest import MASTER_KEY, migrated_database, process_env
+from devstack import processes
+from devstack.fixtures import MASTER_KEY, process_env
+from tests.conftest import migrated_database
 from tests.test_receiver import add_tenant, media_body
 from titan_simulator.sender import signature
 
@@ -53,14 +54,14 @@ def test_receiver_process_logs_json_events_without_secrets(
 ) -> None:
     with migrated_database("sqlite", tmp_path, pg_admin_url) as database_url:
         api_key = add_tenant(database_url, "acme", "acme-hmac-secret-key")
-        port = services.free_port()
+        port = processes.free_port()
         env = process_env(database_url, redis_url, ARCHIVER_LOG_FORMAT="json")
-        proc = services.start_process(
-            "logs-receiver", services.uvicorn_argv("receiver.app:create_app", port), env
+        proc = processes.start_process(
+            "logs-receiver", processes.uvicorn_argv("receiver.app:create_app", port), env
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            services.wait_until(lambda: services.http_up(url + "/healthz"), timeout=30)
+            processes.wait_until(lambda: processes.http_up(url + "/healthz"), timeout=30)
             body = media_body("logged-1")
             sig = signature(body, "acme-hmac-secret-key")
             assert (

@@ -6,13 +6,16 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from archiver import media
+from archiver import figures, lifecycle, redrive
+from archiver import query as queries
 from archiver.db import session_scope
-from archiver.envelope import MediaItem
-from archiver.media_query import MediaQuery
+from archiver.query import MediaQuery
 from archiver.secrets_box import SecretBox
 from archiver.tables import Status, Tenant, utcnow
 from archiver.tenants import TenantSpec, create_tenant
+from devstack import fixtures
+from receiver.envelope import MediaItem
+from receiver.recording import Recorded
 
 BOX = SecretBox("test-master-key-for-rows")
 
@@ -51,9 +54,8 @@ def item(media_id: str = "m1", media_url: str | None = None) -> MediaItem:
     )
 
 
-def record(engine: Engine, tenant: Tenant, it: MediaItem) -> media.Recorded:
-    with session_scope(engine) as session:
-        return media.record_item(session, tenant=tenant, item=it, now=utcnow())
+def record(engine: Engine, tenant: Tenant, it: MediaItem) -> Recorded:
+    return fixtures.record_item(engine, tenant=tenant, item=it)
 
 
 def test_second_delivery_of_the_same_media_is_a_duplicate(engine: Engine) -> None:
@@ -70,7 +72,7 @@ def test_same_media_id_in_two_tenants_is_two_rows(engine: Engine) -> None:
 def test_auto_persisted_media_is_archived_on_arrival(engine: Engine) -> None:
     recorded = record(engine, make_tenant(engine), item(media_url="https://b.s3/x.jpg"))
     with session_scope(engine) as session:
-        row = media.get_row(session, pk=recorded.pk)
+        row = queries.get_row(session, pk=recorded.pk)
     assert row is not None and row.status == Status.ARCHIVED and row.persisted
     assert row.s3_url == "https://b.s3/x.jpg" and row.strategy == "auto"
 
@@ -79,9 +81,9 @@ def test_only_one_claim_wins(engine: Engine) -> None:
     pk = record(engine, make_tenant(engine), item()).pk
     now = utcnow()
     with session_scope(engine) as session:
-        first = media.claim(session, pk=pk, now=now, lease_seconds=60).row
+        first = lifecycle.claim(session, pk=pk, now=now, lease_seconds=60).row
     with session_scope(engine) as session:
-        second = media.claim(session, pk=pk, now=now, lease_seconds=60)
+        second = lifecycle.claim(session, pk=pk, now=now, lease_seconds=60)
     assert first is not None and first.attempts == 1 and first.status == Status.ARCHIVING
     assert second.row is None
     assert second.busy_until is not None and second.busy_until > now
@@ -91,25 +93,27 @@ def test_an_expired_lease_can_be_taken_over_and_fences_the_old_owner(engine: Eng
     pk = record(engine, make_tenant(engine), item()).pk
     now = utcnow()
     with session_scope(engine) as session:
-        old = media.claim(session, pk=pk, now=now, lease_seconds=10).row
+        old = lifecycle.claim(session, pk=pk, now=now, lease_seconds=10).row
     with session_scope(engine) as session:
-        new = media.claim(session, pk=pk, now=now + timedelta(seconds=11), lease_seconds=10).row
+        new = lifecycle.claim(session, pk=pk, now=now + timedelta(seconds=11), lease_seconds=10).row
     assert old is not None and new is not None and new.attempts == 2
     with session_scope(engine) as session:
-        assert not media.mark_archived(session, pk=pk, attempt=1, now=utcnow(), outcome={"size": 1})
-        assert media.mark_archived(session, pk=pk, attempt=2, now=utcnow(), outcome={"size": 2})
+        assert not lifecycle.mark_archived(
+            session, pk=pk, attempt=1, now=utcnow(), outcome={"size": 1}
+        )
+        assert lifecycle.mark_archived(session, pk=pk, attempt=2, now=utcnow(), outcome={"size": 2})
     with session_scope(engine) as session:
-        row = media.get_row(session, pk=pk)
+        row = queries.get_row(session, pk=pk)
     assert row is not None and row.status == Status.ARCHIVED and row.size == 2
 
 
 def test_archived_rows_are_never_claimed_again(engine: Engine) -> None:
     pk = record(engine, make_tenant(engine), item()).pk
     with session_scope(engine) as session:
-        media.claim(session, pk=pk, now=utcnow(), lease_seconds=60)
-        media.mark_archived(session, pk=pk, attempt=1, now=utcnow(), outcome={})
+        lifecycle.claim(session, pk=pk, now=utcnow(), lease_seconds=60)
+        lifecycle.mark_archived(session, pk=pk, attempt=1, now=utcnow(), outcome={})
     with session_scope(engine) as session:
-        later = media.claim(session, pk=pk, now=utcnow() + timedelta(days=1), lease_seconds=60)
+        later = lifecycle.claim(session, pk=pk, now=utcnow() + timedelta(days=1), lease_seconds=60)
     assert later.row is None and later.busy_until is None
 
 
@@ -117,16 +121,16 @@ def test_retrying_rows_are_claimable_and_failed_rows_are_not(engine: Engine) -> 
     tenant = make_tenant(engine)
     retry_pk, fail_pk = record(engine, tenant, item("r")).pk, record(engine, tenant, item("f")).pk
     with session_scope(engine) as session:
-        media.claim(session, pk=retry_pk, now=utcnow(), lease_seconds=60)
-        media.mark_retrying(
+        lifecycle.claim(session, pk=retry_pk, now=utcnow(), lease_seconds=60)
+        lifecycle.mark_retrying(
             session, pk=retry_pk, attempt=1, now=utcnow(), error="502", due=utcnow()
         )
-        media.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60)
-        media.mark_failed(session, pk=fail_pk, attempt=1, now=utcnow(), error="404 gone")
+        lifecycle.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60)
+        lifecycle.mark_failed(session, pk=fail_pk, attempt=1, now=utcnow(), error="404 gone")
     with session_scope(engine) as session:
-        again = media.claim(session, pk=retry_pk, now=utcnow(), lease_seconds=60).row
+        again = lifecycle.claim(session, pk=retry_pk, now=utcnow(), lease_seconds=60).row
         assert again is not None and again.attempts == 2 and again.last_error == "502"
-        assert media.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60).row is None
+        assert lifecycle.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60).row is None
 
 
 def test_sweeper_queries_find_expired_leases_unqueued_and_long_waiting_rows(engine: Engine) -> None:
@@ -136,16 +140,18 @@ def test_sweeper_queries_find_expired_leases_unqueued_and_long_waiting_rows(engi
     unqueued = record(engine, tenant, item("unqueued")).pk
     now = utcnow()
     with session_scope(engine) as session:
-        media.claim(session, pk=leased, now=now, lease_seconds=10)
-        media.mark_unqueued(session, pk=unqueued)
+        lifecycle.claim(session, pk=leased, now=now, lease_seconds=10)
+        lifecycle.mark_unqueued(session, pk=unqueued)
     with session_scope(engine) as session:
-        assert media.expired_leases(session, now=now, limit=10) == []
-        assert media.expired_leases(session, now=now + timedelta(seconds=11), limit=10) == [leased]
-        assert media.unqueued(session, limit=10) == [unqueued]
-        assert media.due_pending_count(session, now=now + timedelta(seconds=1)) == 1
-        assert media.oldest_due(session, queued_before=now - timedelta(minutes=5), limit=10) == []
+        assert redrive.expired_leases(session, now=now, limit=10) == []
+        assert redrive.expired_leases(session, now=now + timedelta(seconds=11), limit=10) == [
+            leased
+        ]
+        assert redrive.unpublished(session, limit=10) == [unqueued]
+        assert redrive.due_pending_count(session, now=now + timedelta(seconds=1)) == 1
+        assert redrive.oldest_due(session, queued_before=now - timedelta(minutes=5), limit=10) == []
         later = now + timedelta(hours=1)
-        assert media.oldest_due(session, queued_before=later, limit=10) == [waiting]
+        assert redrive.oldest_due(session, queued_before=later, limit=10) == [waiting]
 
 
 def test_a_duplicate_needs_publishing_only_if_the_first_publish_failed(engine: Engine) -> None:
@@ -153,7 +159,7 @@ def test_a_duplicate_needs_publishing_only_if_the_first_publish_failed(engine: E
     first = record(engine, tenant, item())
     assert first.needs_publish and not record(engine, tenant, item()).needs_publish
     with session_scope(engine) as session:
-        media.mark_unqueued(session, pk=first.pk)
+        lifecycle.mark_unqueued(session, pk=first.pk)
     assert record(engine, tenant, item()).needs_publish
 
 
@@ -161,17 +167,17 @@ def test_failed_rows_are_requeued_from_scratch(engine: Engine) -> None:
     tenant = make_tenant(engine)
     pk = record(engine, tenant, item()).pk
     with session_scope(engine) as session:
-        media.claim(session, pk=pk, now=utcnow(), lease_seconds=60)
-        media.mark_failed(session, pk=pk, attempt=1, now=utcnow(), error="gone")
+        lifecycle.claim(session, pk=pk, now=utcnow(), lease_seconds=60)
+        lifecycle.mark_failed(session, pk=pk, attempt=1, now=utcnow(), error="gone")
     with session_scope(engine) as session:
-        assert media.backlog(session).counts == {"failed": 1}
-        assert media.requeue_failed(session, tenant_id=tenant.id, media_ids=None, now=utcnow()) == [
-            pk
-        ]
+        assert figures.backlog(session).counts == {"failed": 1}
+        assert lifecycle.requeue_failed(
+            session, tenant_id=tenant.id, media_ids=None, now=utcnow()
+        ) == [pk]
     with session_scope(engine) as session:
-        row = media.get_row(session, pk=pk)
+        row = queries.get_row(session, pk=pk)
         assert row is not None and row.status == "queued" and row.attempts == 0
-        backlog = media.backlog(session)
+        backlog = figures.backlog(session)
     assert backlog.counts == {"queued": 1} and backlog.oldest_unarchived is not None
 
 
@@ -179,11 +185,11 @@ def test_lists_newest_first_with_keyset_paging(engine: Engine) -> None:
     tenant = make_tenant(engine)
     pks = [record(engine, tenant, item(f"m{i}")).pk for i in range(5)]
     with session_scope(engine) as session:
-        page1 = media.search(session, tenant_id=tenant.id, query=MediaQuery(limit=3))
+        page1 = queries.search(session, tenant_id=tenant.id, query=MediaQuery(limit=3))
         last = page1[-1]
         assert last.received_at is not None and last.pk is not None
         after = MediaQuery(limit=3, after=(last.received_at, last.pk))
-        page2 = media.search(session, tenant_id=tenant.id, query=after)
+        page2 = queries.search(session, tenant_id=tenant.id, query=after)
     assert [r.pk for r in page1 + page2] == pks[::-1]
 
 

@@ -12,7 +12,7 @@ WHEN = datetime(2025, 1, 15, 10, 31, tzinfo=UTC)
 
 def key(media_id: str = "abc123", **kw: str) -> str:
     args = {"prefix": "", "tenant": "acme", "session": "support", "mime_type": "image/jpeg"} | kw
-    return object_key(DEFAULT_TEMPLATE, media_id=media_id, when=WHEN, **args)  # type: ignore[arg-type]
+    return object_key(DEFAULT_TEMPLATE, media_id=media_id, when=WHEN, **args)
 
 
 def test_builds_key_from_tenant_session_date_and_media_id() -> None:

@@ -11,14 +11,14 @@ from pathlib import Path
 from sqlalchemy import update
 from sqlmodel import col
 
-from archiver import media
 from archiver.db import make_engine, session_scope
-from archiver.envelope import MediaItem
 from archiver.secrets_box import SecretBox
-from archiver.tables import Media, utcnow
+from archiver.tables import Media
 from archiver.tenants import TenantSpec, create_tenant
-from tests import services
-from tests.conftest import MASTER_KEY, migrated_database, process_env
+from devstack import fixtures, processes, services
+from devstack.fixtures import MASTER_KEY, process_env
+from receiver.envelope import MediaItem
+from tests.conftest import migrated_database
 
 
 def test_schemathesis_finds_no_failures(
@@ -61,7 +61,8 @@ def test_schemathesis_finds_no_failures(
                     message_at=None,
                     event_id=None,
                 )
-                pk = media.record_item(session, tenant=tenant, item=item, now=utcnow()).pk
+                session.commit()
+                pk = fixtures.record_item(engine, tenant=tenant, item=item).pk
                 if i == 0:
                     s3.put_object(Bucket=bucket, Key="k0", Body=b"0123456789")
                     session.execute(
@@ -70,14 +71,14 @@ def test_schemathesis_finds_no_failures(
                         .values(status="archived", bucket=bucket, object_key="k0", persisted=True)
                     )
         engine.dispose()
-        port = services.free_port()
+        port = processes.free_port()
         env = process_env(database_url, redis_url, ARCHIVER_ADMIN_API_KEY="admin-" + "k" * 30)
-        receiver = services.start_process(
-            "schemathesis-receiver", services.uvicorn_argv("receiver.app:create_app", port), env
+        receiver = processes.start_process(
+            "schemathesis-receiver", processes.uvicorn_argv("receiver.app:create_app", port), env
         )
         try:
-            services.wait_until(
-                lambda: services.http_up(f"http://127.0.0.1:{port}/healthz"), timeout=30
+            processes.wait_until(
+                lambda: processes.http_up(f"http://127.0.0.1:{port}/healthz"), timeout=30
             )
             result = subprocess.run(
                 [

@@ -21,9 +21,9 @@ from sqlmodel import select
 from archiver.db import make_engine, session_scope
 from archiver.queue import ARCHIVE_QUEUE
 from archiver.tables import Media
-from tests import services
-from tests.conftest import migrated_database, process_env
-from tests.stack import add_tenant, start_web
+from devstack import processes, services
+from devstack.fixtures import add_tenant, process_env, start_web
+from tests.conftest import migrated_database
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
 
@@ -38,7 +38,7 @@ class Ops:
     s3: Any
     queue: redis.Redis
     tmp: Path
-    procs: list[services.Process]
+    procs: list[processes.Process]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -69,7 +69,7 @@ class Ops:
             engine.dispose()
 
     def wait_status(self, media_id: str, status: str, timeout: float = 60) -> Media:
-        services.wait_until(
+        processes.wait_until(
             lambda: (
                 self.rows().get(media_id) is not None and self.rows()[media_id].status == status
             ),
@@ -78,9 +78,9 @@ class Ops:
         )
         return self.rows()[media_id]
 
-    def worker(self, name: str, **env: str) -> services.Process:
-        proc = services.start_process(
-            name, [*services.worker_argv(concurrency=1), "-n", f"{name}@%h"], {**self.env, **env}
+    def worker(self, name: str, **env: str) -> processes.Process:
+        proc = processes.start_process(
+            name, [*processes.worker_argv(concurrency=1), "-n", f"{name}@%h"], {**self.env, **env}
         )
         self.procs.append(proc)
         return proc
@@ -179,12 +179,13 @@ def test_a_replayed_delivery_of_an_archived_event_changes_nothing(ops: Ops) -> N
 
 
 def test_a_burst_of_small_media_is_archived_in_batches_once_each(ops: Ops) -> None:
-    from archiver.envelope import media_item
-    from archiver.media import Arrival, record_items
-    from archiver.publisher import Publisher
-    from archiver.queue import make_celery
+    from archiver.broker import make_celery
     from archiver.settings import load_settings
-    from archiver.tables import Tenant, utcnow
+    from archiver.tables import Tenant
+    from devstack.fixtures import record
+    from receiver.envelope import media_item
+    from receiver.publisher import Publisher
+    from receiver.recording import Arrival
 
     items = [
         ops.sim.make_media(account="acme", message_type="image", size=20_000) for _ in range(40)
@@ -192,8 +193,9 @@ def test_a_burst_of_small_media_is_archived_in_batches_once_each(ops: Ops) -> No
     engine = make_engine(ops.database_url)
     with session_scope(engine) as session:
         tenant = session.exec(select(Tenant)).one()
-        arrivals = [Arrival(tenant.id or 0, "download", media_item(i.envelope)) for i in items]
-        recorded = record_items(session, arrivals=arrivals, now=utcnow())
+        parsed = [media_item(i.envelope) for i in items]
+        arrivals = [Arrival(tenant.id or 0, "download", it) for it in parsed if it is not None]
+    recorded = record(engine, arrivals)
     engine.dispose()
     settings = load_settings(
         **{

@@ -15,14 +15,15 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col
 
-from archiver import media
+from archiver import query as queries
 from archiver.db import make_engine, session_scope
-from archiver.envelope import MediaItem
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media, Tenant
 from archiver.tenants import TenantSpec, create_tenant
-from tests.conftest import MASTER_KEY, settings_for
-from tests.services import s3_client
+from devstack import fixtures
+from devstack.fixtures import MASTER_KEY, settings_for
+from devstack.services import s3_client
+from receiver.envelope import MediaItem
 from tests.test_receiver import serve
 
 ADMIN_KEY = "admin-" + secrets.token_urlsafe(24)
@@ -67,9 +68,10 @@ class World:
         )
         with session_scope(self.engine) as session:
             owner = session.get(Tenant, self.tenant_ids[tenant])
-            assert owner is not None
-            pk = media.record_item(session, tenant=owner, item=item, now=received).pk
-            if fields:
+        assert owner is not None
+        pk = fixtures.record_item(self.engine, tenant=owner, item=item, received_at=received).pk
+        if fields:
+            with session_scope(self.engine) as session:
                 session.execute(update(Media).where(col(Media.pk) == pk).values(**fields))
         self.ids.setdefault(tenant, []).append(media_id)
         return pk
@@ -355,7 +357,7 @@ def test_content_redirects_to_a_fresh_presigned_url_of_the_right_bytes(world: Wo
     fetched = httpx.get(location).content
     assert hashlib.sha256(fetched).hexdigest() == hashlib.sha256(data).hexdigest()
     with session_scope(world.engine) as session:
-        row = media.get_media(session, tenant_id=world.tenant_ids["acme"], media_id="photo/1")
+        row = queries.get_media(session, tenant_id=world.tenant_ids["acme"], media_id="photo/1")
     assert row is not None and "X-Amz" not in (row.s3_url or "")  # never stored
 
 

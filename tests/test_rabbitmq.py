@@ -8,19 +8,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from archiver.broker import make_celery, queue_depth
 from archiver.db import make_engine, session_scope
-from archiver.queue import make_celery
-from archiver.redrive import queue_depth
 from archiver.tables import Media
-from tests import services
-from tests.conftest import migrated_database, process_env, settings_for
-from tests.stack import add_tenant, start_web
+from devstack import processes, services
+from devstack.fixtures import add_tenant, process_env, settings_for, start_web
+from tests.conftest import migrated_database
 from titan_simulator.sender import Simulator, post_signed
 
 RABBIT = os.environ.get("ARCHIVER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 pytestmark = pytest.mark.skipif(
-    not services.port_open("127.0.0.1", 5672), reason="no RabbitMQ listening on 127.0.0.1:5672"
+    not processes.port_open("127.0.0.1", 5672), reason="no RabbitMQ listening on 127.0.0.1:5672"
 )
 
 
@@ -29,11 +28,8 @@ def test_media_is_archived_through_rabbitmq(
 ) -> None:
     from sqlmodel import select
 
+    services.purge_queues(RABBIT)
     celery = make_celery(settings_for("sqlite://", RABBIT))
-    with celery.connection_for_write() as conn:
-        channel = conn.default_channel
-        channel.queue_declare("archive", durable=True, auto_delete=False)
-        channel.queue_purge("archive")
     with migrated_database("sqlite", tmp_path, pg_admin_url) as database_url:
         env = process_env(database_url, RABBIT)
         web = start_web("rabbit", env)
@@ -55,14 +51,14 @@ def test_media_is_archived_through_rabbitmq(
                     assert answer.status_code == 202
             assert queue_depth(celery) == len(items)  # waiting in RabbitMQ, no worker yet
             procs.append(
-                services.start_process("rabbit-worker", services.worker_argv(concurrency=2), env)
+                processes.start_process("rabbit-worker", processes.worker_argv(concurrency=2), env)
             )
 
             def rows() -> dict[str, Media]:
                 with session_scope(engine) as session:
                     return {r.media_id: r for r in session.exec(select(Media))}
 
-            services.wait_until(
+            processes.wait_until(
                 lambda: all(r.status == "archived" for r in rows().values()),
                 timeout=120,
                 what="archived through RabbitMQ",

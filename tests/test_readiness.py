@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from archiver import schema
+from archiver import migrate
 from archiver.db import make_engine
-from tests.conftest import settings_for
-from tests.faults import RestartablePostgres, RestartableRedis, postgres_available
+from devstack.faults import RestartablePostgres, RestartableRedis, postgres_available
+from devstack.fixtures import settings_for
 from tests.test_receiver import serve
 
 pytestmark = pytest.mark.skipif(
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 def test_readyz_follows_the_database_and_the_broker() -> None:
     pg, broker = RestartablePostgres(), RestartableRedis()
     engine = make_engine(pg.url)
-    schema.upgrade(engine)
+    migrate.upgrade(engine)
     engine.dispose()
     try:
         with serve(settings_for(pg.url, broker.url)) as url:

@@ -23,9 +23,9 @@ from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Media
 from archiver.tenants import TenantSpec, create_tenant
+from devstack.fixtures import MASTER_KEY, settings_for
+from devstack.processes import free_port
 from receiver.app import create_app
-from tests.conftest import MASTER_KEY, settings_for
-from tests.services import free_port
 from titan_simulator.sender import media_envelope, signature
 
 HMAC_KEY = "tenant-hmac-key-acme"

@@ -5,6 +5,7 @@ add up to the same totals as the database and the bucket."""
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,14 +16,14 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
+from archiver.broker import make_celery, queue_depths
 from archiver.db import make_engine, session_scope
-from archiver.queue import make_celery
-from archiver.redrive import queue_depths
 from archiver.tables import Media
-from tests import services
-from tests.conftest import migrated_database, process_env, settings_for
-from tests.stack import add_tenant, scrape, total
-from tests.tcp_proxy import TcpProxy
+from devstack import processes, services
+from devstack.fixtures import add_tenant, process_env, scrape, settings_for, total
+from devstack.processes import Process
+from devstack.tcp_proxy import TcpProxy
+from tests.conftest import migrated_database
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
 EVENTS = 1000
@@ -35,21 +36,9 @@ def broker_url(request: pytest.FixtureRequest, redis_url: str) -> Iterator[str]:
     if request.param == "redis":
         yield redis_url.rsplit("/", 1)[0] + "/5"
         return
-    if not services.port_open("127.0.0.1", 5672):
+    if not processes.port_open("127.0.0.1", 5672):
         pytest.skip("no RabbitMQ listening on 127.0.0.1:5672")
     yield RABBIT
-
-
-def _purge(broker_url: str) -> None:
-    celery = make_celery(settings_for("sqlite://", broker_url))
-    try:
-        with celery.connection_for_write() as conn:
-            channel = conn.default_channel
-            for queue in ("archive", "archive-large"):
-                channel.queue_declare(queue, durable=True, auto_delete=False)
-                channel.queue_purge(queue)
-    finally:
-        celery.close()
 
 
 def test_two_receivers_and_three_workers_archive_1000_events_once(
@@ -57,43 +46,32 @@ def test_two_receivers_and_three_workers_archive_1000_events_once(
 ) -> None:
     if pg_admin_url is None:
         pytest.skip("scale-out runs on PostgreSQL; none is available")
-    _purge(broker_url)
+    services.purge_queues(broker_url)
     with migrated_database("postgres", tmp_path, pg_admin_url) as database_url:
         env = process_env(database_url, broker_url, ARCHIVER_METRICS_TOKEN=TOKEN)
-        sim_port = services.free_port()
-        receiver_ports = [services.free_port(), services.free_port()]
-        worker_ports = [services.free_port() for _ in range(3)]
-        procs = [
-            services.start_process(
-                "scale-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
-            )
-        ]
+        worker_ports = [processes.free_port() for _ in range(3)]
+        procs: list[Process] = []
         balancer: TcpProxy | None = None
         try:
-            for i, port in enumerate(receiver_ports):
-                procs.append(
-                    services.start_process(
-                        f"scale-receiver-{i}",
-                        services.uvicorn_argv("receiver.app:create_app", port),
-                        env,
-                    )
-                )
+            simulator = services.start_simulator("scale-sim")
+            procs.append(simulator.process)
+            web = [services.start_receiver(f"scale-receiver-{i}", env) for i in range(2)]
+            procs += [r.process for r in web]
+            receiver_ports = [int(r.url.rsplit(":", 1)[1]) for r in web]
             for i, port in enumerate(worker_ports):
                 procs.append(
-                    services.start_process(
+                    processes.start_process(
                         f"scale-worker-{i}",
-                        [*services.worker_argv(concurrency=2), "-n", f"scale{i}@%h"],
+                        [*processes.worker_argv(concurrency=2), "-n", f"scale{i}@%h"],
                         {**env, "ARCHIVER_WORKER_METRICS_PORT": str(port)},
                     )
                 )
-            sim_url = f"http://127.0.0.1:{sim_port}"
-            services.wait_until(lambda: services.http_up(sim_url + "/_sim/stats"), timeout=30)
-            for port in receiver_ports:
-                url = f"http://127.0.0.1:{port}/readyz"
-                services.wait_until(lambda u=url: services.http_up(u), timeout=30)
+            sim_url = simulator.url
             for port in worker_ports:
-                services.wait_until(
-                    lambda p=port: services.port_open("127.0.0.1", p), timeout=60, what="worker"
+                processes.wait_until(
+                    functools.partial(processes.port_open, "127.0.0.1", port),
+                    timeout=60,
+                    what="worker",
                 )
             balancer = TcpProxy(receiver_ports)
             sim = Simulator(sim_url)
@@ -142,7 +120,7 @@ def test_two_receivers_and_three_workers_archive_1000_events_once(
                     )
                     return int(session.exec(query).one())
 
-            services.wait_until(lambda: archived() == EVENTS, timeout=300, what="all archived")
+            processes.wait_until(lambda: archived() == EVENTS, timeout=300, what="all archived")
             with session_scope(engine) as session:
                 rows = list(session.exec(select(Media)))
             engine.dispose()
@@ -155,7 +133,7 @@ def test_two_receivers_and_three_workers_archive_1000_events_once(
                 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=tenant.bucket)
                 for obj in page.get("Contents", [])
             ]
-            assert sorted(keys) == sorted(r.object_key for r in rows)
+            assert sorted(keys) == sorted(r.object_key or "" for r in rows)
             stored_bytes = sum(r.size or 0 for r in rows)
 
             # Metrics: every process scraped; per-process counters add up to the totals.

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from archiver.settings import load_settings
-from tests.conftest import MASTER_KEY, migrated_database
+from archiver.settings import Settings, load_settings
+from devstack.fixtures import MASTER_KEY
+from tests.conftest import migrated_database
 from tests.test_cli import run
 from tests.test_receiver import HMAC_KEY, add_tenant, media_body, serve
 from titan_simulator.sender import signature
@@ -18,7 +19,7 @@ from titan_simulator.sender import signature
 NEW_MASTER = "the-new-master-key-" + "n" * 20
 
 
-def _settings(database_url: str, redis_url: str, key: str, previous: str | None = None) -> object:
+def _settings(database_url: str, redis_url: str, key: str, previous: str | None = None) -> Settings:
     return load_settings(
         database_url=database_url,
         broker_url=redis_url,
@@ -41,7 +42,7 @@ def test_master_key_rotation_reencrypts_every_secret_without_downtime(
         both = {"ARCHIVER_SECRET_KEY": NEW_MASTER, "ARCHIVER_PREVIOUS_SECRET_KEYS": MASTER_KEY}
 
         # Step 1: every process runs with the new key and the old one; old secrets still open.
-        check = run(database_url, "keys", "check", check=False, **both)
+        check = run(database_url, "keys", "check", check=False, env=both)
         assert check.returncode == 1
         pending = json.loads(check.stdout)
         assert pending["needOlderKey"] == pending["secrets"] == 2  # hmac key, titan key
@@ -49,23 +50,23 @@ def test_master_key_rotation_reencrypts_every_secret_without_downtime(
             assert _post(url, "before-rotate") == 202
 
             # A dry run changes nothing.
-            dry = json.loads(run(database_url, "keys", "rotate", "--dry-run", **both).stdout)
+            dry = json.loads(run(database_url, "keys", "rotate", "--dry-run", env=both).stdout)
             assert dry["reencrypted"] == pending["secrets"] and dry["dryRun"] is True
-            assert run(database_url, "keys", "check", check=False, **both).returncode == 1
+            assert run(database_url, "keys", "check", check=False, env=both).returncode == 1
 
             # Step 2: re-encrypt, while the receiver keeps accepting.
-            done = run(database_url, "keys", "rotate", **both)
+            done = run(database_url, "keys", "rotate", env=both)
             assert json.loads(done.stdout)["reencrypted"] == pending["secrets"]
             assert MASTER_KEY not in done.stdout + done.stderr
             assert NEW_MASTER not in done.stdout + done.stderr
             assert _post(url, "during-rotate") == 202
-            again = json.loads(run(database_url, "keys", "rotate", **both).stdout)
+            again = json.loads(run(database_url, "keys", "rotate", env=both).stdout)
             assert again["reencrypted"] == 0  # idempotent
 
         # Step 3: the old key can go.
         only_new = {"ARCHIVER_SECRET_KEY": NEW_MASTER}
         assert (
-            json.loads(run(database_url, "keys", "check", **only_new).stdout)["needOlderKey"] == 0
+            json.loads(run(database_url, "keys", "check", env=only_new).stdout)["needOlderKey"] == 0
         )
         with serve(_settings(database_url, redis_url, NEW_MASTER)) as url:
             assert _post(url, "after-rotate") == 202
@@ -81,10 +82,12 @@ def test_master_key_rotation_reencrypts_every_secret_without_downtime(
             assert "Retry-After" in answer.headers
 
         # A key that opens nothing stops the rotation before anything changes.
-        wrong = run(database_url, "keys", "rotate", check=False, ARCHIVER_SECRET_KEY="w" * 32)
+        wrong = run(
+            database_url, "keys", "rotate", check=False, env={"ARCHIVER_SECRET_KEY": "w" * 32}
+        )
         assert wrong.returncode == 1 and "cannot be decrypted" in wrong.stderr
         assert "Traceback" not in wrong.stderr
-        assert run(database_url, "keys", "check", **only_new).returncode == 0
+        assert run(database_url, "keys", "check", env=only_new).returncode == 0
 
 
 def test_api_keys_are_several_per_tenant_listed_revocable_and_track_last_use(

@@ -3,7 +3,7 @@
 import pytest
 
 from archiver.errors import InvalidSignature
-from archiver.signature import sign, verify
+from receiver.signature import sign, verify
 
 BODY = b'{"event":"message.received","payload":{"mediaId":"m1"}}'
 

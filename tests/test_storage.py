@@ -12,7 +12,7 @@ import pytest
 
 from archiver.buckets import make_s3_client
 from archiver.errors import PermanentError
-from tests.services import S3_CREDENTIALS, s3_client
+from devstack.services import S3_CREDENTIALS, s3_client
 from worker.storage import SizeMismatch, put_stream
 
 MiB = 1024 * 1024

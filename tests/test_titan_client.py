@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -123,7 +123,7 @@ def test_transport_failure_is_transient() -> None:
 
 def test_a_stream_that_breaks_midway_is_transient() -> None:
     class Broken(httpx.SyncByteStream):
-        def __iter__(self):  # type: ignore[no-untyped-def]
+        def __iter__(self) -> Iterator[bytes]:
             yield b"abc"
             raise httpx.RemoteProtocolError("peer closed connection")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from archiver.buckets import content_disposition
-from receiver.dashboard import human_age, human_bytes
-from receiver.ui_session import SessionSigner, admin_fingerprint, csrf_ok
+from receiver.ui.dashboard import human_age, human_bytes
+from receiver.ui.session import SessionSigner, admin_fingerprint, csrf_ok
 
 SIGNER = SessionSigner("a-long-master-key-for-tests", ttl_seconds=60)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import IO, Any, cast
 from urllib.parse import quote
 
 from starlette.applications import Starlette
@@ -259,6 +259,6 @@ def _upload(target: S3Target, key: str, record: MediaRecord) -> None:
             request_checksum_calculation="when_required", s3={"addressing_style": "path"}
         ),
     )
-    client.upload_fileobj(
-        _ChunkReader(record), target.bucket, key, ExtraArgs={"ContentType": record.mime_type}
-    )
+    # boto3 needs only read(size) of a file object, which the reader has.
+    reader = cast(IO[bytes], _ChunkReader(record))
+    client.upload_fileobj(reader, target.bucket, key, ExtraArgs={"ContentType": record.mime_type})

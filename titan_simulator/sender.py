@@ -35,7 +35,7 @@ class SentMedia:
 
 def media_envelope(
     *,
-    media_id: str,
+    media_id: str | int,  # Titan sends strings; hostile-input tests send numbers too
     message_id: str,
     session: str,
     message_type: str,

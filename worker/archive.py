@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from archiver import media
+from archiver import lifecycle
 from archiver.db import session_scope
 from archiver.errors import NotFound, PermanentError, TransientError
 from archiver.object_keys import object_key
@@ -42,7 +42,9 @@ def archive_rows(res: WorkerResources, pks: list[int]) -> list[tuple[int, Result
     settings = res.settings
     now = utcnow()
     with session_scope(res.engine) as session:
-        claims = media.claim_many(session, pks=pks, now=now, lease_seconds=settings.lease_seconds)
+        claims = lifecycle.claim_many(
+            session, pks=pks, now=now, lease_seconds=settings.lease_seconds
+        )
     claimed_at = time.monotonic()
     results = []
     for pk in pks:
@@ -66,7 +68,7 @@ def _still_ours(res: WorkerResources, row: Media, claimed_at: float) -> bool:
     if time.monotonic() - claimed_at < lease / 3:
         return True
     with session_scope(res.engine) as session:
-        return media.renew_lease(
+        return lifecycle.renew_lease(
             session, pk=row.pk or 0, attempt=row.attempts, now=utcnow(), lease_seconds=lease
         )
 
@@ -90,7 +92,7 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         if tenant.strategy == Strategy.PERSIST:
             outcome = _persist(titan, row)
         else:
-            outcome = _download(res, tenant, s3=res.s3(tenant, secrets), titan=titan, row=row)
+            outcome = _download(res, tenant, s3=res.s3.get(tenant), titan=titan, row=row)
     except PermanentError as exc:
         return _fail(res, row, str(exc))
     except TransientError as exc:
@@ -104,7 +106,7 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         )
         now = utcnow()
         with session_scope(res.engine) as session:
-            media.mark_retrying(
+            lifecycle.mark_retrying(
                 session,
                 pk=pk,
                 attempt=attempt,
@@ -125,7 +127,9 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         )
         return Result("retrying", str(exc), retry_in=delay)
     with session_scope(res.engine) as session:
-        mine = media.mark_archived(session, pk=pk, attempt=attempt, now=utcnow(), outcome=outcome)
+        mine = lifecycle.mark_archived(
+            session, pk=pk, attempt=attempt, now=utcnow(), outcome=outcome
+        )
     if not mine:
         return Result("skipped", "lease lost to another worker; its outcome stands")
     seconds = time.monotonic() - started
@@ -146,7 +150,9 @@ def _archive(res: WorkerResources, row: Media) -> Result:
 
 def _fail(res: WorkerResources, row: Media, reason: str) -> Result:
     with session_scope(res.engine) as session:
-        media.mark_failed(session, pk=row.pk or 0, attempt=row.attempts, now=utcnow(), error=reason)
+        lifecycle.mark_failed(
+            session, pk=row.pk or 0, attempt=row.attempts, now=utcnow(), error=reason
+        )
     log.warning(
         "media failed: %s",
         reason,
@@ -174,7 +180,7 @@ def _download(
         # An earlier attempt died mid-upload: remove its parts before starting afresh.
         abort_upload(s3, bucket=tenant.s3_bucket, key=key, upload_id=row.upload_id)
         with session_scope(res.engine) as session:
-            media.set_upload_id(session, pk=pk, attempt=attempt, upload_id=None)
+            lifecycle.set_upload_id(session, pk=pk, attempt=attempt, upload_id=None)
     if attempt > 1:
         # One may also have died before it could record its upload's id.
         abort_stale_uploads(s3, bucket=tenant.s3_bucket, key=key)
@@ -186,7 +192,7 @@ def _download(
             return
         lease_check = time.monotonic()
         with session_scope(res.engine) as session:
-            ours = media.renew_lease(
+            ours = lifecycle.renew_lease(
                 session, pk=pk, attempt=attempt, now=utcnow(), lease_seconds=settings.lease_seconds
             )
         if not ours:
@@ -194,7 +200,7 @@ def _download(
 
     def remember_upload(upload_id: str) -> None:
         with session_scope(res.engine) as session:
-            media.set_upload_id(session, pk=pk, attempt=attempt, upload_id=upload_id)
+            lifecycle.set_upload_id(session, pk=pk, attempt=attempt, upload_id=upload_id)
 
     with titan.download(row.session, row.media_id) as body:
         expected = [n for n in (body.content_length, row.file_length) if n is not None]

@@ -14,7 +14,7 @@ def retry_delay(
     rng: random.Random | None = None,
 ) -> float:
     """Seconds before attempt ``attempt + 1``; never less than the server's Retry-After."""
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    ceiling = min(cap, base * 2.0 ** max(attempt - 1, 0))
     # "Equal jitter": at least half the exponential step, so retries spread but still back off.
     delay = ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
     if retry_after is not None:

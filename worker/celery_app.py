@@ -7,8 +7,9 @@ from typing import Any
 
 from celery import signals
 
+from archiver.broker import make_celery
 from archiver.logs import configure_logging
-from archiver.queue import SWEEP_TASK, make_celery
+from archiver.queue import SWEEP_TASK
 from archiver.settings import load_settings
 from worker import metrics
 from worker.tasks import register

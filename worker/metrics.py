@@ -81,7 +81,12 @@ def start(settings: Settings, celery: Celery) -> bool:
     directory = tempfile.mkdtemp(prefix="archiver-worker-metrics-")
     os.environ[_MULTIPROC_ENV] = directory
     owner = os.getpid()
-    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(directory, ignore_errors=True))
+
+    def remove_directory() -> None:
+        if os.getpid() == owner:  # not in a forked pool child
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(remove_directory)
 
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -125,7 +130,7 @@ def start(settings: Settings, celery: Celery) -> bool:
             )
             return [b"metrics need the bearer token\n"]
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         registry.register(backlog)
         start_response("200 OK", [("Content-Type", CONTENT_TYPE)])
         return [generate_latest(registry)]

@@ -10,13 +10,12 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from celery import Celery
 from sqlalchemy import Engine
 
-from archiver.buckets import tenant_s3_client
+from archiver.buckets import TenantS3Clients
 from archiver.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
@@ -35,9 +34,20 @@ class WorkerResources:
     celery: Celery
     engine: Engine
     box: SecretBox
+    s3: TenantS3Clients
     _tenants: dict[int, tuple[float, Tenant, TenantSecrets]] = field(default_factory=dict)
     _titan: dict[int, tuple[str, TitanClient]] = field(default_factory=dict)
-    _s3: dict[int, tuple[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings, celery: Celery, engine: Engine) -> WorkerResources:
+        box = settings.secret_box()
+        return cls(
+            settings=settings,
+            celery=celery,
+            engine=engine,
+            box=box,
+            s3=TenantS3Clients(settings=settings, box=box),
+        )
 
     def tenant(self, tenant_id: int, *, ttl: float = 10.0) -> tuple[Tenant, TenantSecrets]:
         """The tenant and its decrypted secrets, read at most every ``ttl`` seconds.
@@ -71,23 +81,6 @@ class WorkerResources:
         self._titan[tenant.id] = (print_, client)
         return client
 
-    def s3(self, tenant: Tenant, secrets: TenantSecrets) -> Any:
-        assert tenant.id is not None
-        print_ = _fingerprint(
-            tenant.s3_endpoint,
-            tenant.s3_region,
-            tenant.s3_access_key_id,
-            secrets.s3_secret_access_key,
-        )
-        cached = self._s3.get(tenant.id)
-        if cached and cached[0] == print_:
-            return cached[1]
-        client = tenant_s3_client(
-            tenant, secret_access_key=secrets.s3_secret_access_key, settings=self.settings
-        )
-        self._s3[tenant.id] = (print_, client)
-        return client
-
 
 _current: tuple[int, WorkerResources] | None = None
 
@@ -96,13 +89,6 @@ def resources(settings: Settings, celery: Celery) -> WorkerResources:
     """This process's resources, built on first use after any fork."""
     global _current
     if _current is None or _current[0] != os.getpid():
-        _current = (
-            os.getpid(),
-            WorkerResources(
-                settings=settings,
-                celery=celery,
-                engine=make_engine(settings.database_url, durable_commits=False),
-                box=settings.secret_box(),
-            ),
-        )
+        engine = make_engine(settings.database_url, durable_commits=False)
+        _current = (os.getpid(), WorkerResources.build(settings, celery, engine))
     return _current[1]

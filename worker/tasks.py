@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery, Task
 
+from archiver.broker import publish_archive
 from archiver.errors import Unavailable
 from archiver.queue import (
     ARCHIVE_BATCH_TASK,
@@ -13,7 +15,6 @@ from archiver.queue import (
     ARCHIVE_TASK,
     QUEUES,
     SWEEP_TASK,
-    publish_archive,
 )
 from archiver.redrive import sweep
 from archiver.settings import Settings
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 def register(app: Celery, settings: Settings) -> None:
     """Attach the tasks to ``app``; the settings are those the worker process started with."""
 
-    def run(task: Task, pks: list[int]) -> list[tuple[int, Result]]:
+    def run(task: Task[Any, Any], pks: list[int]) -> list[tuple[int, Result]]:
         # Another attempt goes back to the queue this one came from (small or large).
         queue = (task.request.delivery_info or {}).get("routing_key")
         queue = queue if queue in QUEUES else ARCHIVE_QUEUE
@@ -45,11 +46,11 @@ def register(app: Celery, settings: Settings) -> None:
         return results
 
     @app.task(name=ARCHIVE_TASK, bind=True, ignore_result=True)
-    def archive_media(self: Task, pk: int) -> str:
+    def archive_media(self: Task[Any, Any], pk: int) -> str:
         return run(self, [pk])[0][1].outcome
 
     @app.task(name=ARCHIVE_BATCH_TASK, bind=True, ignore_result=True)
-    def archive_batch(self: Task, pks: list[int]) -> list[str]:
+    def archive_batch(self: Task[Any, Any], pks: list[int]) -> list[str]:
         # Small files published together under load: one claim and one task for all of them.
         if not isinstance(pks, list) or not all(isinstance(pk, int) for pk in pks):
             log.error("archive_batch: malformed arguments %r; dropped", pks)

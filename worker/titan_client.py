@@ -55,8 +55,9 @@ def _error_message(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return response.reason_phrase
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"][:300]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str):
+        return error[:300]
     return response.reason_phrase
 
 

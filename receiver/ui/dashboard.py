@@ -10,35 +10,36 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from celery import Celery
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from archiver import humanize, media
+from archiver import figures, humanize
+from archiver import query as queries
 from archiver.api_keys import active_key, key_for
 from archiver.buckets import key_in_bucket, presign_get
 from archiver.db import session_scope
-from archiver.envelope import MEDIA_TYPES
 from archiver.errors import NotFound, PayloadError
-from archiver.media_info import media_info
-from archiver.media_query import encode_cursor, parse_query
+from archiver.names import MEDIA_TYPES
+from archiver.query import encode_cursor, parse_query
 from archiver.redrive import retry_failed
 from archiver.settings import Settings
+from archiver.shapes import media_info
 from archiver.tables import Media, Status, Tenant, utcnow
 from archiver.tenants import get_tenant_by_id, list_tenants
-from receiver.tenant_clients import TenantClients
-from receiver.ui_session import COOKIE, PATH, SessionSigner, UiSession, admin_fingerprint, csrf_ok
+from receiver import resources
+from receiver.ui.session import COOKIE, PATH, SessionSigner, UiSession, admin_fingerprint, csrf_ok
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -87,19 +88,15 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "\u2013"
 
 
+Page = Callable[[Request, "Viewer"], Awaitable[Response]]
+
+
 class Dashboard:
-    def __init__(
-        self,
-        *,
-        engine: Engine,
-        settings: Settings,
-        celery: Celery,
-        clients: TenantClients,
-    ) -> None:
-        self._engine = engine
+    """The dashboard's pages; its routes come from ``routes()``. The database, broker and S3
+    clients are the app's (receiver/resources.py), read per request."""
+
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._celery = celery
-        self._clients = clients
         admin = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
         self._admin_key = admin
         self._signer = SessionSigner(settings.master_key(), ttl_seconds=8 * 3600)
@@ -113,10 +110,21 @@ class Dashboard:
         self._env.filters["age"] = human_age
         self._env.filters["when"] = _when
 
-    async def dispatch(self, name: str, request: Request) -> Response:
-        if name in _PUBLIC:
-            return await getattr(self, name)(request)  # type: ignore[no-any-return]
-        return await self._signed_in(getattr(self, name), request)
+    def routes(self) -> list[BaseRoute]:
+        signed_in = self._signed_in
+        return [
+            Route("/ui", self.redirect_home),
+            Route("/ui/", signed_in(self.overview)),
+            Route("/ui/login", self.login_form, methods=["GET"]),
+            Route("/ui/login", self.login, methods=["POST"]),
+            Route("/ui/logout", self.logout, methods=["POST"]),
+            Route("/ui/media", signed_in(self.media_grid)),
+            Route("/ui/media/{pk:int}", signed_in(self.media_detail)),
+            Route("/ui/content/{pk:int}", signed_in(self.content)),
+            Route("/ui/failures", signed_in(self.failures)),
+            Route("/ui/failures/retry", signed_in(self.retry), methods=["POST"]),
+            Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static"),
+        ]
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -127,7 +135,7 @@ class Dashboard:
     async def redirect_home(self, _: Request) -> Response:
         return RedirectResponse("/ui/", status_code=303)
 
-    def _viewer(self, request: Request) -> Viewer:
+    def _viewer(self, engine: Engine, request: Request) -> Viewer:
         session = self._signer.load(request.cookies.get(COOKIE))
         if session is None:
             raise NotSignedIn
@@ -137,42 +145,49 @@ class Dashboard:
             ):
                 raise NotSignedIn
             return Viewer(session, None)
-        with session_scope(self._engine) as db:
+        with session_scope(engine) as db:
             try:
                 return Viewer(session, active_key(db, key_id=session.key_id or 0))
             except NotFound as exc:
                 raise NotSignedIn from exc
 
-    async def _signed_in(self, handler: Any, request: Request) -> Response:
-        try:
-            viewer = await run_in_threadpool(self._viewer, request)
-        except NotSignedIn:
-            if request.method == "GET" and not request.url.path.startswith("/ui/content/"):
-                return RedirectResponse("/ui/login", status_code=303)
-            return self._render("error.html", 401, message="Sign in again.", viewer=None)
-        try:
-            return await handler(request, viewer)  # type: ignore[no-any-return]
-        except PayloadError as exc:
-            return self._render("error.html", 400, message=str(exc), viewer=viewer)
-        except NotFound:
-            return self._render("error.html", 404, message="Not found.", viewer=viewer)
+    def _signed_in(self, page: Page) -> Callable[[Request], Awaitable[Response]]:
+        """The route endpoint for ``page``: only for a signed-in viewer, errors as pages."""
+
+        async def endpoint(request: Request) -> Response:
+            engine = resources.of(request).engine
+            try:
+                viewer = await run_in_threadpool(self._viewer, engine, request)
+            except NotSignedIn:
+                if request.method == "GET" and not request.url.path.startswith("/ui/content/"):
+                    return RedirectResponse("/ui/login", status_code=303)
+                return self._render("error.html", 401, message="Sign in again.", viewer=None)
+            try:
+                return await page(request, viewer)
+            except PayloadError as exc:
+                return self._render("error.html", 400, message=str(exc), viewer=viewer)
+            except NotFound:
+                return self._render("error.html", 404, message="Not found.", viewer=viewer)
+
+        endpoint.__name__ = page.__name__
+        return endpoint
 
     def _base(self, viewer: Viewer, active: str) -> dict[str, Any]:
         return {
             "viewer": viewer,
             "active": active,
             "csrf": viewer.session.csrf,
-            "who": "admin (all tenants)" if viewer.admin else viewer.tenant.name,  # type: ignore[union-attr]
+            "who": "admin (all tenants)" if viewer.tenant is None else viewer.tenant.name,
         }
 
-    def _tenant_names(self) -> dict[int, str]:
-        with session_scope(self._engine) as db:
+    def _tenant_names(self, engine: Engine) -> dict[int, str]:
+        with session_scope(engine) as db:
             return {t.id or 0: t.name for t in list_tenants(db)}
 
-    def _row(self, viewer: Viewer, pk: int) -> tuple[Media, Tenant]:
+    def _row(self, engine: Engine, viewer: Viewer, pk: int) -> tuple[Media, Tenant]:
         """A row the viewer may see, or NotFound (another tenant's row is simply not there)."""
-        with session_scope(self._engine) as db:
-            row = media.get_row(db, pk=pk)
+        with session_scope(engine) as db:
+            row = queries.get_row(db, pk=pk)
             if row is None or (viewer.tenant_id is not None and row.tenant_id != viewer.tenant_id):
                 raise NotFound("no such media")
             return row, get_tenant_by_id(db, tenant_id=row.tenant_id)
@@ -200,7 +215,7 @@ class Dashboard:
                 key.encode(), self._admin_key.encode()
             ):
                 return self._signer.new(key_id=None, admin_print=admin_fingerprint(self._admin_key))
-            with session_scope(self._engine) as db:
+            with session_scope(resources.of(request).engine) as db:
                 try:
                     api_key, _ = key_for(db, key=key)
                 except NotFound:
@@ -241,12 +256,14 @@ class Dashboard:
     # -- overview -----------------------------------------------------------------------
 
     async def overview(self, request: Request, viewer: Viewer) -> Response:
+        engine = resources.of(request).engine
+
         def work() -> dict[str, Any]:
             now = utcnow()
-            with session_scope(self._engine) as db:
-                figures = media.stats(db, tenant_id=viewer.tenant_id)
-                backlog = media.backlog(db, tenant_id=viewer.tenant_id)
-                rate = media.archive_rate(db, tenant_id=viewer.tenant_id, now=now)
+            with session_scope(engine) as db:
+                counts = figures.stats(db, tenant_id=viewer.tenant_id)
+                backlog = figures.backlog(db, tenant_id=viewer.tenant_id)
+                rate = figures.archive_rate(db, tenant_id=viewer.tenant_id, now=now)
             oldest = backlog.oldest_unarchived
             age = (now - oldest) if oldest else None
             level = "ok"
@@ -256,9 +273,9 @@ class Dashboard:
                 level = "warning"
             peak = max((n for _, n in rate), default=0)
             return {
-                "by_status": [(s.value, *figures.by_status.get(s.value, (0, 0))) for s in Status],
-                "by_type": sorted(figures.by_type.items()),
-                "total": sum(n for n, _ in figures.by_status.values()),
+                "by_status": [(s.value, *counts.by_status.get(s.value, (0, 0))) for s in Status],
+                "by_type": sorted(counts.by_type.items()),
+                "total": sum(n for n, _ in counts.by_status.values()),
                 "rate": [(start, n, (100 * n // peak) if peak else 0) for start, n in rate],
                 "last_hour": sum(n for _, n in rate),
                 "oldest_age": age.total_seconds() if age else None,
@@ -304,17 +321,18 @@ class Dashboard:
     async def media_grid(self, request: Request, viewer: Viewer) -> Response:
         form, params = self._query_params(request, viewer)
         query = parse_query(params)
+        engine = resources.of(request).engine
 
         def work() -> dict[str, Any]:
-            names = self._tenant_names()
+            names = self._tenant_names(engine)
             tenant_id = viewer.tenant_id
             if viewer.admin and query.tenant is not None:
                 found = [i for i, n in names.items() if n == query.tenant]
                 if not found:
                     raise PayloadError("tenant: no such tenant")
                 tenant_id = found[0]
-            with session_scope(self._engine) as db:
-                rows = media.search(db, tenant_id=tenant_id, query=query)
+            with session_scope(engine) as db:
+                rows = queries.search(db, tenant_id=tenant_id, query=query)
             following = None
             if len(rows) == query.limit and rows[-1].received_at and rows[-1].pk:
                 cursor = encode_cursor(rows[-1].received_at, rows[-1].pk)
@@ -340,13 +358,16 @@ class Dashboard:
         )
 
     async def media_detail(self, request: Request, viewer: Viewer) -> Response:
-        row, tenant = await run_in_threadpool(self._row, viewer, request.path_params["pk"])
+        engine = resources.of(request).engine
+        row, tenant = await run_in_threadpool(self._row, engine, viewer, request.path_params["pk"])
         info = media_info(row, tenant=tenant.name)
         return self._render("detail.html", **self._base(viewer, "media"), row=row, info=info)
 
     async def content(self, request: Request, viewer: Viewer) -> Response:
+        res = resources.of(request)
+
         def work() -> Response:
-            row, tenant = self._row(viewer, request.path_params["pk"])
+            row, tenant = self._row(res.engine, viewer, request.path_params["pk"])
             key = row.object_key
             if key is None and row.s3_url:
                 key = key_in_bucket(row.s3_url, bucket=tenant.s3_bucket)
@@ -354,7 +375,7 @@ class Dashboard:
                 return Response("not archived in this tenant's bucket", status_code=404)
             download = request.query_params.get("download") == "1"
             url = presign_get(
-                self._clients.s3(tenant),
+                res.s3.get(tenant),
                 bucket=row.bucket or tenant.s3_bucket,
                 key=key,
                 ttl=self._settings.presign_ttl_seconds,
@@ -368,16 +389,18 @@ class Dashboard:
     # -- failures -----------------------------------------------------------------------
 
     async def failures(self, request: Request, viewer: Viewer) -> Response:
+        engine = resources.of(request).engine
+
         def work() -> dict[str, Any]:
-            names = self._tenant_names()
+            names = self._tenant_names(engine)
             now = utcnow()
-            with session_scope(self._engine) as db:
-                failed = media.search(
+            with session_scope(engine) as db:
+                failed = queries.search(
                     db,
                     tenant_id=viewer.tenant_id,
                     query=parse_query({"status": "failed", "limit": "200"}),
                 )
-                stuck = media.stuck(
+                stuck = queries.stuck(
                     db,
                     tenant_id=viewer.tenant_id,
                     now=now,
@@ -409,24 +432,26 @@ class Dashboard:
                 "error.html", 403, message="Stale form; reload and try again.", viewer=viewer
             )
 
+        res = resources.of(request)
+
         def work() -> int:
             if form.get("pk"):
                 try:
                     pk = int(form["pk"])
                 except ValueError as exc:
                     raise PayloadError("pk: not a media row") from exc
-                row, _ = self._row(viewer, pk)
+                row, _ = self._row(res.engine, viewer, pk)
                 return retry_failed(
-                    self._engine,
-                    self._celery,
+                    res.engine,
+                    res.celery,
                     self._settings,
                     tenant_id=row.tenant_id,
                     media_ids=[row.media_id],
                 )
             # Every failed row the viewer can see: one tenant, or all of them for the admin.
             return retry_failed(
-                self._engine,
-                self._celery,
+                res.engine,
+                res.celery,
                 self._settings,
                 tenant_id=viewer.tenant_id,
                 media_ids=None,
@@ -436,38 +461,10 @@ class Dashboard:
         log.info(
             "dashboard retry: %d failed rows re-queued",
             count,
-            extra={"outcome": "retried", "tenant": None if viewer.admin else viewer.tenant.name},  # type: ignore[union-attr]
+            extra={"outcome": "retried", "tenant": viewer.tenant.name if viewer.tenant else None},
         )
         back = form.get("back", "/ui/failures")
         if not back.startswith("/ui/") or back.startswith("//"):
             back = "/ui/failures"
         separator = "&" if "?" in back else "?"
         return RedirectResponse(f"{back}{separator}retried={count}", status_code=303)
-
-
-_PUBLIC = {"redirect_home", "login_form", "login", "logout"}
-
-
-def ui_routes() -> list[Route | Mount]:
-    """The dashboard's routes; the Dashboard itself is built in the app's lifespan."""
-
-    def to(name: str) -> Any:
-        async def endpoint(request: Request) -> Response:
-            dashboard: Dashboard = request.app.state.dashboard
-            return await dashboard.dispatch(name, request)
-
-        return endpoint
-
-    return [
-        Route("/ui", to("redirect_home")),
-        Route("/ui/", to("overview")),
-        Route("/ui/login", to("login_form"), methods=["GET"]),
-        Route("/ui/login", to("login"), methods=["POST"]),
-        Route("/ui/logout", to("logout"), methods=["POST"]),
-        Route("/ui/media", to("media_grid")),
-        Route("/ui/media/{pk:int}", to("media_detail")),
-        Route("/ui/content/{pk:int}", to("content")),
-        Route("/ui/failures", to("failures")),
-        Route("/ui/failures/retry", to("retry"), methods=["POST"]),
-        Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static"),
-    ]

@@ -12,26 +12,27 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
 import httpx
+from sqlalchemy import Engine
 
-from archiver import media as media_rows
-from archiver import schema
+from archiver import migrate
+from archiver import query as queries
+from archiver.cli.output import print_media
 from archiver.db import make_engine, session_scope
-from archiver.errors import ConfigError, NotFound
-from archiver.media_info import media_info
+from archiver.errors import NotFound
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
+from archiver.shapes import media_info
 from archiver.tenants import TenantSpec, create_tenant, get_tenant, remove_tenant
+from devstack import processes, services
+from devstack.processes import Process, free_port
+from titan_simulator.sender import Simulator, post_signed
 
 DEMO_TENANT = "demo"
 DEMO_BUCKET = "demo-archive"
@@ -48,57 +49,28 @@ DEMO_MEDIA = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_http(
-    url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise ConfigError(f"process for {url} exited with status {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise ConfigError(f"{url} did not come up within {timeout:.0f}s")
-
-
 @dataclass
 class Stack:
-    """Child processes started in their own sessions, so Ctrl-C reaches only us first."""
+    """The dev stack's child processes, each in its own session so Ctrl-C reaches only us
+    first; ``stop`` ends them all (last started, first signalled) and runs the cleanups."""
 
     log_dir: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    cleanups: list[Any] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(  # noqa: S603 - argv is built here from fixed parts
-            list(argv), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.procs[name] = proc
-        return proc
+    def add(self, process: Process) -> Process:
+        self.processes.append(process)
+        return process
 
     def dead(self) -> list[str]:
-        return [name for name, proc in self.procs.items() if proc.poll() is not None]
+        return [p.name for p in self.processes if not p.alive()]
 
     def stop(self, grace: float = 15.0) -> None:
-        for proc in reversed(self.procs.values()):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        for process in reversed(self.processes):
+            process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for process in self.processes:
+            process.wait_or_kill(deadline - time.monotonic())
         for cleanup in reversed(self.cleanups):
             cleanup()
 
@@ -119,7 +91,9 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
     env.setdefault("ARCHIVER_WORKER_METRICS_HOST", "127.0.0.1")
     env.setdefault("ARCHIVER_WORKER_METRICS_PORT", str(free_port()))
     stack = Stack(log_dir=root / "logs")
-    say = lambda text: click.echo(click.style("dev ", fg="cyan") + text, err=True)  # noqa: E731
+
+    def say(text: str) -> None:
+        click.echo(click.style("dev ", fg="cyan") + text, err=True)
 
     try:
         if "ARCHIVER_BROKER_URL" not in env:
@@ -138,78 +112,30 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
             }
         )
         engine = make_engine(settings.database_url)
-        schema.upgrade(engine)
-        say(f"database {settings.database_url} at revision {schema.current_revision(engine)}")
+        migrate.upgrade(engine)
+        say(f"database {settings.database_url} at revision {migrate.current_revision(engine)}")
 
-        s3_port, sim_port = free_port(), free_port()
-        s3_url, sim_url = f"http://127.0.0.1:{s3_port}", f"http://127.0.0.1:{sim_port}"
-        py = sys.executable
-        proc = stack.start(
-            "s3", [py, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], env
+        logs = stack.log_dir
+        s3 = services.start_moto("s3", log_dir=logs)
+        stack.add(s3.process)
+        say(f"local S3 endpoint (moto) on {s3.url}")
+        sim = services.start_simulator("simulator", log_dir=logs)
+        stack.add(sim.process)
+        say(f"Titan simulator on {sim.url}")
+        receiver = services.start_receiver(
+            "receiver", env, port=port, log_dir=logs, log_level="info", ready="/healthz"
         )
-        wait_for_http(s3_url, proc=proc)
-        say(f"local S3 endpoint (moto) on {s3_url}")
-        proc = stack.start(
-            "simulator",
-            [
-                py,
-                "-m",
-                "uvicorn",
-                "titan_simulator.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(sim_port),
-                "--log-level",
-                "warning",
-            ],
-            env,
-        )
-        wait_for_http(sim_url + "/_sim/stats", proc=proc)
-        say(f"Titan simulator on {sim_url}")
-        receiver_url = f"http://127.0.0.1:{port}"
-        proc = stack.start(
-            "receiver",
-            [
-                py,
-                "-m",
-                "uvicorn",
-                "receiver.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env,
-        )
-        wait_for_http(receiver_url + "/healthz", proc=proc)
-        say(f"receiver on {receiver_url}")
-        stack.start(
-            "worker",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "2",
-                "--beat",
-                "--schedule",
-                str(root / "celerybeat-schedule"),
-            ],
-            env,
-        )
+        stack.add(receiver.process)
+        say(f"receiver on {receiver.url}")
+        worker_argv = [*processes.worker_argv(2, isolated=False), "--beat"]
+        worker_argv += ["--schedule", str(root / "celerybeat-schedule")]
+        stack.add(processes.start_process("worker", worker_argv, env, log_dir=logs))
         say(
             "worker started, metrics on "
             f"http://127.0.0.1:{env['ARCHIVER_WORKER_METRICS_PORT']}/metrics; "
             f"logs in {stack.log_dir}"
         )
+        s3_url, sim_url, receiver_url = s3.url, sim.url, receiver.url
 
         if demo:
             api_key, archived = _demo(
@@ -239,19 +165,15 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
 
 
 def _demo(
-    engine: Any,
+    engine: Engine,
     master_key: str,
     s3_url: str,
     sim_url: str,
     receiver_url: str,
-    say: Any,
+    say: Callable[[str], None],
     stack: Stack,
 ) -> tuple[str, bool]:
     """Register the demo tenant, send its webhooks, wait for them; (api key, all archived)."""
-    import boto3
-
-    from titan_simulator.sender import Simulator, post_signed
-
     hmac_key, titan_key = secrets.token_urlsafe(24), "titan_" + secrets.token_urlsafe(24)
     box = SecretBox(master_key)
     with session_scope(engine) as session:
@@ -275,13 +197,7 @@ def _demo(
             ),
         )
         tenant_id = tenant.id
-    boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_url,
-        region_name="us-east-1",
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_KEY,
-    ).create_bucket(Bucket=DEMO_BUCKET)
+    services.s3_client(s3_url).create_bucket(Bucket=DEMO_BUCKET)
     sim = Simulator(sim_url)
     sim.add_account(api_key=titan_key, account=DEMO_TENANT)
     say(
@@ -307,7 +223,7 @@ def _demo(
     done = 0
     while time.monotonic() < deadline:
         with session_scope(engine) as session:
-            rows = media_rows.list_media(session, tenant_id=tenant_id, limit=100)
+            rows = queries.list_media(session, tenant_id=tenant_id, limit=100)
         done = sum(row.status in ("archived", "failed") for row in rows)
         click.echo(f"\r  archived {done}/{len(DEMO_MEDIA)}", nl=False, err=True)
         if done == len(DEMO_MEDIA):
@@ -318,13 +234,11 @@ def _demo(
             return api_key, False
         time.sleep(0.5)
     click.echo("", err=True)
-    from archiver.cli import print_media
-
     with session_scope(engine) as session:
         get_tenant(session, name=DEMO_TENANT)
         docs = [
             media_info(r, tenant=DEMO_TENANT)
-            for r in media_rows.list_media(session, tenant_id=tenant_id)
+            for r in queries.list_media(session, tenant_id=tenant_id)
         ]
     print_media(docs, "table")
     archived = sum(d["status"] == "archived" for d in docs)

@@ -1,7 +1,8 @@
-"""The media query: every filter defined once, parsed strictly, for the API, the CLI and OpenAPI.
+"""The read side of the archive: the media query (every filter defined once, parsed strictly,
+for the API, the CLI, the dashboard and OpenAPI) and the queries that read rows with it.
 
 ``parse_query`` turns raw string parameters into a ``MediaQuery`` or raises PayloadError
-whose message starts with the offending parameter's name.
+whose message starts with the offending parameter's name; ``search`` returns one page.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from archiver.envelope import MEDIA_TYPES, SESSION_RE
+from sqlalchemy import literal, or_, tuple_
+from sqlmodel import Session, and_, col, select
+
 from archiver.errors import PayloadError
-from archiver.tables import Status
+from archiver.names import MEDIA_TYPES, SESSION_RE
+from archiver.tables import PENDING, Media, Status, UTCDateTime
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -246,3 +250,108 @@ def parse_query(params: Mapping[str, str]) -> MediaQuery:
     )
     # A reversed range (since after until, minSize above maxSize) is simply empty.
     return query
+
+
+# -- reading rows ----------------------------------------------------------------------
+
+
+def search(session: Session, *, tenant_id: int | None, query: MediaQuery) -> list[Media]:
+    """One page of rows matching ``query``, newest first unless asc.
+
+    The order is (received_at, pk), immutable and unique, so keyset paging never skips or
+    repeats a row; every filter's index ends in those columns, so a page is one index range.
+    """
+    stmt = select(Media)
+    if tenant_id is not None:
+        stmt = stmt.where(Media.tenant_id == tenant_id)
+    for column, value in (
+        (Media.session, query.session),
+        (Media.status, query.status),
+        (Media.message_type, query.type),
+        (Media.message_id, query.message_id),
+        (Media.persisted, query.persisted),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if query.mime_type is not None:
+        if query.mime_type.endswith("/"):
+            stmt = stmt.where(col(Media.mime_type).like(query.mime_type + "%"))
+        else:
+            stmt = stmt.where(Media.mime_type == query.mime_type)
+    if query.sender is not None:
+        stmt = stmt.where(
+            or_(col(Media.sender) == query.sender, col(Media.sender_lid) == query.sender)
+        )
+    if query.since is not None:
+        stmt = stmt.where(col(Media.received_at) >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(col(Media.received_at) < query.until)
+    if query.min_size is not None:
+        stmt = stmt.where(col(Media.file_length) >= query.min_size)
+    if query.max_size is not None:
+        stmt = stmt.where(col(Media.file_length) <= query.max_size)
+    ascending = query.order == "asc"
+    position = tuple_(col(Media.received_at), col(Media.pk))
+    if query.after is not None:
+        # Bind through the column's type so the time compares as stored (naive UTC).
+        mark = tuple_(literal(query.after[0], UTCDateTime()), literal(query.after[1]))
+        stmt = stmt.where(position > mark if ascending else position < mark)
+    if ascending:
+        stmt = stmt.order_by(col(Media.received_at).asc(), col(Media.pk).asc())
+    else:
+        stmt = stmt.order_by(col(Media.received_at).desc(), col(Media.pk).desc())
+    return list(session.exec(stmt.limit(query.limit)))
+
+
+def list_media(
+    session: Session,
+    *,
+    tenant_id: int | None,
+    session_name: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+) -> list[Media]:
+    """Newest rows first, for the CLI and the dev demo."""
+    query = MediaQuery(session=session_name, status=status, limit=limit)
+    return search(session, tenant_id=tenant_id, query=query)
+
+
+def get_row(session: Session, *, pk: int) -> Media | None:
+    return session.get(Media, pk)
+
+
+def get_media(session: Session, *, tenant_id: int, media_id: str) -> Media | None:
+    return session.exec(
+        select(Media).where(Media.tenant_id == tenant_id, Media.media_id == media_id)
+    ).first()
+
+
+def stuck(
+    session: Session, *, tenant_id: int | None, now: datetime, older_than: timedelta, limit: int
+) -> list[Media]:
+    """Rows not moving: pending for longer than ``older_than``, or held by an expired lease."""
+    moving = or_(
+        and_(
+            col(Media.status).in_([s.value for s in PENDING]),
+            col(Media.received_at) < now - older_than,
+        ),
+        and_(Media.status == Status.ARCHIVING.value, col(Media.lease_until) < now),
+    )
+    query = select(Media).where(moving)
+    if tenant_id is not None:
+        query = query.where(Media.tenant_id == tenant_id)
+    return list(session.exec(query.order_by(col(Media.received_at)).limit(limit)))
+
+
+def archived_in_buckets(
+    session: Session, *, tenant_id: int | None, after_pk: int, limit: int
+) -> list[Media]:
+    """Archived rows that we wrote to a bucket ourselves, in pk order (for reconcile)."""
+    query = select(Media).where(
+        Media.status == Status.ARCHIVED.value,
+        col(Media.object_key).is_not(None),
+        col(Media.pk) > after_pk,
+    )
+    if tenant_id is not None:
+        query = query.where(Media.tenant_id == tenant_id)
+    return list(session.exec(query.order_by(col(Media.pk)).limit(limit)))

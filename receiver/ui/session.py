@@ -73,8 +73,9 @@ class SessionSigner:
             return None
         try:
             doc = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            key_id = doc["key_id"]
             session = UiSession(
-                key_id=doc["key_id"],
+                key_id=key_id if isinstance(key_id, int) else None,
                 admin_print=doc["admin_print"],
                 csrf=str(doc["csrf"]),
                 expires=int(doc["expires"]),
@@ -83,8 +84,8 @@ class SessionSigner:
             return None
         if session.expires < time.time():
             return None
-        if session.key_id is not None and not isinstance(session.key_id, int):
-            return None
+        if key_id is not None and session.key_id is None:
+            return None  # a key id that is not an integer: not a cookie we signed
         return session
 
     def _sign(self, payload: str) -> str:

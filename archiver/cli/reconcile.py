@@ -1,21 +1,28 @@
-"""Check archived rows against their buckets and re-queue what is missing or differs."""
+"""`titan-archiver reconcile`: check archived rows against their buckets; re-queue what is missing
+or differs."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import click
 from celery import Celery
 from sqlalchemy import Engine
 
-from archiver import media
+from archiver import lifecycle
+from archiver import query as queries
+from archiver.broker import make_celery, publish_archive
 from archiver.buckets import head, tenant_s3_client
-from archiver.db import session_scope
-from archiver.queue import publish_archive, queue_for
+from archiver.cli.context import current_settings, friendly, scope_count
+from archiver.db import make_engine, session_scope
+from archiver.queue import queue_for
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
-from archiver.tables import Tenant, utcnow
+from archiver.tables import Status, Tenant, utcnow
 from archiver.tenants import list_tenants, secrets_of
 
 PAGE = 500
@@ -50,7 +57,7 @@ def check_row(*, size: int | None, sha256: str | None, found: Any) -> str | None
     return None
 
 
-def reconcile(
+def check_buckets(
     engine: Engine,
     app: Celery,
     settings: Settings,
@@ -83,7 +90,7 @@ def _reconcile_tenant(
     after = 0
     while True:
         with session_scope(engine) as session:
-            rows = media.archived_in_buckets(
+            rows = queries.archived_in_buckets(
                 session, tenant_id=tenant.id, after_pk=after, limit=PAGE
             )
         if not rows:
@@ -104,7 +111,7 @@ def _reconcile_tenant(
             )
             if requeue:
                 with session_scope(engine) as session:
-                    reopened = media.reopen(
+                    reopened = lifecycle.reopen(
                         session, pk=row.pk or 0, reason=f"reconcile: {problem}", now=utcnow()
                     )
                 if reopened:
@@ -113,3 +120,48 @@ def _reconcile_tenant(
                     )
                     publish_archive(app, pk=row.pk or 0, queue=queue)
                     report.requeued += 1
+
+
+@click.command()
+@click.option("--tenant", default=None, help="Only this tenant's rows.")
+@click.option("--requeue/--no-requeue", default=True, help="Re-queue rows whose object differs.")
+@friendly
+def reconcile(tenant: str | None, requeue: bool) -> None:
+    """Check every archived row against its bucket: present, size, SHA-256 metadata."""
+
+    settings = current_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        _, total = scope_count(engine, tenant, Status.ARCHIVED.value)
+        with click.progressbar(length=total, label="checking", file=sys.stderr) as bar:
+            report = check_buckets(
+                engine,
+                make_celery(settings),
+                settings,
+                tenant_name=tenant,
+                requeue=requeue,
+                progress=bar.update,
+            )
+    finally:
+        engine.dispose()
+    for diff in report.differences:
+        click.echo(
+            json.dumps(
+                {
+                    "tenant": diff.tenant,
+                    "id": diff.media_id,
+                    "key": diff.key,
+                    "problem": diff.problem,
+                }
+            )
+        )
+    click.echo(
+        json.dumps(
+            {
+                "checked": report.checked,
+                "ok": report.ok,
+                "differences": len(report.differences),
+                "requeued": report.requeued,
+            }
+        ),
+    )

@@ -21,13 +21,13 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
+from archiver.broker import publish_task
 from archiver.errors import Unavailable
 from archiver.queue import (
     ARCHIVE_BATCH_TASK,
     ARCHIVE_QUEUE,
     ARCHIVE_TASK,
     batches,
-    publish_task,
 )
 
 Routed = tuple[int, str]  # (media row pk, queue name)
@@ -100,9 +100,16 @@ class Publisher:
         self._app = app
         self._origin = f"receiver@{socket.gethostname()}:{os.getpid()}"
         is_redis = broker_url.startswith(("redis://", "rediss://", "unix://"))
-        options = {"socket_timeout": 5, "socket_connect_timeout": 5}
-        self._redis = redis.Redis.from_url(broker_url, **options) if is_redis else None
-        self._aredis = aioredis.Redis.from_url(broker_url, **options) if is_redis else None
+        self._redis = (
+            redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+            if is_redis
+            else None
+        )
+        self._aredis = (
+            aioredis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+            if is_redis
+            else None
+        )
 
     def publish(self, routed: Sequence[Routed]) -> None:
         if not routed:

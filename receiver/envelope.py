@@ -9,10 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from archiver.errors import PayloadError
+from archiver.names import MAX_ID_LEN, MEDIA_TYPES, SESSION_RE, has_control
 
-MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
-SESSION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
-MAX_ID_LEN = 255
 MAX_TEXT_LEN = 4096
 MAX_JSON_DEPTH = 32
 
@@ -61,7 +59,8 @@ def media_item(envelope: dict[str, Any]) -> MediaItem | None:
         payload = envelope.get("data")
     if not isinstance(payload, dict):
         raise PayloadError("message.received without a payload object")
-    media = payload.get("media") if isinstance(payload.get("media"), dict) else {}
+    found = payload.get("media")
+    media: dict[str, Any] = found if isinstance(found, dict) else {}
 
     def field(name: str) -> Any:
         value = payload.get(name)
@@ -103,14 +102,6 @@ def _depth(value: Any, level: int = 1) -> int:
     if isinstance(value, list):
         return max((_depth(v, level + 1) for v in value), default=level)
     return level
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
-
-
-def has_control(text: str) -> bool:
-    """Control characters, or lone surrogates (JSON escapes that are not Unicode text)."""
-    return _CONTROL.search(text) is not None
 
 
 def _free_text(text: str) -> str:

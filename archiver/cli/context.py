@@ -1,0 +1,60 @@
+"""How every command reads settings, opens the database and reports errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from sqlmodel import Session
+
+from archiver import figures
+from archiver.db import make_engine, session_scope
+from archiver.errors import AppError
+from archiver.settings import Settings, load_settings
+from archiver.tenants import get_tenant
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def current_settings() -> Settings:
+    ctx = click.get_current_context()
+    meta = ctx.find_root().meta
+    cached = meta.get("settings")
+    if not isinstance(cached, Settings):
+        cached = meta["settings"] = load_settings()
+    return cached
+
+
+@contextmanager
+def database() -> Iterator[Session]:
+    engine = make_engine(current_settings().database_url)
+    try:
+        with session_scope(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def friendly(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn our own errors into a one-line message and exit status 1, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except AppError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+def scope_count(engine: Any, tenant: str | None, status: str | None) -> tuple[int | None, int]:
+    """The tenant's id (None: every tenant) and how many of its rows have ``status`` (or any)."""
+    with session_scope(engine) as session:
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        counts = figures.backlog(session, tenant_id=tenant_id).counts
+    return tenant_id, counts.get(status, 0) if status else sum(counts.values())

@@ -1,0 +1,191 @@
+"""`titan-archiver media`: list, export, retry and re-queue media rows."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import itertools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import click
+
+from archiver import query as queries
+from archiver.broker import make_celery
+from archiver.cli.context import current_settings, database, friendly, scope_count
+from archiver.cli.output import print_media
+from archiver.db import make_engine, session_scope
+from archiver.query import FILTERS, MediaQuery, parse_query
+from archiver.redrive import retry_failed, sweep
+from archiver.shapes import MEDIA_INFO_COLUMNS, media_info
+from archiver.tables import Status
+from archiver.tenants import get_tenant, list_tenants
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group()
+def media() -> None:
+    """Archived media rows."""
+
+
+def _filter_options(func: F) -> F:
+    """One option per query filter, named like the API parameter in kebab-case."""
+    for flt in reversed(FILTERS):
+        if flt.name in {"cursor", "limit"}:
+            continue
+        option = "--" + "".join("-" + c.lower() if c.isupper() else c for c in flt.name)
+        func = click.option(option, flt.name, default=None, help=flt.description)(func)
+    return func
+
+
+def _query(filters: dict[str, str | None], **extra: str) -> MediaQuery:
+    params = {k: v for k, v in filters.items() if v is not None} | extra
+    return parse_query(params)
+
+
+def iter_media(engine: Any, query: MediaQuery, *, page: int = 500) -> Iterator[dict[str, Any]]:
+    """Every row matching ``query`` as MediaInfo, one page (and one short session) at a time."""
+    with session_scope(engine) as session:
+        names = {t.id: t.name for t in list_tenants(session)}
+        tenant_id = get_tenant(session, name=query.tenant).id if query.tenant else None
+    after = query.after
+    while True:
+        batch = MediaQuery(**{**query.__dict__, "limit": page, "after": after})
+        with session_scope(engine) as session:
+            rows = queries.search(session, tenant_id=tenant_id, query=batch)
+        for row in rows:
+            yield media_info(row, tenant=names.get(row.tenant_id, "?"))
+        if len(rows) < page:
+            return
+        last = rows[-1]
+        assert last.received_at is not None and last.pk is not None
+        after = (last.received_at, last.pk)
+
+
+@media.command("list")
+@_filter_options
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "jsonl", "csv"]), default="table"
+)
+@friendly
+def media_list(limit: int, fmt: str, **filters: str | None) -> None:
+    """List media rows (newest first), with the query API's filters."""
+    engine = make_engine(current_settings().database_url)
+    try:
+        query = _query(filters)
+        docs = list(itertools.islice(iter_media(engine, query), limit))
+    finally:
+        engine.dispose()
+    print_media(docs, fmt)
+
+
+@media.command("export")
+@_filter_options
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@friendly
+def media_export(output: str, fmt: str, **filters: str | None) -> None:
+    """Stream every matching row to a file (jsonl or csv), with a progress bar."""
+    settings = current_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        query = _query(filters)
+        _, total = scope_count(engine, query.tenant, None)
+        # newline="" so the csv module controls line endings (click.open_file cannot pass it).
+        target = (
+            contextlib.nullcontext(sys.stdout)
+            if output == "-"
+            else open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        )
+        with (
+            target as out,
+            click.progressbar(length=total, label="exporting", file=sys.stderr) as bar,
+        ):
+            writer = csv.DictWriter(out, MEDIA_INFO_COLUMNS) if fmt == "csv" else None
+            if writer is not None:
+                writer.writeheader()
+            count = 0
+            for doc in iter_media(engine, query):
+                if writer is not None:
+                    writer.writerow(doc)
+                else:
+                    out.write(json.dumps(doc) + "\n")
+                count += 1
+                bar.update(1)
+    finally:
+        engine.dispose()
+    click.echo(f"exported {count} rows to {output}", err=True)
+
+
+@media.command("requeue")
+@click.option("--stuck", is_flag=True, required=True, help="Re-queue rows that are not moving.")
+@friendly
+def media_requeue(stuck: bool) -> None:
+    """Publish again rows the broker lost, rows never queued, and rows with expired leases."""
+
+    settings = current_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        report = sweep(engine, make_celery(settings), settings)
+    finally:
+        engine.dispose()
+    click.echo(
+        json.dumps(
+            {
+                "requeued": report.total,
+                "expiredLeases": report.expired_leases,
+                "unqueued": report.unqueued,
+                "lostByBroker": report.lost,
+                "queueDepth": report.queue_depth,
+            }
+        )
+    )
+
+
+@media.command("failed")
+@click.option("--tenant", default=None)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table")
+@friendly
+def media_failed(tenant: str | None, limit: int, fmt: str) -> None:
+    """Dead letters: failed rows with their reasons, newest first."""
+    with database() as session:
+        names = {t.id: t.name for t in list_tenants(session)}
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        rows = queries.list_media(
+            session, tenant_id=tenant_id, status=Status.FAILED.value, limit=limit
+        )
+        docs = [media_info(row, tenant=names.get(row.tenant_id, "?")) for row in rows]
+    print_media(docs, fmt)
+
+
+@media.command("retry")
+@click.option("--all", "retry_all", is_flag=True, help="Every failed row of every tenant.")
+@click.option("--tenant", default=None, help="Every failed row of this tenant.")
+@click.option("--id", "media_ids", multiple=True, help="A failed row's media id (repeatable).")
+@friendly
+def media_retry(retry_all: bool, tenant: str | None, media_ids: tuple[str, ...]) -> None:
+    """Re-drive failed rows from scratch (attempts reset)."""
+
+    if not (retry_all or tenant or media_ids):
+        raise click.UsageError("say what to retry: --all, --tenant NAME or --id MEDIA_ID")
+    settings = current_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        tenant_id, total = scope_count(engine, tenant, Status.FAILED.value)
+        with click.progressbar(length=total, label="re-queueing", file=sys.stderr) as bar:
+            count = retry_failed(
+                engine,
+                make_celery(settings),
+                settings,
+                tenant_id=tenant_id,
+                media_ids=list(media_ids) or None,
+                progress=bar.update,
+            )
+    finally:
+        engine.dispose()
+    click.echo(json.dumps({"requeued": count}))

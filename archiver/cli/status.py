@@ -1,0 +1,71 @@
+"""`titan-archiver status`: rows by status, the oldest unarchived age, queues and workers."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from archiver import figures, humanize
+from archiver.broker import LiveWorker, make_celery, queue_depths, workers
+from archiver.cli.context import current_settings, database, friendly
+from archiver.errors import AppError
+from archiver.tables import Status, utcnow
+from archiver.tenants import get_tenant
+
+
+@click.command()
+@click.option("--tenant", default=None)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@friendly
+def status(tenant: str | None, as_json: bool) -> None:
+    """Rows by status, the oldest unarchived item's age, queue depths, and the live workers."""
+
+    settings = current_settings()
+    with database() as session:
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        backlog = figures.backlog(session, tenant_id=tenant_id)
+    now = utcnow()
+    age = (now - backlog.oldest_unarchived).total_seconds() if backlog.oldest_unarchived else 0.0
+    failed_age = (now - backlog.oldest_failed).total_seconds() if backlog.oldest_failed else 0.0
+    celery = make_celery(settings)
+    try:
+        depths: dict[str, int] | None = queue_depths(celery)
+        live: list[LiveWorker] | None = workers(celery)
+    except AppError:
+        depths, live = None, None
+    rows = {s.value: backlog.counts.get(s.value, 0) for s in Status}
+    doc = {
+        "rows": rows,
+        "oldestUnarchivedAgeSeconds": round(age, 1),
+        "oldestFailedAgeSeconds": round(failed_age, 1),
+        "queueDepth": None if depths is None else sum(depths.values()),
+        "queues": depths,
+        "workers": live,
+    }
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    for name, count in rows.items():
+        click.echo(f"{name:<28}{count}")
+    click.echo(f"{'oldest unarchived':<28}{_age(age)}")
+    click.echo(f"{'oldest failed':<28}{_age(failed_age)}")
+    if depths is None or live is None:
+        click.echo(f"{'queue depth':<28}unreachable")
+        click.echo(f"{'workers':<28}unknown (broker unreachable)")
+    else:
+        for queue, depth in depths.items():
+            click.echo(f"{'queue ' + queue:<28}{depth}")
+        click.echo(f"{'workers':<28}{len(live)}")
+        for worker in live:
+            queues = ",".join(worker["queues"])
+            click.echo(
+                f"  {worker['name']}  queues={queues}  "
+                f"busy={worker['active']}/{worker['concurrency']}"
+            )
+    if age > 7 * 86400:
+        click.echo("warning: media older than 7 days is not archived; WhatsApp expires it at ~14")
+
+
+def _age(seconds: float) -> str:
+    return humanize.age(seconds, compact=True)

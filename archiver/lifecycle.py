@@ -1,0 +1,217 @@
+"""The media row's state machine: claim under a lease, renew, finish, and re-open.
+
+queued ──claim──> archiving ──> archived
+   ^                 │    └───> failed   (permanent error, or attempts exhausted)
+   └── retrying <────┘ (transient error; a later attempt claims it again)
+
+failed ──retry (operator)──> queued        archived ──reopen (reconcile)──> queued
+
+Every transition is a conditional UPDATE that proceeds only if exactly one row changed,
+so two workers can never both own a row, and a worker whose lease was taken over
+cannot overwrite the newer owner's outcome (``attempts`` is the fencing token).
+``queued_at`` records the last publish (or the due time of a retry); NULL means the row is
+pending but certainly not in the broker, so the next delivery or the sweeper queues it.
+Rows are created by the receiver (receiver/recording.py); reads live in archiver/query.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, or_, update
+from sqlmodel import Session, SQLModel, col, select
+
+from archiver.tables import PENDING, Media, Status
+
+MAX_ERROR_LEN = 1000
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of trying to take a row: the row, or why not (and until when)."""
+
+    row: Media | None
+    busy_until: datetime | None = None  # another worker holds the lease until then
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        col(Media.status).in_([s.value for s in PENDING]),
+        and_(col(Media.status) == Status.ARCHIVING.value, col(Media.lease_until) < now),
+    )
+
+
+def claim(session: Session, *, pk: int, now: datetime, lease_seconds: int) -> Claim:
+    """Take ownership of a row for one attempt, or say why it is not ours to work on now."""
+    return claim_many(session, pks=[pk], now=now, lease_seconds=lease_seconds)[pk]
+
+
+def claim_many(
+    session: Session, *, pks: list[int], now: datetime, lease_seconds: int
+) -> dict[int, Claim]:
+    """``claim`` for several rows in one statement (a batch of small transfers)."""
+    # One round-trip: the UPDATE hands back the claimed rows (no SELECT after it).
+    claimed = (
+        session.execute(
+            update(Media)
+            .where(col(Media.pk).in_(pks), _claimable(now))
+            .values(
+                status=Status.ARCHIVING.value,
+                attempts=col(Media.attempts) + 1,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(Media)
+            .execution_options(populate_existing=True)
+        )
+        .scalars()
+        .all()
+    )
+    claims = {row.pk or 0: Claim(row=row) for row in claimed}
+    others = [pk for pk in pks if pk not in claims]
+    if others:
+        query = select(Media.pk, Media.status, Media.lease_until).where(col(Media.pk).in_(others))
+        held = {pk: until for pk, status, until in session.exec(query) if status == "archiving"}
+        for pk in others:
+            claims[pk] = Claim(row=None, busy_until=held.get(pk))
+    return claims
+
+
+def set_upload_id(session: Session, *, pk: int, attempt: int, upload_id: str | None) -> bool:
+    """Remember the multipart upload this attempt opened, so a successor can abort it."""
+    return _finish(session, pk=pk, attempt=attempt, values={"upload_id": upload_id})
+
+
+_TABLE = SQLModel.metadata.tables[Media.__tablename__]
+
+
+def _finish(session: Session, *, pk: int, attempt: int, values: dict[str, Any]) -> bool:
+    # A Core UPDATE on the table: no ORM bulk-update bookkeeping on the worker's hot path.
+    result = session.connection().execute(
+        _TABLE.update()
+        .where(
+            _TABLE.c.pk == pk,
+            _TABLE.c.status == Status.ARCHIVING.value,
+            _TABLE.c.attempts == attempt,
+        )
+        .values(**values)
+    )
+    return result.rowcount == 1
+
+
+def renew_lease(
+    session: Session, *, pk: int, attempt: int, now: datetime, lease_seconds: int
+) -> bool:
+    """Extend the lease of a long transfer; False if the row is no longer ours."""
+    return _finish(
+        session,
+        pk=pk,
+        attempt=attempt,
+        values={"lease_until": now + timedelta(seconds=lease_seconds), "updated_at": now},
+    )
+
+
+def mark_archived(
+    session: Session, *, pk: int, attempt: int, now: datetime, outcome: dict[str, Any]
+) -> bool:
+    """Record a finished transfer. ``outcome`` holds bucket/object_key/sha256/size/s3_url/..."""
+    values = {
+        **outcome,
+        "status": Status.ARCHIVED.value,
+        "archived_at": now,
+        "updated_at": now,
+        "lease_until": None,
+        "last_error": None,
+        "upload_id": None,
+        "queued_at": None,
+    }
+    return _finish(session, pk=pk, attempt=attempt, values=values)
+
+
+def mark_retrying(
+    session: Session, *, pk: int, attempt: int, now: datetime, error: str, due: datetime
+) -> bool:
+    """A transient failure: the row waits for the attempt scheduled at ``due``."""
+    return _finish(
+        session,
+        pk=pk,
+        attempt=attempt,
+        values={
+            "status": Status.RETRYING.value,
+            "last_error": error[:MAX_ERROR_LEN],
+            "lease_until": None,
+            "updated_at": now,
+            "queued_at": due,
+        },
+    )
+
+
+def mark_failed(session: Session, *, pk: int, attempt: int, now: datetime, error: str) -> bool:
+    return _finish(
+        session,
+        pk=pk,
+        attempt=attempt,
+        values={
+            "status": Status.FAILED.value,
+            "last_error": error[:MAX_ERROR_LEN],
+            "lease_until": None,
+            "updated_at": now,
+            "queued_at": None,
+        },
+    )
+
+
+# -- publish bookkeeping: is the row known to be in the broker? ---------------------------
+
+
+def mark_queued(session: Session, *, pks: list[int], at: datetime) -> None:
+    if pks:
+        session.execute(update(Media).where(col(Media.pk).in_(pks)).values(queued_at=at))
+
+
+def mark_unqueued(session: Session, *, pk: int) -> None:
+    """The publish of ``pk`` failed: flag it so the next delivery or the sweeper queues it."""
+    session.execute(update(Media).where(col(Media.pk) == pk).values(queued_at=None))
+
+
+# -- back to the queue: operator retries and reconcile ----------------------------------
+
+
+def requeue_failed(
+    session: Session, *, tenant_id: int | None, media_ids: list[str] | None, now: datetime
+) -> list[int]:
+    """Turn failed rows back into fresh queued rows (attempts reset); return their pks."""
+    query = select(Media.pk).where(Media.status == Status.FAILED.value)
+    if tenant_id is not None:
+        query = query.where(Media.tenant_id == tenant_id)
+    if media_ids is not None:
+        query = query.where(col(Media.media_id).in_(media_ids))
+    pks = [pk for pk in session.exec(query.order_by(col(Media.pk))) if pk is not None]
+    for start in range(0, len(pks), 500):
+        session.execute(
+            update(Media)
+            .where(
+                col(Media.pk).in_(pks[start : start + 500]),
+                col(Media.status) == Status.FAILED.value,
+            )
+            .values(status=Status.QUEUED.value, attempts=0, queued_at=now, updated_at=now)
+        )
+    return pks
+
+
+def reopen(session: Session, *, pk: int, reason: str, now: datetime) -> bool:
+    """Send an archived row back to the queue (its object went missing or differs)."""
+    result = session.connection().execute(
+        update(Media)
+        .where(col(Media.pk) == pk, col(Media.status) == Status.ARCHIVED.value)
+        .values(
+            status=Status.QUEUED.value,
+            attempts=0,
+            last_error=reason[:MAX_ERROR_LEN],
+            queued_at=now,
+            updated_at=now,
+        )
+    )
+    return result.rowcount == 1

@@ -1,0 +1,18 @@
+"""What a valid name, opaque id and media type is: shared by the webhook parser, the query
+parser and tenant records, so all three accept and refuse the same values."""
+
+from __future__ import annotations
+
+import re
+
+MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+# A Titan session name; tenant names follow the same rule (they appear in URLs and keys).
+SESSION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+MAX_ID_LEN = 255
+
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def has_control(text: str) -> bool:
+    """Control characters, or lone surrogates (JSON escapes that are not Unicode text)."""
+    return _CONTROL.search(text) is not None

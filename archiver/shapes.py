@@ -1,0 +1,244 @@
+"""The public JSON shapes: one pydantic model per answer of the HTTP API and per object the CLI
+prints, used both to serialize them and to generate ``/openapi.json`` (receiver/openapi.py).
+
+Field names are Python's; each JSON name is its alias (``messageId``). Times are UTC and
+written as RFC 3339 with ``Z``, except a tenant's, which keep the ``+00:00`` form they always
+had. Nullable fields are always present (``null``), so every field is required in the schema.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from archiver.tables import ApiKey, Media, Status, Tenant
+
+MASK: Final = "********"
+StrategyName = Literal["download", "persist", "auto"]  # auto: Titan persisted it on its own
+
+# A tenant's times have always been Python's isoformat (``+00:00``); the rest use ``Z``.
+OffsetTime = Annotated[datetime, PlainSerializer(lambda v: v.isoformat(), return_type=str)]
+
+
+class Shape(BaseModel):
+    """Base of every public shape: frozen, built from Python names, written with aliases."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True, use_enum_values=True)
+
+    def to_json(self) -> bytes:
+        """The compact JSON an HTTP answer carries."""
+        return self.__pydantic_serializer__.to_json(self, by_alias=True)
+
+    def doc(self) -> dict[str, Any]:
+        """The JSON object as Python values (for the CLI's ``json.dumps`` and CSV)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class MediaInfo(Shape):
+    """Titan's MediaInfo fields plus the archive's own, for one media row."""
+
+    id: str = Field(description="Titan's mediaId")
+    message_id: str | None = Field(alias="messageId")
+    mime_type: str | None = Field(alias="mimeType")
+    file_length: int | None = Field(alias="fileLength")
+    persisted: bool
+    s3_url: str | None = Field(
+        alias="s3Url", description="s3://bucket/key, or Titan's URL; not a link"
+    )
+    session: str
+    tenant: str
+    bucket: str | None
+    key: str | None
+    sha256: str | None
+    size: int | None
+    type: str
+    sender: str | None
+    sender_lid: str | None = Field(alias="senderLid")
+    caption: str | None
+    filename: str | None
+    event_id: str | None = Field(alias="eventId")
+    strategy: StrategyName
+    status: Status
+    attempts: int
+    last_error: str | None = Field(alias="lastError")
+    received_at: datetime = Field(alias="receivedAt")
+    message_at: datetime | None = Field(alias="messageAt")
+    archived_at: datetime | None = Field(alias="archivedAt")
+
+    @classmethod
+    def of(cls, row: Media, *, tenant: str) -> MediaInfo:
+        assert row.received_at is not None
+        return cls(
+            id=row.media_id,
+            message_id=row.message_id,
+            mime_type=row.mime_type,
+            file_length=row.file_length,
+            persisted=row.persisted,
+            s3_url=row.s3_url if row.persisted else None,
+            session=row.session,
+            tenant=tenant,
+            bucket=row.bucket,
+            key=row.object_key,
+            sha256=row.sha256,
+            size=row.size,
+            type=row.message_type,
+            sender=row.sender,
+            sender_lid=row.sender_lid,
+            caption=row.caption,
+            filename=row.filename,
+            event_id=row.event_id,
+            strategy=cast(StrategyName, row.strategy),
+            status=Status(row.status),
+            attempts=row.attempts,
+            last_error=row.last_error,
+            received_at=row.received_at,
+            message_at=row.message_at,
+            archived_at=row.archived_at,
+        )
+
+
+def media_info(row: Media, *, tenant: str) -> dict[str, Any]:
+    """One row's MediaInfo as a JSON object (CLI output, dashboard detail)."""
+    return MediaInfo.of(row, tenant=tenant).doc()
+
+
+# The CLI's CSV columns: MediaInfo's JSON names, in order.
+MEDIA_INFO_COLUMNS = [field.alias or name for name, field in MediaInfo.model_fields.items()]
+
+
+class MediaPage(Shape):
+    """One page of ``GET /api/media``; pass ``nextCursor`` as ``cursor`` for the next."""
+
+    data: list[MediaInfo]
+    next_cursor: str | None = Field(alias="nextCursor")
+
+
+class OneMedia(Shape):
+    """``GET /api/media/{id}``."""
+
+    data: MediaInfo
+
+
+class Counts(Shape):
+    count: int
+    size: int = Field(alias="bytes")
+
+
+class Stats(Shape):
+    by_status: dict[str, Counts] = Field(alias="byStatus")
+    by_type: dict[str, Counts] = Field(alias="byType")
+    oldest_unarchived_age_seconds: float | None = Field(alias="oldestUnarchivedAgeSeconds")
+
+
+class StatsAnswer(Shape):
+    """``GET /api/stats``: rows and bytes by status and by type; the oldest unarchived age."""
+
+    data: Stats
+
+
+class Error(Shape):
+    """Every error answer of the HTTP API."""
+
+    error: str
+
+
+class WebhookAnswer(Shape):
+    """A media event's delivery: recorded (202: queued, or archived by Titan itself) or a
+    duplicate of one already recorded (200)."""
+
+    status: Literal["queued", "archived", "duplicate"]
+    id: str = Field(description="The media id")
+
+
+class Ignored(Shape):
+    """A delivery of an event that is not archived (other events, text messages): 200."""
+
+    status: Literal["ignored"]
+
+
+class Readiness(Shape):
+    """``GET /readyz``: 200 when the database and the broker both answer, else 503."""
+
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, Literal["ok", "down"]]
+
+
+class Health(Shape):
+    """``GET /healthz``: the process is up."""
+
+    status: Literal["ok"]
+
+
+class ApiKeyView(Shape):
+    """What may be shown about a query API key: never its hash or plaintext."""
+
+    id: int | None
+    tenant: str
+    prefix: str
+    label: str | None
+    created_at: datetime | None = Field(alias="createdAt")
+    last_used_at: datetime | None = Field(alias="lastUsedAt")
+    revoked_at: datetime | None = Field(alias="revokedAt")
+
+    @classmethod
+    def of(cls, key: ApiKey, *, tenant: str) -> ApiKeyView:
+        return cls(
+            id=key.id,
+            tenant=tenant,
+            prefix=key.prefix,
+            label=key.label,
+            created_at=key.created_at,
+            last_used_at=key.last_used_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class TenantView(Shape):
+    """A tenant as operators may see it: no secret, only whether each is set."""
+
+    name: str
+    titan_url: str = Field(alias="titanUrl")
+    strategy: str
+    s3_bucket: str = Field(alias="s3Bucket")
+    s3_endpoint: str | None = Field(alias="s3Endpoint")
+    s3_region: str | None = Field(alias="s3Region")
+    s3_access_key_id: str | None = Field(alias="s3AccessKeyId")
+    s3_prefix: str = Field(alias="s3Prefix")
+    hmac_key: Literal["********"] = Field(default=MASK, alias="hmacKey")
+    previous_hmac_key_expires_at: OffsetTime | None = Field(alias="previousHmacKeyExpiresAt")
+    titan_api_key: Literal["********"] = Field(default=MASK, alias="titanApiKey")
+    s3_secret_access_key: Literal["********"] | None = Field(alias="s3SecretAccessKey")
+    created_at: OffsetTime | None = Field(alias="createdAt")
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantView:
+        previous = tenant.hmac_key_previous_expires_at
+        return cls(
+            name=tenant.name,
+            titan_url=tenant.titan_url,
+            strategy=tenant.strategy,
+            s3_bucket=tenant.s3_bucket,
+            s3_endpoint=tenant.s3_endpoint,
+            s3_region=tenant.s3_region,
+            s3_access_key_id=tenant.s3_access_key_id,
+            s3_prefix=tenant.s3_prefix,
+            previous_hmac_key_expires_at=previous if tenant.hmac_key_previous_enc else None,
+            s3_secret_access_key=MASK if tenant.s3_secret_enc else None,
+            created_at=tenant.created_at,
+        )
+
+
+# Every shape the HTTP API answers with, for the OpenAPI document's components.
+API_SHAPES: tuple[type[Shape], ...] = (
+    MediaInfo,
+    MediaPage,
+    OneMedia,
+    StatsAnswer,
+    Error,
+    WebhookAnswer,
+    Ignored,
+    Readiness,
+    Health,
+)

