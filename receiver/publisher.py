@@ -33,6 +33,8 @@ from archiver.queue import (
 Routed = tuple[int, str]  # (media row pk, queue name)
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+# Where replies would go (Celery writes its app's thread oid); one per process, as there.
+_REPLY_TO = str(uuid.uuid4())
 
 
 def task_message(
@@ -62,7 +64,7 @@ def task_message(
                 "argsrepr": repr(args),
                 "kwargsrepr": "{}",
                 "origin": origin,
-                "ignore_result": True,
+                "ignore_result": None,  # as Celery's send_task writes it (tests/test_publisher.py)
                 "replaced_task_nesting": 0,
                 "stamped_headers": None,
                 "stamps": {},
@@ -74,6 +76,7 @@ def task_message(
                 "priority": 0,
                 "body_encoding": "base64",
                 "delivery_tag": str(uuid.uuid4()),
+                "reply_to": _REPLY_TO,
             },
         }
     ).encode()

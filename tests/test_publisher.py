@@ -1,0 +1,107 @@
+"""The receiver's hand-built task message is pinned to Celery's contract: the same task sent
+through Celery's own message builder (``send_task`` over kombu's Redis transport) and through
+``receiver.publisher`` land in Redis with the same fields, headers and body."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from archiver.broker import make_celery
+from archiver.queue import ARCHIVE_BATCH_TASK, ARCHIVE_QUEUE, ARCHIVE_TASK, LARGE_QUEUE
+from devstack.fixtures import settings_for
+from receiver.publisher import Publisher, task_message
+
+# Values that differ by nature between two messages: fresh ids, and who sent it.
+PER_MESSAGE_HEADERS = {"id", "root_id", "origin"}
+PER_MESSAGE_PROPERTIES = {"correlation_id", "delivery_tag", "reply_to"}
+
+
+@pytest.fixture
+def broker(redis_url: str) -> Iterator[str]:
+    """A Redis database of its own, emptied before and after."""
+    url = redis_url.rsplit("/", 1)[0] + "/5"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+def _pop(url: str, queue: str) -> dict[str, Any]:
+    client = redis.Redis.from_url(url)
+    try:
+        raw = client.rpop(queue)
+        assert isinstance(raw, bytes), f"nothing in {queue}"
+        assert client.llen(queue) == 0
+    finally:
+        client.close()
+    message: dict[str, Any] = json.loads(raw)
+    return message
+
+
+def _celerys(url: str, task: str, args: list[Any], queue: str) -> dict[str, Any]:
+    app = make_celery(settings_for("sqlite://", url))
+    try:
+        app.send_task(task, args=args, queue=queue)
+    finally:
+        app.close()
+    return _pop(url, queue)
+
+
+def _body(message: dict[str, Any]) -> Any:
+    assert message["properties"]["body_encoding"] == "base64"
+    return json.loads(base64.b64decode(message["body"]))
+
+
+def _assert_same_contract(ours: dict[str, Any], celerys: dict[str, Any]) -> None:
+    assert sorted(ours) == sorted(celerys)
+    for field in ("content-type", "content-encoding"):
+        assert ours[field] == celerys[field], field
+    assert _body(ours) == _body(celerys)
+    assert sorted(ours["headers"]) == sorted(celerys["headers"])
+    for name, value in celerys["headers"].items():
+        if name not in PER_MESSAGE_HEADERS:
+            assert ours["headers"][name] == value, name
+    # The per-message values still have Celery's form: a task id, and its root is itself.
+    uuid.UUID(ours["headers"]["id"])
+    assert ours["headers"]["root_id"] == ours["headers"]["id"]
+    assert sorted(ours["properties"]) == sorted(celerys["properties"])
+    for name, value in celerys["properties"].items():
+        if name not in PER_MESSAGE_PROPERTIES:
+            assert ours["properties"][name] == value, name
+    assert ours["properties"]["correlation_id"] == ours["headers"]["id"]
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "queue"),
+    [
+        (ARCHIVE_TASK, [42], ARCHIVE_QUEUE),
+        (ARCHIVE_TASK, [7], LARGE_QUEUE),
+        (ARCHIVE_BATCH_TASK, [[1, 2, 3]], ARCHIVE_QUEUE),
+    ],
+)
+def test_hand_built_message_matches_celerys_own(
+    broker: str, task: str, args: list[Any], queue: str
+) -> None:
+    celerys = _celerys(broker, task, args, queue)
+    ours = json.loads(task_message(args, task=task, queue=queue, origin="receiver@test:1"))
+    _assert_same_contract(ours, celerys)
+
+
+def test_published_batch_lands_as_celerys_messages_on_each_queue(broker: str) -> None:
+    app = make_celery(settings_for("sqlite://", broker))
+    publisher = Publisher(app, broker)
+    try:
+        publisher.publish([(10, LARGE_QUEUE)])
+    finally:
+        publisher.close()
+        app.close()
+    ours = _pop(broker, LARGE_QUEUE)
+    _assert_same_contract(ours, _celerys(broker, ARCHIVE_TASK, [10], LARGE_QUEUE))
