@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+# Titan's send API (and some clients) say voice/ptt and file: stored as what they are.
+TYPE_ALIASES = {"ptt": "audio", "voice": "audio", "file": "document"}
+VOICE_NOTE_TYPES = frozenset({"ptt", "voice"})
 # A Titan session name; tenant names follow the same rule (they appear in URLs and keys).
 SESSION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
 MAX_ID_LEN = 255

@@ -66,6 +66,7 @@ class MediaInfo(Shape):
     received_at: datetime = Field(alias="receivedAt")
     message_at: datetime | None = Field(alias="messageAt")
     archived_at: datetime | None = Field(alias="archivedAt")
+    voice_note: bool = Field(alias="voiceNote", description="Sent as a voice note (type audio)")
 
     @classmethod
     def of(cls, row: Media, *, tenant: str) -> MediaInfo:
@@ -96,6 +97,7 @@ class MediaInfo(Shape):
             received_at=row.received_at,
             message_at=row.message_at,
             archived_at=row.archived_at,
+            voice_note=row.voice_note,
         )
 
 

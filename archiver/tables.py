@@ -8,12 +8,14 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlmodel import Field, SQLModel
@@ -158,3 +160,7 @@ class Media(SQLModel, table=True):
     lease_until: datetime | None = _time()
     queued_at: datetime | None = _time()  # last publish (or due time of a retry); NULL: not queued
     upload_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Sent as a voice note (Titan's ptt/voice); message_type says audio.
+    voice_note: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )

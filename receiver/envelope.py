@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from archiver.errors import PayloadError
-from archiver.names import MAX_ID_LEN, MEDIA_TYPES, SESSION_RE, has_control
+from archiver.names import (
+    MAX_ID_LEN,
+    MEDIA_TYPES,
+    SESSION_RE,
+    TYPE_ALIASES,
+    VOICE_NOTE_TYPES,
+    has_control,
+)
 
 MAX_TEXT_LEN = 4096
 MAX_JSON_DEPTH = 32
@@ -32,6 +39,7 @@ class MediaItem:
     message_at: datetime | None
     event_id: str | None
     sender_lid: str | None = None
+    voice_note: bool = False  # sent as a voice note (ptt/voice), stored as audio
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -74,6 +82,9 @@ def media_item(envelope: dict[str, Any]) -> MediaItem | None:
     if not isinstance(session, str) or not SESSION_RE.match(session):
         raise PayloadError("session is missing or not a valid Titan session name")
     message_type = payload.get("type")
+    voice_note = message_type in VOICE_NOTE_TYPES
+    if isinstance(message_type, str) and message_type in TYPE_ALIASES:
+        message_type = TYPE_ALIASES[message_type]
     if not isinstance(message_type, str) or message_type not in MEDIA_TYPES:
         message_type = "document" if message_type is None else _text(message_type, "type", 32)
     message_id = payload.get("id")
@@ -91,6 +102,7 @@ def media_item(envelope: dict[str, Any]) -> MediaItem | None:
         message_at=_unix_time(payload.get("timestamp")),
         event_id=_optional_text(envelope.get("id"), "id", MAX_ID_LEN),
         sender_lid=_sender_lid(payload),
+        voice_note=voice_note,
     )
 
 

@@ -67,6 +67,7 @@ def _values(arrival: Arrival, now: datetime) -> dict[str, Any]:
         "archived_at": None,
         "updated_at": now,
         "queued_at": now,
+        "voice_note": item.voice_note,
     }
     if item.media_url:
         # Titan's auto-persist already put the file in the tenant's bucket: archived on arrival.

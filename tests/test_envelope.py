@@ -45,6 +45,24 @@ def test_reads_a_documented_media_message() -> None:
     assert item.media_url is None
 
 
+@pytest.mark.parametrize(
+    ("sent", "stored", "voice_note"),
+    [
+        ("ptt", "audio", True),
+        ("voice", "audio", True),
+        ("audio", "audio", False),
+        ("file", "document", False),
+        ("document", "document", False),
+    ],
+)
+def test_voice_notes_are_audio_and_files_are_documents(
+    sent: str, stored: str, voice_note: bool
+) -> None:
+    item = media_item(envelope(type=sent))
+    assert item is not None
+    assert (item.message_type, item.voice_note) == (stored, voice_note)
+
+
 def test_falls_back_to_data_when_payload_is_absent() -> None:
     doc = envelope()
     doc["data"] = doc.pop("payload")

