@@ -43,21 +43,105 @@ class TenantSecrets:
     s3_secret_access_key: str | None
 
 
+CLIENT_TOKEN_PREFIX = "titan_ct_"  # noqa: S105 - a prefix, not a secret
+
+
 def validate_spec(spec: TenantSpec) -> None:
     """Raise PayloadError naming the first field of ``spec`` that is unusable."""
     if not SESSION_RE.match(spec.name):
         raise PayloadError("name must match ^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+    if not spec.hmac_key or len(spec.hmac_key) < 8:
+        raise PayloadError("hmac-key must be at least 8 characters")
+    validate_settings(spec)
+
+
+def validate_settings(spec: TenantSpec) -> None:
+    """The checks a tenant's Titan and bucket settings pass, on add and on every update."""
     if spec.strategy not in {s.value for s in Strategy}:
         raise PayloadError("strategy must be 'download' or 'persist'")
     for label, url in (("titan-url", spec.titan_url), ("s3-endpoint", spec.s3_endpoint)):
         if url and (urlsplit(url).scheme not in {"http", "https"} or not urlsplit(url).netloc):
             raise PayloadError(f"{label} must be an http(s) URL")
-    if not spec.hmac_key or len(spec.hmac_key) < 8:
-        raise PayloadError("hmac-key must be at least 8 characters")
     if not spec.titan_api_key:
         raise PayloadError("titan-api-key is required")
+    if spec.titan_api_key.startswith(CLIENT_TOKEN_PREFIX):
+        raise PayloadError(
+            "titan-api-key is a client token (titan_ct_...): those last 15 minutes and cannot "
+            "call media routes; give a server API key (titan_...)"
+        )
     if not spec.s3_bucket:
         raise PayloadError("s3-bucket is required")
+
+
+@dataclass(frozen=True)
+class TenantChanges:
+    """What ``tenants update`` changes: None leaves a field as it is; "" clears an optional
+    one (endpoint, region, access key id, secret access key, prefix)."""
+
+    titan_url: str | None = None
+    titan_api_key: str | None = None
+    strategy: str | None = None
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_prefix: str | None = None
+
+    def any(self) -> bool:
+        return any(value is not None for value in self.__dict__.values())
+
+
+def updated_spec(tenant: Tenant, secrets: TenantSecrets, changes: TenantChanges) -> TenantSpec:
+    """The tenant's settings with ``changes`` applied, secrets in plaintext (for checking)."""
+
+    def pick(new: str | None, old: str | None) -> str | None:
+        return old if new is None else new
+
+    return TenantSpec(
+        name=tenant.name,
+        hmac_key=secrets.hmac_keys[0],
+        titan_url=pick(changes.titan_url, tenant.titan_url) or "",
+        titan_api_key=pick(changes.titan_api_key, secrets.titan_api_key) or "",
+        strategy=pick(changes.strategy, tenant.strategy) or "",
+        s3_bucket=pick(changes.s3_bucket, tenant.s3_bucket) or "",
+        s3_endpoint=pick(changes.s3_endpoint, tenant.s3_endpoint) or None,
+        s3_region=pick(changes.s3_region, tenant.s3_region) or None,
+        s3_access_key_id=pick(changes.s3_access_key_id, tenant.s3_access_key_id) or None,
+        s3_secret_access_key=pick(changes.s3_secret_access_key, secrets.s3_secret_access_key)
+        or None,
+        s3_prefix=pick(changes.s3_prefix, tenant.s3_prefix) or "",
+    )
+
+
+def update_tenant(
+    session: Session, *, box: SecretBox, name: str, changes: TenantChanges
+) -> tuple[Tenant, TenantSpec]:
+    """Apply ``changes`` to a tenant (validated as on add); return it and its new settings.
+
+    Receivers and workers pick the change up within their tenant caches' lifetime (5-10 s).
+    """
+    if not changes.any():
+        raise PayloadError("nothing to update: name at least one setting to change")
+    tenant = get_tenant(session, name=name)
+    spec = updated_spec(tenant, secrets_of(tenant, box=box), changes)
+    validate_settings(spec)
+    tenant.titan_url = spec.titan_url.rstrip("/")
+    tenant.strategy = spec.strategy
+    tenant.s3_bucket = spec.s3_bucket
+    tenant.s3_endpoint = spec.s3_endpoint
+    tenant.s3_region = spec.s3_region
+    tenant.s3_access_key_id = spec.s3_access_key_id
+    tenant.s3_prefix = spec.s3_prefix
+    if changes.titan_api_key is not None:
+        tenant.titan_api_key_enc = box.encrypt(spec.titan_api_key)
+    if changes.s3_secret_access_key is not None:
+        tenant.s3_secret_enc = (
+            box.encrypt(spec.s3_secret_access_key) if spec.s3_secret_access_key else None
+        )
+    session.add(tenant)
+    session.flush()
+    return tenant, spec
 
 
 def create_tenant(session: Session, *, box: SecretBox, spec: TenantSpec) -> tuple[Tenant, str]:
@@ -91,6 +175,10 @@ def get_tenant(session: Session, *, name: str) -> Tenant:
     if tenant is None:
         raise NotFound(f"no tenant named {name!r}")
     return tenant
+
+
+def tenant_exists(session: Session, *, name: str) -> bool:
+    return session.exec(select(Tenant.id).where(Tenant.name == name)).first() is not None
 
 
 def get_tenant_by_id(session: Session, *, tenant_id: int) -> Tenant:

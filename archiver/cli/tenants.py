@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import timedelta
+from typing import Any
 
 import click
 
 from archiver.cli.context import current_settings, database, friendly
 from archiver.cli.output import echo_json
+from archiver.cli.secret_input import read_secret, secret_option
+from archiver.errors import Conflict
+from archiver.preflight import check_tenant
+from archiver.settings import Settings
 from archiver.shapes import TenantView
 from archiver.tenants import (
+    TenantChanges,
     TenantSpec,
     create_tenant,
     get_tenant,
     list_tenants,
     remove_tenant,
     rotate_hmac_key,
+    secrets_of,
+    tenant_exists,
+    update_tenant,
+    updated_spec,
+    validate_settings,
+    validate_spec,
 )
 
 
@@ -25,11 +38,25 @@ def tenants() -> None:
     """Tenants: the Titan accounts whose media is archived."""
 
 
+def _check(spec: TenantSpec, settings: Settings) -> None:
+    """Run the preflight; print each finding to stderr; raise if any failed."""
+    findings = check_tenant(spec, settings)
+    for finding in findings:
+        mark = "ok  " if finding.ok else "FAIL"
+        click.echo(f"{mark} {finding.check}: {finding.detail}", err=True)
+    failed = [f.check for f in findings if not f.ok]
+    if failed:
+        raise click.ClickException(
+            f"tenant {spec.name!r} failed its checks ({', '.join(failed)}); nothing was "
+            "changed. Fix the settings, or pass --no-check to store them anyway"
+        )
+
+
 @tenants.command("add")
 @click.argument("name")
-@click.option("--hmac-key", required=True, help="The Titan webhook's signing key (hmacKey).")
+@secret_option("--hmac-key", help="The Titan webhook's signing key (hmacKey).")
 @click.option("--titan-url", required=True, help="The Titan account's API base URL.")
-@click.option("--titan-api-key", required=True, help="A Titan server API key (titan_...).")
+@secret_option("--titan-api-key", help="A Titan server API key (titan_...).")
 @click.option(
     "--strategy", type=click.Choice(["download", "persist"]), default="download", show_default=True
 )
@@ -37,17 +64,106 @@ def tenants() -> None:
 @click.option("--s3-endpoint", default="", help="Blank for AWS S3; the URL for R2 or MinIO.")
 @click.option("--s3-region", default="")
 @click.option("--s3-access-key-id", default="")
-@click.option("--s3-secret-access-key", default="")
+@secret_option("--s3-secret-access-key", help="The bucket credentials' secret.")
 @click.option("--s3-prefix", default="", help="Key prefix inside the bucket.")
+@click.option("--no-check", is_flag=True, help="Store without checking Titan and the bucket.")
 @friendly
-def tenants_add(name: str, **options: str) -> None:
-    """Add a tenant; print it with a fresh query API key (shown only this once)."""
-    spec = TenantSpec(name=name, **options)
-    box = current_settings().secret_box()
+def tenants_add(name: str, no_check: bool, **options: Any) -> None:
+    """Add a tenant; print it with a fresh query API key (shown only this once).
+
+    Before storing it, checks that Titan accepts the API key and that the bucket takes the
+    writes the worker makes (tenants check), unless --no-check.
+    """
+    stdin: list[str] = []
+    hmac_key = read_secret("--hmac-key", options, stdin_used=stdin)
+    titan_api_key = read_secret("--titan-api-key", options, stdin_used=stdin)
+    s3_secret = read_secret("--s3-secret-access-key", options, stdin_used=stdin)
+    if hmac_key is None:
+        raise click.UsageError(
+            "give the webhook key: --hmac-key, --hmac-key-file or --hmac-key-env"
+        )
+    if titan_api_key is None:
+        raise click.UsageError(
+            "give the Titan API key: --titan-api-key, --titan-api-key-file or --titan-api-key-env"
+        )
+    spec = TenantSpec(
+        name=name,
+        hmac_key=hmac_key,
+        titan_api_key=titan_api_key,
+        s3_secret_access_key=s3_secret or "",
+        **options,
+    )
+    settings = current_settings()
+    validate_spec(spec)
     with database() as session:
-        tenant, api_key = create_tenant(session, box=box, spec=spec)
+        if tenant_exists(session, name=name):
+            raise Conflict(f"tenant {name!r} already exists")
+    if not no_check:
+        _check(spec, settings)
+    with database() as session:
+        tenant, api_key = create_tenant(session, box=settings.secret_box(), spec=spec)
         view = TenantView.of(tenant).doc()
     click.echo(json.dumps({"name": name, "apiKey": api_key, **view}))
+
+
+@tenants.command("update")
+@click.argument("name")
+@click.option("--titan-url", default=None, help="The Titan account's API base URL.")
+@secret_option("--titan-api-key", help="A new Titan server API key (titan_...).")
+@click.option("--strategy", type=click.Choice(["download", "persist"]), default=None)
+@click.option("--s3-bucket", default=None)
+@click.option("--s3-endpoint", default=None, help="'' for AWS S3; the URL for R2 or MinIO.")
+@click.option("--s3-region", default=None)
+@click.option("--s3-access-key-id", default=None)
+@secret_option("--s3-secret-access-key", help="The bucket credentials' secret ('' clears it).")
+@click.option("--s3-prefix", default=None, help="Key prefix inside the bucket (new objects).")
+@click.option("--no-check", is_flag=True, help="Store without checking Titan and the bucket.")
+@friendly
+def tenants_update(name: str, no_check: bool, **options: Any) -> None:
+    """Change a tenant's Titan or bucket settings; only the options given change.
+
+    The new settings are checked as on add before anything is stored (unless --no-check).
+    Receivers and workers use them within seconds; objects already archived stay where they
+    are (their rows keep their bucket and key). The webhook key changes with rotate-hmac-key.
+    """
+    stdin: list[str] = []
+    changes = TenantChanges(
+        titan_api_key=read_secret("--titan-api-key", options, stdin_used=stdin),
+        s3_secret_access_key=read_secret("--s3-secret-access-key", options, stdin_used=stdin),
+        **options,
+    )
+    settings = current_settings()
+    box = settings.secret_box()
+    if not no_check:
+        # Checked before the write transaction opens: a slow bucket must not hold the
+        # database (on SQLite, every webhook) while it answers.
+        with database() as session:
+            tenant = get_tenant(session, name=name)
+            spec = updated_spec(tenant, secrets_of(tenant, box=box), changes)
+        validate_settings(spec)
+        _check(spec, settings)
+    with database() as session:
+        tenant, _ = update_tenant(session, box=box, name=name, changes=changes)
+        view = TenantView.of(tenant).doc()
+    click.echo(json.dumps(view))
+
+
+@tenants.command("check")
+@click.argument("name")
+@friendly
+def tenants_check(name: str) -> None:
+    """Check a tenant's settings: Titan accepts its API key; its bucket takes a put, read,
+    delete and multipart upload of a probe object. One JSON line per check; exit 1 if any
+    failed."""
+    settings = current_settings()
+    with database() as session:
+        tenant = get_tenant(session, name=name)
+        spec = updated_spec(tenant, secrets_of(tenant, box=settings.secret_box()), TenantChanges())
+    findings = check_tenant(spec, settings)
+    for finding in findings:
+        click.echo(json.dumps({"check": finding.check, "ok": finding.ok, "detail": finding.detail}))
+    if not all(f.ok for f in findings):
+        sys.exit(1)
 
 
 @tenants.command("list")
@@ -70,7 +186,7 @@ def tenants_show(name: str) -> None:
 
 @tenants.command("rotate-hmac-key")
 @click.argument("name")
-@click.option("--hmac-key", required=True, help="The webhook's new signing key.")
+@secret_option("--hmac-key", help="The webhook's new signing key.")
 @click.option(
     "--previous-valid-for",
     default=24.0,
@@ -79,11 +195,14 @@ def tenants_show(name: str) -> None:
     help="Hours the current key keeps verifying (0: stop at once).",
 )
 @friendly
-def tenants_rotate_hmac_key(name: str, hmac_key: str, previous_valid_for: float) -> None:
+def tenants_rotate_hmac_key(name: str, previous_valid_for: float, **options: Any) -> None:
     """Switch the tenant to a new webhook key; signatures by the old one verify until it expires.
 
     Receivers pick the change up within 5 seconds (their tenant cache).
     """
+    hmac_key = read_secret("--hmac-key", options)
+    if hmac_key is None:
+        raise click.UsageError("give the new key: --hmac-key, --hmac-key-file or --hmac-key-env")
     box = current_settings().secret_box()
     with database() as session:
         tenant = rotate_hmac_key(
