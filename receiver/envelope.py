@@ -82,7 +82,7 @@ def media_item(envelope: dict[str, Any]) -> MediaItem | None:
     if not isinstance(session, str) or not SESSION_RE.match(session):
         raise PayloadError("session is missing or not a valid Titan session name")
     message_type = payload.get("type")
-    voice_note = message_type in VOICE_NOTE_TYPES
+    voice_note = isinstance(message_type, str) and message_type in VOICE_NOTE_TYPES
     if isinstance(message_type, str) and message_type in TYPE_ALIASES:
         message_type = TYPE_ALIASES[message_type]
     if not isinstance(message_type, str) or message_type not in MEDIA_TYPES:

@@ -63,6 +63,12 @@ def test_voice_notes_are_audio_and_files_are_documents(
     assert (item.message_type, item.voice_note) == (stored, voice_note)
 
 
+@pytest.mark.parametrize("sent", [["ptt"], {"type": "voice"}, 7])
+def test_a_type_that_is_not_a_string_is_refused_not_a_crash(sent: Any) -> None:
+    with pytest.raises(PayloadError, match="type"):
+        media_item(envelope(type=sent))
+
+
 def test_falls_back_to_data_when_payload_is_absent() -> None:
     doc = envelope()
     doc["data"] = doc.pop("payload")
