@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
-from archiver import figures
+from archiver import figures, pauses
 from archiver.broker import queue_depths
 from archiver.db import session_scope
 from archiver.errors import Unavailable
@@ -39,6 +39,7 @@ class BacklogCollector(Collector):
         try:
             with session_scope(self._engine) as session:
                 backlog = figures.backlog(session)
+                found_paused = pauses.paused(session)
         except Unavailable:
             log.warning("metrics: database unavailable, backlog gauges omitted")
             return
@@ -46,6 +47,21 @@ class BacklogCollector(Collector):
         for status in Status:
             rows.add_metric([status.value], backlog.counts.get(status.value, 0))
         yield rows
+        held = GaugeMetricFamily(
+            "archiver_tenant_paused",
+            "1 for each paused tenant: its media waits until the tenant is fixed and resumed",
+            labels=["tenant", "reason"],
+        )
+        for paused in found_paused:
+            kind = (
+                "titan"
+                if paused.reason.startswith("titan")
+                else "bucket"
+                if paused.reason.startswith("bucket")
+                else "operator"
+            )
+            held.add_metric([paused.tenant, kind], 1)
+        yield held
         oldest = backlog.oldest_unarchived
         yield GaugeMetricFamily(
             "archiver_oldest_unarchived_age_seconds",

@@ -13,7 +13,14 @@ from kombu import Queue
 from kombu.exceptions import ChannelError, KombuError, OperationalError
 
 from archiver.errors import Unavailable
-from archiver.queue import ARCHIVE_QUEUE, ARCHIVE_TASK, QUEUES, SWEEP_TASK
+from archiver.queue import (
+    ARCHIVE_QUEUE,
+    ARCHIVE_TASK,
+    DISPATCH_TASK,
+    PROBE_TASK,
+    QUEUES,
+    SWEEP_TASK,
+)
 from archiver.settings import Settings
 
 
@@ -54,7 +61,11 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=ARCHIVE_QUEUE,
         # What a worker consumes unless started with -Q; ARCHIVER_WORKER_QUEUES narrows it.
         task_queues=[Queue(name, routing_key=name) for name in settings.worker_queues],
-        task_routes={SWEEP_TASK: {"queue": ARCHIVE_QUEUE}},
+        task_routes={
+            SWEEP_TASK: {"queue": ARCHIVE_QUEUE},
+            DISPATCH_TASK: {"queue": ARCHIVE_QUEUE},
+            PROBE_TASK: {"queue": ARCHIVE_QUEUE},
+        },
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             # Must exceed the longest transfer, or Redis hands a running task to a second worker.

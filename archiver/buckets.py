@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from archiver.errors import AppError, PermanentError, TransientError
+from archiver.errors import AppError, TenantError, TransientError
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Tenant
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 SHA256_METADATA = "sha256"
-_PERMANENT_CODES = {
+# Answers about the tenant's credentials or bucket, not about one file.
+_TENANT_CODES = {
     "AccessDenied",
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -121,8 +122,8 @@ def classify_s3(exc: Exception) -> AppError:
     """Bucket answers that no retry can fix are permanent; the rest may pass."""
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _PERMANENT_CODES:
-            return PermanentError(f"bucket refused: {code}")
+        if code in _TENANT_CODES:
+            return TenantError(f"bucket refused: {code}")
         return TransientError(f"bucket error: {code or 'unknown'}")
     return TransientError(f"bucket unreachable: {type(exc).__name__}")
 

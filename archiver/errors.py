@@ -8,7 +8,9 @@ AppError                      base of everything raised on purpose
 ├── Conflict                  the action clashes with existing state (e.g. tenant name taken)
 ├── Unavailable               database or broker down: nothing was accepted (HTTP 503)
 ├── TransientError            a transfer failed but may succeed later (retry, honour retry_after)
-└── PermanentError            a transfer can never succeed (mark the row failed, no retry)
+├── PermanentError            a transfer can never succeed (mark the row failed, no retry)
+└── TenantError               the tenant's settings are refused (Titan key 401/403, bucket
+                              credentials or bucket): pause the tenant, keep the row waiting
 """
 
 from __future__ import annotations
@@ -54,4 +56,10 @@ class TransientError(AppError):
 
 
 class PermanentError(AppError):
-    """A transfer can never succeed (unknown or expired media, bad credentials)."""
+    """A transfer can never succeed (unknown or expired media)."""
+
+
+class TenantError(AppError):
+    """Titan or the bucket refuses the tenant's own settings (an expired or disabled API key,
+    wrong bucket credentials, a missing bucket): every row of the tenant would fail the same
+    way until an operator fixes the tenant, so the tenant is paused and its rows wait."""

@@ -1,16 +1,19 @@
 """The media row's state machine: claim under a lease, renew, finish, and re-open.
 
 queued ──claim──> archiving ──> archived
-   ^                 │    └───> failed   (permanent error, or attempts exhausted)
-   └── retrying <────┘ (transient error; a later attempt claims it again)
+   ^                 │    └───> failed   (permanent error; past the retry horizon; or its
+   │                 │                    workers kept dying: ``crashes`` reached the cap)
+   └── retrying <────┘ (transient error: waits until ``retry_at``, then the dispatcher in
+                        archiver/redrive.py publishes it and a later attempt claims it)
 
 failed ──retry (operator)──> queued        archived ──reopen (reconcile)──> queued
 
 Every transition is a conditional UPDATE that proceeds only if exactly one row changed,
 so two workers can never both own a row, and a worker whose lease was taken over
 cannot overwrite the newer owner's outcome (``attempts`` is the fencing token).
-``queued_at`` records the last publish (or the due time of a retry); NULL means the row is
-pending but certainly not in the broker, so the next delivery or the sweeper queues it.
+``queued_at`` records the last publish; NULL means the row is pending but certainly not in
+the broker, so the next delivery or the dispatcher publishes it (a retrying row once its
+``retry_at`` has come). A claim that takes over an expired lease counts a crash.
 Rows are created by the receiver (receiver/recording.py); reads live in archiver/query.py.
 """
 
@@ -20,10 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, update
+from sqlalchemy import ColumnElement, and_, case, or_, update
 from sqlmodel import Session, SQLModel, col, select
 
-from archiver.tables import PENDING, Media, Status
+from archiver.tables import Media, Status
 
 MAX_ERROR_LEN = 1000
 
@@ -38,7 +41,13 @@ class Claim:
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
     return or_(
-        col(Media.status).in_([s.value for s in PENDING]),
+        col(Media.status) == Status.QUEUED.value,
+        # A retrying row waits for its time (a Retry-After is honoured even against an
+        # early message for it).
+        and_(
+            col(Media.status) == Status.RETRYING.value,
+            or_(col(Media.retry_at).is_(None), col(Media.retry_at) <= now),
+        ),
         and_(col(Media.status) == Status.ARCHIVING.value, col(Media.lease_until) < now),
     )
 
@@ -60,6 +69,9 @@ def claim_many(
             .values(
                 status=Status.ARCHIVING.value,
                 attempts=col(Media.attempts) + 1,
+                # Taking over an expired lease: the worker that held it died (or hung).
+                crashes=col(Media.crashes)
+                + case((col(Media.status) == Status.ARCHIVING.value, 1), else_=0),
                 lease_until=now + timedelta(seconds=lease_seconds),
                 updated_at=now,
             )
@@ -126,6 +138,7 @@ def mark_archived(
         "last_error": None,
         "upload_id": None,
         "queued_at": None,
+        "retry_at": None,
     }
     return _finish(session, pk=pk, attempt=attempt, values=values)
 
@@ -133,7 +146,7 @@ def mark_archived(
 def mark_retrying(
     session: Session, *, pk: int, attempt: int, now: datetime, error: str, due: datetime
 ) -> bool:
-    """A transient failure: the row waits for the attempt scheduled at ``due``."""
+    """A transient failure: the row waits until ``due``; the dispatcher publishes it then."""
     return _finish(
         session,
         pk=pk,
@@ -143,7 +156,8 @@ def mark_retrying(
             "last_error": error[:MAX_ERROR_LEN],
             "lease_until": None,
             "updated_at": now,
-            "queued_at": due,
+            "queued_at": None,
+            "retry_at": due,
         },
     )
 
@@ -163,12 +177,46 @@ def mark_failed(session: Session, *, pk: int, attempt: int, now: datetime, error
     )
 
 
+def release(session: Session, *, pk: int, attempt: int, now: datetime) -> bool:
+    """Hand a claimed row back untouched: its tenant is paused. The attempt is given back
+    (it never reached Titan or the bucket with settings that work) and the row is out of
+    the broker until the tenant resumes and the dispatcher publishes it."""
+    return _finish(
+        session,
+        pk=pk,
+        attempt=attempt,
+        values={
+            "status": Status.QUEUED.value,
+            "attempts": attempt - 1,
+            "lease_until": None,
+            "updated_at": now,
+            "queued_at": None,
+            "upload_id": None,
+        },
+    )
+
+
 # -- publish bookkeeping: is the row known to be in the broker? ---------------------------
 
 
 def mark_queued(session: Session, *, pks: list[int], at: datetime) -> None:
     if pks:
         session.execute(update(Media).where(col(Media.pk).in_(pks)).values(queued_at=at))
+
+
+def take_for_publish(session: Session, *, pks: list[int], at: datetime) -> list[int]:
+    """Mark as published, before publishing, those of ``pks`` nobody marked meanwhile; return
+    them. Marking first means a worker that hands a row back (queued_at NULL) after the
+    publish is never overwritten, and two dispatchers never both publish a row."""
+    if not pks:
+        return []
+    taken = session.execute(
+        update(Media)
+        .where(col(Media.pk).in_(pks), col(Media.queued_at).is_(None))
+        .values(queued_at=at)
+        .returning(col(Media.pk))
+    )
+    return sorted(pk for (pk,) in taken)
 
 
 def mark_unqueued(session: Session, *, pk: int) -> None:

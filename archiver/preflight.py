@@ -5,6 +5,7 @@ before ``tenants add`` and ``tenants update`` store anything."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,17 +14,22 @@ from urllib.parse import quote
 
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import Engine
+from sqlmodel import col, select
 
+from archiver import pauses
 from archiver.buckets import make_s3_client
+from archiver.db import session_scope
 from archiver.object_keys import normalise_prefix
 from archiver.settings import Settings
-from archiver.tables import Strategy
-from archiver.tenants import TenantSpec
+from archiver.tables import Strategy, Tenant
+from archiver.tenants import TenantChanges, TenantSpec, secrets_of, updated_spec
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 PROBE_SESSION = "titan-archiver-check"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,3 +142,28 @@ def _reason(exc: Exception) -> str:
         error = exc.response.get("Error", {})
         return str(error.get("Code") or error.get("Message") or "refused")
     return f"unreachable ({type(exc).__name__})"
+
+
+def probe_paused(engine: Engine, settings: Settings) -> list[str]:
+    """Check every tenant a worker paused; resume those whose settings work again (an
+    operator's pause stays until an operator resumes). Return the tenants resumed."""
+    box = settings.secret_box()
+    with session_scope(engine) as session:
+        waiting = [
+            (t.id or 0, t.name, updated_spec(t, secrets_of(t, box=box), TenantChanges()))
+            for t in session.exec(select(Tenant).where(col(Tenant.paused_auto)))
+            if t.paused_at is not None
+        ]
+    resumed = []
+    for tenant_id, name, spec in waiting:
+        failed = [f for f in check_tenant(spec, settings) if not f.ok]
+        if failed:
+            log.info("tenant %s still paused: %s", name, failed[0].detail, extra={"tenant": name})
+            continue
+        with session_scope(engine) as session:
+            if pauses.resume(session, tenant_id=tenant_id):
+                resumed.append(name)
+                log.warning(
+                    "tenant %s resumed: its settings work again", name, extra={"tenant": name}
+                )
+    return resumed

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, or_
 from sqlmodel import Session, col, select
 
 from archiver import lifecycle
 from archiver.broker import publish_archive, queue_depth
 from archiver.db import session_scope
+from archiver.errors import Unavailable
+from archiver.pauses import paused_ids
 from archiver.queue import queue_for
 from archiver.settings import Settings
 from archiver.tables import PENDING, Media, Status, utcnow
@@ -52,11 +54,18 @@ def expired_leases(session: Session, *, now: datetime, limit: int) -> list[int]:
     return [pk for pk in session.exec(query) if pk is not None]
 
 
-def unpublished(session: Session, *, limit: int) -> list[int]:
-    """Pending rows that are certainly not in the broker (their publish failed)."""
+def unpublished(session: Session, *, now: datetime, limit: int) -> list[int]:
+    """Pending rows that are certainly not in the broker and are due: their publish failed,
+    their retry time has come, or their tenant was resumed."""
     query = (
         select(Media.pk)
-        .where(col(Media.status).in_([s.value for s in PENDING]), col(Media.queued_at).is_(None))
+        .where(
+            col(Media.status).in_([s.value for s in PENDING]),
+            col(Media.queued_at).is_(None),
+            or_(col(Media.retry_at).is_(None), col(Media.retry_at) <= now),
+            # A paused tenant's rows wait for it to be resumed.
+            col(Media.tenant_id).not_in(paused_ids()),
+        )
         .order_by(col(Media.pk))
         .limit(limit)
     )
@@ -112,6 +121,25 @@ def publish_rows(engine: Engine, app: Celery, settings: Settings, pks: list[int]
         publish_archive(app, pk=pk, queue=queue)
 
 
+def dispatch(
+    engine: Engine, app: Celery, settings: Settings, *, now: datetime, limit: int = 5000
+) -> int:
+    """Publish the rows that are due and not in the broker (scheduled retries, failed
+    publishes) and mark them queued; return how many. Beat runs it every few seconds."""
+    with session_scope(engine) as session:
+        pks = lifecycle.take_for_publish(
+            session, pks=unpublished(session, now=now, limit=limit), at=now
+        )
+    try:
+        publish_rows(engine, app, settings, pks)
+    except Unavailable:
+        with session_scope(engine) as session:
+            for pk in pks:
+                lifecycle.mark_unqueued(session, pk=pk)
+        raise
+    return len(pks)
+
+
 def sweep(
     engine: Engine,
     app: Celery,
@@ -122,9 +150,9 @@ def sweep(
 ) -> SweepReport:
     """Publish again what the broker no longer holds; return what was re-queued."""
     now = now or utcnow()
+    unqueued = dispatch(engine, app, settings, now=now, limit=limit)
     with session_scope(engine) as session:
         expired = expired_leases(session, now=now, limit=limit)
-        unqueued = unpublished(session, limit=limit)
         due = due_pending_count(session, now=now)
     depth = queue_depth(app)
     # Pending rows outnumbering the queued messages were lost by the broker (e.g. a Redis
@@ -136,10 +164,10 @@ def sweep(
         with session_scope(engine) as session:
             cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
             lost = oldest_due(session, queued_before=cutoff, limit=min(missing, limit))
-    publish_rows(engine, app, settings, [*expired, *unqueued, *lost])
     with session_scope(engine) as session:
-        lifecycle.mark_queued(session, pks=[*unqueued, *lost], at=now)
-    report = SweepReport(len(expired), len(unqueued), len(lost), depth)
+        lifecycle.mark_queued(session, pks=lost, at=now)  # before the publish, as in dispatch
+    publish_rows(engine, app, settings, [*expired, *lost])
+    report = SweepReport(len(expired), unqueued, len(lost), depth)
     if report.total:
         log.info(
             "sweeper re-queued %d rows (expired leases %d, unqueued %d, lost by broker %d; "

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
     retry_base_seconds: float = Field(default=5.0, ge=0.1)
     retry_max_seconds: float = Field(default=600.0, ge=1)
+    # Transient failures retry until the media's time plus this (WhatsApp keeps it ~14 days).
+    retry_horizon_seconds: float = Field(default=13 * 86400.0, ge=1)
+    # How often beat publishes the retries that are due (and rows whose publish failed).
+    dispatch_interval_seconds: float = Field(default=5.0, ge=0.5)
+    # How often beat re-checks tenants a worker paused, resuming those that work again.
+    pause_probe_seconds: float = Field(default=300.0, ge=1)
     object_key_template: str = DEFAULT_TEMPLATE
     titan_connect_timeout: float = Field(default=10.0, gt=0)
     titan_read_timeout: float = Field(default=60.0, gt=0)

@@ -128,10 +128,21 @@ class Counts(Shape):
     size: int = Field(alias="bytes")
 
 
+class PausedTenant(Shape):
+    """A tenant whose media waits: Titan or its bucket refused its settings (``auto``), or an
+    operator paused it. Fix it with ``tenants update``; ``tenants resume`` resumes it."""
+
+    tenant: str
+    reason: str
+    since: datetime
+    auto: bool
+
+
 class Stats(Shape):
     by_status: dict[str, Counts] = Field(alias="byStatus")
     by_type: dict[str, Counts] = Field(alias="byType")
     oldest_unarchived_age_seconds: float | None = Field(alias="oldestUnarchivedAgeSeconds")
+    paused_tenants: list[PausedTenant] = Field(alias="pausedTenants")
 
 
 class StatsAnswer(Shape):
@@ -213,6 +224,8 @@ class TenantView(Shape):
     titan_api_key: Literal["********"] = Field(default=MASK, alias="titanApiKey")
     s3_secret_access_key: Literal["********"] | None = Field(alias="s3SecretAccessKey")
     created_at: OffsetTime | None = Field(alias="createdAt")
+    paused_at: OffsetTime | None = Field(alias="pausedAt", description="Paused since (null: not)")
+    paused_reason: str | None = Field(alias="pausedReason")
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantView:
@@ -229,6 +242,8 @@ class TenantView(Shape):
             previous_hmac_key_expires_at=previous if tenant.hmac_key_previous_enc else None,
             s3_secret_access_key=MASK if tenant.s3_secret_enc else None,
             created_at=tenant.created_at,
+            paused_at=tenant.paused_at,
+            paused_reason=tenant.paused_reason,
         )
 
 

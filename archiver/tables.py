@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    Integer,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -81,6 +82,14 @@ class Tenant(SQLModel, table=True):
     titan_api_key_enc: str = Field(sa_column=Column(Text, nullable=False))
     s3_secret_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime | None = _time(nullable=False)
+    # Paused: its rows wait (no attempt spent) until it is resumed. By an operator, or by a
+    # worker when Titan or the bucket refused the tenant's settings (paused_auto: probed and
+    # resumed on its own once they work again).
+    paused_at: datetime | None = _time()
+    paused_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    paused_auto: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
 
 
 class ApiKey(SQLModel, table=True):
@@ -158,7 +167,10 @@ class Media(SQLModel, table=True):
     archived_at: datetime | None = _time()
     updated_at: datetime | None = _time(nullable=False)
     lease_until: datetime | None = _time()
-    queued_at: datetime | None = _time()  # last publish (or due time of a retry); NULL: not queued
+    queued_at: datetime | None = _time()  # last publish; NULL: not in the broker
+    retry_at: datetime | None = _time()  # a retrying row is published again from this time
+    # Attempts whose worker died holding the lease (a poison file kills its workers).
+    crashes: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     upload_id: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # Sent as a voice note (Titan's ptt/voice); message_type says audio.
     voice_note: bool = Field(

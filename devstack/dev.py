@@ -127,8 +127,7 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
         )
         stack.add(receiver.process)
         say(f"receiver on {receiver.url}")
-        worker_argv = [*processes.worker_argv(2, isolated=False), "--beat"]
-        worker_argv += ["--schedule", str(root / "celerybeat-schedule")]
+        worker_argv = processes.worker_argv(2, isolated=False, beat=root / "celerybeat-schedule")
         stack.add(processes.start_process("worker", worker_argv, env, log_dir=logs))
         say(
             "worker started, metrics on "

@@ -73,6 +73,7 @@ WORKER_ENV = {
     "ARCHIVER_RETRY_BASE_SECONDS": "0.5",
     "ARCHIVER_RETRY_MAX_SECONDS": "4",
     "ARCHIVER_MAX_ATTEMPTS": "15",
+    "ARCHIVER_DISPATCH_INTERVAL_SECONDS": "1",
     "ARCHIVER_SHUTDOWN_GRACE_SECONDS": "5",
     "ARCHIVER_S3_CONNECT_TIMEOUT": "2",
     "ARCHIVER_S3_READ_TIMEOUT": "15",
@@ -239,9 +240,8 @@ class Rig:
         self._refused_lock = threading.Lock()
 
     def start_worker(self, index: int) -> None:
-        argv = [*processes.worker_argv(concurrency=2), "-n", f"w{index}-{secrets.token_hex(3)}@%h"]
-        if index == 0:
-            argv += ["--beat", "--schedule", str(self.tmp / "beat-schedule")]
+        beat = self.tmp / "beat-schedule" if index == 0 else None
+        argv = [*processes.worker_argv(2, beat=beat), "-n", f"w{index}-{secrets.token_hex(3)}@%h"]
         self.workers[index] = processes.start_process(f"fault-worker{index}", argv, self.env)
 
     def start_workers(self) -> None:

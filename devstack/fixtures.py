@@ -78,6 +78,7 @@ def process_env(database_url: str, broker_url: str, **extra: str) -> dict[str, s
         "ARCHIVER_SECRET_KEY": MASTER_KEY,
         "ARCHIVER_RETRY_BASE_SECONDS": "0.2",
         "ARCHIVER_RETRY_MAX_SECONDS": "2",
+        "ARCHIVER_DISPATCH_INTERVAL_SECONDS": "0.5",  # retries are published by beat
         "ARCHIVER_WORKER_METRICS_PORT": "0",  # tests that scrape workers give each a port
         **extra,
     }

@@ -144,9 +144,12 @@ def uvicorn_argv(target: str, port: int, *, log_level: str = "warning") -> list[
     ]
 
 
-def worker_argv(concurrency: int = 2, *, isolated: bool = True) -> list[str]:
+def worker_argv(
+    concurrency: int = 2, *, isolated: bool = True, beat: Path | None = None
+) -> list[str]:
     """A Celery worker of worker.celery_app; ``isolated``: no gossip, mingle or heartbeat
-    with other workers (each test's worker minds only its own broker)."""
+    with other workers (each test's worker minds only its own broker); ``beat``: also run
+    the periodic tasks (retries due, the sweeper), keeping beat's schedule in that file."""
     argv = [
         sys.executable,
         "-m",
@@ -161,4 +164,6 @@ def worker_argv(concurrency: int = 2, *, isolated: bool = True) -> list[str]:
     ]
     if isolated:
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if beat is not None:
+        argv += ["--beat", "--schedule", str(beat)]
     return argv

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from archiver import figures
+from archiver import figures, pauses
 from archiver import query as queries
 from archiver.api_keys import tenant_for_key
 from archiver.buckets import key_in_bucket, presign_get
@@ -26,7 +26,15 @@ from archiver.db import session_scope
 from archiver.errors import NotFound, PayloadError
 from archiver.names import MAX_ID_LEN, SESSION_RE, has_control
 from archiver.query import MediaQuery, encode_cursor, parse_query
-from archiver.shapes import Counts, MediaInfo, MediaPage, OneMedia, Stats, StatsAnswer
+from archiver.shapes import (
+    Counts,
+    MediaInfo,
+    MediaPage,
+    OneMedia,
+    PausedTenant,
+    Stats,
+    StatsAnswer,
+)
 from archiver.tables import Media, Status, Tenant, utcnow
 from archiver.tenants import get_tenant, list_tenants
 from receiver import resources
@@ -208,6 +216,7 @@ def _stats(res: Resources, request: Request) -> Response:
     with session_scope(res.engine) as session:
         found = figures.stats(session, tenant_id=tenant_id)
         backlog = figures.backlog(session, tenant_id=tenant_id)
+        held = pauses.paused(session, tenant_id=tenant_id)
     oldest = backlog.oldest_unarchived
     return ShapeResponse(
         StatsAnswer(
@@ -217,6 +226,10 @@ def _stats(res: Resources, request: Request) -> Response:
                 oldest_unarchived_age_seconds=round((utcnow() - oldest).total_seconds(), 3)
                 if oldest
                 else None,
+                paused_tenants=[
+                    PausedTenant(tenant=p.tenant, reason=p.reason, since=p.since, auto=p.auto)
+                    for p in held
+                ],
             )
         )
     )

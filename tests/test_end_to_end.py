@@ -144,7 +144,8 @@ def stack(
             procs.append(sim.process)
             receiver = services.start_receiver("receiver", env)
             procs.append(receiver.process)
-            procs.append(processes.start_process("worker", processes.worker_argv(2), env))
+            worker = processes.worker_argv(2, beat=tmp / "beat-schedule")
+            procs.append(processes.start_process("worker", worker, env))
             sim_url, receiver_url = sim.url, receiver.url
             built = _setup(request.param, env, s3, s3_endpoint, sim_url, receiver_url, procs)
             yield built

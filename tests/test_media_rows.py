@@ -133,6 +133,40 @@ def test_retrying_rows_are_claimable_and_failed_rows_are_not(engine: Engine) -> 
         assert lifecycle.claim(session, pk=fail_pk, now=utcnow(), lease_seconds=60).row is None
 
 
+def test_a_retrying_row_waits_for_its_time_and_is_then_due_for_the_dispatcher(
+    engine: Engine,
+) -> None:
+    pk = record(engine, make_tenant(engine), item()).pk
+    now = utcnow()
+    due = now + timedelta(minutes=5)
+    with session_scope(engine) as session:
+        lifecycle.claim(session, pk=pk, now=now, lease_seconds=60)
+        lifecycle.mark_retrying(session, pk=pk, attempt=1, now=now, error="503", due=due)
+    with session_scope(engine) as session:
+        # Not in the broker, but not due either: neither claimed early nor published early.
+        assert lifecycle.claim(session, pk=pk, now=now, lease_seconds=60).row is None
+        assert redrive.unpublished(session, now=now, limit=10) == []
+        assert redrive.unpublished(session, now=due, limit=10) == [pk]
+        assert redrive.due_pending_count(session, now=due) == 0  # not counted as in the broker
+        again = lifecycle.claim(session, pk=pk, now=due, lease_seconds=60).row
+    assert again is not None and again.attempts == 2 and again.crashes == 0
+
+
+def test_taking_over_an_expired_lease_counts_a_crash(engine: Engine) -> None:
+    pk = record(engine, make_tenant(engine), item()).pk
+    now = utcnow()
+    with session_scope(engine) as session:
+        lifecycle.claim(session, pk=pk, now=now, lease_seconds=10)
+    crashes = []
+    for n in range(1, 4):
+        later = now + timedelta(seconds=11 * n)
+        with session_scope(engine) as session:
+            row = lifecycle.claim(session, pk=pk, now=later, lease_seconds=10).row
+        assert row is not None
+        crashes.append(row.crashes)
+    assert crashes == [1, 2, 3]
+
+
 def test_sweeper_queries_find_expired_leases_unqueued_and_long_waiting_rows(engine: Engine) -> None:
     tenant = make_tenant(engine)
     waiting = record(engine, tenant, item("waiting")).pk
@@ -147,7 +181,7 @@ def test_sweeper_queries_find_expired_leases_unqueued_and_long_waiting_rows(engi
         assert redrive.expired_leases(session, now=now + timedelta(seconds=11), limit=10) == [
             leased
         ]
-        assert redrive.unpublished(session, limit=10) == [unqueued]
+        assert redrive.unpublished(session, now=now, limit=10) == [unqueued]
         assert redrive.due_pending_count(session, now=now + timedelta(seconds=1)) == 1
         assert redrive.oldest_due(session, queued_before=now - timedelta(minutes=5), limit=10) == []
         later = now + timedelta(hours=1)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from archiver.buckets import make_s3_client
-from archiver.errors import PermanentError
+from archiver.errors import TenantError
 from devstack.services import S3_CREDENTIALS, s3_client
 from worker.storage import SizeMismatch, put_stream
 
@@ -134,8 +134,8 @@ def test_retry_overwrites_the_same_key(s3: Any, bucket: str) -> None:
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
 
 
-def test_missing_bucket_is_permanent(s3: Any) -> None:
-    with pytest.raises(PermanentError, match="NoSuchBucket"):
+def test_a_missing_bucket_is_the_tenants_problem_not_the_files(s3: Any) -> None:
+    with pytest.raises(TenantError, match="NoSuchBucket"):
         put_stream(
             s3,
             bucket="no-such-bucket-" + uuid.uuid4().hex[:8],

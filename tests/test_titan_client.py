@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from archiver.errors import PermanentError, TransientError
+from archiver.errors import PermanentError, TenantError, TransientError
 from worker.titan_client import TitanClient, classify, parse_retry_after
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -107,9 +107,15 @@ def test_server_errors_are_transient(status: int) -> None:
         client(lambda r: httpx.Response(status, json={"error": "x"})).get_media("s", "m")
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409])
-def test_client_errors_are_permanent(status: int) -> None:
+@pytest.mark.parametrize("status", [400, 404, 409])
+def test_client_errors_about_the_media_are_permanent(status: int) -> None:
     with pytest.raises(PermanentError, match=str(status)):
+        client(lambda r: httpx.Response(status, json={"error": "nope"})).get_media("s", "m")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_is_the_tenants_problem_not_the_medias(status: int) -> None:
+    with pytest.raises(TenantError, match=str(status)):
         client(lambda r: httpx.Response(status, json={"error": "nope"})).get_media("s", "m")
 
 

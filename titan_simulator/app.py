@@ -69,6 +69,9 @@ def create_app(world: World | None = None) -> Starlette:
             if world.faults.take("bad_gateway"):
                 count("answered_502")
                 return None, _error(502, "Media worker unreachable")
+            if world.faults.take("unavailable"):
+                count("answered_503")
+                return None, _error(503, "Service overloaded")
         return account, None
 
     def media_request(request: Request) -> tuple[str, MediaRecord] | Response:

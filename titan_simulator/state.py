@@ -51,6 +51,7 @@ class Faults:
     rate_limit: int = 0  # answer 429 with Retry-After
     retry_after: int = 1
     bad_gateway: int = 0  # answer 502
+    unavailable: int = 0  # answer 503 (an outage: set a large count, then clear the faults)
     truncate: int = 0  # downloads send half the body under a full Content-Length
     wrong_length: int = 0  # downloads send a shorter body with a matching Content-Length
     slow_ms: int = 0  # delay per download chunk

@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from archiver import lifecycle
+from archiver import lifecycle, pauses
 from archiver.db import session_scope
-from archiver.errors import NotFound, PermanentError, TransientError
+from archiver.errors import NotFound, PermanentError, TenantError, TransientError
 from archiver.object_keys import object_key
 from archiver.tables import Media, Strategy, Tenant, utcnow
-from worker.backoff import retry_delay
+from worker.backoff import horizon, next_attempt, retry_delay
 from worker.resources import WorkerResources
 from worker.storage import abort_stale_uploads, abort_upload, put_stream
 from worker.titan_client import TitanClient
@@ -78,14 +77,17 @@ def _archive(res: WorkerResources, row: Media) -> Result:
     settings = res.settings
     pk = row.pk or 0
     attempt = row.attempts
-    if attempt > settings.max_attempts:
-        # A row whose attempts keep dying with their worker ends here, not in endless redelivery.
+    if row.crashes >= settings.max_attempts:
+        # A row whose attempts keep dying with their worker (a poison file) ends here, not in
+        # endless redelivery. Transient failures do not count: they retry until the horizon.
         reason = row.last_error or "worker lost during transfer"
-        return _fail(res, row, f"gave up after {attempt - 1} attempts: {reason}")
+        return _fail(res, row, f"gave up after {row.crashes} attempts whose worker died: {reason}")
     try:
         tenant, secrets = res.tenant(row.tenant_id)
     except NotFound:
         return _fail(res, row, "tenant no longer exists")
+    if tenant.paused_at is not None:
+        return _hand_back(res, row, f"tenant {tenant.name} is paused")
     started = time.monotonic()
     try:
         titan = res.titan(tenant, secrets)
@@ -93,39 +95,24 @@ def _archive(res: WorkerResources, row: Media) -> Result:
             outcome = _persist(titan, row)
         else:
             outcome = _download(res, tenant, s3=res.s3.get(tenant), titan=titan, row=row)
+    except TenantError as exc:
+        # Titan or the bucket refuses the tenant's settings: every row would fail alike.
+        with session_scope(res.engine) as session:
+            if pauses.pause(
+                session, tenant_id=tenant.id or 0, reason=str(exc), now=utcnow(), auto=True
+            ):
+                log.error(
+                    "tenant paused: %s; its media waits until it is fixed "
+                    "(titan-archiver tenants update / check / resume)",
+                    exc,
+                    extra={"tenant": tenant.name, "outcome": "paused"},
+                )
+        res.forget_tenant(tenant.id or 0)
+        return _hand_back(res, row, str(exc))
     except PermanentError as exc:
         return _fail(res, row, str(exc))
     except TransientError as exc:
-        if attempt >= settings.max_attempts:
-            return _fail(res, row, f"gave up after {attempt} attempts: {exc}")
-        delay = retry_delay(
-            attempt,
-            base=settings.retry_base_seconds,
-            cap=settings.retry_max_seconds,
-            retry_after=exc.retry_after,
-        )
-        now = utcnow()
-        with session_scope(res.engine) as session:
-            lifecycle.mark_retrying(
-                session,
-                pk=pk,
-                attempt=attempt,
-                now=now,
-                error=str(exc),
-                due=now + timedelta(seconds=delay),
-            )
-        log.info(
-            "transfer failed, retry in %.1fs: %s",
-            delay,
-            exc,
-            extra={
-                "tenant": tenant.name,
-                "mediaId": row.media_id,
-                "outcome": "retrying",
-                "attempt": attempt,
-            },
-        )
-        return Result("retrying", str(exc), retry_in=delay)
+        return _retry_later(res, tenant, row, exc)
     with session_scope(res.engine) as session:
         mine = lifecycle.mark_archived(
             session, pk=pk, attempt=attempt, now=utcnow(), outcome=outcome
@@ -146,6 +133,53 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         },
     )
     return Result("archived", size=outcome.get("size"), seconds=seconds)
+
+
+def _retry_later(res: WorkerResources, tenant: Tenant, row: Media, exc: TransientError) -> Result:
+    """Schedule the next attempt on the row, or fail it once its retry horizon has passed."""
+    settings = res.settings
+    assert row.received_at is not None
+    now = utcnow()
+    deadline = horizon(row.received_at, row.message_at, seconds=settings.retry_horizon_seconds)
+    delay = retry_delay(
+        row.attempts,
+        base=settings.retry_base_seconds,
+        cap=settings.retry_max_seconds,
+        retry_after=exc.retry_after,
+    )
+    due = next_attempt(now=now, delay=delay, deadline=deadline)
+    if due is None:
+        days = settings.retry_horizon_seconds / 86400
+        return _fail(
+            res,
+            row,
+            f"expired before it could be archived: still failing {days:g} days after the "
+            f"message (ARCHIVER_RETRY_HORIZON_SECONDS); last error: {exc}",
+        )
+    with session_scope(res.engine) as session:
+        lifecycle.mark_retrying(
+            session, pk=row.pk or 0, attempt=row.attempts, now=now, error=str(exc), due=due
+        )
+    wait = (due - now).total_seconds()
+    log.info(
+        "transfer failed, retry in %.1fs: %s",
+        wait,
+        exc,
+        extra={
+            "tenant": tenant.name,
+            "mediaId": row.media_id,
+            "outcome": "retrying",
+            "attempt": row.attempts,
+        },
+    )
+    return Result("retrying", str(exc), retry_in=wait)
+
+
+def _hand_back(res: WorkerResources, row: Media, reason: str) -> Result:
+    """The row's tenant is paused: give the row and its attempt back; it waits for a resume."""
+    with session_scope(res.engine) as session:
+        lifecycle.release(session, pk=row.pk or 0, attempt=row.attempts, now=utcnow())
+    return Result("paused", reason)
 
 
 def _fail(res: WorkerResources, row: Media, reason: str) -> Result:

@@ -9,7 +9,7 @@ from celery import signals
 
 from archiver.broker import make_celery
 from archiver.logs import configure_logging
-from archiver.queue import SWEEP_TASK
+from archiver.queue import DISPATCH_TASK, PROBE_TASK, SWEEP_TASK
 from archiver.settings import load_settings
 from worker import metrics
 from worker.tasks import register
@@ -18,7 +18,23 @@ settings = load_settings()
 configure_logging(settings.log_level, settings.log_format)
 app = make_celery(settings)
 app.conf.beat_schedule = {
-    "sweep-stuck-media": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds},
+    "sweep-stuck-media": {
+        "task": SWEEP_TASK,
+        "schedule": settings.sweep_interval_seconds,
+        # A sweep still waiting behind a backlog when the next is sent is worth nothing.
+        "options": {"expires": settings.sweep_interval_seconds},
+    },
+    "probe-paused-tenants": {
+        "task": PROBE_TASK,
+        "schedule": settings.pause_probe_seconds,
+        "options": {"expires": settings.pause_probe_seconds},
+    },
+    "dispatch-due-retries": {
+        "task": DISPATCH_TASK,
+        "schedule": settings.dispatch_interval_seconds,
+        # Behind a long backlog, a late dispatch still publishes what is due by then.
+        "options": {"expires": max(300.0, settings.dispatch_interval_seconds)},
+    },
 }
 register(app, settings)
 

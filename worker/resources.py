@@ -63,6 +63,10 @@ class WorkerResources:
         self._tenants[tenant_id] = (time.monotonic() + ttl, tenant, secrets)
         return tenant, secrets
 
+    def forget_tenant(self, tenant_id: int) -> None:
+        """Read the tenant afresh next time (it was just paused)."""
+        self._tenants.pop(tenant_id, None)
+
     def titan(self, tenant: Tenant, secrets: TenantSecrets) -> TitanClient:
         assert tenant.id is not None
         print_ = _fingerprint(tenant.titan_url, secrets.titan_api_key)

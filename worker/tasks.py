@@ -9,15 +9,19 @@ from celery import Celery, Task
 
 from archiver.broker import publish_archive
 from archiver.errors import Unavailable
+from archiver.preflight import probe_paused
 from archiver.queue import (
     ARCHIVE_BATCH_TASK,
     ARCHIVE_QUEUE,
     ARCHIVE_TASK,
+    DISPATCH_TASK,
+    PROBE_TASK,
     QUEUES,
     SWEEP_TASK,
 )
-from archiver.redrive import sweep
+from archiver.redrive import dispatch, sweep
 from archiver.settings import Settings
+from archiver.tables import utcnow
 from worker import metrics
 from worker.archive import Result, archive_rows
 from worker.resources import resources
@@ -40,8 +44,10 @@ def register(app: Celery, settings: Settings) -> None:
             raise task.retry(countdown=settings.retry_base_seconds, max_retries=None) from exc
         for pk, result in results:
             metrics.record(result.outcome, queue=queue, size=result.size, seconds=result.seconds)
-            if result.retry_in is not None:
-                # If this publish fails the row stays pending and the sweeper queues it again.
+            if result.outcome == "busy" and result.retry_in is not None:
+                # Another worker holds the lease: look again when it ends (at most a lease
+                # away). A retrying row waits on the row instead: the dispatcher publishes it
+                # at its retry_at, so no long countdown sits in the broker.
                 publish_archive(app, pk=pk, queue=queue, countdown=result.retry_in)
         return results
 
@@ -56,6 +62,14 @@ def register(app: Celery, settings: Settings) -> None:
             log.error("archive_batch: malformed arguments %r; dropped", pks)
             return []
         return [result.outcome for _, result in run(self, pks)]
+
+    @app.task(name=DISPATCH_TASK, ignore_result=True)
+    def dispatch_due() -> int:
+        return dispatch(resources(settings, app).engine, app, settings, now=utcnow())
+
+    @app.task(name=PROBE_TASK, ignore_result=True)
+    def probe_paused_tenants() -> list[str]:
+        return probe_paused(resources(settings, app).engine, settings)
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_stuck() -> int:

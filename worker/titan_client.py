@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from archiver.errors import AppError, PermanentError, TransientError
+from archiver.errors import AppError, PermanentError, TenantError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ def classify(status: int, *, message: str, retry_after: str | None = None) -> Ap
     text = f"titan answered {status}: {message}" if message else f"titan answered {status}"
     if status == 429 or status == 408 or status >= 500:
         return TransientError(text, retry_after=parse_retry_after(retry_after))
+    if status in (401, 403):
+        # The key is wrong, expired, disabled or under-scoped: the tenant's, not the media's.
+        return TenantError(text)
     return PermanentError(text)
 
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from archiver import figures, humanize
+from archiver import figures, humanize, pauses
 from archiver.broker import LiveWorker, make_celery, queue_depths, workers
 from archiver.cli.context import current_settings, database, friendly
 from archiver.errors import AppError
@@ -25,6 +25,7 @@ def status(tenant: str | None, as_json: bool) -> None:
     with database() as session:
         tenant_id = get_tenant(session, name=tenant).id if tenant else None
         backlog = figures.backlog(session, tenant_id=tenant_id)
+        held = pauses.paused(session, tenant_id=tenant_id)
     now = utcnow()
     age = (now - backlog.oldest_unarchived).total_seconds() if backlog.oldest_unarchived else 0.0
     failed_age = (now - backlog.oldest_failed).total_seconds() if backlog.oldest_failed else 0.0
@@ -42,10 +43,17 @@ def status(tenant: str | None, as_json: bool) -> None:
         "queueDepth": None if depths is None else sum(depths.values()),
         "queues": depths,
         "workers": live,
+        "pausedTenants": [
+            {"tenant": p.tenant, "reason": p.reason, "since": p.since.isoformat(), "auto": p.auto}
+            for p in held
+        ],
     }
     if as_json:
         click.echo(json.dumps(doc))
         return
+    for paused in held:
+        since = humanize.age((now - paused.since).total_seconds())
+        click.echo(f"PAUSED tenant {paused.tenant} for {since}: {paused.reason}")
     for name, count in rows.items():
         click.echo(f"{name:<28}{count}")
     click.echo(f"{'oldest unarchived':<28}{_age(age)}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from archiver import pauses
 from archiver.cli.context import current_settings, database, friendly
 from archiver.cli.output import echo_json
 from archiver.cli.secret_input import read_secret, secret_option
@@ -16,6 +17,7 @@ from archiver.errors import Conflict
 from archiver.preflight import check_tenant
 from archiver.settings import Settings
 from archiver.shapes import TenantView
+from archiver.tables import utcnow
 from archiver.tenants import (
     TenantChanges,
     TenantSpec,
@@ -164,6 +166,35 @@ def tenants_check(name: str) -> None:
         click.echo(json.dumps({"check": finding.check, "ok": finding.ok, "detail": finding.detail}))
     if not all(f.ok for f in findings):
         sys.exit(1)
+
+
+@tenants.command("pause")
+@click.argument("name")
+@click.option("--reason", default="paused by an operator", show_default=True)
+@friendly
+def tenants_pause(name: str, reason: str) -> None:
+    """Stop working on a tenant's media; its rows keep their place until it is resumed."""
+    with database() as session:
+        tenant = get_tenant(session, name=name)
+        pauses.pause(session, tenant_id=tenant.id or 0, reason=reason, now=utcnow(), auto=False)
+        session.refresh(tenant)
+        view = TenantView.of(tenant).doc()
+    click.echo(json.dumps(view))
+
+
+@tenants.command("resume")
+@click.argument("name")
+@friendly
+def tenants_resume(name: str) -> None:
+    """Work on a paused tenant's media again; its waiting rows go out within seconds."""
+    with database() as session:
+        tenant = get_tenant(session, name=name)
+        was_paused = pauses.resume(session, tenant_id=tenant.id or 0)
+        session.refresh(tenant)
+        view = TenantView.of(tenant).doc()
+    click.echo(json.dumps(view))
+    if not was_paused:
+        click.echo(f"tenant {name} was not paused", err=True)
 
 
 @tenants.command("list")

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from archiver import figures, humanize
+from archiver import figures, humanize, pauses
 from archiver import query as queries
 from archiver.api_keys import active_key, key_for
 from archiver.buckets import key_in_bucket, presign_get
@@ -264,6 +264,7 @@ class Dashboard:
                 counts = figures.stats(db, tenant_id=viewer.tenant_id)
                 backlog = figures.backlog(db, tenant_id=viewer.tenant_id)
                 rate = figures.archive_rate(db, tenant_id=viewer.tenant_id, now=now)
+                held = pauses.paused(db, tenant_id=viewer.tenant_id)
             oldest = backlog.oldest_unarchived
             age = (now - oldest) if oldest else None
             level = "ok"
@@ -280,6 +281,7 @@ class Dashboard:
                 "last_hour": sum(n for _, n in rate),
                 "oldest_age": age.total_seconds() if age else None,
                 "level": level,
+                "paused": held,
                 "expires_in": (timedelta(days=14) - age).total_seconds() if age else None,
             }
 

@@ -1,0 +1,172 @@
+"""A tenant whose Titan key or bucket is refused is paused, not failed: its rows wait without
+spending attempts, other tenants go on, and fixing the tenant (tenants update) or its bucket
+coming back (the probe) archives everything. Real processes: simulator, receiver, a worker
+running beat, moto; SQLite."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from archiver.db import make_engine, session_scope
+from archiver.tables import Media, Tenant
+from devstack import processes, services
+from devstack.fixtures import TenantSetup, Web, add_tenant, process_env, scrape, start_web
+from tests.conftest import migrated_database
+from tests.test_cli import run
+from titan_simulator.sender import SentMedia, Simulator, post_signed
+
+
+@dataclass
+class Stack:
+    database_url: str
+    s3_endpoint: str
+    web: Web
+    sim: Simulator
+    env: dict[str, str]
+    client: httpx.Client
+
+    def tenant(self, name: str) -> TenantSetup:
+        return add_tenant(self.database_url, sim=self.sim, s3_endpoint=self.s3_endpoint, name=name)
+
+    def send(self, tenant: TenantSetup, count: int) -> list[SentMedia]:
+        media = [
+            self.sim.make_media(account=tenant.name, message_type="image", size=20_000)
+            for _ in range(count)
+        ]
+        url = f"{self.web.receiver_url}/webhooks/{tenant.name}"
+        for item in media:
+            answer = post_signed(self.client, url, tenant.hmac_key, item.envelope)
+            assert answer.status_code == 202
+        return media
+
+    def rows(self, tenant: TenantSetup) -> list[Media]:
+        engine = make_engine(self.database_url)
+        try:
+            with session_scope(engine) as session:
+                owner = session.exec(select(Tenant).where(Tenant.name == tenant.name)).one()
+                return list(session.exec(select(Media).where(Media.tenant_id == owner.id)))
+        finally:
+            engine.dispose()
+
+    def paused(self, name: str) -> dict[str, Any] | None:
+        status = json.loads(self.cli("status", "--json").stdout)
+        found = [p for p in status["pausedTenants"] if p["tenant"] == name]
+        return found[0] if found else None
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> Any:
+        result = run(self.database_url, *args, check=False, env={**self.env, **(env or {})})
+        assert result.returncode == 0, result.stderr
+        return result
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint: str
+) -> Iterator[Stack]:
+    tmp: Path = tmp_path_factory.mktemp("pause")
+    broker = redis_url.rsplit("/", 1)[0] + "/8"
+    with migrated_database("sqlite", tmp, None) as database_url:
+        env = process_env(database_url, broker, ARCHIVER_PAUSE_PROBE_SECONDS="1")
+        web = start_web("pause", env)
+        worker = processes.start_process(
+            "pause-worker", processes.worker_argv(2, beat=tmp / "beat-schedule"), env
+        )
+        sim = Simulator(web.sim_url)
+        try:
+            with httpx.Client(timeout=30) as client:
+                yield Stack(database_url, s3_endpoint, web, sim, env, client)
+        finally:
+            sim.close()
+            worker.stop()
+            web.stop()
+
+
+def _wait(condition: Any, what: str, timeout: float = 60) -> None:
+    processes.wait_until(condition, timeout=timeout, interval=0.25, what=what)
+
+
+def _waiting_untouched(rows: list[Media]) -> bool:
+    return all(r.status == "queued" and r.attempts == 0 for r in rows)
+
+
+def test_a_titan_key_refused_pauses_its_tenant_alone_until_it_is_updated(stack: Stack) -> None:
+    a, b = (
+        stack.tenant("pause-a-" + secrets.token_hex(2)),
+        stack.tenant("ok-b-" + secrets.token_hex(2)),
+    )
+    revoked = "titan_revoked_" + secrets.token_hex(8)
+    stack.cli(
+        "tenants",
+        "update",
+        a.name,
+        "--titan-api-key-env",
+        "KEY",
+        "--no-check",
+        env={"KEY": revoked},
+    )
+    a_media, b_media = stack.send(a, 3), stack.send(b, 2)
+    _wait(lambda: stack.paused(a.name) is not None, "tenant A paused")
+    _wait(lambda: all(r.status == "archived" for r in stack.rows(b)), "tenant B archived")
+    paused = stack.paused(a.name)
+    assert paused is not None and "401" in paused["reason"] and paused["auto"] is True
+    assert stack.paused(b.name) is None
+    # A's rows keep their place: none failed, no attempt spent.
+    _wait(lambda: _waiting_untouched(stack.rows(a)), "A's rows handed back")
+    assert len(stack.rows(a)) == len(a_media) and len(stack.rows(b)) == len(b_media)
+    metrics = scrape(f"{stack.web.receiver_url}/metrics")
+    assert metrics[("archiver_tenant_paused", (("reason", "titan"), ("tenant", a.name)))] == 1
+
+    # The good key, checked against Titan before it is stored, resumes A: everything archives.
+    stack.cli(
+        "tenants", "update", a.name, "--titan-api-key-env", "KEY", env={"KEY": a.titan_api_key}
+    )
+    assert stack.paused(a.name) is None
+    _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "A archived after update")
+    assert {r.media_id: r.sha256 for r in stack.rows(a)} == {m.media_id: m.sha256 for m in a_media}
+
+
+def test_a_bucket_refused_pauses_its_tenant_until_new_settings_are_given(stack: Stack) -> None:
+    a = stack.tenant("pause-s3-" + secrets.token_hex(2))
+    stack.cli("tenants", "update", a.name, "--s3-bucket", "gone-" + a.bucket, "--no-check")
+    media = stack.send(a, 2)
+    _wait(lambda: stack.paused(a.name) is not None, "tenant paused by its bucket")
+    paused = stack.paused(a.name)
+    assert paused is not None and "NoSuchBucket" in paused["reason"]
+    _wait(lambda: _waiting_untouched(stack.rows(a)), "rows handed back")
+    stack.cli("tenants", "update", a.name, "--s3-bucket", a.bucket)
+    _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "archived after update")
+    assert len(stack.rows(a)) == len(media)
+
+
+def test_a_tenant_paused_by_a_worker_resumes_on_its_own_once_its_bucket_works(
+    stack: Stack,
+) -> None:
+    a = stack.tenant("pause-probe-" + secrets.token_hex(2))
+    later = "later-" + a.bucket
+    stack.cli("tenants", "update", a.name, "--s3-bucket", later, "--no-check")
+    stack.send(a, 2)
+    _wait(lambda: stack.paused(a.name) is not None, "tenant paused by its bucket")
+    services.s3_client(stack.s3_endpoint).create_bucket(Bucket=later)
+    _wait(lambda: stack.paused(a.name) is None, "the probe resumed it")
+    _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "archived after resume")
+
+
+def test_an_operator_pause_holds_until_resume(stack: Stack) -> None:
+    a = stack.tenant("held-" + secrets.token_hex(2))
+    stack.cli("tenants", "pause", a.name, "--reason", "migrating the bucket")
+    stack.send(a, 2)
+    _wait(lambda: _waiting_untouched(stack.rows(a)), "rows held")
+    paused = stack.paused(a.name)
+    assert paused is not None and paused["reason"] == "migrating the bucket"
+    assert paused["auto"] is False
+    stack.cli("tenants", "resume", a.name)
+    _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "archived after resume")
