@@ -139,8 +139,10 @@ def update_tenant(
         tenant.s3_secret_enc = (
             box.encrypt(spec.s3_secret_access_key) if spec.s3_secret_access_key else None
         )
-    # New settings are what a paused tenant waited for: its rows go out again.
-    tenant.paused_at, tenant.paused_reason, tenant.paused_auto = None, None, False
+    if tenant.paused_auto:
+        # A worker paused it because Titan or the bucket refused its settings; new settings
+        # are what it waited for. An operator's pause stays until `tenants resume`.
+        tenant.paused_at, tenant.paused_reason, tenant.paused_auto = None, None, False
     session.add(tenant)
     session.flush()
     return tenant, spec

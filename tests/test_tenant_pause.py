@@ -168,5 +168,8 @@ def test_an_operator_pause_holds_until_resume(stack: Stack) -> None:
     paused = stack.paused(a.name)
     assert paused is not None and paused["reason"] == "migrating the bucket"
     assert paused["auto"] is False
+    # Changing its settings does not lift an operator's pause; resuming does.
+    stack.cli("tenants", "update", a.name, "--s3-prefix", "moved/")
+    assert stack.paused(a.name) is not None
     stack.cli("tenants", "resume", a.name)
     _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "archived after resume")
