@@ -14,7 +14,7 @@ cannot overwrite the newer owner's outcome (``attempts`` is the fencing token).
 ``queued_at`` records the last publish; NULL means the row is pending but certainly not in
 the broker, so the next delivery or the dispatcher publishes it (a retrying row once its
 ``retry_at`` has come). A claim that takes over an expired lease counts a crash.
-Rows are created by the receiver (receiver/recording.py); reads live in archiver/query.py.
+Rows are created by the receiver (archiver/recording.py); reads live in archiver/query.py.
 """
 
 from __future__ import annotations

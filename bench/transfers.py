@@ -35,6 +35,7 @@ from archiver.broker import make_celery
 from archiver.buckets import make_s3_client
 from archiver.db import make_engine, session_scope
 from archiver.queue import queue_for
+from archiver.recording import Arrival
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
 from archiver.tables import Media, Status
@@ -42,7 +43,6 @@ from archiver.tenants import TenantSpec, create_tenant
 from devstack import processes, services
 from devstack.fixtures import migrated_database, record
 from receiver.envelope import media_item
-from receiver.recording import Arrival
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
 if TYPE_CHECKING:

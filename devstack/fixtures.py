@@ -19,15 +19,14 @@ from sqlmodel import col
 
 from archiver import migrate
 from archiver.db import make_engine, session_scope
+from archiver.recording import Arrival, MediaItem, Recorded
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings, load_settings
 from archiver.tables import Media, Tenant
 from archiver.tenants import TenantSpec, create_tenant
-from devstack import services
+from devstack import processes, services
 from devstack.processes import Process
-from receiver.envelope import MediaItem
 from receiver.publisher import Routed
-from receiver.recording import Arrival, Recorded
 from receiver.writers import writer_for
 from titan_simulator.sender import Simulator
 
@@ -225,3 +224,20 @@ def start_web(name: str, env: dict[str, str]) -> Web:
         sim.stop()
         raise
     return Web(sim.url, receiver.url, [sim.process, receiver.process])
+
+
+@contextmanager
+def running_archiver(name: str, env: dict[str, str], tmp: Path) -> Iterator[tuple[Web, Simulator]]:
+    """The simulator, a receiver and a worker that also runs beat (dispatcher, sweeper,
+    probes), all with ``env``; stopped afterwards."""
+    web = start_web(name, env)
+    worker = processes.start_process(
+        f"{name}-worker", processes.worker_argv(2, beat=tmp / f"{name}-beat-schedule"), env
+    )
+    sim = Simulator(web.sim_url)
+    try:
+        yield web, sim
+    finally:
+        sim.close()
+        worker.stop()
+        web.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,29 +16,10 @@ from archiver.names import (
     VOICE_NOTE_TYPES,
     has_control,
 )
+from archiver.recording import MediaItem
 
 MAX_TEXT_LEN = 4096
 MAX_JSON_DEPTH = 32
-
-
-@dataclass(frozen=True, slots=True)
-class MediaItem:
-    """A ``message.received`` event that carries media, reduced to what we store."""
-
-    media_id: str
-    session: str
-    message_id: str | None
-    message_type: str
-    mime_type: str | None
-    file_length: int | None
-    sender: str | None
-    caption: str | None
-    filename: str | None
-    media_url: str | None
-    message_at: datetime | None
-    event_id: str | None
-    sender_lid: str | None = None
-    voice_note: bool = False  # sent as a voice note (ptt/voice), stored as audio
 
 
 def parse_body(body: bytes) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from archiver.errors import Unavailable
-from receiver.recording import Arrival, Recorded
+from archiver.recording import Arrival, Recorded
 from receiver.writers import Writer
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from starlette.concurrency import run_in_threadpool
 
 from archiver.errors import ConfigError, InvalidSignature, PayloadError, Unavailable
 from archiver.names import SESSION_RE
+from archiver.recording import Arrival, MediaItem
 from archiver.shapes import Error, Ignored, Shape, WebhookAnswer
 from archiver.tables import Status
-from receiver.envelope import MediaItem, media_item, parse_body
+from receiver.envelope import media_item, parse_body
 from receiver.group_commit import GroupCommit
-from receiver.recording import Arrival
 from receiver.signature import verify
 from receiver.tenant_cache import TenantCache
 

@@ -18,14 +18,13 @@ import psycopg
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from archiver import lifecycle
+from archiver import lifecycle, recording
 from archiver.db import session_scope
 from archiver.errors import Unavailable
 from archiver.queue import queue_for
+from archiver.recording import Arrival, Batch, Recorded
 from archiver.tables import utcnow
-from receiver import recording
 from receiver.publisher import Routed
-from receiver.recording import Arrival, Batch, Recorded
 
 log = logging.getLogger(__name__)
 Results = list[Recorded | Unavailable]

@@ -190,10 +190,9 @@ def test_media_list_filters_and_export_stream_every_matching_row(
     from datetime import UTC, datetime, timedelta
 
     from archiver.db import make_engine, session_scope
+    from archiver.recording import Arrival, MediaItem
     from archiver.tenants import get_tenant
     from devstack import fixtures
-    from receiver.envelope import MediaItem
-    from receiver.recording import Arrival
 
     add(database_url)
     engine = make_engine(database_url)

@@ -10,12 +10,11 @@ from archiver import figures, lifecycle, redrive
 from archiver import query as queries
 from archiver.db import session_scope
 from archiver.query import MediaQuery
+from archiver.recording import MediaItem, Recorded
 from archiver.secrets_box import SecretBox
 from archiver.tables import Status, Tenant, utcnow
 from archiver.tenants import TenantSpec, create_tenant
 from devstack import fixtures
-from receiver.envelope import MediaItem
-from receiver.recording import Recorded
 
 BOX = SecretBox("test-master-key-for-rows")
 

@@ -12,12 +12,12 @@ from sqlalchemy import update
 from sqlmodel import col
 
 from archiver.db import make_engine, session_scope
+from archiver.recording import MediaItem
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media
 from archiver.tenants import TenantSpec, create_tenant
 from devstack import fixtures, processes, services
 from devstack.fixtures import MASTER_KEY, process_env
-from receiver.envelope import MediaItem
 from tests.conftest import migrated_database
 
 

@@ -180,12 +180,12 @@ def test_a_replayed_delivery_of_an_archived_event_changes_nothing(ops: Ops) -> N
 
 def test_a_burst_of_small_media_is_archived_in_batches_once_each(ops: Ops) -> None:
     from archiver.broker import make_celery
+    from archiver.recording import Arrival
     from archiver.settings import load_settings
     from archiver.tables import Tenant
     from devstack.fixtures import record
     from receiver.envelope import media_item
     from receiver.publisher import Publisher
-    from receiver.recording import Arrival
 
     items = [
         ops.sim.make_media(account="acme", message_type="image", size=20_000) for _ in range(40)

@@ -17,13 +17,13 @@ from sqlmodel import col
 
 from archiver import query as queries
 from archiver.db import make_engine, session_scope
+from archiver.recording import MediaItem
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media, Tenant
 from archiver.tenants import TenantSpec, create_tenant
 from devstack import fixtures
 from devstack.fixtures import MASTER_KEY, settings_for
 from devstack.services import s3_client
-from receiver.envelope import MediaItem
 from tests.test_receiver import serve
 
 ADMIN_KEY = "admin-" + secrets.token_urlsafe(24)

@@ -20,7 +20,7 @@ from sqlmodel import select
 from archiver.db import make_engine, session_scope
 from archiver.tables import Media
 from devstack import processes
-from devstack.fixtures import TenantSetup, Web, add_tenant, process_env, start_web
+from devstack.fixtures import TenantSetup, Web, add_tenant, process_env, running_archiver
 from tests.conftest import migrated_database
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
@@ -70,19 +70,12 @@ def stack(
             ARCHIVER_RETRY_BASE_SECONDS="0.2",
             ARCHIVER_RETRY_MAX_SECONDS="1",
         )
-        web = start_web("horizon", env)
-        worker = processes.start_process(
-            "horizon-worker", processes.worker_argv(2, beat=tmp / "beat-schedule"), env
-        )
-        sim = Simulator(web.sim_url)
-        try:
+        with (
+            running_archiver("horizon", env, tmp) as (web, sim),
+            httpx.Client(timeout=30) as client,
+        ):
             tenant = add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name="horizon")
-            with httpx.Client(timeout=30) as client:
-                yield Stack(database_url, web, sim, tenant, client)
-        finally:
-            sim.close()
-            worker.stop()
-            web.stop()
+            yield Stack(database_url, web, sim, tenant, client)
 
 
 def _wait(condition: Any, timeout: float, what: str) -> None:

@@ -19,7 +19,14 @@ from sqlmodel import select
 from archiver.db import make_engine, session_scope
 from archiver.tables import Media, Tenant
 from devstack import processes, services
-from devstack.fixtures import TenantSetup, Web, add_tenant, process_env, scrape, start_web
+from devstack.fixtures import (
+    TenantSetup,
+    Web,
+    add_tenant,
+    process_env,
+    running_archiver,
+    scrape,
+)
 from tests.conftest import migrated_database
 from tests.test_cli import run
 from titan_simulator.sender import SentMedia, Simulator, post_signed
@@ -76,18 +83,8 @@ def stack(
     broker = redis_url.rsplit("/", 1)[0] + "/8"
     with migrated_database("sqlite", tmp, None) as database_url:
         env = process_env(database_url, broker, ARCHIVER_PAUSE_PROBE_SECONDS="1")
-        web = start_web("pause", env)
-        worker = processes.start_process(
-            "pause-worker", processes.worker_argv(2, beat=tmp / "beat-schedule"), env
-        )
-        sim = Simulator(web.sim_url)
-        try:
-            with httpx.Client(timeout=30) as client:
-                yield Stack(database_url, s3_endpoint, web, sim, env, client)
-        finally:
-            sim.close()
-            worker.stop()
-            web.stop()
+        with running_archiver("pause", env, tmp) as (web, sim), httpx.Client(timeout=30) as client:
+            yield Stack(database_url, s3_endpoint, web, sim, env, client)
 
 
 def _wait(condition: Any, what: str, timeout: float = 60) -> None:

@@ -12,15 +12,20 @@ from typing import Any, TypeVar
 
 import click
 
+from archiver import lifecycle
 from archiver import query as queries
-from archiver.broker import make_celery
+from archiver.broker import make_celery, publish_archive
 from archiver.cli.context import current_settings, database, friendly, scope_count
 from archiver.cli.output import print_media
 from archiver.db import make_engine, session_scope
+from archiver.errors import Unavailable
+from archiver.names import MAX_ID_LEN, MEDIA_TYPES, SESSION_RE, has_control
 from archiver.query import FILTERS, MediaQuery, parse_query
+from archiver.queue import queue_for
+from archiver.recording import Arrival, MediaItem, record_items
 from archiver.redrive import retry_failed, sweep
 from archiver.shapes import MEDIA_INFO_COLUMNS, media_info
-from archiver.tables import Status
+from archiver.tables import Status, utcnow
 from archiver.tenants import get_tenant, list_tenants
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -189,3 +194,74 @@ def media_retry(retry_all: bool, tenant: str | None, media_ids: tuple[str, ...])
     finally:
         engine.dispose()
     click.echo(json.dumps({"requeued": count}))
+
+
+_TYPE_OF_MIME = {"image": "image", "video": "video", "audio": "audio"}
+
+
+@media.command("add")
+@click.argument("tenant")
+@click.option("--session", "session_name", required=True, help="The Titan session it came to.")
+@click.option("--media-id", required=True, help="Titan's mediaId, known from elsewhere.")
+@click.option("--message-id", default=None, help="The WhatsApp message id, if known.")
+@click.option("--mime-type", default=None, help="Its MIME type, if known (else Titan's).")
+@click.option(
+    "--type",
+    "message_type",
+    type=click.Choice(sorted(MEDIA_TYPES)),
+    default=None,
+    help="Its message type (default: from --mime-type, else document).",
+)
+@friendly
+def media_add(
+    tenant: str,
+    session_name: str,
+    media_id: str,
+    message_id: str | None,
+    mime_type: str | None,
+    message_type: str | None,
+) -> None:
+    """Archive a media id known from elsewhere (a webhook that never arrived), the way a
+    webhook's is: one row per tenant and media id (a second add is a duplicate), queued for
+    the workers. Prints {"id", "tenant", "status"}."""
+    if not SESSION_RE.match(session_name):
+        raise click.BadParameter("not a valid Titan session name", param_hint="--session")
+    for flag, value in (("--media-id", media_id), ("--message-id", message_id)):
+        if value is not None and (not value or len(value) > MAX_ID_LEN or has_control(value)):
+            raise click.BadParameter(f"1 to {MAX_ID_LEN} printable characters", param_hint=flag)
+    mime = mime_type.strip().lower() if mime_type else None
+    kind = message_type or _TYPE_OF_MIME.get((mime or "").split("/", 1)[0], "document")
+    item = MediaItem(
+        media_id=media_id,
+        session=session_name,
+        message_id=message_id,
+        message_type=kind,
+        mime_type=mime,
+        file_length=None,
+        sender=None,
+        caption=None,
+        filename=None,
+        media_url=None,
+        message_at=None,
+        event_id=None,
+    )
+    settings = current_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            owner = get_tenant(session, name=tenant)
+            arrival = Arrival(tenant_id=owner.id or 0, strategy=owner.strategy, item=item)
+            (recorded,) = record_items(session, arrivals=[arrival], now=utcnow())
+        if recorded.needs_publish:
+            queue = queue_for(None, kind, large_bytes=settings.large_media_bytes)
+            try:
+                publish_archive(make_celery(settings), pk=recorded.pk, queue=queue)
+            except Unavailable:
+                # Committed; the dispatcher publishes it once the broker answers.
+                with session_scope(engine) as session:
+                    lifecycle.mark_unqueued(session, pk=recorded.pk)
+                click.echo("broker unavailable: queued for the dispatcher", err=True)
+    finally:
+        engine.dispose()
+    status = recorded.status if recorded.created else "duplicate"
+    click.echo(json.dumps({"id": media_id, "tenant": tenant, "status": status}))

@@ -1,11 +1,12 @@
 """Turning accepted deliveries into media rows: one insert per database dialect, and the
 answer each delivery gets (created, or the existing row's state).
 
-A batch holds one row per (tenant, mediaId). PostgreSQL takes it as one prepared
-``INSERT ... SELECT FROM json_populate_recordset(...)`` (receiver/writers.py's PostgresWriter);
-SQLite as one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` through SQLAlchemy
-(``record_items``). Rows arrive ``queued`` (the publish follows the commit); a media item
-that Titan already persisted (``mediaUrl``) arrives ``archived``.
+A batch holds one row per (tenant, mediaId). PostgreSQL takes it as one
+``INSERT ... SELECT FROM json_populate_recordset(...)`` (``PG_INSERT``: the receiver's
+PostgresWriter runs it on its asyncio connections, ``record_items`` through a session);
+SQLite as one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``. Rows arrive ``queued`` (the
+publish follows the commit); a media item that Titan already persisted (``mediaUrl``)
+arrives ``archived``. Used by the receiver (webhooks) and the CLI (``media add``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,26 @@ from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, col
 
 from archiver.tables import PENDING, Media, Status
-from receiver.envelope import MediaItem
+
+
+@dataclass(frozen=True, slots=True)
+class MediaItem:
+    """A ``message.received`` event that carries media, reduced to what we store."""
+
+    media_id: str
+    session: str
+    message_id: str | None
+    message_type: str
+    mime_type: str | None
+    file_length: int | None
+    sender: str | None
+    caption: str | None
+    filename: str | None
+    media_url: str | None
+    message_at: datetime | None
+    event_id: str | None
+    sender_lid: str | None = None
+    voice_note: bool = False  # sent as a voice note (ptt/voice), stored as audio
 
 
 @dataclass(frozen=True)
@@ -139,12 +159,16 @@ def record_items(session: Session, *, arrivals: list[Arrival], now: datetime) ->
     if not arrivals:
         return []
     batch = Batch.of(arrivals, now)
-    stmt = (
-        sqlite.insert(Media)
-        .on_conflict_do_nothing(index_elements=["tenant_id", "media_id"])
-        .returning(col(Media.pk), col(Media.tenant_id), col(Media.media_id))
-    )
-    inserted = [tuple(r) for r in session.execute(stmt, batch.rows)]
+    if session.get_bind().dialect.name == "postgresql":
+        result = session.connection().exec_driver_sql(PG_INSERT, tuple(pg_rows(batch.rows)))
+        inserted = [tuple(r) for r in result]
+    else:
+        stmt = (
+            sqlite.insert(Media)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "media_id"])
+            .returning(col(Media.pk), col(Media.tenant_id), col(Media.media_id))
+        )
+        inserted = [tuple(r) for r in session.execute(stmt, batch.rows)]
     created = {(t, m): pk for pk, t, m in inserted}
     existing: dict[Key, tuple[int, str, datetime | None]] = {}
     missing = batch.missing(created)
