@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import literal, or_, tuple_
+from sqlalchemy.orm import load_only
 from sqlmodel import Session, and_, col, select
 
 from archiver.errors import PayloadError
@@ -255,13 +256,52 @@ def parse_query(params: Mapping[str, str]) -> MediaQuery:
 # -- reading rows ----------------------------------------------------------------------
 
 
-def search(session: Session, *, tenant_id: int | None, query: MediaQuery) -> list[Media]:
-    """One page of rows matching ``query``, newest first unless asc.
+# What MediaInfo (and a page's cursor) reads of a row: a listing loads only these, so the
+# worker's bookkeeping columns (lease, queue and retry times, crashes, upload id) cost a
+# page nothing.
+_INFO_COLUMNS = (
+    "pk",
+    "tenant_id",
+    "media_id",
+    "message_id",
+    "session",
+    "message_type",
+    "mime_type",
+    "file_length",
+    "sender",
+    "sender_lid",
+    "caption",
+    "filename",
+    "event_id",
+    "strategy",
+    "persisted",
+    "s3_url",
+    "bucket",
+    "object_key",
+    "sha256",
+    "size",
+    "status",
+    "attempts",
+    "last_error",
+    "received_at",
+    "message_at",
+    "archived_at",
+    "voice_note",
+)
+
+
+def search(
+    session: Session, *, tenant_id: int | None, query: MediaQuery, info_only: bool = False
+) -> list[Media]:
+    """One page of rows matching ``query``, newest first unless asc; ``info_only`` loads only
+    what MediaInfo shows (reading another attribute of those rows then raises).
 
     The order is (received_at, pk), immutable and unique, so keyset paging never skips or
     repeats a row; every filter's index ends in those columns, so a page is one index range.
     """
     stmt = select(Media)
+    if info_only:
+        stmt = stmt.options(load_only(*[getattr(Media, c) for c in _INFO_COLUMNS], raiseload=True))
     if tenant_id is not None:
         stmt = stmt.where(Media.tenant_id == tenant_id)
     for column, value in (

@@ -143,7 +143,9 @@ def _list(res: Resources, request: Request) -> Response:
 def _page(engine: Engine, scope: Tenant | None, query: MediaQuery) -> MediaPage:
     fetch = MediaQuery(**{**query.__dict__, "limit": query.limit + 1})
     with session_scope(engine) as session:
-        rows = queries.search(session, tenant_id=scope.id if scope else None, query=fetch)
+        rows = queries.search(
+            session, tenant_id=scope.id if scope else None, query=fetch, info_only=True
+        )
     names = {scope.id or 0: scope.name} if scope else _names(engine)
     page, more = rows[: query.limit], len(rows) > query.limit
     return MediaPage(

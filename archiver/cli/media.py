@@ -60,7 +60,7 @@ def iter_media(engine: Any, query: MediaQuery, *, page: int = 500) -> Iterator[d
     while True:
         batch = MediaQuery(**{**query.__dict__, "limit": page, "after": after})
         with session_scope(engine) as session:
-            rows = queries.search(session, tenant_id=tenant_id, query=batch)
+            rows = queries.search(session, tenant_id=tenant_id, query=batch, info_only=True)
         for row in rows:
             yield media_info(row, tenant=names.get(row.tenant_id, "?"))
         if len(rows) < page:
