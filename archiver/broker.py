@@ -6,14 +6,19 @@ The receiver publishes by task *name*, so it never imports worker code.
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Iterable
 from typing import Any, Protocol, TypedDict, cast
 
+import redis
 from celery import Celery
 from kombu import Queue
 from kombu.exceptions import ChannelError, KombuError, OperationalError
 
 from archiver.errors import Unavailable
 from archiver.queue import (
+    ARCHIVE_BATCH_TASK,
     ARCHIVE_QUEUE,
     ARCHIVE_TASK,
     DISPATCH_TASK,
@@ -155,3 +160,85 @@ def queue_depths(app: Celery) -> dict[str, int]:
 def queue_depth(app: Celery) -> int:
     """Messages waiting in all archive queues together."""
     return sum(queue_depths(app).values())
+
+
+# -- which rows the broker holds (Redis) --------------------------------------------------
+
+SCAN_LIMIT = 200_000  # messages; beyond this the sweeper falls back to comparing counts
+_SCAN_CHUNK = 1000
+# kombu's Redis transport: a queue's messages of priority p > 0 live under "<queue>\x06\x16<p>";
+# delivered, unacknowledged messages in the hash "unacked" as JSON [message, exchange, key].
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (0, 3, 6, 9)
+_UNACKED = "unacked"
+
+
+def rows_of_message(raw: bytes | str) -> list[int]:
+    """The media rows an archive task message carries ([] for anything else or unreadable)."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):  # an unacked entry: [message, exchange, routing key]
+            message = message[0]
+        task = message["headers"]["task"]
+        if task not in (ARCHIVE_TASK, ARCHIVE_BATCH_TASK):
+            return []
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        pks = args[0] if task == ARCHIVE_BATCH_TASK else args[:1]
+        return [pk for pk in pks if isinstance(pk, int)]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return []
+
+
+def _queue_keys() -> list[str]:
+    return [
+        f"{queue}{_PRIORITY_SEP}{step}" if step else queue
+        for queue in QUEUES
+        for step in _PRIORITY_STEPS
+    ]
+
+
+def rows_in_broker(broker_url: str, *, limit: int = SCAN_LIMIT) -> set[int] | None:
+    """Every media row an archive task in the broker carries: waiting in a queue, or
+    delivered to a worker and not yet acknowledged (running, prefetched, or waiting for its
+    countdown). Counted in rows, so a batch message of 16 rows counts 16.
+
+    None when the broker cannot be read this way (RabbitMQ: reading a queue would consume
+    it) or holds more than ``limit`` messages (then the caller compares counts instead).
+    The queues are read before the unacknowledged hash, so a message a worker takes
+    meanwhile (queue -> hash) is seen in one or the other.
+    """
+    if not broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    client = redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        keys = _queue_keys()
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.llen(key)
+        lengths = [int(n) for n in pipe.execute()]
+        if sum(lengths) + int(client.hlen(_UNACKED)) > limit:
+            return None
+        found: set[int] = set()
+        for key, length in zip(keys, lengths, strict=True):
+            # Indices count from the head, where publishes push; workers take from the
+            # tail, so an index range never skips a message that is still there.
+            for start in range(0, length, _SCAN_CHUNK):
+                found.update(_rows(client.lrange(key, start, start + _SCAN_CHUNK - 1)))
+        cursor = 0
+        while True:
+            cursor, entries = client.hscan(_UNACKED, cursor, count=_SCAN_CHUNK)
+            found.update(_rows(cast("dict[bytes, bytes]", entries).values()))
+            if cursor == 0:
+                return found
+    except redis.RedisError as exc:
+        raise Unavailable("broker unavailable") from exc
+    finally:
+        client.close()
+
+
+def _rows(messages: Iterable[bytes | str]) -> Iterable[int]:
+    for raw in messages:
+        yield from rows_of_message(raw)

@@ -11,9 +11,12 @@ failed ──retry (operator)──> queued        archived ──reopen (reconc
 Every transition is a conditional UPDATE that proceeds only if exactly one row changed,
 so two workers can never both own a row, and a worker whose lease was taken over
 cannot overwrite the newer owner's outcome (``attempts`` is the fencing token).
-``queued_at`` records the last publish; NULL means the row is pending but certainly not in
-the broker, so the next delivery or the dispatcher publishes it (a retrying row once its
-``retry_at`` has come). A claim that takes over an expired lease counts a crash.
+``queued_at`` records the last publish that is known to have succeeded; NULL means the row
+is pending and not known to be in the broker. A new row is recorded with NULL and marked
+once its receiver's publish succeeded (``mark_published``), so a receiver killed between
+its commit and its publish leaves a row that Titan's redelivery publishes (or, failing
+that, the dispatcher after a short grace). A retrying row is published by the dispatcher
+once its ``retry_at`` has come. A claim that takes over an expired lease counts a crash.
 Rows are created by the receiver (archiver/recording.py); reads live in archiver/query.py.
 """
 
@@ -202,6 +205,31 @@ def release(session: Session, *, pk: int, attempt: int, now: datetime) -> bool:
 def mark_queued(session: Session, *, pks: list[int], at: datetime) -> None:
     if pks:
         session.execute(update(Media).where(col(Media.pk).in_(pks)).values(queued_at=at))
+
+
+def mark_published(session: Session, *, pks: list[int], at: datetime) -> list[int]:
+    """Record that the publish of these new rows succeeded; return the rows marked.
+
+    Only a row nobody touched since it was recorded is marked (still ``queued``, never
+    published, ``updated_at`` still its arrival time): a fast worker may already have
+    claimed it and handed it back (a paused tenant) or scheduled a retry, and such a row
+    is no longer in the broker.
+    """
+    if not pks:
+        return []
+    marked = session.execute(
+        update(Media).where(*_untouched(pks)).values(queued_at=at).returning(col(Media.pk))
+    )
+    return sorted(pk for (pk,) in marked)
+
+
+def _untouched(pks: list[int]) -> list[ColumnElement[bool]]:
+    return [
+        col(Media.pk).in_(pks),
+        col(Media.status) == Status.QUEUED.value,
+        col(Media.queued_at).is_(None),
+        col(Media.updated_at) == col(Media.received_at),
+    ]
 
 
 def take_for_publish(session: Session, *, pks: list[int], at: datetime) -> list[int]:

@@ -4,8 +4,10 @@ answer each delivery gets (created, or the existing row's state).
 A batch holds one row per (tenant, mediaId). PostgreSQL takes it as one
 ``INSERT ... SELECT FROM json_populate_recordset(...)`` (``PG_INSERT``: the receiver's
 PostgresWriter runs it on its asyncio connections, ``record_items`` through a session);
-SQLite as one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``. Rows arrive ``queued`` (the
-publish follows the commit); a media item that Titan already persisted (``mediaUrl``)
+SQLite as one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``. Rows arrive ``queued`` and
+not yet known to be published (``queued_at`` NULL): the publish follows the commit, and the
+row is marked published only once it succeeded (``PG_MARK_PUBLISHED`` /
+``lifecycle.mark_published``). A media item that Titan already persisted (``mediaUrl``)
 arrives ``archived``. Used by the receiver (webhooks) and the CLI (``media add``).
 """
 
@@ -20,7 +22,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, col
 
-from archiver.tables import PENDING, Media, Status
+from archiver.tables import Media, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ def _values(arrival: Arrival, now: datetime) -> dict[str, Any]:
         "message_at": item.message_at,
         "archived_at": None,
         "updated_at": now,
-        "queued_at": now,
+        "queued_at": None,  # set once the publish succeeded
         "voice_note": item.voice_note,
     }
     if item.media_url:
@@ -97,7 +99,6 @@ def _values(arrival: Arrival, now: datetime) -> dict[str, Any]:
             "persisted": True,
             "s3_url": item.media_url,
             "archived_at": now,
-            "queued_at": None,
         }
     return values
 
@@ -131,7 +132,6 @@ class Batch:
         self, created: dict[Key, int], existing: dict[Key, tuple[int, str, datetime | None]]
     ) -> list[Recorded]:
         """One answer per arrival, in order; the first arrival of a new row created it."""
-        pending = {s.value for s in PENDING}
         answers: list[Recorded] = []
         claimed: set[Key] = set()
         for arrival in self.arrivals:
@@ -144,9 +144,11 @@ class Batch:
                 answers.append(Recorded(created[key], first, status, needs))
             else:
                 pk, status, queued_at = existing[key]
-                # A redelivery re-queues only a row whose earlier publish failed (queued_at
-                # NULL), so concurrent duplicates do not multiply broker messages.
-                answers.append(Recorded(pk, False, status, status in pending and queued_at is None))
+                # A redelivery publishes a queued row not known to be in the broker: its
+                # publish failed, or its receiver died between the commit and the publish.
+                # (A retrying row waits for its time; the dispatcher publishes it then.)
+                unpublished = status == Status.QUEUED.value and queued_at is None
+                answers.append(Recorded(pk, False, status, unpublished))
         return answers
 
 
@@ -215,7 +217,16 @@ PG_EXISTING = (
 )
 
 
-PG_UNQUEUE = "UPDATE media SET queued_at = NULL WHERE pk = ANY(%s::bigint[])"
+# lifecycle.mark_published in one round trip. The mark need not be durable at once (a mark
+# lost in a crash costs one extra broker message, never a row), so this statement's commit
+# does not wait for the WAL flush: set_config(..., true) lasts to the end of the statement's
+# own transaction, and works through PgBouncer's transaction pooling too.
+PG_MARK_PUBLISHED = (
+    "UPDATE media SET queued_at = %s "
+    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit "
+    "WHERE pk = ANY(%s::bigint[]) AND status = 'queued' AND queued_at IS NULL "
+    "AND updated_at = received_at"
+)
 
 
 def _naive_utc(value: Any) -> str:

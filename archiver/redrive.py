@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import Engine, func, or_
+from sqlalchemy import Engine, and_, func, or_, update
 from sqlmodel import Session, col, select
 
 from archiver import lifecycle
-from archiver.broker import publish_archive, queue_depth
+from archiver.broker import SCAN_LIMIT, publish_archive, queue_depth, rows_in_broker
 from archiver.db import session_scope
 from archiver.errors import Unavailable
 from archiver.pauses import paused_ids
@@ -54,15 +54,31 @@ def expired_leases(session: Session, *, now: datetime, limit: int) -> list[int]:
     return [pk for pk in session.exec(query) if pk is not None]
 
 
+# A new row's receiver publishes it right after its commit and then marks it; the
+# dispatcher leaves a row that arrived this recently to it.
+PUBLISH_GRACE = timedelta(seconds=30)
+# A row marked published this recently may still be on its way into the broker (the
+# dispatcher and operator re-queues mark before they publish); ARCHIVER_STUCK_AFTER_SECONDS
+# shortens it.
+LOST_GRACE = timedelta(seconds=15)
+
+
 def unpublished(session: Session, *, now: datetime, limit: int) -> list[int]:
-    """Pending rows that are certainly not in the broker and are due: their publish failed,
-    their retry time has come, or their tenant was resumed."""
+    """Pending rows not known to be in the broker that are due: their publish failed or
+    their receiver died before it (after ``PUBLISH_GRACE``), their retry time has come, or
+    their tenant was resumed."""
     query = (
         select(Media.pk)
         .where(
             col(Media.status).in_([s.value for s in PENDING]),
             col(Media.queued_at).is_(None),
-            or_(col(Media.retry_at).is_(None), col(Media.retry_at) <= now),
+            or_(
+                col(Media.retry_at) <= now,
+                and_(
+                    col(Media.retry_at).is_(None),
+                    col(Media.received_at) <= now - PUBLISH_GRACE,
+                ),
+            ),
             # A paused tenant's rows wait for it to be resumed.
             col(Media.tenant_id).not_in(paused_ids()),
         )
@@ -90,6 +106,38 @@ def due_pending_count(session: Session, *, now: datetime) -> int:
         col(Media.status).in_([s.value for s in PENDING]), col(Media.queued_at) <= now
     )
     return int(session.exec(query).one())
+
+
+def published_before(session: Session, *, before: datetime, limit: int) -> list[int]:
+    """Pending rows marked published before ``before``: each should be in the broker."""
+    query = (
+        select(Media.pk)
+        .where(
+            col(Media.status).in_([s.value for s in PENDING]),
+            col(Media.queued_at) < before,
+            col(Media.tenant_id).not_in(paused_ids()),
+        )
+        .order_by(col(Media.queued_at))
+        .limit(limit)
+    )
+    return [pk for pk in session.exec(query) if pk is not None]
+
+
+def retake(session: Session, *, pks: list[int], before: datetime, at: datetime) -> list[int]:
+    """Mark lost rows published again, unless they moved on meanwhile; return those taken."""
+    if not pks:
+        return []
+    taken = session.execute(
+        update(Media)
+        .where(
+            col(Media.pk).in_(pks),
+            col(Media.status).in_([s.value for s in PENDING]),
+            col(Media.queued_at) < before,
+        )
+        .values(queued_at=at)
+        .returning(col(Media.pk))
+    )
+    return sorted(pk for (pk,) in taken)
 
 
 def oldest_due(session: Session, *, queued_before: datetime, limit: int) -> list[int]:
@@ -153,19 +201,8 @@ def sweep(
     unqueued = dispatch(engine, app, settings, now=now, limit=limit)
     with session_scope(engine) as session:
         expired = expired_leases(session, now=now, limit=limit)
-        due = due_pending_count(session, now=now)
-    depth = queue_depth(app)
-    # Pending rows outnumbering the queued messages were lost by the broker (e.g. a Redis
-    # restarted empty). The oldest are the likeliest lost; only long-waiting ones qualify,
-    # so a merely busy queue is never flooded with copies.
-    missing = max(0, due - depth)
-    lost: list[int] = []
-    if missing:
-        with session_scope(engine) as session:
-            cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
-            lost = oldest_due(session, queued_before=cutoff, limit=min(missing, limit))
-    with session_scope(engine) as session:
-        lifecycle.mark_queued(session, pks=lost, at=now)  # before the publish, as in dispatch
+    depth = queue_depth(app)  # as found, before this sweep adds to it
+    lost = find_lost(engine, app, settings, now=now, limit=limit)
     publish_rows(engine, app, settings, [*expired, *lost])
     report = SweepReport(len(expired), unqueued, len(lost), depth)
     if report.total:
@@ -179,6 +216,38 @@ def sweep(
             depth,
         )
     return report
+
+
+def find_lost(
+    engine: Engine, app: Celery, settings: Settings, *, now: datetime, limit: int
+) -> list[int]:
+    """Rows marked published that the broker no longer holds (a Redis restarted empty or
+    flushed, a dispatcher killed between its mark and its publish), marked again for
+    publishing.
+
+    On Redis the sweeper reads which rows the broker's messages carry, waiting or delivered
+    and unacknowledged, and compares row by row: exact, so it needs no long wait and never
+    floods a queue that is merely busy. Elsewhere (RabbitMQ keeps its messages across a
+    restart) it compares counts, messages against rows, and re-queues only rows waiting
+    longer than ``ARCHIVER_STUCK_AFTER_SECONDS``.
+    """
+    before = now - min(LOST_GRACE, timedelta(seconds=settings.stuck_after_seconds))
+    # The rows first, then the broker: a row published after this read is not a candidate,
+    # and one consumed meanwhile has moved on (``retake`` re-checks).
+    with session_scope(engine) as session:
+        candidates = published_before(session, before=before, limit=SCAN_LIMIT)
+    if not candidates:
+        return []
+    held = rows_in_broker(settings.broker_url)
+    if held is not None:
+        lost = [pk for pk in candidates if pk not in held][:limit]
+    else:
+        with session_scope(engine) as session:
+            missing = max(0, due_pending_count(session, now=now) - queue_depth(app))
+            cutoff = now - timedelta(seconds=settings.stuck_after_seconds)
+            lost = oldest_due(session, queued_before=cutoff, limit=min(missing, limit))
+    with session_scope(engine) as session:
+        return retake(session, pks=lost, before=before, at=now)
 
 
 def retry_failed(

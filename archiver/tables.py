@@ -128,7 +128,8 @@ class Media(SQLModel, table=True):
             postgresql_ops={"mime_type": "text_pattern_ops"},
         ),
         Index("ix_media_status_lease", "status", "lease_until"),
-        Index("ix_media_status_queued", "status", "queued_at"),
+        # No index covers queued_at: the receiver's mark after each publish stays a
+        # heap-only update (migration 0011).
         # The dashboard's archive rate. Partial: rows arrive with archived_at NULL, so the
         # receiver's inserts never touch it.
         Index(

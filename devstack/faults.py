@@ -51,7 +51,22 @@ SCENARIOS = (
     "titan_faults",
     "postgres_restart",
     "media_gone",
+    "receiver_kill",
 )
+# Recovery from these must not depend on short timings: they run with the product's
+# defaults (sweep every 60 s, dispatch every 5 s, 120 s leases) and must settle within
+# RECOVERY_LIMIT of the fault.
+DEFAULT_TIMINGS = frozenset({"redis_restart", "receiver_kill"})
+RECOVERY_LIMIT = 120.0
+_TIMINGS = {
+    "ARCHIVER_LEASE_SECONDS",
+    "ARCHIVER_SWEEP_INTERVAL_SECONDS",
+    "ARCHIVER_STUCK_AFTER_SECONDS",
+    "ARCHIVER_RETRY_BASE_SECONDS",
+    "ARCHIVER_RETRY_MAX_SECONDS",
+    "ARCHIVER_MAX_ATTEMPTS",
+    "ARCHIVER_DISPATCH_INTERVAL_SECONDS",
+}
 
 
 @dataclass(frozen=True)
@@ -174,6 +189,8 @@ class Outcome:
     stray_uploads: int = 0
     sha_mismatch: int = 0
     seconds: float = 0.0
+    recovery: float = 0.0  # seconds from the fault to every row settled
+    downloads: int = 0  # media downloads Titan served (each media once, unless a fault cut one)
     retried_rows: int = 0  # rows that needed more than one attempt: the fault bit
     refused: int = 0  # deliveries the receiver answered 5xx (or could not take) and were resent
     evidence: str = ""
@@ -181,7 +198,9 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.stray_uploads or self.sha_mismatch)
+        return not (
+            self.lost or self.duplicated or self.stray_uploads or self.sha_mismatch or self.problems
+        )
 
 
 class Rig:
@@ -205,13 +224,18 @@ class Rig:
             "ARCHIVER_DATABASE_URL": self.pg.url,
             "ARCHIVER_BROKER_URL": self.redis.url,
             "ARCHIVER_SECRET_KEY": self.master,
-            **WORKER_ENV,
+            **{
+                name: value
+                for name, value in WORKER_ENV.items()
+                if scenario not in DEFAULT_TIMINGS or name not in _TIMINGS
+            },
         }
         sim = services.start_simulator("fault-sim")
         self.procs.append(sim.process)
-        receiver = services.start_receiver("fault-receiver", self.env, ready="/healthz")
-        self.procs.append(receiver.process)
-        self.sim_url, self.receiver_url = sim.url, receiver.url
+        self.receiver_port = processes.free_port()
+        self.receiver: processes.Process | None = None
+        self.start_receiver()
+        self.sim_url, self.receiver_url = sim.url, f"http://127.0.0.1:{self.receiver_port}"
         self.sim = Simulator(self.sim_url)
         self.bucket = f"faults-{scenario.replace('_', '-')}"
         self.s3.create_bucket(Bucket=self.bucket)
@@ -239,6 +263,16 @@ class Rig:
         self.refused = 0
         self._refused_lock = threading.Lock()
 
+    def start_receiver(self) -> None:
+        self.receiver = services.start_receiver(
+            "fault-receiver", self.env, port=self.receiver_port, ready="/healthz"
+        ).process
+
+    def kill_receiver(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop(signal.SIGKILL)
+            self.receiver = None
+
     def start_worker(self, index: int) -> None:
         beat = self.tmp / "beat-schedule" if index == 0 else None
         argv = [*processes.worker_argv(2, beat=beat), "-n", f"w{index}-{secrets.token_hex(3)}@%h"]
@@ -255,6 +289,8 @@ class Rig:
             self.workers[index] = None
 
     def close(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
         for i in range(len(self.workers)):
             worker = self.workers[i]
             if worker is not None:
@@ -343,6 +379,10 @@ class Rig:
         with suppress(TimeoutError):
             processes.wait_until(settled, timeout=timeout, interval=0.5)
 
+    def unpublished(self) -> int:
+        """Rows committed and queued but not known to be in the broker."""
+        return sum(r.status == Status.QUEUED and r.queued_at is None for r in self.rows())
+
     def ledger(self, outcome: Outcome, media: list[SentMedia], gone: set[str]) -> Outcome:
         rows = self.rows()
         by_id: dict[str, list[Media]] = {}
@@ -424,11 +464,13 @@ def run_scenario(name: str, profile: Profile) -> Outcome:
         fault: threading.Thread | None = None
 
         evidence = ""
+        fault_at = time.monotonic()
         if name == "redis_restart":
             # Work piles up in Redis with no worker to take it; then Redis comes back empty.
             rig.deliver_twice(media, deadline=deadline)
             before = _queue_length(rig)
             rig.redis.restart_empty()
+            fault_at = time.monotonic()
             evidence = f"queue {before} -> {_queue_length(rig)} messages at restart"
             rig.start_workers()
         else:
@@ -457,6 +499,23 @@ def run_scenario(name: str, profile: Profile) -> Outcome:
                     rig.s3_proxy.up()
 
                 fault = _in_background(cut_s3)
+            elif name == "receiver_kill":
+                killed: list[str] = []
+
+                def kill_receiver() -> None:
+                    nonlocal fault_at
+                    # kill -9 while deliveries are in flight: some requests die before their
+                    # commit, some between the commit and the publish, some after.
+                    processes.wait_until(
+                        lambda: len(rig.rows()) >= len(media) // 3, timeout=60, interval=0.005
+                    )
+                    rig.kill_receiver()
+                    fault_at = time.monotonic()
+                    killed.append(f"{len(rig.rows())} rows, {rig.unpublished()} unpublished")
+                    time.sleep(1)
+                    rig.start_receiver()
+
+                fault = _in_background(kill_receiver)
             elif name == "postgres_restart":
                 # Down before the first delivery, so the outage always overlaps the traffic
                 # (ingest is fast enough to finish everything in well under a second).
@@ -471,11 +530,22 @@ def run_scenario(name: str, profile: Profile) -> Outcome:
         if fault is not None:
             fault.join()
         rig.settle(len(media), max(10.0, deadline - time.monotonic()))
+        recovery = time.monotonic() - fault_at
         rig.sim.set_faults()
         outcome = Outcome(
             scenario=name, events=len(media), duplicates_sent=len(media), evidence=evidence
         )
         rig.ledger(outcome, media, gone)
+        outcome.recovery = recovery
+        outcome.downloads = rig.sim.stats().get("download", 0)
+        if name == "receiver_kill":
+            outcome.evidence = f"at the kill: {killed[0] if killed else '?'}"
+        if name in DEFAULT_TIMINGS:
+            if recovery > RECOVERY_LIMIT:
+                outcome.problems.append(f"settled {recovery:.0f} s after the fault")
+            if outcome.downloads != len(media):
+                outcome.problems.append(f"{outcome.downloads} downloads for {len(media)} media")
+                outcome.duplicated += max(0, outcome.downloads - len(media))
         if name == "media_gone":
             # No retry storm: each gone item was asked for exactly once.
             asked = rig.sim.stats().get("answered_404", 0)
@@ -484,7 +554,9 @@ def run_scenario(name: str, profile: Profile) -> Outcome:
                 outcome.duplicated += asked - len(gone)
         outcome.seconds = time.monotonic() - started
         if not outcome.ok:
-            for proc in rig.procs + [w for w in rig.workers if w]:
+            for proc in [*rig.procs, rig.receiver, *rig.workers]:
+                if proc is None:
+                    continue
                 outcome.problems.append(f"log {proc.name}: {proc.log_path}")
         return outcome
     finally:
@@ -526,6 +598,7 @@ COLUMNS = (
     "sha_mismatch",
     "retried_rows",
     "refused",
+    "recovery",
     "seconds",
 )
 WIDTH = 10

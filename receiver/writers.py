@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import psycopg
@@ -54,6 +55,11 @@ def writer_for(engine: Engine, *, publisher: Publishes, large_bytes: int) -> Wri
     return ThreadedWriter(engine=engine, publisher=publisher, large_bytes=large_bytes)
 
 
+def _naive(moment: datetime) -> datetime:
+    """A UTC time as the media table's columns hold it (timestamp without time zone)."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
 def _refuse_unpublished(recorded: list[Recorded], exc: Unavailable) -> Results:
     """Committed but not queued: refuse exactly the requests that needed the publish."""
     return [exc if r.needs_publish else r for r in recorded]
@@ -71,31 +77,86 @@ def _routed(arrivals: list[Arrival], recorded: list[Recorded], large_bytes: int)
     return sorted(routed.items())
 
 
+MARK_EVERY = 0.05  # seconds: publish marks of concurrent batches share one UPDATE
+
+
+class Marks:
+    """Marks rows published, coalescing the batches of the last ``MARK_EVERY`` seconds into
+    one statement off the request's path (measured in docs/performance.md: one UPDATE per
+    batch halved ingest). A mark that never lands (the process killed, the database away)
+    costs the row one extra broker message later (the dispatcher's), never the row."""
+
+    def __init__(self, mark: Callable[[list[int]], Awaitable[None]]) -> None:
+        self._mark = mark
+        self._pks: list[int] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, pks: list[int]) -> None:
+        if not pks:
+            return
+        self._pks += pks
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="publish-marks")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(MARK_EVERY)
+            await self.flush()
+
+    async def flush(self) -> None:
+        self._wake.clear()
+        pks, self._pks = self._pks, []
+        if pks:
+            try:
+                await self._mark(pks)
+            except Exception:
+                log.warning("could not mark %d rows published; the dispatcher will", len(pks))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+
 class ThreadedWriter:
     def __init__(self, *, engine: Engine, publisher: Publishes, large_bytes: int) -> None:
         self._engine = engine
         self._publisher = publisher
         self._large_bytes = large_bytes
+        self._marks = Marks(self._mark)
 
     async def write(self, arrivals: list[Arrival]) -> Results:
-        return await run_in_threadpool(self._write, arrivals)
+        results, published = await run_in_threadpool(self._write, arrivals)
+        self._marks.add(published)
+        return results
 
-    def _write(self, arrivals: list[Arrival]) -> Results:
+    async def _mark(self, pks: list[int]) -> None:
+        def mark() -> None:
+            with session_scope(self._engine) as session:
+                lifecycle.mark_published(session, pks=pks, at=utcnow())
+
+        await run_in_threadpool(mark)
+
+    def _write(self, arrivals: list[Arrival]) -> tuple[Results, list[int]]:
         with session_scope(self._engine) as session:
             recorded = recording.record_items(session, arrivals=arrivals, now=utcnow())
         to_publish = _routed(arrivals, recorded, self._large_bytes)
         try:
             self._publisher.publish(to_publish)
         except Unavailable as exc:
-            # Flag the rows so Titan's retry or the sweeper queues them.
-            with suppress(Unavailable), session_scope(self._engine) as session:
-                for pk, _ in to_publish:
-                    lifecycle.mark_unqueued(session, pk=pk)
-            return _refuse_unpublished(recorded, exc)
-        return list(recorded)
+            # Committed, not published (queued_at stays NULL): Titan's retry or the
+            # dispatcher queues them.
+            return _refuse_unpublished(recorded, exc), []
+        return list(recorded), [pk for pk, _ in to_publish]
 
     async def close(self) -> None:
-        return None
+        await self._marks.close()
 
 
 class PostgresWriter:
@@ -110,6 +171,7 @@ class PostgresWriter:
         )
         for _ in range(connections):
             self._idle.put_nowait(None)  # connected on first use
+        self._marks = Marks(self._mark)
 
     async def write(self, arrivals: list[Arrival]) -> Results:
         batch = Batch.of(arrivals, utcnow())
@@ -134,9 +196,10 @@ class PostgresWriter:
             try:
                 await self._publisher.apublish(to_publish)
             except Unavailable as exc:
-                with suppress(psycopg.Error):
-                    await conn.execute(recording.PG_UNQUEUE, [[pk for pk, _ in to_publish]])
+                # Committed, not published (queued_at stays NULL): Titan's retry or the
+                # dispatcher queues them.
                 return _refuse_unpublished(recorded, exc)
+            self._marks.add([pk for pk, _ in to_publish])  # known to be in the broker now
             return list(recorded)
         except psycopg.Error as exc:
             # Down, restarted, or a broken connection: drop it, answer 503, reconnect next time.
@@ -147,7 +210,24 @@ class PostgresWriter:
         finally:
             self._idle.put_nowait(conn)
 
+    async def _mark(self, pks: list[int]) -> None:
+        conn = await self._idle.get()
+        try:
+            if conn is None or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5
+                )
+            await conn.execute(recording.PG_MARK_PUBLISHED, [_naive(utcnow()), pks], prepare=True)
+        except psycopg.Error:
+            if conn is not None:
+                await conn.close()
+            conn = None
+            raise
+        finally:
+            self._idle.put_nowait(conn)
+
     async def close(self) -> None:
+        await self._marks.close()
         while not self._idle.empty():
             conn = self._idle.get_nowait()
             if conn is not None:

@@ -1,5 +1,7 @@
 """The fault-injection suite's quick profile in CI: every scenario loses and duplicates nothing.
 
+``redis_restart`` and ``receiver_kill`` run with the product's default timings and must settle
+within two minutes of the fault, each media downloaded once (``DEFAULT_TIMINGS``).
 The full profile (a few hundred events per scenario, 24 MB videos, a 20 s S3 outage) is
 ``python -m devstack.faults``; docs/reliability.md records its figures.
 """
@@ -26,6 +28,7 @@ BIT: dict[str, Callable[[Outcome], bool]] = {
     "titan_faults": lambda o: o.retried_rows > 0,
     "postgres_restart": lambda o: o.refused > 0,
     "media_gone": lambda o: o.failed > 0,
+    "receiver_kill": lambda o: o.refused > 0,
 }
 
 

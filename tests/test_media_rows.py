@@ -175,25 +175,56 @@ def test_sweeper_queries_find_expired_leases_unqueued_and_long_waiting_rows(engi
     with session_scope(engine) as session:
         lifecycle.claim(session, pk=leased, now=now, lease_seconds=10)
         lifecycle.mark_unqueued(session, pk=unqueued)
+    soon = now + timedelta(seconds=1)
+    after_grace = now + redrive.PUBLISH_GRACE + timedelta(seconds=1)
     with session_scope(engine) as session:
         assert redrive.expired_leases(session, now=now, limit=10) == []
         assert redrive.expired_leases(session, now=now + timedelta(seconds=11), limit=10) == [
             leased
         ]
-        assert redrive.unpublished(session, now=now, limit=10) == [unqueued]
-        assert redrive.due_pending_count(session, now=now + timedelta(seconds=1)) == 1
+        # A row just recorded is its receiver's to publish; after the grace, the dispatcher's.
+        assert redrive.unpublished(session, now=soon, limit=10) == []
+        assert redrive.unpublished(session, now=after_grace, limit=10) == [unqueued]
+        assert redrive.due_pending_count(session, now=soon) == 1
+        assert redrive.published_before(session, before=now - timedelta(minutes=1), limit=10) == []
+        assert redrive.published_before(session, before=soon, limit=10) == [waiting]
         assert redrive.oldest_due(session, queued_before=now - timedelta(minutes=5), limit=10) == []
         later = now + timedelta(hours=1)
         assert redrive.oldest_due(session, queued_before=later, limit=10) == [waiting]
+        # Re-taking a lost row moves its mark; a row that moved on is left alone.
+        assert redrive.retake(session, pks=[waiting, leased], before=soon, at=soon) == [waiting]
+        assert redrive.retake(session, pks=[waiting], before=soon, at=soon) == []
 
 
-def test_a_duplicate_needs_publishing_only_if_the_first_publish_failed(engine: Engine) -> None:
+def test_a_row_is_published_once_its_publish_succeeded(engine: Engine) -> None:
     tenant = make_tenant(engine)
     first = record(engine, tenant, item())
-    assert first.needs_publish and not record(engine, tenant, item()).needs_publish
+    assert first.created and first.needs_publish
+    # Recorded without a publish (the receiver died between its commit and its publish):
+    # a redelivery publishes it.
     with session_scope(engine) as session:
         lifecycle.mark_unqueued(session, pk=first.pk)
-    assert record(engine, tenant, item()).needs_publish
+    again = record(engine, tenant, item())
+    assert not again.created and again.needs_publish
+    # fixtures.record's writer "published" the redelivery and marked the row: the next
+    # duplicate needs no publish.
+    assert not record(engine, tenant, item()).needs_publish
+
+
+def test_a_late_mark_never_covers_a_row_that_moved_on(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    pk = record(engine, tenant, item()).pk
+    now = utcnow()
+    with session_scope(engine) as session:
+        lifecycle.mark_unqueued(session, pk=pk)
+        claimed = lifecycle.claim(session, pk=pk, now=now, lease_seconds=10).row
+        assert claimed is not None
+        # The worker handed it back (a paused tenant) before the receiver's mark arrived.
+        assert lifecycle.release(session, pk=pk, attempt=claimed.attempts, now=now)
+    with session_scope(engine) as session:
+        assert lifecycle.mark_published(session, pks=[pk], at=now) == []
+    with session_scope(engine) as session:
+        assert redrive.unpublished(session, now=now + redrive.PUBLISH_GRACE * 2, limit=5) == [pk]
 
 
 def test_failed_rows_are_requeued_from_scratch(engine: Engine) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from archiver.broker import make_celery
+from archiver.broker import make_celery, rows_in_broker, rows_of_message
 from archiver.queue import ARCHIVE_BATCH_TASK, ARCHIVE_QUEUE, ARCHIVE_TASK, LARGE_QUEUE
 from devstack.fixtures import settings_for
 from receiver.publisher import Publisher, task_message
@@ -105,3 +105,35 @@ def test_published_batch_lands_as_celerys_messages_on_each_queue(broker: str) ->
         app.close()
     ours = _pop(broker, LARGE_QUEUE)
     _assert_same_contract(ours, _celerys(broker, ARCHIVE_TASK, [10], LARGE_QUEUE))
+
+
+def test_the_sweeper_reads_which_rows_the_broker_holds_waiting_or_delivered(broker: str) -> None:
+    publisher = Publisher(make_celery(settings_for("sqlite://", broker)), broker)
+    try:
+        # Enough small rows to travel as batch messages, plus one large row alone.
+        publisher.publish([(pk, ARCHIVE_QUEUE) for pk in range(1, 41)] + [(99, LARGE_QUEUE)])
+    finally:
+        publisher.close()
+    app = make_celery(settings_for("sqlite://", broker))
+    try:
+        app.send_task(ARCHIVE_TASK, args=[100], queue=ARCHIVE_QUEUE)  # Celery's own message
+        client = redis.Redis.from_url(broker)
+        messages = client.llen(ARCHIVE_QUEUE) + client.llen(LARGE_QUEUE)
+        assert messages < 42  # batches: fewer messages than rows
+        expected = set(range(1, 41)) | {99, 100}
+        assert rows_in_broker(broker) == expected
+        # A message a worker took and has not acknowledged still counts.
+        with app.connection_for_read() as conn:
+            queue = conn.SimpleQueue(LARGE_QUEUE, no_ack=False)
+            delivered = queue.get(timeout=5)
+            assert client.llen(LARGE_QUEUE) == 0 and client.hlen("unacked") == 1
+            assert rows_in_broker(broker) == expected
+            delivered.ack()
+            assert rows_in_broker(broker) == expected - {99}
+            queue.close()
+        client.close()
+    finally:
+        app.close()
+    assert rows_in_broker(broker, limit=2) is None  # too many to read: compare counts instead
+    assert rows_in_broker("amqp://guest@127.0.0.1//") is None  # RabbitMQ cannot be read
+    assert rows_of_message(b"not json") == [] and rows_of_message(b'{"headers": {}}') == []

@@ -257,10 +257,11 @@ def media_add(
             try:
                 publish_archive(make_celery(settings), pk=recorded.pk, queue=queue)
             except Unavailable:
-                # Committed; the dispatcher publishes it once the broker answers.
-                with session_scope(engine) as session:
-                    lifecycle.mark_unqueued(session, pk=recorded.pk)
+                # Committed, not published; the dispatcher publishes it once the broker answers.
                 click.echo("broker unavailable: queued for the dispatcher", err=True)
+            else:
+                with session_scope(engine) as session:
+                    lifecycle.mark_published(session, pks=[recorded.pk], at=utcnow())
     finally:
         engine.dispose()
     status = recorded.status if recorded.created else "duplicate"
