@@ -47,12 +47,17 @@ class Unavailable(AppError):
 class TransientError(AppError):
     """A transfer failed in a way that may succeed later.
 
-    ``retry_after`` is the delay in seconds the remote side asked for, if any.
+    ``retry_after`` is the delay in seconds the remote side asked for, if any;
+    ``rate_limited`` says the remote side limits the tenant's key (Titan's 429), so every
+    transfer of the tenant should hold off, not only this one.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, rate_limited: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.rate_limited = rate_limited
 
 
 class PermanentError(AppError):

@@ -199,6 +199,25 @@ def release(session: Session, *, pk: int, attempt: int, now: datetime) -> bool:
     )
 
 
+def defer(session: Session, *, pk: int, attempt: int, now: datetime, until: datetime) -> bool:
+    """Hand a claimed row back before any transfer: its tenant is over its concurrency cap
+    or held by Titan's rate limit (archiver/fairness.py). No attempt spent; the dispatcher
+    publishes it again from ``until`` on, as the tenant's slots allow."""
+    return _finish(
+        session,
+        pk=pk,
+        attempt=attempt,
+        values={
+            "status": Status.QUEUED.value,
+            "attempts": attempt - 1,
+            "lease_until": None,
+            "updated_at": now,
+            "queued_at": None,
+            "retry_at": until,
+        },
+    )
+
+
 # -- publish bookkeeping: is the row known to be in the broker? ---------------------------
 
 

@@ -16,7 +16,7 @@ from celery import Celery
 from sqlalchemy import Engine, and_, func, or_, update
 from sqlmodel import Session, col, select
 
-from archiver import lifecycle
+from archiver import fairness, lifecycle
 from archiver.broker import SCAN_LIMIT, publish_archive, queue_depth, rows_in_broker
 from archiver.db import session_scope
 from archiver.errors import Unavailable
@@ -63,10 +63,12 @@ PUBLISH_GRACE = timedelta(seconds=30)
 LOST_GRACE = timedelta(seconds=15)
 
 
-def unpublished(session: Session, *, now: datetime, limit: int) -> list[int]:
+def unpublished(
+    session: Session, *, now: datetime, limit: int, tenant_id: int | None = None
+) -> list[int]:
     """Pending rows not known to be in the broker that are due: their publish failed or
     their receiver died before it (after ``PUBLISH_GRACE``), their retry time has come, or
-    their tenant was resumed."""
+    their tenant was resumed or got a free slot (archiver/fairness.py)."""
     query = (
         select(Media.pk)
         .where(
@@ -79,13 +81,31 @@ def unpublished(session: Session, *, now: datetime, limit: int) -> list[int]:
                     col(Media.received_at) <= now - PUBLISH_GRACE,
                 ),
             ),
-            # A paused tenant's rows wait for it to be resumed.
+            # A paused tenant's rows wait for it to be resumed; a rate-limited one's for
+            # Titan's window to pass.
             col(Media.tenant_id).not_in(paused_ids()),
+            col(Media.tenant_id).not_in(fairness.throttled_ids(now)),
         )
         .order_by(col(Media.pk))
         .limit(limit)
     )
+    if tenant_id is not None:
+        query = query.where(col(Media.tenant_id) == tenant_id)
     return [pk for pk in session.exec(query) if pk is not None]
+
+
+def within_caps(session: Session, *, pks: list[int], cap: int, now: datetime) -> list[int]:
+    """The rows among ``pks`` (oldest first) that fit their tenant's free slots."""
+    free = fairness.free_slots(session, cap=cap, now=now)
+    kept: list[int] = []
+    for start in range(0, len(pks), 500):
+        query = select(Media.pk, Media.tenant_id).where(col(Media.pk).in_(pks[start : start + 500]))
+        for pk, tenant_id in sorted(session.execute(query)):
+            left = free.setdefault(tenant_id, cap)
+            if left > 0:
+                free[tenant_id] = left - 1
+                kept.append(pk)
+    return kept
 
 
 def routing(session: Session, *, pks: list[int]) -> dict[int, tuple[int | None, str]]:
@@ -170,14 +190,23 @@ def publish_rows(engine: Engine, app: Celery, settings: Settings, pks: list[int]
 
 
 def dispatch(
-    engine: Engine, app: Celery, settings: Settings, *, now: datetime, limit: int = 5000
+    engine: Engine,
+    app: Celery,
+    settings: Settings,
+    *,
+    now: datetime,
+    limit: int = 5000,
+    tenant_id: int | None = None,
 ) -> int:
     """Publish the rows that are due and not in the broker (scheduled retries, failed
-    publishes) and mark them queued; return how many. Beat runs it every few seconds."""
+    publishes, rows waiting for a slot of their tenant) and mark them queued; return how
+    many. Beat runs it every few seconds; a worker runs it for one tenant when it frees
+    one of that tenant's slots."""
     with session_scope(engine) as session:
-        pks = lifecycle.take_for_publish(
-            session, pks=unpublished(session, now=now, limit=limit), at=now
-        )
+        due = unpublished(session, now=now, limit=limit, tenant_id=tenant_id)
+        if settings.tenant_max_concurrency and due:
+            due = within_caps(session, pks=due, cap=settings.tenant_max_concurrency, now=now)
+        pks = lifecycle.take_for_publish(session, pks=due, at=now)
     try:
         publish_rows(engine, app, settings, pks)
     except Unavailable:

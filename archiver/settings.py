@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(default=5.0, ge=0.5)
     # How often beat re-checks tenants a worker paused, resuming those that work again.
     pause_probe_seconds: float = Field(default=300.0, ge=1)
+    # At most this many transfers of one tenant at once, across all workers (0: no cap), so
+    # one tenant's burst leaves the other tenants worker slots.
+    tenant_max_concurrency: int = Field(default=0, ge=0)
     object_key_template: str = DEFAULT_TEMPLATE
     titan_connect_timeout: float = Field(default=10.0, gt=0)
     titan_read_timeout: float = Field(default=60.0, gt=0)

@@ -90,6 +90,8 @@ class Tenant(SQLModel, table=True):
     paused_auto: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
     )
+    # Titan's rate limit for this tenant's key was reached: no transfer of it starts before.
+    throttled_until: datetime | None = _time()
 
 
 class ApiKey(SQLModel, table=True):

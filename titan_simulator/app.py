@@ -47,7 +47,11 @@ def create_app(world: World | None = None) -> Starlette:
             world.stats[key] += 1
 
     def common_headers() -> dict[str, str]:
-        headers = {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "999"}
+        with world.lock:
+            remaining = "0" if world.faults.take("exhausted") else "999"
+        if remaining == "0":
+            count("answered_exhausted")
+        headers = {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": remaining}
         if world.faults.deprecation:
             headers |= {"Deprecation": "true", "Sunset": "Wed, 31 Dec 2031 23:59:59 GMT"}
         return headers

@@ -57,6 +57,7 @@ class Faults:
     slow_ms: int = 0  # delay per download chunk
     deprecation: bool = False  # add Deprecation / Sunset headers
     redirect: bool = False  # downloads answer 302 to a blob URL on another origin
+    exhausted: int = 0  # successful answers saying X-RateLimit-Remaining: 0
 
     def take(self, name: str) -> bool:
         value = getattr(self, name)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from archiver import lifecycle, pauses
+from archiver import fairness, lifecycle, pauses, redrive
 from archiver.db import session_scope
-from archiver.errors import NotFound, PermanentError, TenantError, TransientError
+from archiver.errors import NotFound, PermanentError, TenantError, TransientError, Unavailable
 from archiver.object_keys import object_key
 from archiver.tables import Media, Strategy, Tenant, utcnow
 from worker.backoff import horizon, next_attempt, retry_delay
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 class Result:
     """What happened to one row; ``retry_in`` is set when another attempt is due."""
 
-    outcome: str  # archived | failed | retrying | busy | skipped
+    outcome: str  # archived | failed | retrying | busy | skipped | paused | deferred
     detail: str = ""
     retry_in: float | None = None
     size: int | None = None  # bytes archived
@@ -44,11 +46,23 @@ def archive_rows(res: WorkerResources, pks: list[int]) -> list[tuple[int, Result
         claims = lifecycle.claim_many(
             session, pks=pks, now=now, lease_seconds=settings.lease_seconds
         )
+    claimed = [c.row for c in claims.values() if c.row is not None]
+    deferred: dict[int, str] = {}
+    if claimed:
+        # Fair shares and Titan's rate limit: rows over their tenant's cap, or of a tenant
+        # Titan asked to slow down, go back at once (no attempt spent).
+        with session_scope(res.engine) as session:
+            admission = fairness.admit(
+                session, rows=claimed, cap=settings.tenant_max_concurrency, now=now
+            )
+        deferred = {row.pk or 0: why for row, _, why in admission.deferred}
     claimed_at = time.monotonic()
     results = []
     for pk in pks:
         claim = claims[pk]
-        if claim.row is not None and not _still_ours(res, claim.row, claimed_at):
+        if pk in deferred:
+            results.append((pk, Result("deferred", deferred[pk])))
+        elif claim.row is not None and not _still_ours(res, claim.row, claimed_at):
             results.append((pk, Result("skipped", "lease lost to another worker")))
         elif claim.row is not None:
             results.append((pk, _archive(res, claim.row)))
@@ -58,6 +72,14 @@ def archive_rows(res: WorkerResources, pks: list[int]) -> list[tuple[int, Result
             results.append((pk, Result("busy", "leased by another worker", retry_in=wait)))
         else:
             results.append((pk, Result("skipped", "already archived or failed")))
+    if settings.tenant_max_concurrency:
+        # This task's slots are free again: publish the next rows of those tenants now
+        # rather than at the dispatcher's next round.
+        for tenant_id in sorted({row.tenant_id for row in claimed}):
+            with suppress(Unavailable):
+                redrive.dispatch(
+                    res.engine, res.celery, settings, now=utcnow(), tenant_id=tenant_id
+                )
     return results
 
 
@@ -89,6 +111,7 @@ def _archive(res: WorkerResources, row: Media) -> Result:
     if tenant.paused_at is not None:
         return _hand_back(res, row, f"tenant {tenant.name} is paused")
     started = time.monotonic()
+    titan: TitanClient | None = None
     try:
         titan = res.titan(tenant, secrets)
         if tenant.strategy == Strategy.PERSIST:
@@ -112,7 +135,16 @@ def _archive(res: WorkerResources, row: Media) -> Result:
     except PermanentError as exc:
         return _fail(res, row, str(exc))
     except TransientError as exc:
+        if exc.rate_limited:
+            # Titan limits the tenant's key, not this media: hold every transfer of the
+            # tenant (all workers) for as long as Titan asked.
+            wait = exc.retry_after if exc.retry_after is not None else settings.retry_base_seconds
+            _hold(res, tenant, timedelta(seconds=wait), "titan answered 429")
         return _retry_later(res, tenant, row, exc)
+    finally:
+        if titan is not None and titan.exhausted:
+            titan.exhausted = False
+            _hold(res, tenant, fairness.EXHAUSTED_HOLD, "titan's rate limit window is used up")
     with session_scope(res.engine) as session:
         mine = lifecycle.mark_archived(
             session, pk=pk, attempt=attempt, now=utcnow(), outcome=outcome
@@ -133,6 +165,18 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         },
     )
     return Result("archived", size=outcome.get("size"), seconds=seconds)
+
+
+def _hold(res: WorkerResources, tenant: Tenant, wait: timedelta, why: str) -> None:
+    until = utcnow() + wait
+    with session_scope(res.engine) as session:
+        if fairness.hold(session, tenant_id=tenant.id or 0, until=until):
+            log.info(
+                "tenant held for %.1fs: %s",
+                wait.total_seconds(),
+                why,
+                extra={"tenant": tenant.name, "outcome": "throttled"},
+            )
 
 
 def _retry_later(res: WorkerResources, tenant: Tenant, row: Media, exc: TransientError) -> Result:

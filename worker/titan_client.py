@@ -46,7 +46,9 @@ def classify(status: int, *, message: str, retry_after: str | None = None) -> Ap
     """The error a non-success Titan answer stands for."""
     text = f"titan answered {status}: {message}" if message else f"titan answered {status}"
     if status == 429 or status == 408 or status >= 500:
-        return TransientError(text, retry_after=parse_retry_after(retry_after))
+        return TransientError(
+            text, retry_after=parse_retry_after(retry_after), rate_limited=status == 429
+        )
     if status in (401, 403):
         # The key is wrong, expired, disabled or under-scoped: the tenant's, not the media's.
         return TenantError(text)
@@ -93,6 +95,9 @@ class TitanClient:
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
         )
         self._warned = False
+        # Titan's last answer said X-RateLimit-Remaining: 0 (archiver/fairness.py holds the
+        # tenant for a moment then).
+        self.exhausted = False
 
     def close(self) -> None:
         self._client.close()
@@ -144,6 +149,7 @@ class TitanClient:
             except httpx.TransportError as exc:
                 raise TransientError(f"titan unreachable: {type(exc).__name__}") from exc
             self._warn_if_deprecated(response)
+            self._note_rate_limit(response)
             if not response.is_redirect:
                 return response
             location = response.headers.get("Location", "")
@@ -186,6 +192,12 @@ class TitanClient:
             yield from response.iter_bytes(_CHUNK)
         except httpx.HTTPError as exc:
             raise TransientError(f"media stream broke: {type(exc).__name__}") from exc
+
+    def _note_rate_limit(self, response: httpx.Response) -> None:
+        """Remember whether Titan said this key has no requests left in its window."""
+        remaining = response.headers.get("X-RateLimit-Remaining", "")
+        if remaining.strip().isdigit():
+            self.exhausted = int(remaining) == 0
 
     def _warn_if_deprecated(self, response: httpx.Response) -> None:
         if self._warned:
