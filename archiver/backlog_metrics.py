@@ -40,6 +40,7 @@ class BacklogCollector(Collector):
             with session_scope(self._engine) as session:
                 backlog = figures.backlog(session)
                 found_paused = pauses.paused(session)
+                found_sessions = pauses.paused_sessions(session)
         except Unavailable:
             log.warning("metrics: database unavailable, backlog gauges omitted")
             return
@@ -62,6 +63,14 @@ class BacklogCollector(Collector):
             )
             held.add_metric([paused.tenant, kind], 1)
         yield held
+        sessions = GaugeMetricFamily(
+            "archiver_session_paused",
+            "1 for each session Titan reported logged out or banned: its media waits for it",
+            labels=["tenant", "session"],
+        )
+        for found in found_sessions:
+            sessions.add_metric([found.tenant, found.session], 1)
+        yield sessions
         oldest = backlog.oldest_unarchived
         yield GaugeMetricFamily(
             "archiver_oldest_unarchived_age_seconds",

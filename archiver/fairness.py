@@ -1,6 +1,7 @@
 """Fair across tenants, polite to Titan: who may start a transfer now.
 
-Two rules, both per tenant and across every worker, both kept in the database (the one
+A row of a session Titan reported logged out or banned waits for it (archiver/pauses.py);
+beyond that, two rules, both per tenant and across every worker, both kept in the database (the one
 thing all workers share whatever the broker):
 
 - **A cap on concurrent transfers** (``ARCHIVER_TENANT_MAX_CONCURRENCY``, 0 = none). A worker
@@ -26,7 +27,7 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from archiver import lifecycle
-from archiver.tables import Media, Status, Tenant
+from archiver.tables import Media, SessionPause, Status, Tenant
 
 _LOCK_SPACE = 7_241_013  # pg_advisory_xact_lock(space, tenant id): this module's locks
 # Remaining 0 with no Retry-After: how long to hold off (Titan's window is not documented).
@@ -41,7 +42,8 @@ class Admission:
 
 def admit(session: Session, *, rows: list[Media], cap: int, now: datetime) -> Admission:
     """Split freshly claimed rows into those that may transfer now and those handed back
-    (``lifecycle.defer``) because their tenant is rate-limited or over its cap."""
+    (``lifecycle.defer``) because their session is paused, or their tenant is rate-limited
+    or over its cap."""
     answer = Admission()
     by_tenant: dict[int, list[Media]] = defaultdict(list)
     for row in rows:
@@ -49,6 +51,17 @@ def admit(session: Session, *, rows: list[Media], cap: int, now: datetime) -> Ad
     for tenant_id in sorted(by_tenant):  # one lock order for every worker
         mine = by_tenant[tenant_id]
         _lock(session, tenant_id)
+        held_sessions = set(
+            session.exec(
+                select(SessionPause.session).where(col(SessionPause.tenant_id) == tenant_id)
+            )
+        )
+        if held_sessions:
+            # A logged-out or banned session (archiver/pauses.py): its rows wait for it.
+            for row in mine:
+                if row.session in held_sessions:
+                    answer.deferred.append((row, now, f"session {row.session} is paused"))
+            mine = [row for row in mine if row.session not in held_sessions]
         held = session.exec(
             select(Tenant.throttled_until).where(col(Tenant.id) == tenant_id)
         ).one_or_none()

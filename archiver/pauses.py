@@ -9,11 +9,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, delete, exists, update
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from archiver.tables import Tenant
+from archiver.tables import Media, SessionPause, Tenant
 
 log = logging.getLogger(__name__)
 MAX_REASON_LEN = 1000
@@ -62,3 +62,57 @@ def paused(session: Session, *, tenant_id: int | None = None) -> list[Paused]:
 def paused_ids() -> SelectOfScalar[int | None]:
     """A subquery of the paused tenants' ids, for the queries that skip their rows."""
     return select(col(Tenant.id)).where(col(Tenant.paused_at).is_not(None))
+
+
+# -- sessions: a logged-out or banned WhatsApp session (Titan's session events) -------------
+
+
+@dataclass(frozen=True)
+class PausedSession:
+    tenant: str
+    session: str
+    reason: str
+    since: datetime
+
+
+def pause_session(
+    session: Session, *, tenant_id: int, name: str, reason: str, now: datetime
+) -> bool:
+    """Hold the session's rows; False if it already was (the first reason and time stand)."""
+    if session.get(SessionPause, (tenant_id, name)) is not None:
+        return False
+    session.add(
+        SessionPause(tenant_id=tenant_id, session=name, reason=reason[:MAX_REASON_LEN], since=now)
+    )
+    session.flush()
+    return True
+
+
+def resume_session(session: Session, *, tenant_id: int, name: str) -> bool:
+    """Release the session's rows; False if it was not paused."""
+    result = session.connection().execute(
+        delete(SessionPause).where(
+            col(SessionPause.tenant_id) == tenant_id, col(SessionPause.session) == name
+        )
+    )
+    return result.rowcount == 1
+
+
+def paused_sessions(session: Session, *, tenant_id: int | None = None) -> list[PausedSession]:
+    """The paused sessions (of one tenant, or all), longest paused first."""
+    query = select(Tenant.name, SessionPause).where(col(Tenant.id) == col(SessionPause.tenant_id))
+    if tenant_id is not None:
+        query = query.where(col(SessionPause.tenant_id) == tenant_id)
+    return [
+        PausedSession(name, held.session, held.reason, held.since)
+        for name, held in session.exec(query.order_by(col(SessionPause.since)))
+        if held.since is not None
+    ]
+
+
+def in_paused_session() -> ColumnElement[bool]:
+    """True for a media row whose session is paused, for the queries that skip such rows."""
+    return exists().where(
+        col(SessionPause.tenant_id) == col(Media.tenant_id),
+        col(SessionPause.session) == col(Media.session),
+    )

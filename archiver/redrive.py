@@ -20,7 +20,7 @@ from archiver import fairness, lifecycle
 from archiver.broker import SCAN_LIMIT, publish_archive, queue_depth, rows_in_broker
 from archiver.db import session_scope
 from archiver.errors import Unavailable
-from archiver.pauses import paused_ids
+from archiver.pauses import in_paused_session, paused_ids
 from archiver.queue import queue_for
 from archiver.settings import Settings
 from archiver.tables import PENDING, Media, Status, utcnow
@@ -85,6 +85,7 @@ def unpublished(
             # Titan's window to pass.
             col(Media.tenant_id).not_in(paused_ids()),
             col(Media.tenant_id).not_in(fairness.throttled_ids(now)),
+            ~in_paused_session(),  # a logged-out or banned session's, for it to reconnect
         )
         .order_by(col(Media.pk))
         .limit(limit)

@@ -138,11 +138,22 @@ class PausedTenant(Shape):
     auto: bool
 
 
+class PausedSession(Shape):
+    """A session Titan reported logged out or banned: its media waits until Titan reports it
+    connected again."""
+
+    tenant: str
+    session: str
+    reason: str
+    since: datetime
+
+
 class Stats(Shape):
     by_status: dict[str, Counts] = Field(alias="byStatus")
     by_type: dict[str, Counts] = Field(alias="byType")
     oldest_unarchived_age_seconds: float | None = Field(alias="oldestUnarchivedAgeSeconds")
     paused_tenants: list[PausedTenant] = Field(alias="pausedTenants")
+    paused_sessions: list[PausedSession] = Field(alias="pausedSessions")
 
 
 class StatsAnswer(Shape):
@@ -169,6 +180,15 @@ class Ignored(Shape):
     """A delivery of an event that is not archived (other events, text messages): 200."""
 
     status: Literal["ignored"]
+
+
+class SessionState(Shape):
+    """A session event that holds or releases the session's media: ``session.logged_out``,
+    or ``session.status`` DISCONNECTED for LOGGED_OUT / TEMPORARY_BAN (paused), CONNECTED
+    (resumed). 200."""
+
+    status: Literal["paused", "resumed"]
+    session: str
 
 
 class Readiness(Shape):
@@ -256,6 +276,7 @@ API_SHAPES: tuple[type[Shape], ...] = (
     Error,
     WebhookAnswer,
     Ignored,
+    SessionState,
     Readiness,
     Health,
 )

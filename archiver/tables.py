@@ -107,6 +107,18 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = _time()
 
 
+class SessionPause(SQLModel, table=True):
+    """A WhatsApp session of a tenant that Titan reported logged out or banned: its media
+    calls would fail, so its rows wait (no attempt spent) until it is connected again."""
+
+    __tablename__ = "session_pauses"
+
+    tenant_id: int = Field(foreign_key="tenants.id", primary_key=True, ondelete="CASCADE")
+    session: str = Field(max_length=64, primary_key=True)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    since: datetime | None = _time(nullable=False)
+
+
 class Media(SQLModel, table=True):
     """One archived (or to-be-archived) media file of one tenant: MediaInfo plus our bookkeeping."""
 

@@ -31,6 +31,7 @@ from archiver.shapes import (
     MediaInfo,
     MediaPage,
     OneMedia,
+    PausedSession,
     PausedTenant,
     Stats,
     StatsAnswer,
@@ -219,6 +220,7 @@ def _stats(res: Resources, request: Request) -> Response:
         found = figures.stats(session, tenant_id=tenant_id)
         backlog = figures.backlog(session, tenant_id=tenant_id)
         held = pauses.paused(session, tenant_id=tenant_id)
+        held_sessions = pauses.paused_sessions(session, tenant_id=tenant_id)
     oldest = backlog.oldest_unarchived
     return ShapeResponse(
         StatsAnswer(
@@ -231,6 +233,12 @@ def _stats(res: Resources, request: Request) -> Response:
                 paused_tenants=[
                     PausedTenant(tenant=p.tenant, reason=p.reason, since=p.since, auto=p.auto)
                     for p in held
+                ],
+                paused_sessions=[
+                    PausedSession(
+                        tenant=p.tenant, session=p.session, reason=p.reason, since=p.since
+                    )
+                    for p in held_sessions
                 ],
             )
         )

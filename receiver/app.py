@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 tenants=TenantCache(engine=engine, box=box),
                 commit=commit,
                 retry_after=settings.retry_after_seconds,
+                engine=engine,
             ),
         )
         # Everything built so far lives as long as the process: keep it out of the cyclic

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,44 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if _depth(doc) > MAX_JSON_DEPTH:
         raise PayloadError("envelope is nested too deeply")
     return doc
+
+
+# session.status reasons that mean the session's media calls fail until it is re-linked.
+_HOLDING_REASONS = {"LOGGED_OUT": "logged out", "TEMPORARY_BAN": "temporarily banned"}
+
+
+@dataclass(frozen=True)
+class SessionChange:
+    """A session event that holds or releases the session's media (titan-api.md section 7)."""
+
+    session: str
+    paused: bool
+    reason: str
+
+
+def session_change(envelope: dict[str, Any]) -> SessionChange | None:
+    """``session.logged_out``, or ``session.status`` DISCONNECTED for LOGGED_OUT or
+    TEMPORARY_BAN: the session is paused. ``session.status`` CONNECTED: resumed. Anything
+    else (CONNECTING, a disconnect that reconnects by itself, other events): None."""
+    event = envelope.get("event")
+    if event not in ("session.status", "session.logged_out"):
+        return None
+    name = envelope.get("session")
+    if not isinstance(name, str) or not SESSION_RE.match(name):
+        raise PayloadError("session is missing or not a valid Titan session name")
+    if event == "session.logged_out":
+        return SessionChange(name, True, "logged out (session.logged_out)")
+    payload = envelope.get("payload")
+    if payload is None:
+        payload = envelope.get("data")
+    if not isinstance(payload, dict):
+        return None
+    status, why = payload.get("status"), payload.get("statusReason")
+    if status == "CONNECTED":
+        return SessionChange(name, False, "connected")
+    if status == "DISCONNECTED" and isinstance(why, str) and why in _HOLDING_REASONS:
+        return SessionChange(name, True, f"{_HOLDING_REASONS[why]} (session.status {why})")
+    return None
 
 
 def media_item(envelope: dict[str, Any]) -> MediaItem | None:

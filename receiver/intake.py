@@ -12,14 +12,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from archiver import pauses
+from archiver.db import session_scope
 from archiver.errors import ConfigError, InvalidSignature, PayloadError, Unavailable
 from archiver.names import SESSION_RE
 from archiver.recording import Arrival, MediaItem
-from archiver.shapes import Error, Ignored, Shape, WebhookAnswer
-from archiver.tables import Status
-from receiver.envelope import media_item, parse_body
+from archiver.shapes import Error, Ignored, SessionState, Shape, WebhookAnswer
+from archiver.tables import Status, utcnow
+from receiver.envelope import SessionChange, media_item, parse_body, session_change
 from receiver.group_commit import GroupCommit
 from receiver.signature import verify
 from receiver.tenant_cache import TenantCache
@@ -41,10 +45,13 @@ class Answer:
 
 
 class Intake:
-    def __init__(self, *, tenants: TenantCache, commit: GroupCommit, retry_after: int) -> None:
+    def __init__(
+        self, *, tenants: TenantCache, commit: GroupCommit, retry_after: int, engine: Engine
+    ) -> None:
         self._tenants = tenants
         self._commit = commit
         self._retry_after = retry_after
+        self._engine = engine
 
     async def accept(self, tenant_name: str, body: bytes, signature: str | None) -> Answer:
         try:
@@ -92,11 +99,16 @@ class Intake:
             raise InvalidSignature("unknown tenant")
         verify(body, signature, tenant.hmac_keys)
         if len(body) > _PARSE_INLINE_BYTES:
-            item, event = await run_in_threadpool(_parse, body)
+            item, envelope = await run_in_threadpool(_parse, body)
         else:
-            item, event = _parse(body)
+            item, envelope = _parse(body)
         if item is None:
-            log.debug("ignored %r event for %s", event, tenant_name)
+            change = session_change(envelope)
+            if change is not None:
+                return await run_in_threadpool(
+                    self._session_changed, tenant.id, tenant_name, change
+                )
+            log.debug("ignored %r event for %s", envelope.get("event"), tenant_name)
             return Answer(200, IGNORED, outcome="ignored")
         recorded = await self._commit.submit(
             Arrival(tenant_id=tenant.id, strategy=tenant.strategy, item=item)
@@ -122,12 +134,43 @@ class Intake:
             return Answer(202, WebhookAnswer(status=status, id=item.media_id), outcome=outcome)
         return Answer(200, WebhookAnswer(status="duplicate", id=item.media_id), outcome=outcome)
 
+    def _session_changed(self, tenant_id: int, tenant_name: str, change: SessionChange) -> Answer:
+        """Hold or release a session's media (Titan reported it logged out, banned, or
+        connected again); durable before the answer, like a media row."""
+        try:
+            with session_scope(self._engine) as session:
+                if change.paused:
+                    changed = pauses.pause_session(
+                        session,
+                        tenant_id=tenant_id,
+                        name=change.session,
+                        reason=change.reason,
+                        now=utcnow(),
+                    )
+                else:
+                    changed = pauses.resume_session(
+                        session, tenant_id=tenant_id, name=change.session
+                    )
+        except SQLAlchemyError as exc:
+            raise Unavailable("database unavailable") from exc
+        state: Literal["paused", "resumed"] = "paused" if change.paused else "resumed"
+        if changed:
+            log.log(
+                logging.WARNING if change.paused else logging.INFO,
+                "session %s: %s; its media %s",
+                state,
+                change.reason,
+                "waits until it is connected again" if change.paused else "is archived again",
+                extra={"tenant": tenant_name, "session": change.session, "outcome": state},
+            )
+        return Answer(200, SessionState(status=state, session=change.session), outcome=state)
+
 
 def _shown(tenant_name: str) -> str:
     """A tenant name as logged: as is when valid, else escaped (no forged log lines)."""
     return tenant_name if SESSION_RE.match(tenant_name) else ascii(tenant_name[:64])
 
 
-def _parse(body: bytes) -> tuple[MediaItem | None, Any]:
+def _parse(body: bytes) -> tuple[MediaItem | None, dict[str, Any]]:
     envelope = parse_body(body)
-    return media_item(envelope), envelope.get("event")
+    return media_item(envelope), envelope

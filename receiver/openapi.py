@@ -159,8 +159,15 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json(
-                            {"oneOf": [_ref("WebhookAnswer"), _ref("Ignored")]},
-                            "A duplicate delivery, or an event that is not archived.",
+                            {
+                                "oneOf": [
+                                    _ref("WebhookAnswer"),
+                                    _ref("Ignored"),
+                                    _ref("SessionState"),
+                                ]
+                            },
+                            "A duplicate; an event not archived; or a session event "
+                            "that paused or resumed the session's media.",
                         ),
                         "202": _json(_ref("WebhookAnswer"), "Media recorded and queued."),
                         **_errors(400, 401, 413, 503),

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from archiver.errors import PayloadError
-from receiver.envelope import media_item, parse_body
+from receiver.envelope import SessionChange, media_item, parse_body, session_change
 
 
 def envelope(**payload: Any) -> dict[str, Any]:
@@ -166,3 +166,25 @@ def test_refuses_deeply_nested_json() -> None:
         deep = {"a": deep}
     with pytest.raises(PayloadError):
         parse_body(json.dumps(deep).encode())
+
+
+def test_session_events_that_hold_or_release_a_sessions_media() -> None:
+    def status(state: str, reason: str | None = None) -> dict[str, object]:
+        payload: dict[str, object] = {"status": state}
+        if reason is not None:
+            payload["statusReason"] = reason
+        return {"event": "session.status", "session": "support", "payload": payload}
+
+    logged_out = session_change(status("DISCONNECTED", "LOGGED_OUT"))
+    assert logged_out == SessionChange("support", True, "logged out (session.status LOGGED_OUT)")
+    banned = session_change(status("DISCONNECTED", "TEMPORARY_BAN"))
+    assert banned is not None and banned.paused and "banned" in banned.reason
+    assert session_change(status("CONNECTED")) == SessionChange("support", False, "connected")
+    # A disconnect that reconnects by itself, or a session still connecting, holds nothing.
+    assert session_change(status("DISCONNECTED", "AUTO_RECONNECT")) is None
+    assert session_change(status("CONNECTING", "SCAN_QR")) is None
+    event = {"event": "session.logged_out", "session": "sales", "data": {}}
+    assert session_change(event) == SessionChange("sales", True, "logged out (session.logged_out)")
+    assert session_change({"event": "message.ack", "session": "support"}) is None
+    with pytest.raises(PayloadError):
+        session_change({"event": "session.logged_out", "session": "../etc"})

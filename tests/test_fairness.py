@@ -67,7 +67,7 @@ def test_rows_over_their_tenants_cap_are_handed_back_without_spending_an_attempt
         )
     with session_scope(engine) as session:
         assert redrive.within_caps(session, pks=[a_pks[2]], cap=2, now=soon) == [a_pks[2]]
-    # No cap: everything is admitted.
+    # Free slots per tenant: the cap less live leases and rows already in the broker.
     with session_scope(engine) as session:
         assert fairness.free_slots(session, cap=2, now=soon) == {a.id: 1, b.id: 1}
 

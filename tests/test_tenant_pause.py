@@ -170,3 +170,57 @@ def test_an_operator_pause_holds_until_resume(stack: Stack) -> None:
     assert stack.paused(a.name) is not None
     stack.cli("tenants", "resume", a.name)
     _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "archived after resume")
+
+
+def _session_event(stack: Stack, tenant: TenantSetup, event: dict[str, Any]) -> dict[str, Any]:
+    url = f"{stack.web.receiver_url}/webhooks/{tenant.name}"
+    answer = post_signed(stack.client, url, tenant.hmac_key, event)
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def test_a_logged_out_session_holds_its_media_until_titan_reports_it_connected(
+    stack: Stack,
+) -> None:
+    a = stack.tenant("sessions-" + secrets.token_hex(2))
+    logged_out = {
+        "id": "evt_" + secrets.token_hex(4),
+        "event": "session.status",
+        "session": "support",
+        "payload": {"status": "DISCONNECTED", "statusReason": "LOGGED_OUT"},
+    }
+    assert _session_event(stack, a, logged_out) == {"status": "paused", "session": "support"}
+    url = f"{stack.web.receiver_url}/webhooks/{a.name}"
+    held: list[str] = []
+    other: list[str] = []
+    for session, into in (("support", held), ("support", held), ("sales", other)):
+        item = stack.sim.make_media(
+            account=a.name, message_type="image", size=20_000, session=session
+        )
+        assert post_signed(stack.client, url, a.hmac_key, item.envelope).status_code == 202
+        into.append(item.media_id)
+    # The other session goes on; the logged-out one's rows wait, untouched and not failed.
+    _wait(
+        lambda: all(r.status == "archived" for r in stack.rows(a) if r.media_id in other),
+        "the connected session archived",
+    )
+    status = json.loads(stack.cli("status", "--json").stdout)
+    found = [p for p in status["pausedSessions"] if p["tenant"] == a.name]
+    assert [(p["session"], p["reason"]) for p in found] == [
+        ("support", "logged out (session.status LOGGED_OUT)")
+    ]
+    metrics = scrape(f"{stack.web.receiver_url}/metrics")
+    assert metrics[("archiver_session_paused", (("session", "support"), ("tenant", a.name)))] == 1
+    _wait(
+        lambda: _waiting_untouched([r for r in stack.rows(a) if r.media_id in held]),
+        "the logged-out session's rows held",
+    )
+    assert stack.paused(a.name) is None  # the tenant itself is not paused
+
+    connected = {**logged_out, "payload": {"status": "CONNECTED"}}
+    assert _session_event(stack, a, connected) == {"status": "resumed", "session": "support"}
+    _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "archived after reconnect")
+    assert all(r.attempts == 1 for r in stack.rows(a)), "the wait spent attempts"
+    status = json.loads(stack.cli("status", "--json").stdout)
+    assert [p for p in status["pausedSessions"] if p["tenant"] == a.name] == []

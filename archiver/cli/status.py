@@ -26,6 +26,7 @@ def status(tenant: str | None, as_json: bool) -> None:
         tenant_id = get_tenant(session, name=tenant).id if tenant else None
         backlog = figures.backlog(session, tenant_id=tenant_id)
         held = pauses.paused(session, tenant_id=tenant_id)
+        held_sessions = pauses.paused_sessions(session, tenant_id=tenant_id)
     now = utcnow()
     age = (now - backlog.oldest_unarchived).total_seconds() if backlog.oldest_unarchived else 0.0
     failed_age = (now - backlog.oldest_failed).total_seconds() if backlog.oldest_failed else 0.0
@@ -47,6 +48,15 @@ def status(tenant: str | None, as_json: bool) -> None:
             {"tenant": p.tenant, "reason": p.reason, "since": p.since.isoformat(), "auto": p.auto}
             for p in held
         ],
+        "pausedSessions": [
+            {
+                "tenant": p.tenant,
+                "session": p.session,
+                "reason": p.reason,
+                "since": p.since.isoformat(),
+            }
+            for p in held_sessions
+        ],
     }
     if as_json:
         click.echo(json.dumps(doc))
@@ -54,6 +64,12 @@ def status(tenant: str | None, as_json: bool) -> None:
     for paused in held:
         since = humanize.age((now - paused.since).total_seconds())
         click.echo(f"PAUSED tenant {paused.tenant} for {since}: {paused.reason}")
+    for held_session in held_sessions:
+        since = humanize.age((now - held_session.since).total_seconds())
+        click.echo(
+            f"PAUSED session {held_session.session} of {held_session.tenant} for {since}: "
+            f"{held_session.reason}"
+        )
     for name, count in rows.items():
         click.echo(f"{name:<28}{count}")
     click.echo(f"{'oldest unarchived':<28}{_age(age)}")

@@ -265,6 +265,7 @@ class Dashboard:
                 backlog = figures.backlog(db, tenant_id=viewer.tenant_id)
                 rate = figures.archive_rate(db, tenant_id=viewer.tenant_id, now=now)
                 held = pauses.paused(db, tenant_id=viewer.tenant_id)
+                held_sessions = pauses.paused_sessions(db, tenant_id=viewer.tenant_id)
             oldest = backlog.oldest_unarchived
             age = (now - oldest) if oldest else None
             level = "ok"
@@ -282,6 +283,7 @@ class Dashboard:
                 "oldest_age": age.total_seconds() if age else None,
                 "level": level,
                 "paused": held,
+                "paused_sessions": held_sessions,
                 "expires_in": (timedelta(days=14) - age).total_seconds() if age else None,
             }
 
