@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 from sqlmodel import select
@@ -224,3 +225,92 @@ def test_a_logged_out_session_holds_its_media_until_titan_reports_it_connected(
     assert all(r.attempts == 1 for r in stack.rows(a)), "the wait spent attempts"
     status = json.loads(stack.cli("status", "--json").stdout)
     assert [p for p in status["pausedSessions"] if p["tenant"] == a.name] == []
+
+
+@pytest.fixture
+def enforcing_s3() -> Iterator[str]:
+    """A private moto S3 server that checks credentials against its IAM users: auth is off
+    while the test sets up, then switched on (moto's ``/moto-api/reset-auth``)."""
+    service = services.start_moto("moto-iam")
+    try:
+        yield service.url
+    finally:
+        service.stop()
+
+
+def _iam_user(endpoint: str, name: str, *, s3_rights: bool) -> tuple[str, str]:
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    iam.create_user(UserName=name)
+    if s3_rights:
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def test_s3_access_denied_pauses_its_tenant_until_new_credentials_are_given(
+    stack: Stack, enforcing_s3: str
+) -> None:
+    a = add_tenant(
+        stack.database_url,
+        sim=stack.sim,
+        s3_endpoint=enforcing_s3,
+        name="denied-" + secrets.token_hex(2),
+    )
+    reader_id, reader_secret = _iam_user(enforcing_s3, "no-rights", s3_rights=False)
+    writer_id, writer_secret = _iam_user(enforcing_s3, "writer", s3_rights=True)
+    httpx.post(f"{enforcing_s3}/moto-api/reset-auth", content=b"0").raise_for_status()
+    stack.cli(
+        "tenants",
+        "update",
+        a.name,
+        "--s3-access-key-id",
+        reader_id,
+        "--s3-secret-access-key-env",
+        "S3_SECRET",
+        "--no-check",
+        env={"S3_SECRET": reader_secret},
+    )
+    media = stack.send(a, 2)
+    _wait(lambda: stack.paused(a.name) is not None, "tenant paused by AccessDenied")
+    paused = stack.paused(a.name)
+    assert paused is not None and "AccessDenied" in paused["reason"], paused
+    _wait(lambda: _waiting_untouched(stack.rows(a)), "rows handed back, none failed")
+
+    # Credentials without write rights are refused by the check that update runs.
+    refused = run(
+        stack.database_url,
+        "tenants",
+        "update",
+        a.name,
+        "--s3-secret-access-key-env",
+        "S3_SECRET",
+        check=False,
+        env={**stack.env, "S3_SECRET": reader_secret},
+    )
+    assert refused.returncode != 0 and "AccessDenied" in refused.stderr, refused.stderr
+    assert stack.paused(a.name) is not None
+
+    stack.cli(
+        "tenants",
+        "update",
+        a.name,
+        "--s3-access-key-id",
+        writer_id,
+        "--s3-secret-access-key-env",
+        "S3_SECRET",
+        env={"S3_SECRET": writer_secret},
+    )
+    assert stack.paused(a.name) is None
+    _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "archived after update")
+    assert {r.media_id: r.sha256 for r in stack.rows(a)} == {m.media_id: m.sha256 for m in media}
+    assert all(r.attempts == 1 for r in stack.rows(a))
