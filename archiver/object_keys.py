@@ -1,7 +1,8 @@
 """Deterministic S3 object keys: the same media item always maps to the same key.
 
 The template may use ``{tenant}``, ``{session}``, ``{date}`` (YYYY-MM-DD), ``{year}``,
-``{month}``, ``{day}``, ``{media_id}`` and ``{ext}``. Every value is escaped so that
+``{month}``, ``{day}``, ``{media_id}``, ``{ext}`` and ``{chat}`` (the conversation: a group's
+id or the contact; ``unknown`` where Titan did not say). Every value is escaped so that
 no opaque id can add a path segment, climb out of the prefix, or smuggle control
 characters into a key.
 """
@@ -15,7 +16,10 @@ from urllib.parse import quote
 from archiver.errors import ConfigError
 
 DEFAULT_TEMPLATE = "{tenant}/{session}/{date}/{media_id}{ext}"
-FIELDS = frozenset({"tenant", "session", "date", "year", "month", "day", "media_id", "ext"})
+FIELDS = frozenset(
+    {"tenant", "session", "date", "year", "month", "day", "media_id", "ext", "chat"}
+)
+UNKNOWN_CHAT = "unknown"
 
 # The common WhatsApp media types; anything else gets a generic ".bin".
 _EXTENSIONS = {
@@ -81,6 +85,7 @@ def object_key(
     media_id: str,
     mime_type: str | None,
     when: datetime,
+    chat: str | None = None,
 ) -> str:
     """Build the object key of one media item; same inputs, same key."""
     key = template.format(
@@ -92,6 +97,7 @@ def object_key(
         day=when.strftime("%d"),
         media_id=segment(media_id),
         ext=extension(mime_type),
+        chat=segment(chat or UNKNOWN_CHAT),
     )
     return normalise_prefix(prefix) + key
 

@@ -62,6 +62,13 @@ FILTERS: tuple[Filter, ...] = (
         {"type": "string", "minLength": 1, "maxLength": 255, "pattern": PRINTABLE_PATTERN},
         "Sender's phone number or lid.",
     ),
+    Filter(
+        "chat",
+        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": PRINTABLE_PATTERN},
+        "The conversation: a group's id (…@g.us), or the contact of a one-to-one chat.",
+    ),
+    Filter("isGroup", {"type": "boolean"}, "Group messages (true) or one-to-one (false)."),
+    Filter("fromMe", {"type": "boolean"}, "Sent by the business's own number (true) or received."),
     Filter("persisted", {"type": "boolean"}, "Whether the file is in the tenant's bucket."),
     Filter("since", {"type": "string", "format": "date-time"}, "Received at or after (ISO 8601)."),
     Filter("until", {"type": "string", "format": "date-time"}, "Received before (ISO 8601)."),
@@ -107,6 +114,9 @@ class MediaQuery:
     mime_type: str | None = None  # exact, or a prefix when it ends with "/"
     message_id: str | None = None
     sender: str | None = None
+    chat: str | None = None
+    is_group: bool | None = None
+    from_me: bool | None = None
     persisted: bool | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -164,6 +174,11 @@ def _choice(params: Mapping[str, str], name: str, allowed: set[str] | frozenset[
     if value is not None and value not in allowed:
         raise PayloadError(f"{name}: must be one of {', '.join(sorted(allowed))}")
     return value
+
+
+def _flag(params: Mapping[str, str], name: str) -> bool | None:
+    value = _choice(params, name, {"true", "false"})
+    return None if value is None else value == "true"
 
 
 def _integer(params: Mapping[str, str], name: str, low: int, high: int) -> int | None:
@@ -230,7 +245,7 @@ def parse_query(params: Mapping[str, str]) -> MediaQuery:
         mime = mime.lower()
         if not _MIME_RE.match(mime):
             raise PayloadError("mimeType: must be a MIME type (image/jpeg) or a prefix (image/)")
-    persisted = _choice(params, "persisted", {"true", "false"})
+    persisted = _flag(params, "persisted")
     order = _choice(params, "order", {"asc", "desc"}) or "desc"
     query = MediaQuery(
         session=session,
@@ -239,7 +254,10 @@ def parse_query(params: Mapping[str, str]) -> MediaQuery:
         mime_type=mime,
         message_id=_text(params, "messageId"),
         sender=_text(params, "sender"),
-        persisted=None if persisted is None else persisted == "true",
+        chat=_text(params, "chat"),
+        is_group=_flag(params, "isGroup"),
+        from_me=_flag(params, "fromMe"),
+        persisted=persisted,
         since=_time(params, "since"),
         until=_time(params, "until"),
         min_size=_integer(params, "minSize", 0, MAX_SIZE),
@@ -287,6 +305,10 @@ _INFO_COLUMNS = (
     "message_at",
     "archived_at",
     "voice_note",
+    "chat",
+    "is_group",
+    "from_me",
+    "sender_name",
 )
 
 
@@ -310,6 +332,9 @@ def search(
         (Media.message_type, query.type),
         (Media.message_id, query.message_id),
         (Media.persisted, query.persisted),
+        (Media.chat, query.chat),
+        (Media.is_group, query.is_group),
+        (Media.from_me, query.from_me),
     ):
         if value is not None:
             stmt = stmt.where(column == value)

@@ -43,6 +43,10 @@ class MediaItem:
     event_id: str | None
     sender_lid: str | None = None
     voice_note: bool = False  # sent as a voice note (ptt/voice), stored as audio
+    chat: str | None = None  # the group's id, or the contact of a one-to-one chat
+    is_group: bool | None = None
+    from_me: bool | None = None
+    sender_name: str | None = None  # pushName
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,10 @@ def _values(arrival: Arrival, now: datetime) -> dict[str, Any]:
         "updated_at": now,
         "queued_at": None,  # set once the publish succeeded
         "voice_note": item.voice_note,
+        "chat": item.chat,
+        "is_group": item.is_group,
+        "from_me": item.from_me,
+        "sender_name": item.sender_name,
     }
     if item.media_url:
         # Titan's auto-persist already put the file in the tenant's bucket: archived on arrival.

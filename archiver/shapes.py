@@ -67,6 +67,12 @@ class MediaInfo(Shape):
     message_at: datetime | None = Field(alias="messageAt")
     archived_at: datetime | None = Field(alias="archivedAt")
     voice_note: bool = Field(alias="voiceNote", description="Sent as a voice note (type audio)")
+    chat: str | None = Field(
+        description="The conversation: the group's id, or the contact of a one-to-one chat"
+    )
+    is_group: bool | None = Field(alias="isGroup")
+    from_me: bool | None = Field(alias="fromMe", description="Sent by the business's own number")
+    sender_name: str | None = Field(alias="senderName", description="The sender's pushName")
 
     @classmethod
     def of(cls, row: Media, *, tenant: str) -> MediaInfo:
@@ -97,6 +103,10 @@ class MediaInfo(Shape):
             received_at=row.received_at,
             message_at=row.message_at,
             archived_at=row.archived_at,
+            chat=row.chat,
+            is_group=row.is_group,
+            from_me=row.from_me,
+            sender_name=row.sender_name,
             voice_note=row.voice_note,
         )
 

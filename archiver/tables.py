@@ -134,6 +134,9 @@ class Media(SQLModel, table=True):
         Index("ix_media_tenant_message", "tenant_id", "message_id"),
         Index("ix_media_tenant_sender", "tenant_id", "sender"),
         Index("ix_media_tenant_sender_lid", "tenant_id", "sender_lid"),
+        Index("ix_media_tenant_chat", "tenant_id", "chat", "received_at", "pk"),
+        Index("ix_media_tenant_group", "tenant_id", "is_group", "received_at", "pk"),
+        Index("ix_media_tenant_from_me", "tenant_id", "from_me", "received_at", "pk"),
         # text_pattern_ops lets PostgreSQL serve a MIME prefix (LIKE 'image/%') by index.
         Index(
             "ix_media_tenant_mime",
@@ -191,3 +194,9 @@ class Media(SQLModel, table=True):
     voice_note: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
     )
+    # The conversation: the group's id for a group, the contact (as Titan names it: phone
+    # number, or lid) for a one-to-one chat; NULL where Titan did not say.
+    chat: str | None = Field(default=None, max_length=255)
+    is_group: bool | None = Field(default=None, sa_column=Column(Boolean, nullable=True))
+    from_me: bool | None = Field(default=None, sa_column=Column(Boolean, nullable=True))
+    sender_name: str | None = Field(default=None, max_length=255)  # WhatsApp pushName

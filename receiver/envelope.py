@@ -122,6 +122,7 @@ def media_item(envelope: dict[str, Any]) -> MediaItem | None:
         event_id=_optional_text(envelope.get("id"), "id", MAX_ID_LEN),
         sender_lid=_sender_lid(payload),
         voice_note=voice_note,
+        **_conversation(payload),
     )
 
 
@@ -208,6 +209,53 @@ def _sender(payload: dict[str, Any]) -> str | None:
                 if isinstance(value, str) and value:
                     return _optional_text(value, "sender", 255)
     return None
+
+
+def _conversation(payload: dict[str, Any]) -> dict[str, Any]:
+    """chat, is_group, from_me and sender_name, as far as Titan's payload says them.
+
+    ``from`` is ``{id: "...@g.us"}`` for a group and ``{phoneNumber, lid, mode}`` for a
+    person (titan-api.md section 3); the chat of a one-to-one message is that person, in the
+    form Titan's ``mode`` names (phone number, or lid). Nothing is guessed: what the payload
+    does not say stays None.
+    """
+    source = payload.get("from")
+    chat: str | None = None
+    group: bool | None = None
+    if isinstance(source, dict):
+        group_id = source.get("id")
+        if isinstance(group_id, str) and group_id.endswith("@g.us"):
+            chat, group = group_id, True
+        else:
+            phone, lid = source.get("phoneNumber"), source.get("lid")
+            preferred = (lid, phone) if source.get("mode") == "lid" else (phone, lid)
+            chat = next((v for v in preferred if isinstance(v, str) and v), None)
+            if chat is None and isinstance(group_id, str) and group_id:
+                chat = group_id
+            group = False if chat is not None else None
+    elif isinstance(source, str) and source:
+        chat = source
+        group = True if source.endswith("@g.us") else None
+    said = payload.get("isGroup")
+    if isinstance(said, bool):
+        group = said
+    from_me = payload.get("fromMe")
+    if chat is not None and len(chat) > 255:
+        chat = None  # not an id Titan issues; cut short it would name another chat
+    return {
+        "chat": _optional_text(chat, "from", 255),
+        "is_group": group,
+        "from_me": from_me if isinstance(from_me, bool) else None,
+        "sender_name": _name(payload.get("pushName")),
+    }
+
+
+def _name(value: Any) -> str | None:
+    """A display name as stored: free text (emoji welcome), control characters dropped."""
+    if not isinstance(value, str) or not value:
+        return None
+    cleaned = "".join(c for c in _free_text(value[:255]) if c.isprintable())
+    return cleaned or None
 
 
 def _sender_lid(payload: dict[str, Any]) -> str | None:

@@ -188,3 +188,36 @@ def test_session_events_that_hold_or_release_a_sessions_media() -> None:
     assert session_change({"event": "message.ack", "session": "support"}) is None
     with pytest.raises(PayloadError):
         session_change({"event": "session.logged_out", "session": "../etc"})
+
+
+def test_every_item_keeps_its_conversation() -> None:
+    one_to_one = media_item(envelope(fromMe=False, pushName="Maria", isGroup=False))
+    assert one_to_one is not None
+    assert (one_to_one.chat, one_to_one.is_group, one_to_one.from_me) == (
+        "+5511999999999",
+        False,
+        False,
+    )
+    assert one_to_one.sender_name == "Maria"
+    # The contact in the form Titan's mode names.
+    by_lid = media_item(envelope(**{"from": {"phoneNumber": "+1", "lid": "77@lid", "mode": "lid"}}))
+    assert by_lid is not None and by_lid.chat == "77@lid"
+    group = media_item(
+        envelope(
+            **{
+                "from": {"id": "120363@g.us"},
+                "sender": {"phoneNumber": "+4915", "lid": "9@lid", "mode": "pn"},
+                "pushName": "Jo\u00e3o \U0001f600\x00",
+            }
+        )
+    )
+    assert group is not None
+    assert (group.chat, group.is_group, group.sender) == ("120363@g.us", True, "+4915")
+    assert group.sender_name == "Jo\u00e3o \U0001f600" and group.from_me is None
+    # Nothing said, nothing stored.
+    bare = media_item(envelope(**{"from": None}))
+    assert bare is not None and (bare.chat, bare.is_group, bare.sender_name) == (None, None, None)
+    # An id longer than any Titan issues is not kept (cut short, it would name another chat);
+    # the media is still archived.
+    long = media_item(envelope(**{"from": {"id": "x" * 300 + "@g.us"}}))
+    assert long is not None and long.chat is None and long.is_group is True

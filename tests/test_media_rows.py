@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -267,3 +268,29 @@ def test_small_rows_are_batched_only_once_there_are_many() -> None:
     assert all(len(b) == 16 for b in many[:-1]) and len(many[-1]) == 1000 % 16
     assert [pk for b in many for pk in b] == list(range(1000))
     assert batches([]) == []
+
+
+def test_conversation_filters(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    group = replace(item("g1"), chat="120363@g.us", is_group=True, from_me=False)
+    mine = replace(item("d1"), chat="+1555", is_group=False, from_me=True, sender_name="Shop")
+    theirs = replace(item("d2"), chat="+1555", is_group=False, from_me=False)
+    for it in (group, mine, theirs, item("unknown")):
+        record(engine, tenant, it)
+
+    def ids(**params: str) -> list[str]:
+        with session_scope(engine) as session:
+            rows = queries.search(
+                session, tenant_id=tenant.id, query=queries.parse_query(params), info_only=True
+            )
+            return sorted(r.media_id for r in rows)
+
+    assert ids(chat="+1555") == ["d1", "d2"]
+    assert ids(chat="120363@g.us") == ["g1"]
+    assert ids(isGroup="true") == ["g1"] and ids(isGroup="false") == ["d1", "d2"]
+    assert ids(fromMe="true") == ["d1"] and ids(chat="+1555", fromMe="false") == ["d2"]
+    with session_scope(engine) as session:
+        row = queries.search(
+            session, tenant_id=tenant.id, query=queries.parse_query({"fromMe": "true"})
+        )[0]
+        assert row.sender_name == "Shop"

@@ -68,3 +68,41 @@ def test_voice_notes_and_files_stored_under_raw_names_get_the_archive_vocabulary
         "f": ("document", False),
         "i": ("image", False),
     }
+
+
+def test_existing_rows_get_the_conversation_that_can_be_known_and_nothing_more(
+    blank: Engine,
+) -> None:
+    migrate.upgrade(blank, "0013")
+    with blank.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tenants (name, titan_url, strategy, s3_bucket, s3_prefix, "
+                "hmac_key_enc, titan_api_key_enc, created_at) "
+                "VALUES ('acme', 'http://t', 'download', 'b', '', 'x', 'y', '2025-01-01')"
+            )
+        )
+        for media_id, sender in [("g", "120363@g.us"), ("p", "+5511999"), ("n", None)]:
+            conn.execute(
+                text(
+                    "INSERT INTO media (tenant_id, media_id, session, message_type, strategy, "
+                    "persisted, status, attempts, received_at, updated_at, sender) VALUES (1, "
+                    ":m, 's', 'image', 'download', false, 'archived', 1, '2025-01-01', "
+                    "'2025-01-01', :s)"
+                ),
+                {"m": media_id, "s": sender},
+            )
+    migrate.upgrade(blank)
+    with blank.connect() as conn:
+        found = {
+            m: (c, g, f)
+            for m, c, g, f in conn.execute(
+                text("SELECT media_id, chat, is_group, from_me FROM media")
+            )
+        }
+    # A group id as sender names the group; a person could have written in a group or not.
+    assert found == {
+        "g": ("120363@g.us", True, None),
+        "p": (None, None, None),
+        "n": (None, None, None),
+    }

@@ -58,3 +58,24 @@ def test_extension_comes_from_the_mime_type() -> None:
 def test_rejects_templates_that_could_collide_or_are_malformed(template: str) -> None:
     with pytest.raises(ConfigError):
         validate_template(template)
+
+
+def test_the_chat_can_name_a_folder() -> None:
+    template = "{tenant}/{chat}/{media_id}{ext}"
+    validate_template(template)
+
+    def key(mime_type: str | None, chat: str | None) -> str:
+        return object_key(
+            template,
+            prefix="",
+            tenant="acme",
+            session="s",
+            media_id="m",
+            mime_type=mime_type,
+            when=WHEN,
+            chat=chat,
+        )
+
+    assert key("image/jpeg", "120363@g.us") == "acme/120363@g.us/m.jpg"
+    assert key(None, "../x") == "acme/..%2Fx/m.bin"
+    assert key(None, None) == "acme/unknown/m.bin"

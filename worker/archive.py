@@ -253,6 +253,7 @@ def _download(
         media_id=row.media_id,
         mime_type=row.mime_type,
         when=row.message_at or row.received_at,
+        chat=row.chat,
     )
     if row.upload_id:
         # An earlier attempt died mid-upload: remove its parts before starting afresh.
