@@ -16,9 +16,7 @@ from urllib.parse import quote
 from archiver.errors import ConfigError
 
 DEFAULT_TEMPLATE = "{tenant}/{session}/{date}/{media_id}{ext}"
-FIELDS = frozenset(
-    {"tenant", "session", "date", "year", "month", "day", "media_id", "ext", "chat"}
-)
+FIELDS = frozenset({"tenant", "session", "date", "year", "month", "day", "media_id", "ext", "chat"})
 UNKNOWN_CHAT = "unknown"
 
 # The common WhatsApp media types; anything else gets a generic ".bin".
