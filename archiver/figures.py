@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, literal
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from archiver.tables import Media, Status, UTCDateTime
@@ -88,3 +89,55 @@ def archive_rate(
         query = query.where(Media.tenant_id == tenant_id)
     counts = session.execute(query).one()
     return [(start, int(n or 0)) for start, n in zip(starts, counts, strict=True)]
+
+
+@dataclass(frozen=True)
+class Chat:
+    tenant_id: int
+    chat: str
+    name: str | None  # a contact's pushName (one-to-one chats); groups have none in events
+    is_group: bool | None
+    count: int
+    size: int
+    last_at: datetime | None
+
+
+def chats(session: Session, *, tenant_id: int | None, limit: int = 500) -> list[Chat]:
+    """One line per conversation with archived or pending media: newest activity first."""
+    incoming_name = case(
+        (
+            and_(col(Media.is_group).is_not(True), col(Media.from_me).is_not(True)),
+            Media.sender_name,
+        ),
+        else_=None,
+    )
+    query = (
+        core_select(
+            col(Media.tenant_id),
+            col(Media.chat),
+            func.max(incoming_name),
+            func.max(case((col(Media.is_group).is_(True), 1), else_=0)),
+            func.count(),
+            func.coalesce(func.sum(func.coalesce(Media.size, Media.file_length)), 0),
+            func.max(Media.received_at),
+        )
+        .where(col(Media.chat).is_not(None))
+        .group_by(col(Media.tenant_id), col(Media.chat))
+        .order_by(func.max(Media.received_at).desc())
+        .limit(limit)
+    )
+    if tenant_id is not None:
+        query = query.where(col(Media.tenant_id) == tenant_id)
+    utc = UTCDateTime()
+    return [
+        Chat(
+            tenant_id=int(tid),
+            chat=str(chat),
+            name=name,
+            is_group=bool(group),
+            count=int(n),
+            size=int(size),
+            last_at=utc.process_result_value(last, None),
+        )
+        for tid, chat, name, group, n, size, last in session.execute(query)
+    ]

@@ -100,6 +100,7 @@ def stack(
                         size=0,
                         sample=True,
                         filename="invoice-0042.pdf" if kind == "document" else None,
+                        caption="Invoice photo" if kind == "image" else None,
                     )
                 )
             media["globex"].append(
@@ -299,6 +300,7 @@ def test_filter_to_videos_open_one_and_it_plays(page: Page, stack: Stack) -> Non
     video.evaluate("v => { v.muted = true; return v.play(); }")
     wait_js(page, "document.querySelector('video').currentTime > 0.3")
     info = page.get_by_test_id("info").inner_text()
+    assert page.get_by_role("heading", level=1).inner_text().startswith("Video from Maria, ")
     for field in ("sha256", "messageId", "mimeType", "receivedAt", "archivedAt", "key"):
         assert field in info
     assert "video/mp4" in info
@@ -403,3 +405,61 @@ def test_retry_all_requeues_every_failed_item_of_the_tenant_only(stack: Stack) -
         what="acme's item retried",
     )
     assert stack.sim.stats().get("answered_404", 0) == asked + 1
+
+
+def test_chats_list_the_conversations_and_open_one(page: Page, stack: Stack) -> None:
+    group = "120363042@g.us"
+    item = stack.sim.make_media(
+        account="globex", message_type="image", size=0, sample=True, caption=None
+    )
+    item.envelope["payload"] |= {
+        "from": {"id": group},
+        "sender": {"phoneNumber": "+5511333333333", "lid": "77@lid", "mode": "pn"},
+        "isGroup": True,
+        "pushName": "Ana",
+    }
+    assert stack.send("globex", item) == 202
+    processes.wait_until(
+        lambda: stack.status_of("globex", item.media_id) == "archived",
+        timeout=60,
+        what="the group image archived",
+    )
+    sign_in(page, stack, stack.api_keys["globex"])
+    page.get_by_role("link", name="Chats").click()
+    rows = page.locator("[data-testid=chats] tbody tr")
+    lines = rows.evaluate_all(
+        "rows => rows.map(r => [r.dataset.chat, r.cells[0].innerText, r.cells[1].innerText, "
+        "r.querySelector('[data-field=count]').innerText])"
+    )
+    # Newest first: the group, then the one-to-one chat named by its contact's pushName.
+    assert lines[0] == [group, group, "group", "1"]
+    assert lines[1][0] == "+5511999999999" and lines[1][1].startswith("Maria")
+    maria = stack.api("globex", "/api/media?chat=%2B5511999999999&limit=100").json()["data"]
+    assert lines[1][2:] == ["one-to-one", str(len(maria))] and len(lines) == 2
+    shoot(page, "chats")
+    page.get_by_role("link", name=group).click()
+    assert "chat=" in page.url
+    tiles = page.locator("[data-testid=grid] > li")
+    assert tiles.evaluate_all("n => n.map(t => t.dataset.mediaId)") == [item.media_id]
+    # A caption-less item is titled by its type, sender and time, and shows its conversation.
+    tile = tiles.first
+    assert tile.locator(".name").inner_text().startswith("Image from Ana, ")
+    assert tile.locator("[data-field=chat]").inner_text() == f"group {group} · Ana"
+    tile.get_by_role("link").click()
+    said = page.get_by_test_id("conversation").inner_text()
+    assert said == f"In group {group}, from Ana (+5511333333333)"
+
+
+def test_the_admin_sees_the_audit_trail_of_sign_ins(page: Page, stack: Stack) -> None:
+    sign_in(page, stack, stack.api_keys["acme"])
+    assert page.get_by_role("link", name="Audit").count() == 0
+    assert page.request.get(f"{stack.url}/ui/audit").status == 403
+    page.context.clear_cookies()
+    sign_in(page, stack, ADMIN)
+    page.get_by_role("link", name="Audit").click()
+    actions = page.locator("[data-testid=audit] tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.cells[1].innerText, r.dataset.action, r.cells[3].innerText])"
+    )
+    assert actions[0] == ["admin", "dashboard.sign-in", "\u2013"]
+    assert any(a[1:] == ["dashboard.sign-in", "acme"] and a[0].startswith("key:") for a in actions)
+    shoot(page, "audit")

@@ -1,4 +1,5 @@
-"""The web dashboard under /ui: overview, media browser, media detail, failures and retries.
+"""The web dashboard under /ui: overview, chats, media browser, media detail, failures and
+retries, and the audit trail (admin).
 
 Server-rendered HTML (Jinja2, autoescaped) with one small script. Signed in with a tenant
 API key (that tenant only) or the admin key (every tenant). Media bytes are never proxied:
@@ -25,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from archiver import figures, humanize, pauses
+from archiver import audit, figures, humanize, pauses
 from archiver import query as queries
 from archiver.api_keys import active_key, key_for
 from archiver.buckets import key_in_bucket, presign_get
@@ -44,6 +45,7 @@ from receiver.ui.session import COOKIE, PATH, SessionSigner, UiSession, admin_fi
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 48
+CHATS_SHOWN = 500
 MAX_FORM_BYTES = 16 * 1024
 WARN_AGE = timedelta(days=3)  # WhatsApp's copy expires after ~14 days
 CRITICAL_AGE = timedelta(days=7)
@@ -88,6 +90,27 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "\u2013"
 
 
+def title(row: Media) -> str:
+    """What a tile or detail page is called: its file name or caption, else its type, who
+    sent it and when ("Image from Maria, 2026-11-23 10:31"), never a byte count."""
+    if row.filename or row.caption:
+        return (row.filename or row.caption or "")[:120]
+    kind = "Voice note" if row.voice_note else row.message_type.capitalize()
+    who = "you" if row.from_me else (row.sender_name or row.sender)
+    when = row.message_at or row.received_at
+    parts = [kind if who is None else f"{kind} from {who}"]
+    if when is not None:
+        parts.append(when.strftime("%Y-%m-%d %H:%M"))
+    return ", ".join(parts)
+
+
+def conversation(row: Media) -> str | None:
+    """The conversation as a person reads it: "group 1203...@g.us" or the contact."""
+    if row.chat is None:
+        return None
+    return f"group {row.chat}" if row.is_group else row.chat
+
+
 Page = Callable[[Request, "Viewer"], Awaitable[Response]]
 
 
@@ -109,6 +132,8 @@ class Dashboard:
         self._env.filters["bytes"] = human_bytes
         self._env.filters["age"] = human_age
         self._env.filters["when"] = _when
+        self._env.filters["title"] = title
+        self._env.filters["conversation"] = conversation
 
     def routes(self) -> list[BaseRoute]:
         signed_in = self._signed_in
@@ -118,6 +143,8 @@ class Dashboard:
             Route("/ui/login", self.login_form, methods=["GET"]),
             Route("/ui/login", self.login, methods=["POST"]),
             Route("/ui/logout", self.logout, methods=["POST"]),
+            Route("/ui/chats", signed_in(self.chats)),
+            Route("/ui/audit", signed_in(self.audit)),
             Route("/ui/media", signed_in(self.media_grid)),
             Route("/ui/media/{pk:int}", signed_in(self.media_detail)),
             Route("/ui/content/{pk:int}", signed_in(self.content)),
@@ -211,15 +238,25 @@ class Dashboard:
         def authenticate() -> UiSession | None:
             if not key or len(key) > 200:
                 return None
+            engine = resources.of(request).engine
             if self._admin_key is not None and hmac.compare_digest(
                 key.encode(), self._admin_key.encode()
             ):
+                with session_scope(engine) as db:
+                    audit.record(db, actor="admin", action="dashboard.sign-in")
                 return self._signer.new(key_id=None, admin_print=admin_fingerprint(self._admin_key))
-            with session_scope(resources.of(request).engine) as db:
+            with session_scope(engine) as db:
                 try:
-                    api_key, _ = key_for(db, key=key)
+                    api_key, owner = key_for(db, key=key)
                 except NotFound:
                     return None
+                audit.record(
+                    db,
+                    actor=f"key:{api_key.id}",
+                    action="dashboard.sign-in",
+                    tenant_id=api_key.tenant_id,
+                    tenant=owner.name,
+                )
             return self._signer.new(key_id=api_key.id, admin_print=None)
 
         session = await run_in_threadpool(authenticate)
@@ -299,7 +336,7 @@ class Dashboard:
         """(the filter form's values, the query API parameters they mean)."""
         form = {k: v.strip() for k, v in request.query_params.items() if v.strip()}
         params: dict[str, str] = {}
-        for name in ("session", "type", "status", "sender", "cursor"):
+        for name in ("session", "type", "status", "sender", "chat", "isGroup", "fromMe", "cursor"):
             if name in form:
                 params[name] = form[name]
         if viewer.admin and "tenant" in form:
@@ -462,6 +499,13 @@ class Dashboard:
             )
 
         count = await run_in_threadpool(work)
+        await run_in_threadpool(
+            self._audit_action,
+            res.engine,
+            viewer,
+            "media.retry",
+            {"pk": form.get("pk"), "requeued": count},
+        )
         log.info(
             "dashboard retry: %d failed rows re-queued",
             count,
@@ -472,3 +516,59 @@ class Dashboard:
             back = "/ui/failures"
         separator = "&" if "?" in back else "?"
         return RedirectResponse(f"{back}{separator}retried={count}", status_code=303)
+
+    def _audit_action(
+        self, engine: Engine, viewer: Viewer, action: str, detail: dict[str, Any]
+    ) -> None:
+        actor = "admin" if viewer.admin else f"key:{viewer.session.key_id}"
+        with session_scope(engine) as db:
+            audit.record(
+                db,
+                actor=actor,
+                action=action,
+                tenant_id=viewer.tenant_id,
+                tenant=viewer.tenant.name if viewer.tenant else None,
+                detail=detail,
+            )
+
+    # -- chats --------------------------------------------------------------------------
+
+    async def chats(self, request: Request, viewer: Viewer) -> Response:
+        engine = resources.of(request).engine
+
+        def work() -> dict[str, Any]:
+            names = self._tenant_names(engine)
+            with session_scope(engine) as db:
+                found = figures.chats(db, tenant_id=viewer.tenant_id, limit=CHATS_SHOWN)
+            lines = []
+            for chat in found:
+                tenant = names.get(chat.tenant_id, "?")
+                link = {"chat": chat.chat} | ({"tenant": tenant} if viewer.admin else {})
+                lines.append((chat, tenant, "/ui/media?" + urlencode(link)))
+            return {"chats": lines, "more": len(found) == CHATS_SHOWN}
+
+        return self._render(
+            "chats.html", **self._base(viewer, "chats"), **(await run_in_threadpool(work))
+        )
+
+    # -- audit trail (admin) ------------------------------------------------------------
+
+    async def audit(self, request: Request, viewer: Viewer) -> Response:
+        if not viewer.admin:
+            return self._render(
+                "error.html", 403, message="The audit trail is for the admin.", viewer=viewer
+            )
+        engine = resources.of(request).engine
+        tenant = request.query_params.get("tenant", "").strip() or None
+
+        def work() -> list[dict[str, Any]]:
+            with session_scope(engine) as db:
+                events = audit.listing(db, audit.AuditFilter(tenant=tenant, limit=300))
+                return [audit.as_dict(e) for e in events]
+
+        return self._render(
+            "audit.html",
+            **self._base(viewer, "audit"),
+            events=await run_in_threadpool(work),
+            tenant=tenant or "",
+        )
