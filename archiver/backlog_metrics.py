@@ -10,17 +10,19 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from celery import Celery
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
+from sqlmodel import Session, select
 
-from archiver import figures, pauses
+from archiver import figures, notify, pauses
 from archiver.broker import queue_depths
 from archiver.db import session_scope
 from archiver.errors import Unavailable
-from archiver.tables import Status, utcnow
+from archiver.tables import Status, Tenant, utcnow
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -41,6 +43,8 @@ class BacklogCollector(Collector):
                 backlog = figures.backlog(session)
                 found_paused = pauses.paused(session)
                 found_sessions = pauses.paused_sessions(session)
+                outbox = notify.counts(session)
+                names = {str(p.tenant_id): p.name for p in _tenant_names(session)}
         except Unavailable:
             log.warning("metrics: database unavailable, backlog gauges omitted")
             return
@@ -71,6 +75,15 @@ class BacklogCollector(Collector):
         for found in found_sessions:
             sessions.add_metric([found.tenant, found.session], 1)
         yield sessions
+        waiting = GaugeMetricFamily(
+            "archiver_notifications",
+            "Notifications not delivered: pending (being retried) or failed (given up)",
+            labels=["tenant", "state"],
+        )
+        for tid, states in outbox.items():
+            for state, n in states.items():
+                waiting.add_metric([names.get(tid, tid), state], n)
+        yield waiting
         oldest = backlog.oldest_unarchived
         yield GaugeMetricFamily(
             "archiver_oldest_unarchived_age_seconds",
@@ -92,6 +105,16 @@ class BacklogCollector(Collector):
         for queue, depth in depths.items():
             gauge.add_metric([queue], depth)
         yield gauge
+
+
+@dataclass(frozen=True)
+class _Named:
+    tenant_id: int
+    name: str
+
+
+def _tenant_names(session: Session) -> list[_Named]:
+    return [_Named(t.id or 0, t.name) for t in session.exec(select(Tenant))]
 
 
 def authorized(header: str | None, token: str | None) -> bool:

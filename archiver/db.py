@@ -40,6 +40,17 @@ def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Eng
     return create_engine(url, **kwargs)
 
 
+def transactional(engine: Engine) -> Engine:
+    """``engine``, or on an autocommit (worker) engine the same pool with real transactions:
+    for the few writes that must commit together (a transition and its outbox event)."""
+    if (
+        engine.dialect.name == "postgresql"
+        and engine.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    ):
+        return engine.execution_options(isolation_level="READ COMMITTED")
+    return engine
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the receiver write while workers read; foreign keys make deletes cascade.
     cur = dbapi_conn.cursor()

@@ -10,6 +10,7 @@ MAX_BATCH = 16
 SWEEP_TASK = "worker.sweep_stuck"
 DISPATCH_TASK = "worker.dispatch_due"  # publishes retries whose time has come
 PROBE_TASK = "worker.probe_paused"  # re-checks tenants a worker paused
+RETENTION_TASK = "worker.retention"  # deletes what tenants' retention periods expired
 ARCHIVE_QUEUE = "archive"  # photos, voice notes, stickers, small documents
 LARGE_QUEUE = "archive-large"  # videos and large documents, so a burst of them delays no photo
 QUEUES = (ARCHIVE_QUEUE, LARGE_QUEUE)

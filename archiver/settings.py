@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     # At most this many transfers of one tenant at once, across all workers (0: no cap), so
     # one tenant's burst leaves the other tenants worker slots.
     tenant_max_concurrency: int = Field(default=0, ge=0)
+    # How often the beat deletes what tenants' retention periods expired, and at most how
+    # many rows per tenant one pass deletes (the rest goes in the next pass).
+    retention_interval_seconds: float = Field(default=600.0, ge=1)
+    retention_max_rows: int = Field(default=5000, ge=1)
+    # Notifications to tenants' endpoints: first retry after this, doubling up to an hour,
+    # given up this long after the event; each attempt waits at most notify_timeout.
+    notify_retry_base_seconds: float = Field(default=5.0, ge=0.1)
+    notify_horizon_seconds: float = Field(default=86400.0, ge=1)
+    notify_timeout_seconds: float = Field(default=10.0, gt=0)
     object_key_template: str = DEFAULT_TEMPLATE
     titan_connect_timeout: float = Field(default=10.0, gt=0)
     titan_read_timeout: float = Field(default=60.0, gt=0)

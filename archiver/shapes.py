@@ -186,10 +186,27 @@ class WebhookAnswer(Shape):
     id: str = Field(description="The media id")
 
 
+IgnoredReason = Literal["event", "outgoing", "status", "group", "type", "size", "no_message"]
+
+
 class Ignored(Shape):
-    """A delivery of an event that is not archived (other events, text messages): 200."""
+    """A delivery of an event that is not archived: 200. ``reason``: ``event`` (another
+    event, or a message without media), or what the tenant's capture policy leaves out
+    (``outgoing``, ``status``, ``group``, ``type``, ``size``), or ``no_message`` (a
+    revocation naming no archived message)."""
 
     status: Literal["ignored"]
+    reason: IgnoredReason = "event"
+
+
+class Revoked(Shape):
+    """``message.revoked`` / ``message.delete`` of an archived message: the fact is recorded
+    on its rows (``media``: how many), 200. The objects stay unless the tenant erases
+    revoked media."""
+
+    status: Literal["revoked"]
+    message_id: str = Field(alias="messageId")
+    media: int
 
 
 class SessionState(Shape):
@@ -256,6 +273,15 @@ class TenantView(Shape):
     created_at: OffsetTime | None = Field(alias="createdAt")
     paused_at: OffsetTime | None = Field(alias="pausedAt", description="Paused since (null: not)")
     paused_reason: str | None = Field(alias="pausedReason")
+    capture_outgoing: bool = Field(alias="captureOutgoing")
+    capture_status: bool = Field(alias="captureStatus")
+    capture_groups: bool = Field(alias="captureGroups")
+    capture_types: list[str] | None = Field(alias="captureTypes", description="null: every type")
+    capture_max_bytes: int | None = Field(alias="captureMaxBytes")
+    delete_revoked: bool = Field(alias="deleteRevoked")
+    retention_days: int | None = Field(alias="retentionDays", description="null: kept forever")
+    notify_url: str | None = Field(alias="notifyUrl")
+    notify_secret: Literal["********"] | None = Field(alias="notifySecret")
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantView:
@@ -274,7 +300,55 @@ class TenantView(Shape):
             created_at=tenant.created_at,
             paused_at=tenant.paused_at,
             paused_reason=tenant.paused_reason,
+            capture_outgoing=tenant.capture_outgoing,
+            capture_status=tenant.capture_status,
+            capture_groups=tenant.capture_groups,
+            capture_types=tenant.capture_types.split(",") if tenant.capture_types else None,
+            capture_max_bytes=tenant.capture_max_bytes,
+            delete_revoked=tenant.delete_revoked,
+            retention_days=tenant.retention_days,
+            notify_url=tenant.notify_url,
+            notify_secret=MASK if tenant.notify_secret_enc else None,
         )
+
+
+class Erasure(Shape):
+    """What an erasure removed (rows, object versions, bytes, the media ids) and kept: rows
+    under legal hold, rows being transferred right now (erase again), objects the bucket
+    refused to delete (their rows kept)."""
+
+    tenant: str
+    rows: int
+    objects: int
+    size: int = Field(alias="bytes")
+    held: int
+    in_flight: int = Field(alias="inFlight")
+    errors: list[str]
+    media_ids: list[str] = Field(alias="mediaIds")
+
+
+class ErasureAnswer(Shape):
+    """``POST /api/admin/erase``."""
+
+    data: Erasure
+
+
+class AuditRecord(Shape):
+    """One administrative action: who (``admin``, ``key:<id>``, ``cli:<os user>``,
+    ``retention``), what, when, on which tenant."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    tenant: str | None
+    detail: dict[str, Any] | None
+
+
+class AuditPage(Shape):
+    """``GET /api/admin/audit``: newest first."""
+
+    data: list[AuditRecord]
 
 
 # Every shape the HTTP API answers with, for the OpenAPI document's components.
@@ -286,7 +360,10 @@ API_SHAPES: tuple[type[Shape], ...] = (
     Error,
     WebhookAnswer,
     Ignored,
+    Revoked,
     SessionState,
+    ErasureAnswer,
+    AuditPage,
     Readiness,
     Health,
 )

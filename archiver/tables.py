@@ -18,6 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     text,
+    true,
 )
 from sqlmodel import Field, SQLModel
 
@@ -92,6 +93,29 @@ class Tenant(SQLModel, table=True):
     )
     # Titan's rate limit for this tenant's key was reached: no transfer of it starts before.
     throttled_until: datetime | None = _time()
+    # What is captured (archiver/capture.py): outgoing media (message.sent), status/broadcast
+    # and group media; a type allow-list (comma-separated, NULL: every type); a size cap.
+    capture_outgoing: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    capture_status: bool = Field(
+        default=True, sa_column=Column(Boolean, nullable=False, server_default=true())
+    )
+    capture_groups: bool = Field(
+        default=True, sa_column=Column(Boolean, nullable=False, server_default=true())
+    )
+    capture_types: str | None = Field(default=None, max_length=255)
+    capture_max_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # A message revoked or deleted by its sender: its object and row are erased (else kept,
+    # the fact recorded on the row).
+    delete_revoked: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    # Rows and objects older than this many days are deleted by the beat (NULL: kept).
+    retention_days: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    # Where media.archived / media.failed events are POSTed (Standard Webhooks signed).
+    notify_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    notify_secret_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class ApiKey(SQLModel, table=True):
@@ -200,3 +224,56 @@ class Media(SQLModel, table=True):
     is_group: bool | None = Field(default=None, sa_column=Column(Boolean, nullable=True))
     from_me: bool | None = Field(default=None, sa_column=Column(Boolean, nullable=True))
     sender_name: str | None = Field(default=None, max_length=255)  # WhatsApp pushName
+    # Exempt from retention (never from an explicit erasure).
+    legal_hold: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    revoked_at: datetime | None = _time()  # the sender revoked or deleted the message
+    revoked_by: str | None = Field(default=None, max_length=32)  # the event that said so
+
+
+class NotificationState(StrEnum):
+    PENDING = "pending"  # waiting for its (next) delivery attempt
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # still refused a day after it was created: given up
+
+
+class Notification(SQLModel, table=True):
+    """The outbox: one event for a tenant's endpoint, committed with the state change it
+    reports and delivered from there (archiver/notify.py)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("ix_notifications_due", "state", "next_at"),
+        Index("ix_notifications_tenant", "tenant_id", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenants.id", ondelete="CASCADE")
+    event: str = Field(max_length=32)  # media.archived, media.failed
+    media_id: str = Field(max_length=255)
+    body: str = Field(sa_column=Column(Text, nullable=False))  # the JSON POSTed, as signed
+    state: str = Field(default=NotificationState.PENDING, max_length=16)
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    created_at: datetime | None = _time(nullable=False)
+    next_at: datetime | None = _time()  # due from (a lease while an attempt runs)
+    delivered_at: datetime | None = _time()
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class AuditEvent(SQLModel, table=True):
+    """One administrative action: who did what to which tenant, when (archiver/audit.py)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_at", "at", "id"),
+        Index("ix_audit_events_tenant", "tenant", "at", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime | None = _time(nullable=False)
+    actor: str = Field(max_length=128)  # cli:<os user>, admin, key:<id>, retention, worker
+    action: str = Field(max_length=64)  # tenant.add, key.revoke, media.erase, ...
+    tenant_id: int | None = Field(default=None)  # kept after the tenant is removed
+    tenant: str | None = Field(default=None, max_length=64)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON

@@ -235,7 +235,73 @@ def rotate_hmac_key(
     return tenant
 
 
-_ENCRYPTED = ("hmac_key_enc", "hmac_key_previous_enc", "titan_api_key_enc", "s3_secret_enc")
+@dataclass(frozen=True)
+class PolicyChanges:
+    """What a tenant captures, keeps and tells (None leaves a setting as it is)."""
+
+    capture_outgoing: bool | None = None
+    capture_status: bool | None = None
+    capture_groups: bool | None = None
+    capture_types: str | None = None  # "image,video"; "" for every type
+    capture_max_bytes: int | None = None  # 0: no cap
+    delete_revoked: bool | None = None
+    retention_days: int | None = None  # 0: kept forever
+    notify_url: str | None = None  # "": no notifications
+    notify_secret: str | None = None  # whsec_...; a new one is made when a URL is first set
+
+    def any(self) -> bool:
+        return any(value is not None for value in self.__dict__.values())
+
+
+def update_policy(
+    session: Session, *, box: SecretBox, tenant: Tenant, changes: PolicyChanges
+) -> str | None:
+    """Apply ``changes`` to ``tenant``; return a notification secret made for it (shown
+    once), else None. PayloadError names the first unusable value."""
+    from archiver.capture import format_types, parse_types
+    from archiver.notify import new_secret, secret_bytes
+
+    if changes.capture_types is not None:
+        tenant.capture_types = format_types(parse_types(changes.capture_types))
+    if changes.capture_max_bytes is not None:
+        if changes.capture_max_bytes < 0:
+            raise PayloadError("capture-max-size must be positive (0: no cap)")
+        tenant.capture_max_bytes = changes.capture_max_bytes or None
+    if changes.retention_days is not None:
+        if not 0 <= changes.retention_days <= 36500:
+            raise PayloadError("retention-days must be between 1 and 36500 (0: kept forever)")
+        tenant.retention_days = changes.retention_days or None
+    for name in ("capture_outgoing", "capture_status", "capture_groups", "delete_revoked"):
+        value = getattr(changes, name)
+        if value is not None:
+            setattr(tenant, name, value)
+    made: str | None = None
+    if changes.notify_secret is not None:
+        try:
+            secret_bytes(changes.notify_secret)
+        except ValueError as exc:
+            raise PayloadError(f"notify-secret: {exc}") from exc
+        tenant.notify_secret_enc = box.encrypt(changes.notify_secret)
+    if changes.notify_url is not None:
+        url = changes.notify_url.strip()
+        if url and (urlsplit(url).scheme not in {"http", "https"} or not urlsplit(url).netloc):
+            raise PayloadError("notify-url must be an http(s) URL")
+        tenant.notify_url = url or None
+        if url and tenant.notify_secret_enc is None:
+            made = new_secret()
+            tenant.notify_secret_enc = box.encrypt(made)
+    session.add(tenant)
+    session.flush()
+    return made
+
+
+_ENCRYPTED = (
+    "hmac_key_enc",
+    "hmac_key_previous_enc",
+    "titan_api_key_enc",
+    "s3_secret_enc",
+    "notify_secret_enc",
+)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ sees every tenant and may narrow to one with ``tenant``.
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,16 +19,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from archiver import figures, pauses
+from archiver import audit, figures, pauses
 from archiver import query as queries
 from archiver.api_keys import tenant_for_key
 from archiver.buckets import key_in_bucket, presign_get
 from archiver.db import session_scope
+from archiver.erasure import Selector, erase_recorded
 from archiver.errors import NotFound, PayloadError
 from archiver.names import MAX_ID_LEN, SESSION_RE, has_control
 from archiver.query import MediaQuery, encode_cursor, parse_query
 from archiver.shapes import (
+    AuditPage,
+    AuditRecord,
     Counts,
+    Erasure,
+    ErasureAnswer,
     MediaInfo,
     MediaPage,
     OneMedia,
@@ -243,3 +249,111 @@ def _stats(res: Resources, request: Request) -> Response:
             )
         )
     )
+
+
+# -- Admin: POST /api/admin/erase, GET /api/admin/audit -------------------------------------
+
+
+def _admin_only(res: Resources, request: Request) -> None:
+    who = _principal(res.engine, _admin_key(res), _bearer(request))
+    if not who.admin:
+        raise ApiError(403, "this route needs the admin key")
+
+
+_ERASE_FIELDS = {"tenant", "ids", "sender", "chat", "includeHeld"}
+
+
+def _erase_request(body: bytes) -> tuple[str, Selector]:
+    try:
+        doc = json.loads(body or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError("body: not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise PayloadError("body: a JSON object with tenant and one of ids, sender, chat")
+    unknown = sorted(set(doc) - _ERASE_FIELDS)
+    if unknown:
+        raise PayloadError(f"{unknown[0]}: unknown field")
+    tenant = doc.get("tenant")
+    if not isinstance(tenant, str) or not SESSION_RE.match(tenant):
+        raise PayloadError("tenant: required, a tenant name")
+    ids = doc.get("ids")
+    chosen = [k for k in ("ids", "sender", "chat") if doc.get(k) is not None]
+    if len(chosen) != 1:
+        raise PayloadError("say what to erase: exactly one of ids, sender, chat")
+    if ids is not None and (
+        not isinstance(ids, list)
+        or not 0 < len(ids) <= 1000
+        or not all(
+            isinstance(i, str) and 0 < len(i) <= MAX_ID_LEN and not has_control(i) for i in ids
+        )
+    ):
+        raise PayloadError("ids: a list of 1 to 1000 media ids")
+    for name in ("sender", "chat"):
+        value = doc.get(name)
+        if value is not None and (
+            not isinstance(value, str) or not 0 < len(value) <= 255 or has_control(value)
+        ):
+            raise PayloadError(f"{name}: 1 to 255 printable characters")
+    held = doc.get("includeHeld", False)
+    if not isinstance(held, bool):
+        raise PayloadError("includeHeld: true or false")
+    return tenant, Selector(
+        media_ids=tuple(ids or ()),
+        sender=doc.get("sender"),
+        chat=doc.get("chat"),
+        include_held=held,
+    )
+
+
+async def erase(request: Request) -> Response:
+    body = await request.body()
+
+    def work(res: Resources, request: Request) -> Response:
+        _admin_only(res, request)
+        name, selector = _erase_request(body)
+        with session_scope(res.engine) as session:
+            try:
+                tenant = get_tenant(session, name=name)
+            except NotFound as exc:
+                raise ApiError(404, "tenant: no such tenant") from exc
+        done = erase_recorded(res.engine, tenant, selector, s3_for=res.s3.get, actor="admin")
+        return ShapeResponse(
+            ErasureAnswer(
+                data=Erasure(
+                    tenant=tenant.name,
+                    rows=done.rows,
+                    objects=done.objects,
+                    size=done.bytes,
+                    held=done.held,
+                    in_flight=done.in_flight,
+                    errors=done.errors[:20],
+                    media_ids=done.media_ids,
+                )
+            )
+        )
+
+    return await _answer(request, work)
+
+
+async def audit_list(request: Request) -> Response:
+    return await _answer(request, _audit)
+
+
+def _audit(res: Resources, request: Request) -> Response:
+    _admin_only(res, request)
+    params = request.query_params
+    unknown = sorted(set(params) - {"tenant", "action", "actor", "limit"})
+    if unknown:
+        raise PayloadError(f"{unknown[0]}: unknown parameter")
+    limit_text = params.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        raise PayloadError("limit: an integer from 1 to 1000")
+    flt = audit.AuditFilter(
+        tenant=params.get("tenant"),
+        action=params.get("action"),
+        actor=params.get("actor"),
+        limit=int(limit_text),
+    )
+    with session_scope(res.engine) as session:
+        docs = [audit.as_dict(e) for e in audit.listing(session, flt)]
+    return ShapeResponse(AuditPage(data=[AuditRecord.model_validate(d) for d in docs]))

@@ -150,6 +150,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/api/media/{id:path}/content", api.content),
             Route("/api/media/{id:path}", api.get_media),
             Route("/api/stats", api.stats),
+            Route("/api/admin/erase", api.erase, methods=["POST"]),
+            Route("/api/admin/audit", api.audit_list),
             Route("/openapi.json", openapi_json),
             Route("/docs", docs_page),
             *dashboard.routes(),

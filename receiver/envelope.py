@@ -74,18 +74,64 @@ def session_change(envelope: dict[str, Any]) -> SessionChange | None:
     return None
 
 
-def media_item(envelope: dict[str, Any]) -> MediaItem | None:
-    """Return the media item of a ``message.received`` envelope, or None if there is none.
+MEDIA_EVENTS = frozenset({"message.received", "message.sent"})
+REVOKE_EVENTS = frozenset({"message.revoked", "message.delete"})
 
-    Any other event type, and text messages, are not ours to archive: None.
-    """
-    if envelope.get("event") != "message.received":
+
+@dataclass(frozen=True)
+class Revocation:
+    """A message its sender revoked or deleted (``message.revoked`` / ``message.delete``)."""
+
+    session: str
+    message_id: str
+    event: str
+
+
+def revocation(envelope: dict[str, Any]) -> Revocation | None:
+    """The message a revoke/delete event names, or None (another event, or no message id:
+    the payload's shape is not documented, so the forms seen in comparable gateways are
+    read: ``revokedMessageId``, ``messageId``, ``key.id``, then ``id``)."""
+    event = envelope.get("event")
+    if event not in REVOKE_EVENTS:
         return None
+    session = envelope.get("session")
+    if not isinstance(session, str) or not SESSION_RE.match(session):
+        raise PayloadError("session is missing or not a valid Titan session name")
     payload = envelope.get("payload")
     if payload is None:
         payload = envelope.get("data")
     if not isinstance(payload, dict):
-        raise PayloadError("message.received without a payload object")
+        return None
+    key = payload.get("key")
+    candidates = (
+        payload.get("revokedMessageId"),
+        payload.get("messageId"),
+        key.get("id") if isinstance(key, dict) else None,
+        payload.get("id"),
+    )
+    for candidate in candidates:
+        if isinstance(candidate, str | int) and not isinstance(candidate, bool) and candidate:
+            return Revocation(session, _opaque_id(candidate, "message id"), str(event))
+    return None
+
+
+def media_item(envelope: dict[str, Any]) -> MediaItem | None:
+    """Return the media item of a ``message.received`` or ``message.sent`` envelope, or None
+    if there is none.
+
+    Any other event type, and text messages, are not ours to archive: None. What the
+    business's own number sent (``message.sent``) is stored with ``from_me`` true; whether
+    it is archived is the tenant's capture policy (archiver/capture.py).
+    """
+    event = envelope.get("event")
+    if event not in MEDIA_EVENTS:
+        return None
+    outgoing = event == "message.sent"
+    payload = envelope.get("payload")
+    if payload is None:
+        payload = envelope.get("data")
+    if not isinstance(payload, dict):
+        raise PayloadError(f"{event} without a payload object")
     found = payload.get("media")
     media: dict[str, Any] = found if isinstance(found, dict) else {}
 
@@ -122,7 +168,7 @@ def media_item(envelope: dict[str, Any]) -> MediaItem | None:
         event_id=_optional_text(envelope.get("id"), "id", MAX_ID_LEN),
         sender_lid=_sender_lid(payload),
         voice_note=voice_note,
-        **_conversation(payload),
+        **_conversation(payload, outgoing=outgoing),
     )
 
 
@@ -211,15 +257,21 @@ def _sender(payload: dict[str, Any]) -> str | None:
     return None
 
 
-def _conversation(payload: dict[str, Any]) -> dict[str, Any]:
+def _conversation(payload: dict[str, Any], *, outgoing: bool = False) -> dict[str, Any]:
     """chat, is_group, from_me and sender_name, as far as Titan's payload says them.
 
     ``from`` is ``{id: "...@g.us"}`` for a group and ``{phoneNumber, lid, mode}`` for a
     person (titan-api.md section 3); the chat of a one-to-one message is that person, in the
-    form Titan's ``mode`` names (phone number, or lid). Nothing is guessed: what the payload
-    does not say stays None.
+    form Titan's ``mode`` names (phone number, or lid). A sent message's chat is its
+    recipient (``to``, or ``chatId``) when the payload names one. Nothing is guessed: what
+    the payload does not say stays None.
     """
     source = payload.get("from")
+    if outgoing:
+        for name in ("to", "chatId"):
+            if payload.get(name):
+                source = payload[name]
+                break
     chat: str | None = None
     group: bool | None = None
     if isinstance(source, dict):
@@ -239,7 +291,7 @@ def _conversation(payload: dict[str, Any]) -> dict[str, Any]:
     said = payload.get("isGroup")
     if isinstance(said, bool):
         group = said
-    from_me = payload.get("fromMe")
+    from_me = True if outgoing else payload.get("fromMe")
     if chat is not None and len(chat) > 255:
         chat = None  # not an id Titan issues; cut short it would name another chat
     return {

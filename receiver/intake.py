@@ -17,13 +17,22 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from archiver import pauses
+from archiver.capture import not_captured
 from archiver.db import session_scope
 from archiver.errors import ConfigError, InvalidSignature, PayloadError, Unavailable
 from archiver.names import SESSION_RE
 from archiver.recording import Arrival, MediaItem
-from archiver.shapes import Error, Ignored, SessionState, Shape, WebhookAnswer
+from archiver.revocations import record_revocation
+from archiver.shapes import Error, Ignored, Revoked, SessionState, Shape, WebhookAnswer
 from archiver.tables import Status, utcnow
-from receiver.envelope import SessionChange, media_item, parse_body, session_change
+from receiver.envelope import (
+    Revocation,
+    SessionChange,
+    media_item,
+    parse_body,
+    revocation,
+    session_change,
+)
 from receiver.group_commit import GroupCommit
 from receiver.signature import verify
 from receiver.tenant_cache import TenantCache
@@ -42,6 +51,8 @@ class Answer:
     body: Shape
     headers: dict[str, str] = field(default_factory=dict)
     outcome: str = ""  # for metrics and logs: queued, duplicate, ignored, unauthorized, ...
+    not_captured: str | None = None  # why the tenant's capture policy left a media out
+    tenant: str | None = None
 
 
 class Intake:
@@ -108,8 +119,31 @@ class Intake:
                 return await run_in_threadpool(
                     self._session_changed, tenant.id, tenant_name, change
                 )
+            revoked = revocation(envelope)
+            if revoked is not None:
+                return await run_in_threadpool(self._revoked, tenant.id, tenant_name, revoked)
             log.debug("ignored %r event for %s", envelope.get("event"), tenant_name)
             return Answer(200, IGNORED, outcome="ignored")
+        reason = not_captured(tenant.capture, item)
+        if reason is not None:
+            log.info(
+                "webhook ignored: not captured (%s)",
+                reason,
+                extra={
+                    "tenant": tenant_name,
+                    "session": item.session,
+                    "mediaId": item.media_id,
+                    "eventId": item.event_id,
+                    "outcome": "ignored",
+                },
+            )
+            return Answer(
+                200,
+                Ignored(status="ignored", reason=reason),
+                outcome="ignored",
+                not_captured=reason,
+                tenant=tenant_name,
+            )
         recorded = await self._commit.submit(
             Arrival(tenant_id=tenant.id, strategy=tenant.strategy, item=item)
         )
@@ -164,6 +198,35 @@ class Intake:
                 extra={"tenant": tenant_name, "session": change.session, "outcome": state},
             )
         return Answer(200, SessionState(status=state, session=change.session), outcome=state)
+
+    def _revoked(self, tenant_id: int, tenant_name: str, revoked: Revocation) -> Answer:
+        """Record a revocation on the rows of the message it names (durable before the
+        answer); a message we never archived is acknowledged and ignored."""
+        try:
+            with session_scope(self._engine) as session:
+                count = record_revocation(
+                    session,
+                    tenant_id=tenant_id,
+                    session_name=revoked.session,
+                    message_id=revoked.message_id,
+                    event=revoked.event,
+                    now=utcnow(),
+                )
+        except SQLAlchemyError as exc:
+            raise Unavailable("database unavailable") from exc
+        if not count:
+            return Answer(200, Ignored(status="ignored", reason="no_message"), outcome="ignored")
+        log.info(
+            "message %s: recorded on %d media",
+            revoked.event.removeprefix("message."),
+            count,
+            extra={"tenant": tenant_name, "session": revoked.session, "outcome": "revoked"},
+        )
+        return Answer(
+            200,
+            Revoked(status="revoked", message_id=revoked.message_id, media=count),
+            outcome="revoked",
+        )
 
 
 def _shown(tenant_name: str) -> str:

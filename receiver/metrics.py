@@ -33,6 +33,12 @@ class ReceiverMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.not_captured = Counter(
+            "archiver_media_not_captured_total",
+            "Media deliveries the tenant's capture policy leaves out, by reason",
+            ["tenant", "reason"],
+            registry=self.registry,
+        )
         self.accept_seconds = Histogram(
             "archiver_webhook_accept_seconds",
             "Time to answer a webhook delivery",

@@ -29,7 +29,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "A parameter is invalid; the message starts with its name.",
         401: "Missing or invalid API key.",
-        403: "A tenant key asked for another tenant.",
+        403: "A tenant key asked for another tenant, or for an admin route.",
         404: "Not found (or not visible to this key).",
         409: "Not archived yet, or stored outside the tenant's bucket.",
         413: "Body larger than ARCHIVER_MAX_BODY_BYTES.",
@@ -143,6 +143,57 @@ def document() -> dict[str, Any]:
                     **_errors(400, 401, 403, 404, 503),
                 },
             ),
+            "/api/admin/erase": {
+                "post": {
+                    "operationId": "eraseMedia",
+                    "summary": "Admin: delete a tenant's media for good (objects, every "
+                    "version, and rows) by ids, sender or chat",
+                    "security": [{"apiKey": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["tenant"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "tenant": {"type": "string", "pattern": SESSION_RE.pattern},
+                                        "ids": {
+                                            "type": "array",
+                                            "items": {"type": "string"},
+                                            "minItems": 1,
+                                            "maxItems": 1000,
+                                        },
+                                        "sender": {"type": "string", "maxLength": 255},
+                                        "chat": {"type": "string", "maxLength": 255},
+                                        "includeHeld": {"type": "boolean"},
+                                    },
+                                    "description": "tenant, and exactly one of ids, sender, chat",
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_ref("ErasureAnswer"), "What was removed and kept."),
+                        **_errors(400, 401, 403, 404, 503),
+                    },
+                }
+            },
+            "/api/admin/audit": _get(
+                "listAudit",
+                "Admin: the audit trail, newest first",
+                [
+                    _param("tenant", {"type": "string"}, "Only actions on this tenant."),
+                    _param("action", {"type": "string"}, "An action, or a family ('tenant.')."),
+                    _param("actor", {"type": "string"}, "admin, key:<id>, cli:<user>, ..."),
+                    _param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Rows."),
+                ],
+                {
+                    "200": _json(_ref("AuditPage"), "Audit records."),
+                    **_errors(400, 401, 403, 503),
+                },
+            ),
             "/webhooks/{tenant}": {
                 "post": {
                     "operationId": "receiveWebhook",
@@ -164,10 +215,12 @@ def document() -> dict[str, Any]:
                                     _ref("WebhookAnswer"),
                                     _ref("Ignored"),
                                     _ref("SessionState"),
+                                    _ref("Revoked"),
                                 ]
                             },
-                            "A duplicate; an event not archived; or a session event "
-                            "that paused or resumed the session's media.",
+                            "A duplicate; an event not archived (or left out by the "
+                            "tenant's capture policy); a session event that paused or "
+                            "resumed the session's media; a revocation recorded.",
                         ),
                         "202": _json(_ref("WebhookAnswer"), "Media recorded and queued."),
                         **_errors(400, 401, 413, 503),

@@ -1,4 +1,5 @@
-"""Tenants as the webhook path needs them (id, strategy, HMAC keys), cached briefly in-process.
+"""Tenants as the webhook path needs them (id, strategy, HMAC keys, capture policy), cached
+briefly in-process.
 
 A webhook then costs no database read and no decryption before its batch is written.
 Changes to a tenant (a new HMAC key, a removal) take effect within ``ttl`` seconds.
@@ -10,10 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from archiver.capture import CapturePolicy
 from archiver.db import session_scope
 from archiver.errors import NotFound
 from archiver.secrets_box import SecretBox
@@ -26,6 +28,7 @@ class WebhookTenant:
     name: str
     strategy: str
     hmac_keys: tuple[str, ...]
+    capture: CapturePolicy = field(default_factory=CapturePolicy)
 
 
 class TenantCache:
@@ -59,6 +62,7 @@ class TenantCache:
                     name=tenant.name,
                     strategy=tenant.strategy,
                     hmac_keys=secrets_of(tenant, box=self._box).hmac_keys,
+                    capture=CapturePolicy.of(tenant),
                 )
         with self._lock:
             self._entries[name] = (time.monotonic() + self._ttl, found)

@@ -52,5 +52,7 @@ async def receive_webhook(request: Request) -> Response:
         request.path_params["tenant"], body, request.headers.get("x-webhook-signature")
     )
     metrics.webhooks.labels(answer.outcome).inc()
+    if answer.not_captured is not None:
+        metrics.not_captured.labels(answer.tenant or "", answer.not_captured).inc()
     metrics.accept_seconds.observe(time.perf_counter() - started)
     return ShapeResponse(answer.body, status_code=answer.status, headers=answer.headers)

@@ -5,8 +5,16 @@ from typing import Any
 
 import pytest
 
+from archiver.capture import CapturePolicy, not_captured, parse_types
 from archiver.errors import PayloadError
-from receiver.envelope import SessionChange, media_item, parse_body, session_change
+from receiver.envelope import (
+    Revocation,
+    SessionChange,
+    media_item,
+    parse_body,
+    revocation,
+    session_change,
+)
 
 
 def envelope(**payload: Any) -> dict[str, Any]:
@@ -115,7 +123,7 @@ def test_keeps_the_auto_persisted_media_url() -> None:
 @pytest.mark.parametrize(
     "doc",
     [
-        {"event": "message.sent", "payload": {"mediaId": "x"}},
+        {"event": "message.ack", "payload": {"mediaId": "x"}},
         {"event": "session.status", "payload": {}},
         {"event": "command.result", "data": {"ok": True}},
         {"event": "some.future.event"},
@@ -221,3 +229,70 @@ def test_every_item_keeps_its_conversation() -> None:
     # the media is still archived.
     long = media_item(envelope(**{"from": {"id": "x" * 300 + "@g.us"}}))
     assert long is not None and long.chat is None and long.is_group is True
+
+
+def test_sent_media_is_media_from_me_in_the_recipients_chat() -> None:
+    doc = envelope(to="+5511888888888", fromMe=None) | {"event": "message.sent"}
+    item = media_item(doc)
+    assert item is not None
+    assert (item.from_me, item.chat, item.is_group) == (True, "+5511888888888", None)
+    # No recipient named: the chat is what ``from`` says, still from me.
+    plain = media_item(envelope() | {"event": "message.sent"})
+    assert plain is not None and plain.from_me is True and plain.chat == "+5511999999999"
+
+
+def test_status_media_is_in_the_broadcast_chat() -> None:
+    item = media_item(envelope(**{"from": {"id": "status@broadcast"}, "isGroup": False}))
+    assert item is not None and item.chat == "status@broadcast"
+
+
+def test_revocations_name_the_message_in_any_known_form() -> None:
+    def revoke(event: str, **payload: Any) -> dict[str, Any]:
+        return {"event": event, "session": "support", "payload": payload}
+
+    assert revocation(revoke("message.revoked", revokedMessageId="M1", id="R9")) == Revocation(
+        "support", "M1", "message.revoked"
+    )
+    assert revocation(revoke("message.delete", key={"id": "M2"})) == Revocation(
+        "support", "M2", "message.delete"
+    )
+    assert revocation(revoke("message.revoked", id="M3")) == Revocation(
+        "support", "M3", "message.revoked"
+    )
+    assert revocation(revoke("message.revoked")) is None  # no id: acknowledged, ignored
+    assert revocation(revoke("message.ack", id="M3")) is None
+    with pytest.raises(PayloadError):
+        revocation({"event": "message.revoked", "session": "bad name", "payload": {"id": "x"}})
+
+
+def test_the_capture_policy_says_why_an_item_is_left_out() -> None:
+    received = media_item(envelope())
+    sent = media_item(envelope() | {"event": "message.sent"})
+    group = media_item(envelope(**{"from": {"id": "120363@g.us"}, "isGroup": True}))
+    status = media_item(envelope(**{"from": {"id": "status@broadcast"}}))
+    video = media_item(envelope(type="video", fileLength=70 * 2**20))
+    assert None not in (received, sent, group, status, video)
+    assert received and sent and group and status and video
+    default = CapturePolicy()
+    assert [not_captured(default, i) for i in (received, sent, group, status, video)] == [
+        None,
+        "outgoing",
+        None,
+        None,
+        None,
+    ]
+    strict = CapturePolicy(
+        outgoing=True, status=False, groups=False, types=parse_types("image"), max_bytes=2**20
+    )
+    assert [not_captured(strict, i) for i in (received, sent, group, status, video)] == [
+        None,
+        None,
+        "group",
+        "status",
+        "type",
+    ]
+    assert not_captured(CapturePolicy(max_bytes=1000), received) == "size"
+    assert parse_types(" Image, video ") == frozenset({"image", "video"})
+    assert parse_types("") is None
+    with pytest.raises(PayloadError, match="unknown type 'gif'"):
+        parse_types("image,gif")

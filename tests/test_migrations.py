@@ -106,3 +106,37 @@ def test_existing_rows_get_the_conversation_that_can_be_known_and_nothing_more(
         "p": (None, None, None),
         "n": (None, None, None),
     }
+
+
+def test_the_migrations_build_exactly_the_schema_the_code_declares(blank: Engine) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    import archiver.tables  # noqa: F401 - registers every table on the metadata
+
+    migrate.upgrade(blank, "head")
+    with blank.connect() as conn:
+        drift = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert drift == []
+
+
+def test_new_tenant_settings_keep_what_existing_tenants_did(blank: Engine) -> None:
+    migrate.upgrade(blank, "0014")
+    with blank.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tenants (name, titan_url, strategy, s3_bucket, s3_prefix, "
+                "hmac_key_enc, titan_api_key_enc, created_at, paused_auto) VALUES "
+                "('old', 'http://t', 'download', 'b', '', 'x', 'y', '2026-01-01', false)"
+            )
+        )
+    migrate.upgrade(blank, "head")
+    with blank.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT capture_outgoing, capture_status, capture_groups, capture_types, "
+                "capture_max_bytes, delete_revoked, retention_days, notify_url FROM tenants"
+            )
+        ).one()
+    assert tuple(row) == (False, True, True, None, None, False, None, None)

@@ -124,12 +124,14 @@ class Simulator:
         media_id: str | None = None,
         sender: str = "+5511999999999",
         filename: str | None = None,
+        caption: str | None = "",
     ) -> SentMedia:
         """Register media with the simulator and build the webhook that announces it.
 
         ``sample=True`` serves the real sample file for ``message_type`` (its own size and
         MIME type) instead of ``size`` bytes of noise; ``media_id`` re-registers an id (for
-        instance to bring back media registered as gone).
+        instance to bring back media registered as gone). ``caption``: "" for a made-up one
+        ("image of 13006 bytes"), None for none (as most WhatsApp media arrive).
         """
         mime = mime_type or MIME_BY_TYPE.get(message_type, "application/octet-stream")
         spec: dict[str, Any] = {
@@ -153,7 +155,7 @@ class Simulator:
             mime_type=mime,
             size=size,
             sender=sender,
-            caption=f"{message_type} of {size} bytes",
+            caption=f"{message_type} of {size} bytes" if caption == "" else caption,
         )
         if filename:
             envelope["payload"]["filename"] = filename

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from archiver import fairness, lifecycle, pauses, redrive
-from archiver.db import session_scope
+from archiver import fairness, lifecycle, notify, pauses, redrive
+from archiver.db import session_scope, transactional
 from archiver.errors import NotFound, PermanentError, TenantError, TransientError, Unavailable
 from archiver.object_keys import object_key
 from archiver.tables import Media, Strategy, Tenant, utcnow
@@ -103,11 +103,16 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         # A row whose attempts keep dying with their worker (a poison file) ends here, not in
         # endless redelivery. Transient failures do not count: they retry until the horizon.
         reason = row.last_error or "worker lost during transfer"
-        return _fail(res, row, f"gave up after {row.crashes} attempts whose worker died: {reason}")
+        return _fail(
+            res,
+            row,
+            f"gave up after {row.crashes} attempts whose worker died: {reason}",
+            tenant=_tenant_or_none(res, row),
+        )
     try:
         tenant, secrets = res.tenant(row.tenant_id)
     except NotFound:
-        return _fail(res, row, "tenant no longer exists")
+        return _fail(res, row, "tenant no longer exists", tenant=None)
     if tenant.paused_at is not None:
         return _hand_back(res, row, f"tenant {tenant.name} is paused")
     started = time.monotonic()
@@ -133,7 +138,7 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         res.forget_tenant(tenant.id or 0)
         return _hand_back(res, row, str(exc))
     except PermanentError as exc:
-        return _fail(res, row, str(exc))
+        return _fail(res, row, str(exc), tenant=tenant)
     except TransientError as exc:
         if exc.rate_limited:
             # Titan limits the tenant's key, not this media: hold every transfer of the
@@ -145,10 +150,13 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         if titan is not None and titan.exhausted:
             titan.exhausted = False
             _hold(res, tenant, fairness.EXHAUSTED_HOLD, "titan's rate limit window is used up")
-    with session_scope(res.engine) as session:
-        mine = lifecycle.mark_archived(
-            session, pk=pk, attempt=attempt, now=utcnow(), outcome=outcome
-        )
+    now = utcnow()
+    # A tenant with a notification endpoint gets its event in the same transaction.
+    engine = transactional(res.engine) if tenant.notify_url else res.engine
+    with session_scope(engine) as session:
+        mine = lifecycle.mark_archived(session, pk=pk, attempt=attempt, now=now, outcome=outcome)
+        if mine:
+            notify.enqueue(session, tenant=tenant, pk=pk, event=notify.ARCHIVED, now=now)
     if not mine:
         return Result("skipped", "lease lost to another worker; its outcome stands")
     seconds = time.monotonic() - started
@@ -199,6 +207,7 @@ def _retry_later(res: WorkerResources, tenant: Tenant, row: Media, exc: Transien
             row,
             f"expired before it could be archived: still failing {days:g} days after the "
             f"message (ARCHIVER_RETRY_HORIZON_SECONDS); last error: {exc}",
+            tenant=tenant,
         )
     with session_scope(res.engine) as session:
         lifecycle.mark_retrying(
@@ -226,11 +235,22 @@ def _hand_back(res: WorkerResources, row: Media, reason: str) -> Result:
     return Result("paused", reason)
 
 
-def _fail(res: WorkerResources, row: Media, reason: str) -> Result:
-    with session_scope(res.engine) as session:
-        lifecycle.mark_failed(
-            session, pk=row.pk or 0, attempt=row.attempts, now=utcnow(), error=reason
+def _tenant_or_none(res: WorkerResources, row: Media) -> Tenant | None:
+    try:
+        return res.tenant(row.tenant_id)[0]
+    except NotFound:
+        return None
+
+
+def _fail(res: WorkerResources, row: Media, reason: str, *, tenant: Tenant | None) -> Result:
+    now = utcnow()
+    notifying = tenant is not None and bool(tenant.notify_url)
+    with session_scope(transactional(res.engine) if notifying else res.engine) as session:
+        mine = lifecycle.mark_failed(
+            session, pk=row.pk or 0, attempt=row.attempts, now=now, error=reason
         )
+        if mine and tenant is not None:
+            notify.enqueue(session, tenant=tenant, pk=row.pk or 0, event=notify.FAILED, now=now)
     log.warning(
         "media failed: %s",
         reason,

@@ -9,9 +9,10 @@ from celery import signals
 
 from archiver.broker import make_celery
 from archiver.logs import configure_logging
-from archiver.queue import DISPATCH_TASK, PROBE_TASK, SWEEP_TASK
+from archiver.queue import DISPATCH_TASK, PROBE_TASK, RETENTION_TASK, SWEEP_TASK
 from archiver.settings import load_settings
 from worker import metrics
+from worker.notifier import Notifier
 from worker.tasks import register
 
 settings = load_settings()
@@ -35,6 +36,11 @@ app.conf.beat_schedule = {
         # Behind a long backlog, a late dispatch still publishes what is due by then.
         "options": {"expires": max(300.0, settings.dispatch_interval_seconds)},
     },
+    "delete-expired-media": {
+        "task": RETENTION_TASK,
+        "schedule": settings.retention_interval_seconds,
+        "options": {"expires": settings.retention_interval_seconds},
+    },
 }
 register(app, settings)
 
@@ -43,6 +49,24 @@ register(app, settings)
 def _serve_metrics(**_: Any) -> None:
     # In the worker's main process, before the pool forks (beat never sends this signal).
     metrics.start(settings, app)
+
+
+_notifier: Notifier | None = None
+
+
+@signals.worker_ready.connect
+def _start_notifier(**_: Any) -> None:
+    # In the worker's main process once the pool is up: delivers tenants' notifications
+    # from the outbox, beside (never inside) the archive tasks.
+    global _notifier
+    _notifier = Notifier(settings)
+    _notifier.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_notifier(**_: Any) -> None:
+    if _notifier is not None:
+        _notifier.stop()
 
 
 logging.getLogger(__name__).debug("worker app ready")

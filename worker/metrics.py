@@ -41,6 +41,9 @@ class _Meters:
     archived_bytes: Any
     transfer_seconds: Any
     retries: Any
+    deleted_rows: Any
+    deleted_objects: Any
+    notifications: Any
 
 
 _meters: _Meters | None = None
@@ -60,6 +63,22 @@ def record(
             _meters.archived_bytes.labels(queue=queue).inc(size)
         if seconds is not None:
             _meters.transfer_seconds.labels(queue=queue).observe(seconds)
+
+
+def record_deletions(tenant: str, reason: str, done: Any) -> None:
+    """Count what a retention pass deleted (``done``: an archiver.erasure.Erased)."""
+    if _meters is None:
+        return
+    if done.rows:
+        _meters.deleted_rows.labels(tenant=tenant, reason=reason).inc(done.rows)
+    if done.objects:
+        _meters.deleted_objects.labels(tenant=tenant, reason=reason).inc(done.objects)
+
+
+def record_notification(outcome: str) -> None:
+    """Count one notification attempt: delivered, retrying or failed."""
+    if _meters is not None:
+        _meters.notifications.labels(outcome=outcome).inc()
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -112,6 +131,24 @@ def start(settings: Settings, celery: Celery) -> bool:
             "archiver_retries_total",
             "Transfers scheduled for another attempt",
             ["queue"],
+            registry=None,
+        ),
+        deleted_rows=Counter(
+            "archiver_retention_deleted_rows_total",
+            "Media rows deleted by the retention pass (reason: retention, revoked)",
+            ["tenant", "reason"],
+            registry=None,
+        ),
+        deleted_objects=Counter(
+            "archiver_retention_deleted_objects_total",
+            "Object versions deleted by the retention pass",
+            ["tenant", "reason"],
+            registry=None,
+        ),
+        notifications=Counter(
+            "archiver_notification_attempts_total",
+            "Notification deliveries by outcome (delivered, retrying, failed)",
+            ["outcome"],
             registry=None,
         ),
     )

@@ -17,9 +17,11 @@ from archiver.queue import (
     DISPATCH_TASK,
     PROBE_TASK,
     QUEUES,
+    RETENTION_TASK,
     SWEEP_TASK,
 )
 from archiver.redrive import dispatch, sweep
+from archiver.retention import retention_pass
 from archiver.settings import Settings
 from archiver.tables import utcnow
 from worker import metrics
@@ -70,6 +72,17 @@ def register(app: Celery, settings: Settings) -> None:
     @app.task(name=PROBE_TASK, ignore_result=True)
     def probe_paused_tenants() -> list[str]:
         return probe_paused(resources(settings, app).engine, settings)
+
+    @app.task(name=RETENTION_TASK, ignore_result=True)
+    def delete_expired() -> int:
+        res = resources(settings, app)
+        passes = retention_pass(
+            res.engine, s3_for=res.s3.get, now=utcnow(), max_rows=settings.retention_max_rows
+        )
+        for done in passes:
+            metrics.record_deletions(done.tenant, "retention", done.expired)
+            metrics.record_deletions(done.tenant, "revoked", done.revoked)
+        return sum(p.expired.rows + p.revoked.rows for p in passes)
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_stuck() -> int:

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from archiver import audit
 from archiver.api_keys import issue, list_keys, revoke_key
 from archiver.cli.context import database, friendly
 from archiver.shapes import ApiKeyView
@@ -30,6 +31,15 @@ def api_keys_create(tenant: str, label: str | None) -> None:
         owner = get_tenant(session, name=tenant)
         assert owner.id is not None
         row, key = issue(session, tenant_id=owner.id, label=label)
+        session.flush()
+        audit.record(
+            session,
+            actor=audit.cli_actor(),
+            action="key.create",
+            tenant_id=owner.id,
+            tenant=owner.name,
+            detail={"keyId": row.id, "prefix": row.prefix, "label": label},
+        )
         view = ApiKeyView.of(row, tenant=owner.name).doc()
     click.echo(json.dumps({**view, "apiKey": key}))
 
@@ -57,4 +67,12 @@ def api_keys_revoke(prefix: str, tenant: str | None) -> None:
         tenant_id = get_tenant(session, name=tenant).id if tenant else None
         key = revoke_key(session, prefix=prefix, tenant_id=tenant_id)
         owner = get_tenant_by_id(session, tenant_id=key.tenant_id)
+        audit.record(
+            session,
+            actor=audit.cli_actor(),
+            action="key.revoke",
+            tenant_id=owner.id,
+            tenant=owner.name,
+            detail={"keyId": key.id, "prefix": key.prefix},
+        )
         click.echo(json.dumps(ApiKeyView.of(key, tenant=owner.name).doc()))

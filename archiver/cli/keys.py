@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from archiver import audit
 from archiver.cli.context import current_settings, database, friendly
 from archiver.tenants import rekey_secrets
 
@@ -30,6 +31,14 @@ def keys_rotate(dry_run: bool) -> None:
     settings = current_settings()
     with database() as session:
         report = rekey_secrets(session, box=settings.secret_box(), dry_run=dry_run)
+    if not dry_run:
+        with database() as session:
+            audit.record(
+                session,
+                actor=audit.cli_actor(),
+                action="keys.rotate",
+                detail={"tenants": report.tenants, "reencrypted": report.reencrypted},
+            )
     click.echo(
         json.dumps(
             {

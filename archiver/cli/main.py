@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from archiver.cli import api_keys, db, dev, keys, media, reconcile, status, tenants
+from archiver.cli import api_keys, audit, db, dev, keys, media, reconcile, status, tenants
 
 
 @click.group()
@@ -19,6 +19,7 @@ main.add_command(keys.keys)
 main.add_command(media.media)
 main.add_command(reconcile.reconcile)
 main.add_command(status.status)
+main.add_command(audit.audit)
 main.add_command(dev.dev)
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`titan-archiver media`: list, export, retry and re-queue media rows."""
+"""`titan-archiver media`: list, export, retry, re-queue, erase and hold media rows."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from typing import Any, TypeVar
 
 import click
 
-from archiver import lifecycle
+from archiver import audit, lifecycle
 from archiver import query as queries
 from archiver.broker import make_celery, publish_archive
+from archiver.buckets import TenantS3Clients
 from archiver.cli.context import current_settings, database, friendly, scope_count
 from archiver.cli.output import print_media
 from archiver.db import make_engine, session_scope
+from archiver.erasure import Selector, count_matching, erase_recorded, set_hold
 from archiver.errors import Unavailable
 from archiver.names import MAX_ID_LEN, MEDIA_TYPES, SESSION_RE, has_control
 from archiver.query import FILTERS, MediaQuery, parse_query
@@ -191,6 +193,15 @@ def media_retry(retry_all: bool, tenant: str | None, media_ids: tuple[str, ...])
                 media_ids=list(media_ids) or None,
                 progress=bar.update,
             )
+        with session_scope(engine) as session:
+            audit.record(
+                session,
+                actor=audit.cli_actor(),
+                action="media.retry",
+                tenant_id=tenant_id,
+                tenant=tenant,
+                detail={"all": retry_all, "ids": list(media_ids), "requeued": count},
+            )
     finally:
         engine.dispose()
     click.echo(json.dumps({"requeued": count}))
@@ -266,3 +277,71 @@ def media_add(
         engine.dispose()
     status = recorded.status if recorded.created else "duplicate"
     click.echo(json.dumps({"id": media_id, "tenant": tenant, "status": status}))
+
+
+@media.command("erase")
+@click.option("--tenant", required=True, help="The tenant whose media is erased (only it).")
+@click.option("--id", "media_ids", multiple=True, help="A media id (repeatable).")
+@click.option("--sender", default=None, help="Every media of this sender (number or lid).")
+@click.option("--chat", default=None, help="Every media of this conversation.")
+@click.option("--include-held", is_flag=True, help="Erase rows under legal hold too.")
+@click.option("--dry-run", is_flag=True, help="Count the rows it would erase; change nothing.")
+@friendly
+def media_erase(
+    tenant: str,
+    media_ids: tuple[str, ...],
+    sender: str | None,
+    chat: str | None,
+    include_held: bool,
+    dry_run: bool,
+) -> None:
+    """Delete media for good: the objects (every version, in a versioned bucket) and the
+    rows. Exactly one of --id, --sender, --chat. Prints what it removed: rows, objects,
+    bytes, the media ids; and what it kept: rows under legal hold, rows being transferred
+    right now (run it again), objects the bucket refused to delete. Exit 1 if anything
+    named was kept for a reason other than a legal hold."""
+    chosen = [bool(media_ids), sender is not None, chat is not None]
+    if sum(chosen) != 1:
+        raise click.UsageError("say what to erase: exactly one of --id, --sender or --chat")
+    for flag, value in (("--sender", sender), ("--chat", chat)):
+        if value is not None and (not value or len(value) > 255 or has_control(value)):
+            raise click.BadParameter("1 to 255 printable characters", param_hint=flag)
+    selector = Selector(media_ids=media_ids, sender=sender, chat=chat, include_held=include_held)
+    settings = current_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            owner = get_tenant(session, name=tenant)
+        if dry_run:
+            found = count_matching(engine, owner, selector)
+            click.echo(json.dumps({"tenant": tenant, "dryRun": True, "rows": found}))
+            return
+        clients = TenantS3Clients(settings=settings, box=settings.secret_box())
+        done = erase_recorded(engine, owner, selector, s3_for=clients.get, actor=audit.cli_actor())
+    finally:
+        engine.dispose()
+    click.echo(json.dumps({"tenant": tenant, **done.doc()}))
+    if done.in_flight or done.errors:
+        sys.exit(1)
+
+
+@media.command("hold")
+@click.option("--tenant", required=True)
+@click.option("--id", "media_ids", multiple=True, required=True, help="A media id (repeatable).")
+@click.option("--release", is_flag=True, help="Lift the hold instead.")
+@friendly
+def media_hold(tenant: str, media_ids: tuple[str, ...], release: bool) -> None:
+    """Put media under legal hold: retention never deletes it (an erasure only with
+    --include-held). --release lifts it."""
+    settings = current_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            owner = get_tenant(session, name=tenant)
+        rows = set_hold(engine, owner, list(media_ids), held=not release, actor=audit.cli_actor())
+    finally:
+        engine.dispose()
+    click.echo(json.dumps({"tenant": tenant, "held": not release, "rows": rows}))
+    if rows < len(set(media_ids)):
+        click.echo(f"{len(set(media_ids)) - rows} of the ids name no media of {tenant}", err=True)
+        sys.exit(1)

@@ -6,12 +6,12 @@ import json
 
 import click
 
-from archiver import figures, humanize, pauses
+from archiver import figures, humanize, notify, pauses
 from archiver.broker import LiveWorker, make_celery, queue_depths, workers
 from archiver.cli.context import current_settings, database, friendly
 from archiver.errors import AppError
 from archiver.tables import Status, utcnow
-from archiver.tenants import get_tenant
+from archiver.tenants import get_tenant, list_tenants
 
 
 @click.command()
@@ -27,7 +27,11 @@ def status(tenant: str | None, as_json: bool) -> None:
         backlog = figures.backlog(session, tenant_id=tenant_id)
         held = pauses.paused(session, tenant_id=tenant_id)
         held_sessions = pauses.paused_sessions(session, tenant_id=tenant_id)
+        outbox = notify.counts(session, tenant_id=tenant_id)
+        names = {str(t.id): t.name for t in list_tenants(session)}
     now = utcnow()
+    pending = sum(c.get("pending", 0) for c in outbox.values())
+    given_up = sum(c.get("failed", 0) for c in outbox.values())
     age = (now - backlog.oldest_unarchived).total_seconds() if backlog.oldest_unarchived else 0.0
     failed_age = (now - backlog.oldest_failed).total_seconds() if backlog.oldest_failed else 0.0
     celery = make_celery(settings)
@@ -57,6 +61,11 @@ def status(tenant: str | None, as_json: bool) -> None:
             }
             for p in held_sessions
         ],
+        "notifications": {
+            "pending": pending,
+            "failed": given_up,
+            "byTenant": {names.get(k, k): v for k, v in outbox.items()},
+        },
     }
     if as_json:
         click.echo(json.dumps(doc))
@@ -74,6 +83,8 @@ def status(tenant: str | None, as_json: bool) -> None:
         click.echo(f"{name:<28}{count}")
     click.echo(f"{'oldest unarchived':<28}{_age(age)}")
     click.echo(f"{'oldest failed':<28}{_age(failed_age)}")
+    click.echo(f"{'notifications pending':<28}{pending}")
+    click.echo(f"{'notifications given up':<28}{given_up}")
     if depths is None or live is None:
         click.echo(f"{'queue depth':<28}unreachable")
         click.echo(f"{'workers':<28}unknown (broker unreachable)")

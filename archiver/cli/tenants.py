@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from archiver import pauses
+from archiver import audit, pauses
 from archiver.cli.context import current_settings, database, friendly
 from archiver.cli.output import echo_json
 from archiver.cli.secret_input import read_secret, secret_option
@@ -19,6 +19,7 @@ from archiver.settings import Settings
 from archiver.shapes import TenantView
 from archiver.tables import utcnow
 from archiver.tenants import (
+    PolicyChanges,
     TenantChanges,
     TenantSpec,
     create_tenant,
@@ -28,6 +29,7 @@ from archiver.tenants import (
     rotate_hmac_key,
     secrets_of,
     tenant_exists,
+    update_policy,
     update_tenant,
     updated_spec,
     validate_settings,
@@ -104,6 +106,14 @@ def tenants_add(name: str, no_check: bool, **options: Any) -> None:
         _check(spec, settings)
     with database() as session:
         tenant, api_key = create_tenant(session, box=settings.secret_box(), spec=spec)
+        audit.record(
+            session,
+            actor=audit.cli_actor(),
+            action="tenant.add",
+            tenant_id=tenant.id,
+            tenant=name,
+            detail={"strategy": spec.strategy, "bucket": spec.s3_bucket, "checked": not no_check},
+        )
         view = TenantView.of(tenant).doc()
     click.echo(json.dumps({"name": name, "apiKey": api_key, **view}))
 
@@ -119,24 +129,79 @@ def tenants_add(name: str, no_check: bool, **options: Any) -> None:
 @click.option("--s3-access-key-id", default=None)
 @secret_option("--s3-secret-access-key", help="The bucket credentials' secret ('' clears it).")
 @click.option("--s3-prefix", default=None, help="Key prefix inside the bucket (new objects).")
+@click.option(
+    "--capture-outgoing/--no-capture-outgoing",
+    default=None,
+    help="Archive media the tenant's own number sends (message.sent). Default: off.",
+)
+@click.option(
+    "--capture-status/--no-capture-status",
+    default=None,
+    help="Archive status (stories, status@broadcast) media. Default: on.",
+)
+@click.option(
+    "--capture-groups/--no-capture-groups", default=None, help="Archive group media. Default: on."
+)
+@click.option(
+    "--capture-types",
+    default=None,
+    help="Only these types, comma-separated (image,video,audio,document,sticker); '' for all.",
+)
+@click.option(
+    "--capture-max-size",
+    default=None,
+    help="Leave out media announced larger than this (bytes, or 50MB, 2GB); 0 for no cap.",
+)
+@click.option(
+    "--delete-revoked/--keep-revoked",
+    default=None,
+    help="Erase the object and row of a message its sender revoked or deleted. Default: keep.",
+)
+@click.option(
+    "--retention-days",
+    type=click.IntRange(0, 36500),
+    default=None,
+    help="Delete rows and objects older than this many days (0: keep forever).",
+)
+@click.option(
+    "--notify-url",
+    default=None,
+    help="POST signed media.archived / media.failed events here ('' turns them off).",
+)
+@secret_option("--notify-secret", help="The events' signing secret (whsec_...; made if absent).")
 @click.option("--no-check", is_flag=True, help="Store without checking Titan and the bucket.")
 @friendly
 def tenants_update(name: str, no_check: bool, **options: Any) -> None:
-    """Change a tenant's Titan or bucket settings; only the options given change.
+    """Change a tenant's settings; only the options given change.
 
-    The new settings are checked as on add before anything is stored (unless --no-check).
-    Receivers and workers use them within seconds; objects already archived stay where they
-    are (their rows keep their bucket and key). The webhook key changes with rotate-hmac-key.
+    New Titan or bucket settings are checked as on add before anything is stored (unless
+    --no-check). Receivers and workers use them within seconds; objects already archived
+    stay where they are (their rows keep their bucket and key). The webhook key changes
+    with rotate-hmac-key. When a notification URL is first set, a signing secret is made
+    and printed once (notifySecret), unless --notify-secret gives one.
     """
     stdin: list[str] = []
+    policy = PolicyChanges(
+        capture_outgoing=options.pop("capture_outgoing"),
+        capture_status=options.pop("capture_status"),
+        capture_groups=options.pop("capture_groups"),
+        capture_types=options.pop("capture_types"),
+        capture_max_bytes=_size(options.pop("capture_max_size")),
+        delete_revoked=options.pop("delete_revoked"),
+        retention_days=options.pop("retention_days"),
+        notify_url=options.pop("notify_url"),
+        notify_secret=read_secret("--notify-secret", options, stdin_used=stdin),
+    )
     changes = TenantChanges(
         titan_api_key=read_secret("--titan-api-key", options, stdin_used=stdin),
         s3_secret_access_key=read_secret("--s3-secret-access-key", options, stdin_used=stdin),
         **options,
     )
+    if not changes.any() and not policy.any():
+        raise click.UsageError("nothing to update: name at least one setting to change")
     settings = current_settings()
     box = settings.secret_box()
-    if not no_check:
+    if changes.any() and not no_check:
         # Checked before the write transaction opens: a slow bucket must not hold the
         # database (on SQLite, every webhook) while it answers.
         with database() as session:
@@ -144,10 +209,51 @@ def tenants_update(name: str, no_check: bool, **options: Any) -> None:
             spec = updated_spec(tenant, secrets_of(tenant, box=box), changes)
         validate_settings(spec)
         _check(spec, settings)
+    made: str | None = None
     with database() as session:
-        tenant, _ = update_tenant(session, box=box, name=name, changes=changes)
+        if changes.any():
+            tenant, _ = update_tenant(session, box=box, name=name, changes=changes)
+        else:
+            tenant = get_tenant(session, name=name)
+        if policy.any():
+            made = update_policy(session, box=box, tenant=tenant, changes=policy)
+        audit.record(
+            session,
+            actor=audit.cli_actor(),
+            action="tenant.update",
+            tenant_id=tenant.id,
+            tenant=name,
+            detail={"changed": _changed(changes, policy)},
+        )
         view = TenantView.of(tenant).doc()
+    if made is not None:
+        view["notifySecret"] = made  # shown this once; stored encrypted
     click.echo(json.dumps(view))
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+
+
+def _size(text: str | None) -> int | None:
+    """Bytes from "52428800", "50MB" or "2 GB" (binary units); None stays None."""
+    if text is None:
+        return None
+    cleaned = text.strip().upper().replace(" ", "")
+    digits = cleaned.rstrip("KMGB")
+    unit = cleaned[len(digits) :]
+    if not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise click.BadParameter(f"{text!r} is not a size (bytes, or 50MB, 2GB)")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
+def _changed(*changes: TenantChanges | PolicyChanges) -> list[str]:
+    """The names of the settings an update changed (never their values: some are secret)."""
+    return sorted(
+        name.replace("_", "-")
+        for change in changes
+        for name, value in change.__dict__.items()
+        if value is not None
+    )
 
 
 @tenants.command("check")
@@ -177,6 +283,14 @@ def tenants_pause(name: str, reason: str) -> None:
     with database() as session:
         tenant = get_tenant(session, name=name)
         pauses.pause(session, tenant_id=tenant.id or 0, reason=reason, now=utcnow(), auto=False)
+        audit.record(
+            session,
+            actor=audit.cli_actor(),
+            action="tenant.pause",
+            tenant_id=tenant.id,
+            tenant=name,
+            detail={"reason": reason},
+        )
         session.refresh(tenant)
         view = TenantView.of(tenant).doc()
     click.echo(json.dumps(view))
@@ -190,6 +304,14 @@ def tenants_resume(name: str) -> None:
     with database() as session:
         tenant = get_tenant(session, name=name)
         was_paused = pauses.resume(session, tenant_id=tenant.id or 0)
+        if was_paused:
+            audit.record(
+                session,
+                actor=audit.cli_actor(),
+                action="tenant.resume",
+                tenant_id=tenant.id,
+                tenant=name,
+            )
         session.refresh(tenant)
         view = TenantView.of(tenant).doc()
     click.echo(json.dumps(view))
@@ -243,6 +365,14 @@ def tenants_rotate_hmac_key(name: str, previous_valid_for: float, **options: Any
             new_key=hmac_key,
             previous_valid_for=timedelta(hours=previous_valid_for),
         )
+        audit.record(
+            session,
+            actor=audit.cli_actor(),
+            action="tenant.rotate-hmac-key",
+            tenant_id=tenant.id,
+            tenant=name,
+            detail={"previousValidForHours": previous_valid_for},
+        )
         view = TenantView.of(tenant).doc()
     click.echo(json.dumps(view))
 
@@ -254,5 +384,14 @@ def tenants_rotate_hmac_key(name: str, previous_valid_for: float, **options: Any
 def tenants_remove(name: str, purge: bool) -> None:
     """Remove a tenant. Objects in its bucket are never touched."""
     with database() as session:
+        tenant_id = get_tenant(session, name=name).id
         rows = remove_tenant(session, name=name, purge=purge)
+        audit.record(
+            session,
+            actor=audit.cli_actor(),
+            action="tenant.remove",
+            tenant_id=tenant_id,
+            tenant=name,
+            detail={"purge": purge, "rows": rows},
+        )
     click.echo(f"removed tenant {name} ({rows} media rows deleted)", err=True)

@@ -1,0 +1,293 @@
+"""Deleting media for good: a tenant's retention period, an explicit erasure (a data-subject
+request), and revoked media of a tenant that erases them. Objects first (every version of
+the key, in a versioned bucket), then the row.
+
+Safety, in order of importance:
+- One tenant at a time: every row query is confined to the tenant's id, and objects are
+  deleted only at the bucket and key the tenant's own row records, with the tenant's own
+  credentials. Nothing here lists a bucket beyond the exact key of such a row.
+- A row a worker is transferring right now (``archiving``) is left alone and counted
+  ``inFlight``: erasing under it would leave the worker's upload behind. Run again later.
+- A row is deleted only if it did not change while its object was deleted (fenced on its
+  status and ``updated_at``), so a retry that began in between is never lost track of.
+- Retention never touches a row under legal hold; an explicit erasure skips them too unless
+  told to include them, and says how many it kept.
+- Bounded: ``batch`` rows per transaction, ``max_batches`` per call (the beat's pass).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import Engine, delete, func, or_, select, tuple_, update
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import col
+
+from archiver import audit
+from archiver.buckets import key_in_bucket
+from archiver.db import session_scope
+from archiver.tables import Media, Status, Tenant
+
+log = logging.getLogger(__name__)
+BATCH = 200
+_TERMINAL = (Status.ARCHIVED.value, Status.FAILED.value)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which of a tenant's rows: exactly one way of choosing is set."""
+
+    media_ids: tuple[str, ...] = ()
+    sender: str | None = None  # phone number or lid (either column)
+    chat: str | None = None
+    received_before: datetime | None = None  # retention: terminal rows only
+    revoked: bool = False  # rows whose message was revoked or deleted
+    include_held: bool = False  # legal hold exempts a row unless this is set (never for retention)
+
+    def describe(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if self.media_ids:
+            found["ids"] = list(self.media_ids)
+        if self.sender is not None:
+            found["sender"] = self.sender
+        if self.chat is not None:
+            found["chat"] = self.chat
+        if self.received_before is not None:
+            found["receivedBefore"] = self.received_before.isoformat().replace("+00:00", "Z")
+        if self.revoked:
+            found["revoked"] = True
+        if self.include_held:
+            found["includeHeld"] = True
+        return found
+
+    def where(self, tenant_id: int) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = [col(Media.tenant_id) == tenant_id]
+        if self.media_ids:
+            clauses.append(col(Media.media_id).in_(self.media_ids))
+        if self.sender is not None:
+            clauses.append(
+                or_(col(Media.sender) == self.sender, col(Media.sender_lid) == self.sender)
+            )
+        if self.chat is not None:
+            clauses.append(col(Media.chat) == self.chat)
+        if self.received_before is not None:
+            clauses.append(col(Media.received_at) < self.received_before)
+            clauses.append(col(Media.status).in_(_TERMINAL))
+        if self.revoked:
+            clauses.append(col(Media.revoked_at).is_not(None))
+        if len(clauses) == 1:
+            raise ValueError("an erasure must say which rows: ids, sender, chat, age or revoked")
+        return clauses
+
+
+@dataclass
+class Erased:
+    """What one erasure removed, and what it left and why."""
+
+    rows: int = 0
+    objects: int = 0  # object versions (and delete markers) deleted
+    bytes: int = 0  # size of the rows deleted
+    held: int = 0  # rows kept under legal hold
+    in_flight: int = 0  # rows being transferred (or changed) meanwhile: kept, run again
+    errors: list[str] = field(default_factory=list)  # objects the bucket refused to delete
+    media_ids: list[str] = field(default_factory=list)  # the first 1,000 erased
+
+    def doc(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "held": self.held,
+            "inFlight": self.in_flight,
+            "errors": self.errors[:20],
+            "mediaIds": self.media_ids,
+        }
+
+
+S3For = Callable[[Tenant], Any]
+
+
+def erase(
+    engine: Engine,
+    tenant: Tenant,
+    selector: Selector,
+    *,
+    s3_for: S3For,
+    batch: int = BATCH,
+    max_batches: int | None = None,
+) -> Erased:
+    """Erase the tenant's rows ``selector`` names, and their objects; see the module doc."""
+    tenant_id = tenant.id or 0
+    where = selector.where(tenant_id)
+    done = Erased()
+    after: tuple[datetime, int] | None = None
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        batches += 1
+        with session_scope(engine) as session:
+            query = select(Media).where(*where)
+            if after is not None:
+                query = query.where(tuple_(col(Media.received_at), col(Media.pk)) > tuple_(*after))
+            query = query.order_by(col(Media.received_at), col(Media.pk)).limit(batch)
+            rows = list(session.execute(query).scalars())
+        if not rows:
+            break
+        last = rows[-1]
+        assert last.received_at is not None and last.pk is not None
+        after = (last.received_at, last.pk)
+        for row in rows:
+            retention = selector.received_before is not None or selector.revoked
+            if row.legal_hold and (retention or not selector.include_held):
+                done.held += 1
+                continue
+            if row.status == Status.ARCHIVING.value:
+                done.in_flight += 1
+                continue
+            if not _delete_objects(s3_for(tenant), tenant, row, done):
+                continue
+            with session_scope(engine) as session:
+                gone = (
+                    session.connection()
+                    .execute(
+                        delete(Media).where(
+                            col(Media.pk) == row.pk,
+                            col(Media.tenant_id) == tenant_id,
+                            col(Media.status) == row.status,
+                            col(Media.updated_at) == row.updated_at,
+                        )
+                    )
+                    .rowcount
+                )
+            if gone != 1:
+                done.in_flight += 1
+                continue
+            done.rows += 1
+            done.bytes += row.size or 0
+            if len(done.media_ids) < 1000:
+                done.media_ids.append(row.media_id)
+        if len(rows) < batch:
+            break
+    return done
+
+
+def erase_recorded(
+    engine: Engine, tenant: Tenant, selector: Selector, *, s3_for: S3For, actor: str
+) -> Erased:
+    """An explicit erasure (CLI, admin API), with its audit record: who asked, which rows
+    were named, and what was removed."""
+    done = erase(engine, tenant, selector, s3_for=s3_for)
+    detail = selector.describe() | {k: v for k, v in done.doc().items() if k != "mediaIds"}
+    with session_scope(engine) as session:
+        audit.record(
+            session,
+            actor=actor,
+            action="media.erase",
+            tenant_id=tenant.id,
+            tenant=tenant.name,
+            detail=detail,
+        )
+    log.info(
+        "erased %d rows and %d objects (%d held, %d in flight, %d errors)",
+        done.rows,
+        done.objects,
+        done.held,
+        done.in_flight,
+        len(done.errors),
+        extra={"tenant": tenant.name, "outcome": "erased"},
+    )
+    return done
+
+
+def set_hold(
+    engine: Engine, tenant: Tenant, media_ids: list[str], *, held: bool, actor: str
+) -> int:
+    """Put rows under legal hold (or release them); how many rows matched."""
+    with session_scope(engine) as session:
+        changed = (
+            session.connection()
+            .execute(
+                update(Media)
+                .where(col(Media.tenant_id) == (tenant.id or 0), col(Media.media_id).in_(media_ids))
+                .values(legal_hold=held)
+            )
+            .rowcount
+        )
+        audit.record(
+            session,
+            actor=actor,
+            action="media.hold" if held else "media.release",
+            tenant_id=tenant.id,
+            tenant=tenant.name,
+            detail={"ids": media_ids, "rows": changed},
+        )
+    return int(changed)
+
+
+def _location(tenant: Tenant, row: Media) -> tuple[str, str] | None:
+    """(bucket, key) of the row's object, as the row records it; None if it has none."""
+    bucket = row.bucket or tenant.s3_bucket
+    if row.object_key:
+        return bucket, row.object_key
+    if row.s3_url:
+        key = key_in_bucket(row.s3_url, bucket=bucket)
+        if key:
+            return bucket, key
+    return None
+
+
+def _delete_objects(s3: Any, tenant: Tenant, row: Media, done: Erased) -> bool:
+    """Delete every version of the row's object (and an unfinished upload); False, with the
+    error noted, if the bucket refused: the row then stays so the erasure can be rerun."""
+    place = _location(tenant, row)
+    if place is None:
+        return True  # never archived (queued, retrying, failed before upload): no object
+    bucket, key = place
+    try:
+        if row.upload_id:
+            with suppress(ClientError):  # already completed or aborted
+                s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=row.upload_id)
+        done.objects += _delete_versions(s3, bucket, key)
+    except (ClientError, BotoCoreError) as exc:
+        reason = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else ""
+        message = f"{bucket}/{key}: {reason or type(exc).__name__}"
+        done.errors.append(message)
+        log.warning("erasure: object not deleted: %s", message, extra={"tenant": tenant.name})
+        return False
+    return True
+
+
+def _delete_versions(s3: Any, bucket: str, key: str) -> int:
+    """Delete each version and delete marker of exactly ``key``; a bucket that never had
+    versioning answers its one "null" version. Where listing versions is not supported
+    (some S3-compatible stores), a plain delete."""
+    deleted = 0
+    try:
+        pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key)
+        versions: list[str] = []
+        for page in pages:
+            for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                if entry.get("Key") == key:
+                    versions.append(str(entry.get("VersionId") or "null"))
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code not in {"NotImplemented", "MethodNotAllowed", "501", "405"}:
+            raise
+        s3.delete_object(Bucket=bucket, Key=key)
+        return 1
+    for version in versions:
+        s3.delete_object(Bucket=bucket, Key=key, VersionId=version)
+        deleted += 1
+    return deleted
+
+
+def count_matching(engine: Engine, tenant: Tenant, selector: Selector) -> int:
+    """How many rows ``selector`` names (held and in-flight included): for a dry run."""
+    with session_scope(engine) as session:
+        query = select(func.count()).select_from(Media).where(*selector.where(tenant.id or 0))
+        return int(session.execute(query).scalar_one())
