@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from archiver import pauses
+from archiver import audit, pauses
 from archiver.buckets import make_s3_client
 from archiver.db import session_scope
 from archiver.object_keys import normalise_prefix
@@ -162,6 +162,14 @@ def probe_paused(engine: Engine, settings: Settings) -> list[str]:
             continue
         with session_scope(engine) as session:
             if pauses.resume(session, tenant_id=tenant_id):
+                audit.record(
+                    session,
+                    actor="probe",
+                    action="tenant.resume",
+                    tenant_id=tenant_id,
+                    tenant=name,
+                    detail={"auto": True},
+                )
                 resumed.append(name)
                 log.warning(
                     "tenant %s resumed: its settings work again", name, extra={"tenant": name}

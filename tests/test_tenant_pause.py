@@ -122,6 +122,10 @@ def test_a_titan_key_refused_pauses_its_tenant_alone_until_it_is_updated(stack: 
     assert len(stack.rows(a)) == len(a_media) and len(stack.rows(b)) == len(b_media)
     metrics = scrape(f"{stack.web.receiver_url}/metrics")
     assert metrics[("archiver_tenant_paused", (("reason", "titan"), ("tenant", a.name)))] == 1
+    trail = stack.cli("audit", "list", "--tenant", a.name, "--format", "jsonl").stdout
+    paused_by = [json.loads(line) for line in trail.splitlines()]
+    assert [(r["actor"], r["action"]) for r in paused_by][:1] == [("worker", "tenant.pause")]
+    assert "401" in paused_by[0]["detail"]["reason"]
 
     # The good key, checked against Titan before it is stored, resumes A: everything archives.
     stack.cli(

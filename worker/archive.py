@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from archiver import fairness, lifecycle, notify, pauses, redrive
+from archiver import audit, fairness, lifecycle, notify, pauses, redrive
 from archiver.db import session_scope, transactional
 from archiver.errors import NotFound, PermanentError, TenantError, TransientError, Unavailable
 from archiver.object_keys import object_key
@@ -129,6 +129,14 @@ def _archive(res: WorkerResources, row: Media) -> Result:
             if pauses.pause(
                 session, tenant_id=tenant.id or 0, reason=str(exc), now=utcnow(), auto=True
             ):
+                audit.record(
+                    session,
+                    actor="worker",
+                    action="tenant.pause",
+                    tenant_id=tenant.id,
+                    tenant=tenant.name,
+                    detail={"reason": str(exc), "auto": True},
+                )
                 log.error(
                     "tenant paused: %s; its media waits until it is fixed "
                     "(titan-archiver tenants update / check / resume)",
@@ -236,10 +244,9 @@ def _hand_back(res: WorkerResources, row: Media, reason: str) -> Result:
 
 
 def _tenant_or_none(res: WorkerResources, row: Media) -> Tenant | None:
-    try:
-        return res.tenant(row.tenant_id)[0]
-    except NotFound:
-        return None
+    """The row's tenant as stored (for its notification endpoint): no secret is opened."""
+    with session_scope(res.engine) as session:
+        return session.get(Tenant, row.tenant_id)
 
 
 def _fail(res: WorkerResources, row: Media, reason: str, *, tenant: Tenant | None) -> Result:
