@@ -100,6 +100,18 @@ def enqueue(session: Session, *, tenant: Tenant, pk: int, event: str, now: datet
     )
 
 
+def already(session: Session, *, tenant_id: int, media_id: str, event: str = ARCHIVED) -> bool:
+    """Whether the outbox holds ``event`` for this media already (any state)."""
+    found = session.exec(
+        select(Notification.id).where(
+            col(Notification.tenant_id) == tenant_id,
+            col(Notification.media_id) == media_id,
+            col(Notification.event) == event,
+        )
+    ).first()
+    return found is not None
+
+
 def retry_delay(attempts: int, *, base: float) -> float:
     """Seconds before attempt ``attempts + 1``: doubling from ``base``, at most an hour,
     with +-20 % jitter so a recovered endpoint is not hit by every event at once."""

@@ -186,17 +186,20 @@ class WebhookAnswer(Shape):
     id: str = Field(description="The media id")
 
 
-IgnoredReason = Literal["event", "outgoing", "status", "group", "type", "size", "no_message"]
-
-
 class Ignored(Shape):
-    """A delivery of an event that is not archived: 200. ``reason``: ``event`` (another
-    event, or a message without media), or what the tenant's capture policy leaves out
-    (``outgoing``, ``status``, ``group``, ``type``, ``size``), or ``no_message`` (a
-    revocation naming no archived message)."""
+    """A delivery of an event that is not archived (other events, text messages, a
+    revocation of a message never archived): 200."""
 
     status: Literal["ignored"]
-    reason: IgnoredReason = "event"
+
+
+class NotCaptured(Shape):
+    """A media event the tenant's capture policy leaves out: 200, counted. ``reason``:
+    ``outgoing`` (message.sent, or fromMe), ``status`` (status@broadcast), ``group``,
+    ``type`` (not in the allow-list), ``size`` (announced larger than the cap)."""
+
+    status: Literal["ignored"]
+    reason: Literal["outgoing", "status", "group", "type", "size"]
 
 
 class Revoked(Shape):
@@ -360,6 +363,7 @@ API_SHAPES: tuple[type[Shape], ...] = (
     Error,
     WebhookAnswer,
     Ignored,
+    NotCaptured,
     Revoked,
     SessionState,
     ErasureAnswer,

@@ -246,6 +246,7 @@ class Notification(SQLModel, table=True):
     __table_args__ = (
         Index("ix_notifications_due", "state", "next_at"),
         Index("ix_notifications_tenant", "tenant_id", "state"),
+        Index("ix_notifications_media", "tenant_id", "media_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -16,15 +16,23 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from archiver import pauses
+from archiver import notify, pauses
 from archiver.capture import not_captured
 from archiver.db import session_scope
 from archiver.errors import ConfigError, InvalidSignature, PayloadError, Unavailable
 from archiver.names import SESSION_RE
 from archiver.recording import Arrival, MediaItem
 from archiver.revocations import record_revocation
-from archiver.shapes import Error, Ignored, Revoked, SessionState, Shape, WebhookAnswer
-from archiver.tables import Status, utcnow
+from archiver.shapes import (
+    Error,
+    Ignored,
+    NotCaptured,
+    Revoked,
+    SessionState,
+    Shape,
+    WebhookAnswer,
+)
+from archiver.tables import Media, Status, Tenant, utcnow
 from receiver.envelope import (
     Revocation,
     SessionChange,
@@ -139,7 +147,7 @@ class Intake:
             )
             return Answer(
                 200,
-                Ignored(status="ignored", reason=reason),
+                NotCaptured(status="ignored", reason=reason),
                 outcome="ignored",
                 not_captured=reason,
                 tenant=tenant_name,
@@ -147,6 +155,10 @@ class Intake:
         recorded = await self._commit.submit(
             Arrival(tenant_id=tenant.id, strategy=tenant.strategy, item=item)
         )
+        if tenant.notify and recorded.status == Status.ARCHIVED:
+            # Titan's auto-persist put it in the bucket already: its media.archived event is
+            # in the outbox before the answer (a redelivery after a crash adds it then).
+            await run_in_threadpool(self._notify_persisted, tenant.id, recorded.pk)
         outcome = "queued" if recorded.created else "duplicate"
         log.info(
             "webhook %s",
@@ -199,6 +211,19 @@ class Intake:
             )
         return Answer(200, SessionState(status=state, session=change.session), outcome=state)
 
+    def _notify_persisted(self, tenant_id: int, pk: int) -> None:
+        try:
+            with session_scope(self._engine) as session:
+                owner = session.get(Tenant, tenant_id)
+                row = session.get(Media, pk)
+                if owner is None or row is None:
+                    return
+                if notify.already(session, tenant_id=tenant_id, media_id=row.media_id):
+                    return
+                notify.enqueue(session, tenant=owner, pk=pk, event=notify.ARCHIVED, now=utcnow())
+        except SQLAlchemyError as exc:
+            raise Unavailable("database unavailable") from exc
+
     def _revoked(self, tenant_id: int, tenant_name: str, revoked: Revocation) -> Answer:
         """Record a revocation on the rows of the message it names (durable before the
         answer); a message we never archived is acknowledged and ignored."""
@@ -215,7 +240,7 @@ class Intake:
         except SQLAlchemyError as exc:
             raise Unavailable("database unavailable") from exc
         if not count:
-            return Answer(200, Ignored(status="ignored", reason="no_message"), outcome="ignored")
+            return Answer(200, IGNORED, outcome="ignored")
         log.info(
             "message %s: recorded on %d media",
             revoked.event.removeprefix("message."),

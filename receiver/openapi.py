@@ -214,6 +214,7 @@ def document() -> dict[str, Any]:
                                 "oneOf": [
                                     _ref("WebhookAnswer"),
                                     _ref("Ignored"),
+                                    _ref("NotCaptured"),
                                     _ref("SessionState"),
                                     _ref("Revoked"),
                                 ]

@@ -29,6 +29,7 @@ class WebhookTenant:
     strategy: str
     hmac_keys: tuple[str, ...]
     capture: CapturePolicy = field(default_factory=CapturePolicy)
+    notify: bool = False  # has a notification endpoint
 
 
 class TenantCache:
@@ -63,6 +64,7 @@ class TenantCache:
                     strategy=tenant.strategy,
                     hmac_keys=secrets_of(tenant, box=self._box).hmac_keys,
                     capture=CapturePolicy.of(tenant),
+                    notify=bool(tenant.notify_url),
                 )
         with self._lock:
             self._entries[name] = (time.monotonic() + self._ttl, found)

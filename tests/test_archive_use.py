@@ -440,8 +440,11 @@ def test_signed_notifications_reach_an_endpoint_that_was_down(stack: Stack) -> N
     endpoint = Endpoint(secret)
     items = [stack.media(t, "image") for _ in range(3)]
     lost = stack.media(t, "document", gone=True)
-    stack.send(t, *items, lost)
-    stack.archived(t, *items)
+    # Titan's auto-persist already stored this one: archived on arrival, notified as well.
+    persisted = stack.media(t, "image", payload={"mediaUrl": f"s3://{t.bucket}/auto/1.jpg"})
+    stack.send(t, *items, lost, persisted)
+    assert stack.post(t, persisted.envelope).json()["status"] == "duplicate"  # no second event
+    stack.archived(t, *items, persisted)
     stack.archived(t, lost, status="failed")
 
     def attempts() -> list[int]:
@@ -454,17 +457,17 @@ def test_signed_notifications_reach_an_endpoint_that_was_down(stack: Stack) -> N
 
     # The endpoint is down: every event is retried, archiving was not held up.
     processes.wait_until(
-        lambda: len(attempts()) >= 4 and min(attempts()) >= 2,
+        lambda: len(attempts()) >= 5 and min(attempts()) >= 2,
         timeout=30,
         interval=0.25,
         what="notifications retried while the endpoint is down",
     )
     status = json.loads(stack.cli("status", "--tenant", t.name, "--json").stdout)
-    assert status["notifications"]["byTenant"][t.name]["pending"] >= 4
+    assert status["notifications"]["byTenant"][t.name]["pending"] >= 5
     endpoint.start(port)
     try:
         processes.wait_until(
-            lambda: len(endpoint.received) >= 4,
+            lambda: len(endpoint.received) >= 5,
             timeout=30,
             interval=0.25,
             what="every notification delivered",
@@ -484,7 +487,8 @@ def test_signed_notifications_reach_an_endpoint_that_was_down(stack: Stack) -> N
         endpoint.stop()
     assert endpoint.refused == 0
     by_media = {e["data"]["id"]: e for e in endpoint.received}
-    assert len(by_media) == len(endpoint.received) == 4  # one per media, none twice
+    assert len(by_media) == len(endpoint.received) == 5  # one per media, none twice
+    assert by_media[persisted.media_id]["data"]["strategy"] == "auto"
     for item in items:
         event = by_media[item.media_id]
         assert event["type"] == "media.archived"
@@ -492,7 +496,7 @@ def test_signed_notifications_reach_an_endpoint_that_was_down(stack: Stack) -> N
         assert event["data"]["tenant"] == t.name and event["data"]["key"]
     failed = by_media[lost.media_id]
     assert failed["type"] == "media.failed" and failed["data"]["status"] == "failed"
-    assert len({e["id"] for e in endpoint.received}) == 4
+    assert len({e["id"] for e in endpoint.received}) == 5
 
 
 def test_the_audit_trail_names_who_did_what(stack: Stack) -> None:

@@ -198,7 +198,7 @@ def tenants_update(name: str, no_check: bool, **options: Any) -> None:
         **options,
     )
     if not changes.any() and not policy.any():
-        raise click.UsageError("nothing to update: name at least one setting to change")
+        raise click.ClickException("nothing to update: name at least one setting to change")
     settings = current_settings()
     box = settings.secret_box()
     if changes.any() and not no_check:

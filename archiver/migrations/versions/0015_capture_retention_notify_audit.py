@@ -65,6 +65,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_notifications_due", "notifications", ["state", "next_at"])
     op.create_index("ix_notifications_tenant", "notifications", ["tenant_id", "state"])
+    op.create_index("ix_notifications_media", "notifications", ["tenant_id", "media_id"])
     op.create_table(
         "audit_events",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -83,6 +84,7 @@ def downgrade() -> None:
     op.drop_index("ix_audit_events_tenant", table_name="audit_events")
     op.drop_index("ix_audit_events_at", table_name="audit_events")
     op.drop_table("audit_events")
+    op.drop_index("ix_notifications_media", table_name="notifications")
     op.drop_index("ix_notifications_tenant", table_name="notifications")
     op.drop_index("ix_notifications_due", table_name="notifications")
     op.drop_table("notifications")
