@@ -117,6 +117,29 @@ def _tenant_names(session: Session) -> list[_Named]:
     return [_Named(t.id or 0, t.name) for t in session.exec(select(Tenant))]
 
 
+class BuildInfo(Collector):
+    """``archiver_build_info{version, component}`` 1: which release each process runs, and
+    (its absence) that no process of a component is up."""
+
+    def __init__(self, component: str) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            self._version = version("titan-archiver")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            self._version = "unknown"
+        self._component = component
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily(
+            "archiver_build_info",
+            "1 for each process: its version and component (receiver, worker)",
+            labels=["version", "component"],
+        )
+        info.add_metric([self._version, self._component], 1)
+        yield info
+
+
 def authorized(header: str | None, token: str | None) -> bool:
     """Whether an Authorization header satisfies the metrics token (always, when none is set)."""
     if token is None:

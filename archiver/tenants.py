@@ -196,6 +196,16 @@ def list_tenants(session: Session) -> list[Tenant]:
     return list(session.exec(select(Tenant).order_by(Tenant.name)))
 
 
+def count_rows(session: Session, *, name: str) -> int:
+    """How many media rows the tenant has (NotFound if there is no such tenant)."""
+    tenant = get_tenant(session, name=name)
+    return int(
+        session.exec(
+            select(func.count()).select_from(Media).where(Media.tenant_id == tenant.id)
+        ).one()
+    )
+
+
 def remove_tenant(session: Session, *, name: str, purge: bool) -> int:
     """Delete a tenant; its media rows too when ``purge``. Return how many rows went."""
     tenant = get_tenant(session, name=name)

@@ -75,7 +75,25 @@ class Stack:
             cleanup()
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGHUP: a process manager, ``timeout`` or a closed terminal asked us to
+    stop; handled like Ctrl-C, so every process the stack started is stopped too."""
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
 def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> int:
+    previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run_dev(port=port, data_dir=data_dir, demo=demo, exit_after_demo=exit_after_demo)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> int:
     root = Path(data_dir).resolve()
     (root / "logs").mkdir(parents=True, exist_ok=True)
     key_file = root / "secret.key"
@@ -156,10 +174,13 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
             if stack.dead():
                 say(f"stopped: {', '.join(stack.dead())} exited; see {stack.log_dir}")
                 return 1
-    except KeyboardInterrupt:
-        say("stopping")
+    except (KeyboardInterrupt, Stopped) as exc:
+        say(f"stopping ({exc or 'Ctrl-C'})")
         return 0
     finally:
+        # A second signal while stopping must not cut the stop short and orphan children.
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         stack.stop()
 
 

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, authorized
+from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, BuildInfo, authorized
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class ReceiverMetrics:
             registry=self.registry,
         )
         self.registry.register(BacklogCollector(engine, celery))
+        self.registry.register(BuildInfo("receiver"))
 
     async def endpoint(self, request: Request) -> Response:
         if not authorized(request.headers.get("authorization"), self._token):

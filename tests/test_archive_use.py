@@ -337,7 +337,14 @@ def test_erase_by_sender_leaves_nothing_of_them_and_touches_no_other_tenant(
     assert first_key is not None
     s3.put_object(Bucket=a.bucket, Key=first_key, Body=b"an older copy")
     assert len(stack.keys(a)[first_key]) == 2
-    out = stack.cli("media", "erase", "--tenant", a.name, "--sender", target)
+    unconfirmed = stack.cli("media", "erase", "--tenant", a.name, "--sender", target, ok=False)
+    assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr
+    assert len(stack.rows(a)) == 3  # nothing was done
+    dry = json.loads(
+        stack.cli("media", "erase", "--tenant", a.name, "--sender", target, "--dry-run").stdout
+    )
+    assert dry == {"tenant": a.name, "dryRun": True, "rows": 2}
+    out = stack.cli("media", "erase", "--tenant", a.name, "--sender", target, "--yes")
     said = json.loads(out.stdout)
     assert (said["rows"], said["objects"], said["held"], said["inFlight"]) == (2, 3, 0, 0)
     assert sorted(said["mediaIds"]) == sorted(i.media_id for i in mine)

@@ -243,3 +243,34 @@ def test_media_list_filters_and_export_stream_every_matching_row(
     csv_file = tmp_path / "export.csv"
     run(database_url, "media", "export", "--format", "csv", "-o", str(csv_file))
     assert len(csv_file.read_text().splitlines()) == 1 + 1203
+
+
+def test_version_is_the_installed_packages(database_url: str) -> None:
+    from importlib.metadata import version
+
+    result = run(database_url, "--version")
+    assert result.stdout.strip().endswith(version("titan-archiver"))
+
+
+def test_purging_a_tenant_with_media_needs_yes_without_a_terminal(database_url: str) -> None:
+    from archiver.db import make_engine, session_scope
+    from archiver.tenants import get_tenant
+    from devstack.fixtures import record_item
+    from tests.test_media_rows import item
+
+    add(database_url)
+    engine = make_engine(database_url)
+    try:
+        with session_scope(engine) as session:
+            tenant = get_tenant(session, name="acme")
+        record_item(engine, tenant=tenant, item=item("m1"))
+    finally:
+        engine.dispose()
+    refused = run(database_url, "tenants", "remove", "acme", "--purge", check=False)
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    assert "acme" in run(database_url, "tenants", "list").stdout  # nothing was done
+    run(database_url, "tenants", "remove", "acme", "--purge", "--yes")
+    assert run(database_url, "tenants", "list").stdout.strip() == ""
+    trail = run(database_url, "audit", "list", "--format", "jsonl").stdout.splitlines()
+    assert json.loads(trail[0])["action"] == "tenant.remove"
+    assert json.loads(trail[0])["detail"] == {"purge": True, "rows": 1}

@@ -137,7 +137,23 @@ def test_compose_file_parses_and_runs_real_commands() -> None:
     assert {"postgres", "redis", "minio", "web", "worker"} <= set(services)
     for name in ("release", "worker", "beat"):
         _check_command(shlex.split(services[name]["command"]))
+    # Only the web container runs the HTTP server the image's HEALTHCHECK asks.
+    for name in ("release", "worker", "worker-large", "beat"):
+        assert services[name]["healthcheck"] == {"disable": True}, name
+    for name in ("worker", "worker-large"):
+        worker = services[name]
+        assert worker["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
+        # Longer than the workers' shutdown grace (25 s), so transfers are not cut at 10 s.
+        assert int(worker["stop_grace_period"].rstrip("s")) > 25
+        assert worker["environment"].keys() >= {"ARCHIVER_DATABASE_URL", "ARCHIVER_BROKER_URL"}
 
+
+def test_every_worker_start_takes_a_node_name_of_its_own() -> None:
+    """Two workers on one host must not share Celery's default node name (celery@host): on
+    RabbitMQ the second dies at start (tests/test_rabbitmq.py runs the Procfile's twice)."""
+    assert "-n worker-$$@%h" in procfile()["worker"]
+    unit = (ROOT / "deploy/systemd/titan-archiver-worker.service").read_text()
+    assert " -n %N@%H " in unit
 
 def test_systemd_units_run_real_commands() -> None:
     units = sorted((ROOT / "deploy" / "systemd").glob("*.service"))

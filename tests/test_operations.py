@@ -281,7 +281,9 @@ def test_reconcile_finds_missing_and_altered_objects_and_requeues_them(ops: Ops)
     ops.s3.put_object(
         Bucket=ops.bucket, Key=rows[1].object_key, Body=b"tampered", Metadata={"sha256": "0" * 64}
     )
-    lines = ops.cli("reconcile", "--tenant", "acme").stdout.splitlines()
+    found = ops.cli("reconcile", "--tenant", "acme", check=False)
+    assert found.returncode == 3, found.stderr  # differences found
+    lines = found.stdout.splitlines()
     problems = {json.loads(line)["id"]: json.loads(line)["problem"] for line in lines[:-1]}
     assert problems[items[0].media_id] == "object missing"
     assert problems[items[1].media_id].startswith("size ")

@@ -71,3 +71,41 @@ def test_media_is_archived_through_rabbitmq(
             for proc in reversed(procs):
                 proc.stop()
             celery.close()
+
+
+def test_two_procfile_workers_on_one_host_both_run(tmp_path: Path) -> None:
+    """The Procfile's worker line, started twice on one host (foreman/honcho scale=2): each
+    takes a node name of its own, so RabbitMQ lets both hold their pidbox queue."""
+    import shutil
+    import sys
+    import time
+
+    from tests.test_deploy_files import procfile
+
+    line = procfile()["worker"]
+    assert "-n " in line
+    bin_dir = str(Path(sys.executable).parent)
+    env = process_env(f"sqlite:///{tmp_path / 'w.db'}", RABBIT)
+    env |= {"WORKER_CONCURRENCY": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    shell = shutil.which("sh") or "/bin/sh"
+    workers = [
+        processes.start_process(f"procfile-worker-{n}", [shell, "-c", line], env) for n in (1, 2)
+    ]
+    try:
+        celery = make_celery(settings_for("sqlite://", RABBIT))
+        try:
+            processes.wait_until(
+                lambda: len(celery.control.ping(timeout=1.0) or []) >= 2,
+                timeout=90,
+                what="both workers answering",
+            )
+            names = sorted(next(iter(r)) for r in celery.control.ping(timeout=1.0) or [])
+        finally:
+            celery.close()
+        time.sleep(2)
+        assert [w.alive() for w in workers] == [True, True], [w.log() for w in workers]
+        assert len(set(names)) == 2 and all(n.startswith("worker-") for n in names), names
+        assert "RESOURCE_LOCKED" not in "".join(w.log() for w in workers)
+    finally:
+        for worker in workers:
+            worker.stop()

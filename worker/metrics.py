@@ -110,7 +110,7 @@ def start(settings: Settings, celery: Celery) -> bool:
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, authorized
+    from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, BuildInfo, authorized
     from archiver.db import make_engine
 
     _meters = _Meters(
@@ -154,6 +154,7 @@ def start(settings: Settings, celery: Celery) -> bool:
     )
     engine = make_engine(settings.database_url)
     backlog = BacklogCollector(engine, celery)
+    build_info = BuildInfo("worker")
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -169,6 +170,7 @@ def start(settings: Settings, celery: Celery) -> bool:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         registry.register(backlog)
+        registry.register(build_info)
         start_response("200 OK", [("Content-Type", CONTENT_TYPE)])
         return [generate_latest(registry)]
 

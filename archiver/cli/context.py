@@ -58,3 +58,18 @@ def scope_count(engine: Any, tenant: str | None, status: str | None) -> tuple[in
         tenant_id = get_tenant(session, name=tenant).id if tenant else None
         counts = figures.backlog(session, tenant_id=tenant_id).counts
     return tenant_id, counts.get(status, 0) if status else sum(counts.values())
+
+
+def confirm_destructive(what: str, *, yes: bool) -> None:
+    """Go on only with --yes, or when the person at a terminal says so: a destructive
+    command run by a script without --yes stops (exit 1) before touching anything."""
+    if yes:
+        return
+    import sys
+
+    if not sys.stdin.isatty():
+        raise click.ClickException(
+            f"this would {what}; nothing was done. Pass --yes to confirm (no terminal to ask)"
+        )
+    if not click.confirm(f"This will {what}. Go on?", default=False, err=True):
+        raise click.ClickException("nothing was done")

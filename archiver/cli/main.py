@@ -8,6 +8,7 @@ from archiver.cli import api_keys, audit, db, dev, keys, media, reconcile, statu
 
 
 @click.group()
+@click.version_option(package_name="titan-archiver", message="%(prog)s %(version)s")
 def main() -> None:
     """Archive Titan WhatsApp media into each tenant's own S3-compatible bucket."""
 

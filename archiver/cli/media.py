@@ -16,7 +16,13 @@ from archiver import audit, lifecycle
 from archiver import query as queries
 from archiver.broker import make_celery, publish_archive
 from archiver.buckets import TenantS3Clients
-from archiver.cli.context import current_settings, database, friendly, scope_count
+from archiver.cli.context import (
+    confirm_destructive,
+    current_settings,
+    database,
+    friendly,
+    scope_count,
+)
 from archiver.cli.output import print_media
 from archiver.db import make_engine, session_scope
 from archiver.erasure import Selector, count_matching, erase_recorded, set_hold
@@ -286,6 +292,7 @@ def media_add(
 @click.option("--chat", default=None, help="Every media of this conversation.")
 @click.option("--include-held", is_flag=True, help="Erase rows under legal hold too.")
 @click.option("--dry-run", is_flag=True, help="Count the rows it would erase; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask (needed when no terminal is attached).")
 @friendly
 def media_erase(
     tenant: str,
@@ -294,9 +301,11 @@ def media_erase(
     chat: str | None,
     include_held: bool,
     dry_run: bool,
+    yes: bool,
 ) -> None:
     """Delete media for good: the objects (every version, in a versioned bucket) and the
-    rows. Exactly one of --id, --sender, --chat. Prints what it removed: rows, objects,
+    rows. Exactly one of --id, --sender, --chat; asked first at a terminal, else only with
+    --yes. Prints what it removed: rows, objects,
     bytes, the media ids; and what it kept: rows under legal hold, rows being transferred
     right now (run it again), objects the bucket refused to delete. Exit 1 if anything
     named was kept for a reason other than a legal hold."""
@@ -312,10 +321,14 @@ def media_erase(
     try:
         with session_scope(engine) as session:
             owner = get_tenant(session, name=tenant)
+        found = count_matching(engine, owner, selector)
         if dry_run:
-            found = count_matching(engine, owner, selector)
             click.echo(json.dumps({"tenant": tenant, "dryRun": True, "rows": found}))
             return
+        if found:
+            confirm_destructive(
+                f"delete {found} media rows of {tenant} and their objects for good", yes=yes
+            )
         clients = TenantS3Clients(settings=settings, box=settings.secret_box())
         done = erase_recorded(engine, owner, selector, s3_for=clients.get, actor=audit.cli_actor())
     finally:

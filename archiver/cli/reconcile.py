@@ -26,6 +26,7 @@ from archiver.tables import Status, Tenant, utcnow
 from archiver.tenants import list_tenants, secrets_of
 
 PAGE = 500
+EXIT_DIFFERENCES = 3
 
 
 @dataclass
@@ -127,7 +128,11 @@ def _reconcile_tenant(
 @click.option("--requeue/--no-requeue", default=True, help="Re-queue rows whose object differs.")
 @friendly
 def reconcile(tenant: str | None, requeue: bool) -> None:
-    """Check every archived row against its bucket: present, size, SHA-256 metadata."""
+    """Check every archived row against its bucket: present, size, SHA-256 metadata.
+
+    One JSON line per difference, then a summary line. Exits 0 when every object matched,
+    3 when differences were found (re-queued unless --no-requeue).
+    """
 
     settings = current_settings()
     engine = make_engine(settings.database_url)
@@ -165,3 +170,5 @@ def reconcile(tenant: str | None, requeue: bool) -> None:
             }
         ),
     )
+    if report.differences:
+        sys.exit(EXIT_DIFFERENCES)

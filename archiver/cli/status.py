@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -13,13 +14,24 @@ from archiver.errors import AppError
 from archiver.tables import Status, utcnow
 from archiver.tenants import get_tenant, list_tenants
 
+# Exit codes, for scripts and monitoring: 0 all well; 3 a tenant or a session is paused
+# (its media waits); 4 media older than WARN_AGE is still not archived (WhatsApp expires
+# it at about 14 days); the higher code wins.
+EXIT_PAUSED = 3
+EXIT_OLD_BACKLOG = 4
+WARN_AGE_SECONDS = 3 * 86400
+
 
 @click.command()
 @click.option("--tenant", default=None)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 @friendly
 def status(tenant: str | None, as_json: bool) -> None:
-    """Rows by status, the oldest unarchived item's age, queue depths, and the live workers."""
+    """Rows by status, the oldest unarchived item's age, queue depths, and the live workers.
+
+    Exits 0 when all is well, 3 when a tenant or session is paused, 4 when media older than
+    3 days is still not archived (WhatsApp expires it at about 14 days).
+    """
 
     settings = current_settings()
     with database() as session:
@@ -67,9 +79,12 @@ def status(tenant: str | None, as_json: bool) -> None:
             "byTenant": {names.get(k, k): v for k, v in outbox.items()},
         },
     }
+    code = (
+        EXIT_OLD_BACKLOG if age >= WARN_AGE_SECONDS else EXIT_PAUSED if held or held_sessions else 0
+    )
     if as_json:
         click.echo(json.dumps(doc))
-        return
+        sys.exit(code)
     for paused in held:
         since = humanize.age((now - paused.since).total_seconds())
         click.echo(f"PAUSED tenant {paused.tenant} for {since}: {paused.reason}")
@@ -98,8 +113,11 @@ def status(tenant: str | None, as_json: bool) -> None:
                 f"  {worker['name']}  queues={queues}  "
                 f"busy={worker['active']}/{worker['concurrency']}"
             )
-    if age > 7 * 86400:
-        click.echo("warning: media older than 7 days is not archived; WhatsApp expires it at ~14")
+    if age >= WARN_AGE_SECONDS:
+        click.echo(
+            f"warning: media {_age(age)} old is not archived; WhatsApp expires it at ~14 days"
+        )
+    sys.exit(code)
 
 
 def _age(seconds: float) -> str:

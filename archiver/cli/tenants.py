@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from archiver import audit, pauses
-from archiver.cli.context import current_settings, database, friendly
+from archiver.cli.context import confirm_destructive, current_settings, database, friendly
 from archiver.cli.output import echo_json
 from archiver.cli.secret_input import read_secret, secret_option
 from archiver.errors import Conflict
@@ -22,6 +22,7 @@ from archiver.tenants import (
     PolicyChanges,
     TenantChanges,
     TenantSpec,
+    count_rows,
     create_tenant,
     get_tenant,
     list_tenants,
@@ -380,9 +381,16 @@ def tenants_rotate_hmac_key(name: str, previous_valid_for: float, **options: Any
 @tenants.command("remove")
 @click.argument("name")
 @click.option("--purge", is_flag=True, help="Also delete the tenant's media rows.")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting media rows (--purge).")
 @friendly
-def tenants_remove(name: str, purge: bool) -> None:
-    """Remove a tenant. Objects in its bucket are never touched."""
+def tenants_remove(name: str, purge: bool, yes: bool) -> None:
+    """Remove a tenant. Objects in its bucket are never touched. With --purge its media rows
+    go too: asked first at a terminal, else only with --yes."""
+    if purge:
+        with database() as session:
+            rows = count_rows(session, name=name)
+        if rows:
+            confirm_destructive(f"delete tenant {name} and its {rows} media rows", yes=yes)
     with database() as session:
         tenant_id = get_tenant(session, name=name).id
         rows = remove_tenant(session, name=name, purge=purge)
