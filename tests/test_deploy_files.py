@@ -155,6 +155,7 @@ def test_every_worker_start_takes_a_node_name_of_its_own() -> None:
     unit = (ROOT / "deploy/systemd/titan-archiver-worker.service").read_text()
     assert " -n %N@%H " in unit
 
+
 def test_systemd_units_run_real_commands() -> None:
     units = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
     assert len(units) == 3

@@ -5,7 +5,6 @@ a worker of two slots running beat, moto) with ARCHIVER_TENANT_MAX_CONCURRENCY=1
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -129,23 +128,6 @@ def test_a_tenants_burst_holds_one_slot_and_the_other_tenant_goes_through(stack:
     a = add_tenant(stack.database_url, sim=stack.sim, s3_endpoint=stack.s3_endpoint, name="burst-a")
     b = add_tenant(stack.database_url, sim=stack.sim, s3_endpoint=stack.s3_endpoint, name="calm-b")
     stack.sim.set_faults(slow_ms=40)  # every download chunk takes a while: transfers overlap
-    most = 0
-    done = threading.Event()
-    engine = make_engine(stack.database_url)
-    a_id = _tenant_id(stack, a.name)
-
-    def watch() -> None:
-        nonlocal most
-        while not done.is_set():
-            with session_scope(engine) as session:
-                rows = session.exec(
-                    select(Media).where(Media.tenant_id == a_id, Media.status == "archiving")
-                ).all()
-            most = max(most, len(rows))
-            done.wait(0.02)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
     try:
         _send(stack, a, "video", 1_500_000, 4)
         _send(stack, b, "image", 20_000, 3)
@@ -153,10 +135,11 @@ def test_a_tenants_burst_holds_one_slot_and_the_other_tenant_goes_through(stack:
         a_left = sum(r.status != "archived" for r in stack.rows(a))
         _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "A archived", 120)
     finally:
-        done.set()
-        watcher.join()
-        engine.dispose()
         stack.sim.set_faults()
+    # Transfers as Titan sees them: downloads of A's media served at the same time. (A row
+    # claimed over the cap shows `archiving` for the moment until it is handed back; it
+    # never reaches Titan, so the table is not the measure.)
+    most = stack.sim.stats().get(f"max_downloads_at_once:{a.name}", 0)
     assert most == 1, f"tenant A had {most} transfers at once with a cap of 1"
     assert a_left > 0, "B's photos waited for A's whole burst"
     assert all(r.attempts == 1 for r in stack.rows(a)), "deferrals spent attempts"

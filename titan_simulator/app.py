@@ -41,6 +41,7 @@ def _other_origin(request: Request) -> str:
 def create_app(world: World | None = None) -> Starlette:
     world = world or World()
     blobs: dict[str, tuple[str, str]] = {}  # token -> (account, media id)
+    streaming: dict[str, int] = {}  # account -> downloads being served right now
 
     def count(key: str) -> None:
         with world.lock:
@@ -97,18 +98,28 @@ def create_app(world: World | None = None) -> Starlette:
         count("get")
         return JSONResponse({"data": record.info()}, headers=common_headers())
 
-    def stream(record: MediaRecord, *, truncate: bool, short: bool) -> Response:
+    def stream(record: MediaRecord, *, account: str, truncate: bool, short: bool) -> Response:
         size = record.size
         sent_size = size // 2 if (truncate or short) else size
         declared = sent_size if short else size
 
         async def body() -> AsyncIterator[bytes]:
-            async for piece in iterate_in_threadpool(
-                content.media_chunks(record.media_id, sent_size, record.sample)
-            ):
-                if world.faults.slow_ms:
-                    await asyncio.sleep(world.faults.slow_ms / 1000)
-                yield piece
+            # How many downloads of one account Titan serves at once, at most (stats key
+            # max_downloads_at_once:<account>): what a per-tenant cap must bound.
+            key = f"max_downloads_at_once:{account}"
+            with world.lock:
+                streaming[account] = streaming.get(account, 0) + 1
+                world.stats[key] = max(world.stats[key], streaming[account])
+            try:
+                async for piece in iterate_in_threadpool(
+                    content.media_chunks(record.media_id, sent_size, record.sample)
+                ):
+                    if world.faults.slow_ms:
+                        await asyncio.sleep(world.faults.slow_ms / 1000)
+                    yield piece
+            finally:
+                with world.lock:
+                    streaming[account] -= 1
 
         headers = common_headers() | {"Content-Length": str(declared)}
         return StreamingResponse(body(), media_type=record.mime_type, headers=headers)
@@ -130,7 +141,7 @@ def create_app(world: World | None = None) -> Starlette:
             count("truncated")
         if short:
             count("wrong_length")
-        return stream(record, truncate=truncate, short=short)
+        return stream(record, account=account, truncate=truncate, short=short)
 
     async def blob(request: Request) -> Response:
         if "authorization" in request.headers:
@@ -139,7 +150,7 @@ def create_app(world: World | None = None) -> Starlette:
         if found is None:
             return _error(404, "Blob link expired")
         count("blob")
-        return stream(world.media[found], truncate=False, short=False)
+        return stream(world.media[found], account=found[0], truncate=False, short=False)
 
     async def persist(request: Request) -> Response:
         found = media_request(request)
