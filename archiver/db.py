@@ -6,15 +6,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
 
-from archiver.errors import Unavailable
+from archiver.errors import ConfigError, Unavailable
+
+POOL_MODE_OPTION = "archiver_pool_mode"
 
 
 def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Engine:
     """Create the engine for one process (never at import: it must not cross a fork).
+
+    Behind PgBouncer in transaction pooling mode, the URL says so with ``?pool_mode=
+    transaction`` (taken off before connecting): then nothing relies on a server session
+    outliving a transaction, since the next transaction may run on another server
+    connection: no prepared statements (psycopg ``prepare_threshold=None``, and the
+    receiver's writer does not prepare) and no startup parameters (PgBouncer refuses
+    ``options``), so the worker's commits are durable there too.
 
     ``durable_commits=False`` is for the worker (PostgreSQL only). Each of its transitions
     is one idempotent statement, re-driven by the lease and the sweeper if a crash loses it,
@@ -25,6 +34,14 @@ def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Eng
     """
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    pooled = False
+    if url.startswith("postgresql") and "pool_mode=" in url:
+        parsed = make_url(url)
+        mode = parsed.query.get("pool_mode")
+        if mode not in ("session", "transaction"):
+            raise ConfigError("database URL: pool_mode must be 'session' or 'transaction'")
+        pooled = mode == "transaction"
+        url = parsed.difference_update_query(["pool_mode"]).render_as_string(hide_password=False)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -33,11 +50,22 @@ def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Eng
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     connect_args: dict[str, Any] = {"connect_timeout": 5}
+    if pooled:
+        connect_args["prepare_threshold"] = None
     if not durable_commits:
-        connect_args["options"] = "-c synchronous_commit=off"
+        if not pooled:
+            connect_args["options"] = "-c synchronous_commit=off"
         kwargs.setdefault("isolation_level", "AUTOCOMMIT")
     kwargs.setdefault("connect_args", connect_args)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if pooled:
+        engine.update_execution_options(**{POOL_MODE_OPTION: "transaction"})
+    return engine
+
+
+def transaction_pooled(engine: Engine) -> bool:
+    """Whether ``engine`` reaches PostgreSQL through a transaction-pooling PgBouncer."""
+    return engine.get_execution_options().get(POOL_MODE_OPTION) == "transaction"
 
 
 def transactional(engine: Engine) -> Engine:

@@ -208,3 +208,45 @@ def fresh_postgres_database(admin_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def pgbouncer(admin_url: str, *, pool_mode: str = "transaction") -> Iterator[str]:
+    """Debian's PgBouncer on a free 127.0.0.1 port in front of ``admin_url``'s server, as
+    operators run it (``pool_mode = transaction``); yields ``host:port`` to put in a URL.
+    Trust authentication, like the test server behind it. PgBouncer will not run as root:
+    as root it is started with ``-u postgres``."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        raise FileNotFoundError("pgbouncer is not installed (Debian package pgbouncer)")
+    server = admin_url.split("@", 1)[-1].split("/", 1)[0]
+    host, _, port = server.partition(":")
+    work = Path(tempfile.mkdtemp(prefix="archiver-pgbouncer-"))
+    work.chmod(0o777)
+    listen = free_port()
+    (work / "userlist.txt").write_text('"postgres" ""\n')
+    (work / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={host} port={port or 5432}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {work / 'userlist.txt'}\n"
+        f"pool_mode = {pool_mode}\nmax_client_conn = 1000\ndefault_pool_size = 40\n"
+        "ignore_startup_parameters = extra_float_digits\n"
+    )
+    for name in ("userlist.txt", "pgbouncer.ini"):
+        (work / name).chmod(0o644)
+    argv = [binary, *(["-u", "postgres"] if os.getuid() == 0 else []), str(work / "pgbouncer.ini")]
+    process = processes.start_process("pgbouncer", argv)
+    try:
+        wait_until(
+            lambda: port_open("127.0.0.1", listen) or not process.alive(),
+            timeout=20,
+            what="pgbouncer listening",
+        )
+        if not process.alive():
+            raise RuntimeError(f"pgbouncer did not start: {process.log()[-2000:]}")
+        yield f"127.0.0.1:{listen}"
+    finally:
+        process.stop()
+        shutil.rmtree(work, ignore_errors=True)

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from archiver import lifecycle, recording
-from archiver.db import session_scope
+from archiver.db import session_scope, transaction_pooled
 from archiver.errors import Unavailable
 from archiver.queue import queue_for
 from archiver.recording import Arrival, Batch, Recorded
@@ -50,7 +50,11 @@ def writer_for(engine: Engine, *, publisher: Publishes, large_bytes: int) -> Wri
     if engine.dialect.name == "postgresql":
         conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         return PostgresWriter(
-            conninfo=conninfo, publisher=publisher, connections=8, large_bytes=large_bytes
+            conninfo=conninfo,
+            publisher=publisher,
+            connections=8,
+            large_bytes=large_bytes,
+            prepare=not transaction_pooled(engine),
         )
     return ThreadedWriter(engine=engine, publisher=publisher, large_bytes=large_bytes)
 
@@ -161,9 +165,18 @@ class ThreadedWriter:
 
 class PostgresWriter:
     def __init__(
-        self, *, conninfo: str, publisher: Publishes, connections: int, large_bytes: int
+        self,
+        *,
+        conninfo: str,
+        publisher: Publishes,
+        connections: int,
+        large_bytes: int,
+        prepare: bool = True,
     ) -> None:
         self._conninfo = conninfo
+        # Prepared once per connection: the insert's plan is reused; not behind a
+        # transaction-pooling PgBouncer, where the next use may land on another server.
+        self._prepare = prepare
         self._publisher = publisher
         self._large_bytes = large_bytes
         self._idle: asyncio.LifoQueue[psycopg.AsyncConnection[tuple[Any, ...]] | None] = (
@@ -178,11 +191,11 @@ class PostgresWriter:
         conn = await self._idle.get()
         try:
             if conn is None or conn.closed:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=5
-                )
+                conn = await self._connect()
             async with conn.cursor() as cur:
-                await cur.execute(recording.PG_INSERT, recording.pg_rows(batch.rows), prepare=True)
+                await cur.execute(
+                    recording.PG_INSERT, recording.pg_rows(batch.rows), prepare=self._prepare
+                )
                 created = {(t, m): pk for pk, t, m in await cur.fetchall()}
                 existing = {}
                 missing = batch.missing(created)
@@ -210,14 +223,22 @@ class PostgresWriter:
         finally:
             self._idle.put_nowait(conn)
 
+    async def _connect(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        conn = await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=5
+        )
+        if not self._prepare:
+            conn.prepare_threshold = None  # psycopg prepares repeated queries by itself too
+        return conn
+
     async def _mark(self, pks: list[int]) -> None:
         conn = await self._idle.get()
         try:
             if conn is None or conn.closed:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=5
-                )
-            await conn.execute(recording.PG_MARK_PUBLISHED, [_naive(utcnow()), pks], prepare=True)
+                conn = await self._connect()
+            await conn.execute(
+                recording.PG_MARK_PUBLISHED, [_naive(utcnow()), pks], prepare=self._prepare
+            )
         except psycopg.Error:
             if conn is not None:
                 await conn.close()
