@@ -1,8 +1,11 @@
 """Logging for every process: one line per event (JSON in production), secrets redacted.
 
-Fields passed as ``extra={...}`` (tenant, session, mediaId, eventId, outcome, durationMs,
-bytes) become JSON keys. The redaction filter runs on every record of every logger, so a
-key or signature that slips into a message or an exception is masked before it is written.
+Every field passed as ``extra={...}`` becomes a JSON key (ours: tenant, session, mediaId,
+eventId, outcome, durationMs, bytes, attempt, admin, keyId, ...; a library's too), except
+names starting with ``_``. The finished line is redacted as a whole, so a key or signature
+that slips into a message, an extra field or an exception is masked before it is written.
+uvicorn's own loggers (``uvicorn.error``, ``uvicorn.access``) are routed through the same
+handler: one JSON line per request, with ``client``, ``method``, ``path`` and ``status``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-FIELDS = ("tenant", "session", "mediaId", "eventId", "outcome", "durationMs", "bytes", "attempt")
 _SECRETS = [
     (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?bearer\s+)[^\s\"',]+"), r"\1[redacted]"),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"), "Bearer [redacted]"),
@@ -49,6 +51,9 @@ def redact(text: str) -> str:
 
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.name == "uvicorn.access":
+            # Keep the access line's fields (client, method, path, ...), each redacted.
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
@@ -57,6 +62,15 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
+
+
+# The attributes every LogRecord has: whatever else a record carries came as ``extra``.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+    "taskName",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,15 +82,18 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "msg": record.getMessage(),
         }
-        for name in FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                doc[name] = value
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            client, method, path, _version, status = args
+            doc |= {"client": client, "method": method, "path": path, "status": status}
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_") and value is not None:
+                doc.setdefault(name, value)
         if record.exc_text:
             doc["error"] = record.exc_text
         elif record.exc_info:
             doc["error"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return redact(json.dumps(doc, default=str))
 
 
 class _Handler(logging.StreamHandler[TextIO]):
@@ -85,6 +102,12 @@ class _Handler(logging.StreamHandler[TextIO]):
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
+    # uvicorn configured its loggers before it loaded our app: send their lines through the
+    # same handler (JSON, redacted), not uvicorn's plain-text ones.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        server_log = logging.getLogger(name)
+        server_log.handlers.clear()
+        server_log.propagate = True
     if any(isinstance(h, _Handler) for h in root.handlers):
         return
     handler = _Handler(sys.stderr)

@@ -93,3 +93,45 @@ def test_receiver_process_logs_json_events_without_secrets(
     assert any(e.get("outcome") == "unauthorized" for e in events)
     for secret in (api_key, "acme-hmac-secret-key", MASTER_KEY, sig.removeprefix("sha256=")):
         assert secret not in log
+
+
+def test_every_line_of_the_web_process_is_redacted_json_with_its_extra_fields(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """As the Procfile runs it (log level info, uvicorn's access log on): uvicorn's own
+    lines are JSON too, access lines carry method/path/status, and the dashboard sign-in's
+    extra fields (admin, keyId) reach the log; nothing secret does."""
+    admin = "logs-admin-key-" + "c" * 20
+    with migrated_database("sqlite", tmp_path, None) as database_url:
+        api_key = add_tenant(database_url, "acme", "acme-hmac-secret-key")
+        port = processes.free_port()
+        env = process_env(
+            database_url, redis_url, ARCHIVER_LOG_FORMAT="json", ARCHIVER_ADMIN_API_KEY=admin
+        )
+        argv = processes.uvicorn_argv("receiver.app:create_app", port, log_level="info")
+        proc = processes.start_process("logs-access", argv, env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            processes.wait_until(lambda: processes.http_up(url + "/healthz"), timeout=30)
+            with httpx.Client(base_url=url) as client:
+                assert client.post("/ui/login", data={"key": api_key}).status_code == 303
+                assert client.post("/ui/login", data={"key": admin}).status_code == 303
+                assert client.get(f"/api/media?tenant=acme&x={api_key}").status_code in (400, 401)
+        finally:
+            proc.stop()
+        log = proc.log()
+    lines = [line for line in log.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line parses: no plain text
+    access = [e for e in events if e["logger"] == "uvicorn.access"]
+    assert {(e["method"], e["path"], e["status"]) for e in access} >= {
+        ("POST", "/ui/login", 303),
+        ("GET", "/healthz", 200),
+    }
+    assert any(e["logger"].startswith("uvicorn") and "startup" in e["msg"] for e in events)
+    sign_ins = [e for e in events if e.get("outcome") == "signed_in"]
+    assert [(e["admin"], e.get("keyId") is not None) for e in sign_ins] == [
+        (False, True),
+        (True, False),
+    ]
+    for secret in (api_key, admin, MASTER_KEY, "acme-hmac-secret-key"):
+        assert secret not in log
