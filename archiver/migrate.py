@@ -19,6 +19,9 @@ def _config() -> Config:
     return config
 
 
+MIGRATION_LOCK = 0x7A11_0001  # pg_advisory_xact_lock key held while migrating
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = _config()
     with engine.connect() as connection:
@@ -29,6 +32,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             connection.commit()
         with connection.begin():
+            if connection.dialect.name == "postgresql":
+                # Several processes may migrate at once (an init container in every web pod
+                # of a rollout): one migrates, the others wait here, then find the schema
+                # at head. A transaction lock: safe behind PgBouncer in transaction mode.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
         if connection.dialect.name == "sqlite":

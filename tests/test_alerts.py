@@ -53,5 +53,7 @@ def test_every_alert_has_a_unit_test() -> None:
 
 def test_the_prometheus_rule_for_kubernetes_carries_the_same_groups() -> None:
     rules = yaml.safe_load((RULES / "alerts.yml").read_text())
-    (crd,) = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/prometheus-rule.yaml").read_text()))
+    (crd,) = list(
+        yaml.safe_load_all((ROOT / "deploy/kustomize/monitoring/prometheus-rule.yaml").read_text())
+    )
     assert crd["kind"] == "PrometheusRule" and crd["spec"] == rules

