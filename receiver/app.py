@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,7 +28,7 @@ from receiver import api, resources
 from receiver.answers import ShapeResponse, error
 from receiver.group_commit import GroupCommit
 from receiver.intake import Intake
-from receiver.metrics import ReceiverMetrics
+from receiver.metrics import HttpMetrics, ReceiverMetrics
 from receiver.openapi import docs_page, openapi_json
 from receiver.publisher import Publisher
 from receiver.resources import Resources
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *dashboard.routes(),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(HttpMetrics)],
         exception_handlers={
             HTTPException: http_error,
             Unavailable: unavailable,

@@ -8,13 +8,22 @@ must send ``Authorization: Bearer <token>``.
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Celery
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, BuildInfo, authorized
 
@@ -45,8 +54,23 @@ class ReceiverMetrics:
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
+        self.http_requests = Counter(
+            "archiver_http_requests_total",
+            "Requests to the query API and the dashboard (webhooks: archiver_webhooks_total)",
+            ["handler", "method", "status"],
+            registry=self.registry,
+        )
+        self.http_seconds = Histogram(
+            "archiver_http_request_seconds",
+            "Time to answer a query API or dashboard request",
+            ["handler"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
         self.registry.register(BacklogCollector(engine, celery))
         self.registry.register(BuildInfo("receiver"))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     async def endpoint(self, request: Request) -> Response:
         if not authorized(request.headers.get("authorization"), self._token):
@@ -58,3 +82,40 @@ class ReceiverMetrics:
             )
         body = await run_in_threadpool(generate_latest, self.registry)
         return Response(body, media_type=CONTENT_TYPE)
+
+
+class HttpMetrics:
+    """ASGI middleware counting and timing the API's and the dashboard's requests by handler
+    (the route's endpoint name: a bounded label). Webhooks pass straight through: they have
+    their own counters, and the ingest path stays as it was."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/webhooks/"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            state = scope.get("app")
+            metrics = getattr(
+                getattr(getattr(state, "state", None), "resources", None), "metrics", None
+            )
+            if isinstance(metrics, ReceiverMetrics):
+                endpoint = scope.get("endpoint")
+                handler = getattr(endpoint, "__name__", None) or (
+                    "static" if scope["path"].startswith("/ui/static/") else "unmatched"
+                )
+                metrics.http_requests.labels(handler, scope.get("method", ""), str(status)).inc()
+                metrics.http_seconds.labels(handler).observe(time.perf_counter() - started)

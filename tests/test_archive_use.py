@@ -532,3 +532,25 @@ def test_the_audit_trail_names_who_did_what(stack: Stack) -> None:
     assert "dashboard.sign-in" in table and "admin" in table
     refused = stack.cli("audit", "list", "--limit", "0", ok=False)
     assert refused.returncode == 2
+
+
+def test_the_web_process_reports_its_requests_process_and_build(stack: Stack) -> None:
+    assert stack.admin("GET", "/api/admin/audit").status_code == 200
+    assert stack.client.get(f"{stack.url}/api/media").status_code == 401
+    with httpx.Client(base_url=stack.url) as browser:
+        assert browser.post("/ui/login", data={"key": ADMIN}).status_code == 303
+        assert browser.get("/ui/chats").status_code == 200
+    metrics = scrape(f"{stack.url}/metrics")
+
+    def requests(**labels: str) -> float:
+        return total(metrics, "archiver_http_requests_total", **labels)
+
+    assert requests(handler="audit_list", method="GET", status="200") >= 1
+    assert requests(handler="list_media", status="401") >= 1
+    assert requests(handler="login", method="POST", status="303") >= 1
+    assert requests(handler="chats", status="200") >= 1
+    # Webhooks are not in it (they have archiver_webhooks_total), and labels stay bounded.
+    assert requests(handler="receive_webhook") == 0
+    assert total(metrics, "archiver_http_request_seconds_count", handler="chats") >= 1
+    assert total(metrics, "archiver_build_info", component="receiver") == 1
+    assert total(metrics, "process_resident_memory_bytes") > 0

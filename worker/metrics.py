@@ -107,7 +107,13 @@ def start(settings: Settings, celery: Celery) -> bool:
 
     atexit.register(remove_directory)
 
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Histogram,
+        ProcessCollector,
+        generate_latest,
+    )
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, BuildInfo, authorized
@@ -171,6 +177,7 @@ def start(settings: Settings, celery: Celery) -> bool:
         MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         registry.register(backlog)
         registry.register(build_info)
+        ProcessCollector(registry=registry)  # this main process: memory, CPU, open files
         start_response("200 OK", [("Content-Type", CONTENT_TYPE)])
         return [generate_latest(registry)]
 
