@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -49,8 +50,16 @@ def redact(text: str) -> str:
     return text
 
 
+# The request (receiver: X-Request-ID, or one made up) or task (worker: Celery's task id)
+# being served; every log line written meanwhile carries it as ``request_id``.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        current = request_id.get()
+        if current is not None and not hasattr(record, "request_id"):
+            record.request_id = current
         if isinstance(record.args, tuple) and record.name == "uvicorn.access":
             # Keep the access line's fields (client, method, path, ...), each redacted.
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)

@@ -8,6 +8,8 @@ must send ``Authorization: Bearer <token>``.
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import time
 
 from celery import Celery
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, BuildInfo, authorized
+from archiver.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +87,42 @@ class ReceiverMetrics:
         return Response(body, media_type=CONTENT_TYPE)
 
 
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
 class HttpMetrics:
-    """ASGI middleware counting and timing the API's and the dashboard's requests by handler
-    (the route's endpoint name: a bounded label). Webhooks pass straight through: they have
-    their own counters, and the ingest path stays as it was."""
+    """ASGI middleware: every request gets a request id (the caller's ``X-Request-ID`` when
+    it is a plain token, else a new one), carried by each log line written while serving it
+    and echoed in the answer's ``X-Request-ID``. The API's and the dashboard's requests are
+    also counted and timed by handler (the route's endpoint name: a bounded label); webhooks
+    have their own counters."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/webhooks/"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        rid = given if given is not None and _REQUEST_ID.fullmatch(given) else None
+        rid = rid or secrets.token_hex(8).encode()
+        token = request_id.set(rid.decode())
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            if scope["path"].startswith("/webhooks/"):
+                await self.app(scope, receive, tagged)
+            else:
+                await self._measured(scope, receive, tagged)
+        finally:
+            request_id.reset(token)
+
+    async def _measured(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
 

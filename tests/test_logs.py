@@ -114,6 +114,10 @@ def test_every_line_of_the_web_process_is_redacted_json_with_its_extra_fields(
             url = f"http://127.0.0.1:{port}"
             processes.wait_until(lambda: processes.http_up(url + "/healthz"), timeout=30)
             with httpx.Client(base_url=url) as client:
+                traced = client.get("/healthz", headers={"X-Request-ID": "req-from-the-lb-42"})
+                assert traced.headers["x-request-id"] == "req-from-the-lb-42"
+                made = client.get("/healthz", headers={"X-Request-ID": "bad id\twith tab"})
+                assert made.headers["x-request-id"] != "bad id\twith tab"
                 assert client.post("/ui/login", data={"key": api_key}).status_code == 303
                 assert client.post("/ui/login", data={"key": admin}).status_code == 303
                 assert client.get(f"/api/media?tenant=acme&x={api_key}").status_code in (400, 401)
@@ -128,7 +132,13 @@ def test_every_line_of_the_web_process_is_redacted_json_with_its_extra_fields(
         ("GET", "/healthz", 200),
     }
     assert any(e["logger"].startswith("uvicorn") and "startup" in e["msg"] for e in events)
+    assert any(e.get("request_id") == "req-from-the-lb-42" for e in access)
     sign_ins = [e for e in events if e.get("outcome") == "signed_in"]
+    # Each sign-in line carries the id of its request, the same as that request's access line.
+    for sign_in in sign_ins:
+        assert any(
+            e["request_id"] == sign_in["request_id"] and e["path"] == "/ui/login" for e in access
+        )
     assert [(e["admin"], e.get("keyId") is not None) for e in sign_ins] == [
         (False, True),
         (True, False),

@@ -8,7 +8,7 @@ from typing import Any
 from celery import signals
 
 from archiver.broker import make_celery
-from archiver.logs import configure_logging
+from archiver.logs import configure_logging, request_id
 from archiver.queue import DISPATCH_TASK, PROBE_TASK, RETENTION_TASK, SWEEP_TASK
 from archiver.settings import load_settings
 from worker import metrics
@@ -52,6 +52,17 @@ def _serve_metrics(**_: Any) -> None:
 
 
 _notifier: Notifier | None = None
+
+
+@signals.task_prerun.connect
+def _tag_logs(task_id: str | None = None, **_: Any) -> None:
+    # Every log line of a task carries its id (request_id), like a receiver's request's.
+    request_id.set(task_id)
+
+
+@signals.task_postrun.connect
+def _untag_logs(**_: Any) -> None:
+    request_id.set(None)
 
 
 @signals.worker_ready.connect
