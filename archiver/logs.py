@@ -56,6 +56,14 @@ request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 class RedactingFilter(logging.Filter):
+    """Tags the record with the current request id and redacts what a formatter would write
+    unredacted: exceptions, access-line fields, and (``message``, for plain-text output) the
+    message. The JSON formatter redacts its whole line itself."""
+
+    def __init__(self, *, message: bool = True) -> None:
+        super().__init__()
+        self._message = message
+
     def filter(self, record: logging.LogRecord) -> bool:
         current = request_id.get()
         if current is not None and not hasattr(record, "request_id"):
@@ -63,10 +71,11 @@ class RedactingFilter(logging.Filter):
         if isinstance(record.args, tuple) and record.name == "uvicorn.access":
             # Keep the access line's fields (client, method, path, ...), each redacted.
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        if self._message:
+            message = record.getMessage()
+            cleaned = redact(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
@@ -95,8 +104,10 @@ class JsonFormatter(logging.Formatter):
         if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
             client, method, path, _version, status = args
             doc |= {"client": client, "method": method, "path": path, "status": status}
-        for name, value in record.__dict__.items():
-            if name not in _STANDARD and not name.startswith("_") and value is not None:
+        fields = record.__dict__
+        for name in sorted(fields.keys() - _STANDARD):
+            value = fields[name]
+            if value is not None and not name.startswith("_"):
                 doc.setdefault(name, value)
         if record.exc_text:
             doc["error"] = record.exc_text
@@ -126,7 +137,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s")
         )
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(message=fmt != "json"))
     root.addHandler(handler)
     root.setLevel(level.upper())
     # httpx logs every request URL at INFO; keep our own lines readable.

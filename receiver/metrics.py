@@ -7,6 +7,7 @@ must send ``Authorization: Bearer <token>``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -88,6 +89,9 @@ class ReceiverMetrics:
 
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# Request ids made here: this process's random prefix and a counter (no syscall per request).
+_ID_PREFIX = secrets.token_hex(4)
+_ids = itertools.count(1)
 
 
 class HttpMetrics:
@@ -106,7 +110,7 @@ class HttpMetrics:
             return
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
         rid = given if given is not None and _REQUEST_ID.fullmatch(given) else None
-        rid = rid or secrets.token_hex(8).encode()
+        rid = rid or f"{_ID_PREFIX}-{next(_ids):x}".encode()
         token = request_id.set(rid.decode())
 
         async def tagged(message: Message) -> None:
