@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from archiver.errors import AppError, TenantError, TransientError
+from archiver.errors import AppError, PayloadError, TenantError, TransientError
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Tenant
@@ -51,8 +51,10 @@ def make_s3_client(
     secret_access_key: str | None,
     connect_timeout: float,
     read_timeout: float,
+    ca_bundle: str | None = None,
 ) -> S3Client:
-    """A boto3 S3 client for one tenant's credentials, isolated in its own boto3 session."""
+    """A boto3 S3 client for one tenant's credentials, isolated in its own boto3 session;
+    ``ca_bundle`` (PEM text): verify the endpoint against these certificates only."""
     config = Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
@@ -68,7 +70,40 @@ def make_s3_client(
         aws_secret_access_key=secret_access_key or None,
         region_name=region or "us-east-1",
     )
-    return session.client("s3", endpoint_url=endpoint or None, config=config)
+    verify: str | bool = ca_bundle_file(ca_bundle) if ca_bundle else True
+    return session.client("s3", endpoint_url=endpoint or None, config=config, verify=verify)
+
+
+_bundles: dict[str, str] = {}
+_bundles_lock = threading.Lock()
+
+
+def ca_bundle_file(pem: str) -> str:
+    """A file holding ``pem`` (botocore verifies against a path), one per distinct bundle,
+    in this process's temporary directory, readable by this user only."""
+    import os
+    import tempfile
+
+    digest = hashlib.sha256(pem.encode()).hexdigest()
+    with _bundles_lock:
+        path = _bundles.get(digest)
+        if path is None or not os.path.exists(path):
+            handle, path = tempfile.mkstemp(prefix=f"archiver-ca-{digest[:12]}-", suffix=".pem")
+            with os.fdopen(handle, "w") as out:
+                out.write(pem)
+            _bundles[digest] = path
+        return path
+
+
+def validate_ca_bundle(pem: str) -> int:
+    """How many certificates ``pem`` holds; PayloadError if it holds none or is not PEM."""
+    from cryptography import x509
+
+    try:
+        certificates = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError as exc:
+        raise PayloadError("s3-ca-bundle: not PEM certificates") from exc
+    return len(certificates)
 
 
 def tenant_s3_client(
@@ -82,6 +117,7 @@ def tenant_s3_client(
         secret_access_key=secret_access_key,
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
+        ca_bundle=tenant.s3_ca_bundle,
     )
 
 
@@ -103,6 +139,7 @@ class TenantS3Clients:
                     tenant.s3_region,
                     tenant.s3_access_key_id,
                     tenant.s3_secret_enc,
+                    tenant.s3_ca_bundle,
                 )
             ).encode()
         ).hexdigest()

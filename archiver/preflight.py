@@ -74,6 +74,7 @@ def check_bucket(spec: TenantSpec, settings: Settings) -> list[Finding]:
         secret_access_key=spec.s3_secret_access_key,
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
+        ca_bundle=spec.s3_ca_bundle,
     )
     bucket = spec.s3_bucket
     key = f"{normalise_prefix(spec.s3_prefix)}.titan-archiver-check/{uuid.uuid4().hex}"

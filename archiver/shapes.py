@@ -269,6 +269,10 @@ class TenantView(Shape):
     s3_region: str | None = Field(alias="s3Region")
     s3_access_key_id: str | None = Field(alias="s3AccessKeyId")
     s3_prefix: str = Field(alias="s3Prefix")
+    s3_ca_bundle: int | None = Field(
+        alias="s3CaBundle",
+        description="Certificates in the tenant's own CA bundle for its S3 endpoint (null: none)",
+    )
     hmac_key: Literal["********"] = Field(default=MASK, alias="hmacKey")
     previous_hmac_key_expires_at: OffsetTime | None = Field(alias="previousHmacKeyExpiresAt")
     titan_api_key: Literal["********"] = Field(default=MASK, alias="titanApiKey")
@@ -298,6 +302,7 @@ class TenantView(Shape):
             s3_region=tenant.s3_region,
             s3_access_key_id=tenant.s3_access_key_id,
             s3_prefix=tenant.s3_prefix,
+            s3_ca_bundle=_certificates(tenant.s3_ca_bundle),
             previous_hmac_key_expires_at=previous if tenant.hmac_key_previous_enc else None,
             s3_secret_access_key=MASK if tenant.s3_secret_enc else None,
             created_at=tenant.created_at,
@@ -352,6 +357,10 @@ class AuditPage(Shape):
     """``GET /api/admin/audit``: newest first."""
 
     data: list[AuditRecord]
+
+
+def _certificates(pem: str | None) -> int | None:
+    return None if not pem else pem.count("-----BEGIN CERTIFICATE-----")
 
 
 # Every shape the HTTP API answers with, for the OpenAPI document's components.

@@ -76,6 +76,9 @@ class Tenant(SQLModel, table=True):
     s3_region: str | None = Field(default=None, max_length=64)
     s3_access_key_id: str | None = Field(default=None, max_length=255)
     s3_prefix: str = Field(default="", max_length=512)
+    # PEM certificates the tenant's S3 endpoint is verified against (a private CA), else the
+    # system's trust store.
+    s3_ca_bundle: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     hmac_key_enc: str = Field(sa_column=Column(Text, nullable=False))
     # During a webhook key rotation the old key keeps verifying until it expires.
     hmac_key_previous_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -32,6 +32,7 @@ class TenantSpec:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     s3_prefix: str = ""
+    s3_ca_bundle: str | None = None  # PEM: a private CA the S3 endpoint is verified against
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ def validate_settings(spec: TenantSpec) -> None:
         )
     if not spec.s3_bucket:
         raise PayloadError("s3-bucket is required")
+    if spec.s3_ca_bundle:
+        from archiver.buckets import validate_ca_bundle
+
+        validate_ca_bundle(spec.s3_ca_bundle)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class TenantChanges:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     s3_prefix: str | None = None
+    s3_ca_bundle: str | None = None  # PEM text; "" goes back to the system's trust store
 
     def any(self) -> bool:
         return any(value is not None for value in self.__dict__.values())
@@ -111,6 +117,7 @@ def updated_spec(tenant: Tenant, secrets: TenantSecrets, changes: TenantChanges)
         s3_secret_access_key=pick(changes.s3_secret_access_key, secrets.s3_secret_access_key)
         or None,
         s3_prefix=pick(changes.s3_prefix, tenant.s3_prefix) or "",
+        s3_ca_bundle=pick(changes.s3_ca_bundle, tenant.s3_ca_bundle) or None,
     )
 
 
@@ -133,6 +140,7 @@ def update_tenant(
     tenant.s3_region = spec.s3_region
     tenant.s3_access_key_id = spec.s3_access_key_id
     tenant.s3_prefix = spec.s3_prefix
+    tenant.s3_ca_bundle = spec.s3_ca_bundle
     if changes.titan_api_key is not None:
         tenant.titan_api_key_enc = box.encrypt(spec.titan_api_key)
     if changes.s3_secret_access_key is not None:
@@ -160,6 +168,7 @@ def create_tenant(session: Session, *, box: SecretBox, spec: TenantSpec) -> tupl
         s3_region=spec.s3_region or None,
         s3_access_key_id=spec.s3_access_key_id or None,
         s3_prefix=spec.s3_prefix,
+        s3_ca_bundle=spec.s3_ca_bundle or None,
         hmac_key_enc=box.encrypt(spec.hmac_key),
         titan_api_key_enc=box.encrypt(spec.titan_api_key),
         s3_secret_enc=box.encrypt(spec.s3_secret_access_key) if spec.s3_secret_access_key else None,

@@ -71,6 +71,12 @@ def _check(spec: TenantSpec, settings: Settings) -> None:
 @click.option("--s3-access-key-id", default="")
 @secret_option("--s3-secret-access-key", help="The bucket credentials' secret.")
 @click.option("--s3-prefix", default="", help="Key prefix inside the bucket.")
+@click.option(
+    "--s3-ca-bundle",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM file of the CA that signed the S3 endpoint's certificate (a private CA).",
+)
 @click.option("--no-check", is_flag=True, help="Store without checking Titan and the bucket.")
 @friendly
 def tenants_add(name: str, no_check: bool, **options: Any) -> None:
@@ -91,11 +97,13 @@ def tenants_add(name: str, no_check: bool, **options: Any) -> None:
         raise click.UsageError(
             "give the Titan API key: --titan-api-key, --titan-api-key-file or --titan-api-key-env"
         )
+    bundle = options.pop("s3_ca_bundle")
     spec = TenantSpec(
         name=name,
         hmac_key=hmac_key,
         titan_api_key=titan_api_key,
         s3_secret_access_key=s3_secret or "",
+        s3_ca_bundle=_read_bundle(bundle),
         **options,
     )
     settings = current_settings()
@@ -130,6 +138,11 @@ def tenants_add(name: str, no_check: bool, **options: Any) -> None:
 @click.option("--s3-access-key-id", default=None)
 @secret_option("--s3-secret-access-key", help="The bucket credentials' secret ('' clears it).")
 @click.option("--s3-prefix", default=None, help="Key prefix inside the bucket (new objects).")
+@click.option(
+    "--s3-ca-bundle",
+    default=None,
+    help="PEM file of the CA that signed the S3 endpoint's certificate ('' : system CAs).",
+)
 @click.option(
     "--capture-outgoing/--no-capture-outgoing",
     default=None,
@@ -193,6 +206,8 @@ def tenants_update(name: str, no_check: bool, **options: Any) -> None:
         notify_url=options.pop("notify_url"),
         notify_secret=read_secret("--notify-secret", options, stdin_used=stdin),
     )
+    bundle = options.pop("s3_ca_bundle")
+    options["s3_ca_bundle"] = "" if bundle == "" else _read_bundle(bundle)
     changes = TenantChanges(
         titan_api_key=read_secret("--titan-api-key", options, stdin_used=stdin),
         s3_secret_access_key=read_secret("--s3-secret-access-key", options, stdin_used=stdin),
@@ -230,6 +245,16 @@ def tenants_update(name: str, no_check: bool, **options: Any) -> None:
     if made is not None:
         view["notifySecret"] = made  # shown this once; stored encrypted
     click.echo(json.dumps(view))
+
+
+def _read_bundle(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--s3-ca-bundle") from exc
 
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}

@@ -1,4 +1,5 @@
-"""what a tenant captures, retention and legal hold, revocations, notifications, audit trail
+"""what a tenant captures, retention and legal hold, revocations, notifications, audit trail,
+a tenant's own CA bundle for its S3 endpoint
 
 Revision ID: 0015
 Revises: 0014
@@ -38,6 +39,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("retention_days", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("notify_url", sa.Text(), nullable=True))
         batch.add_column(sa.Column("notify_secret_enc", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("s3_ca_bundle", sa.Text(), nullable=True))
     with op.batch_alter_table("media") as batch:
         batch.add_column(
             sa.Column("legal_hold", sa.Boolean(), nullable=False, server_default=sa.false())
@@ -94,6 +96,7 @@ def downgrade() -> None:
         batch.drop_column("legal_hold")
     with op.batch_alter_table("tenants") as batch:
         for column in (
+            "s3_ca_bundle",
             "notify_secret_enc",
             "notify_url",
             "retention_days",
