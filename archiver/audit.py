@@ -56,6 +56,20 @@ def record(
     return event
 
 
+def record_cli(
+    session: Session,
+    action: str,
+    *,
+    tenant_id: int | None = None,
+    tenant: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """``record`` for a command-line action: the actor is ``cli:<os user>``."""
+    return record(
+        session, actor=cli_actor(), action=action, tenant_id=tenant_id, tenant=tenant, detail=detail
+    )
+
+
 @dataclass(frozen=True)
 class AuditFilter:
     tenant: str | None = None

@@ -10,19 +10,18 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from celery import Celery
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
-from sqlmodel import Session, select
 
 from archiver import figures, notify, pauses
 from archiver.broker import queue_depths
 from archiver.db import session_scope
 from archiver.errors import Unavailable
-from archiver.tables import Status, Tenant, utcnow
+from archiver.tables import Status, utcnow
+from archiver.tenants import list_tenants
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -44,7 +43,7 @@ class BacklogCollector(Collector):
                 found_paused = pauses.paused(session)
                 found_sessions = pauses.paused_sessions(session)
                 outbox = notify.counts(session)
-                names = {str(p.tenant_id): p.name for p in _tenant_names(session)}
+                names = {str(t.id): t.name for t in list_tenants(session)}
         except Unavailable:
             log.warning("metrics: database unavailable, backlog gauges omitted")
             return
@@ -105,16 +104,6 @@ class BacklogCollector(Collector):
         for queue, depth in depths.items():
             gauge.add_metric([queue], depth)
         yield gauge
-
-
-@dataclass(frozen=True)
-class _Named:
-    tenant_id: int
-    name: str
-
-
-def _tenant_names(session: Session) -> list[_Named]:
-    return [_Named(t.id or 0, t.name) for t in session.exec(select(Tenant))]
 
 
 class BuildInfo(Collector):

@@ -334,6 +334,11 @@ class Erasure(Shape):
     errors: list[str]
     media_ids: list[str] = Field(alias="mediaIds")
 
+    @classmethod
+    def of(cls, tenant: str, done: dict[str, Any]) -> Erasure:
+        """From an erasure's report (archiver.erasure.Erased.doc())."""
+        return cls.model_validate({"tenant": tenant, **done})
+
 
 class ErasureAnswer(Shape):
     """``POST /api/admin/erase``."""

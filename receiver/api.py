@@ -317,20 +317,7 @@ async def erase(request: Request) -> Response:
             except NotFound as exc:
                 raise ApiError(404, "tenant: no such tenant") from exc
         done = erase_recorded(res.engine, tenant, selector, s3_for=res.s3.get, actor="admin")
-        return ShapeResponse(
-            ErasureAnswer(
-                data=Erasure(
-                    tenant=tenant.name,
-                    rows=done.rows,
-                    objects=done.objects,
-                    size=done.bytes,
-                    held=done.held,
-                    in_flight=done.in_flight,
-                    errors=done.errors[:20],
-                    media_ids=done.media_ids,
-                )
-            )
-        )
+        return ShapeResponse(ErasureAnswer(data=Erasure.of(tenant.name, done.doc())))
 
     return await _answer(request, work)
 

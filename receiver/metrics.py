@@ -139,10 +139,8 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            state = scope.get("app")
-            metrics = getattr(
-                getattr(getattr(state, "state", None), "resources", None), "metrics", None
-            )
+            served = getattr(scope["app"].state, "resources", None)  # None before start-up
+            metrics = getattr(served, "metrics", None)
             if isinstance(metrics, ReceiverMetrics):
                 endpoint = scope.get("endpoint")
                 handler = getattr(endpoint, "__name__", None) or (

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -427,15 +426,9 @@ class Endpoint:
             self.server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_signed_notifications_reach_an_endpoint_that_was_down(stack: Stack) -> None:
     t = stack.tenant("notify")
-    port = _free_port()
+    port = processes.free_port()
     shown = json.loads(
         stack.cli(
             "tenants", "update", t.name, "--notify-url", f"http://127.0.0.1:{port}/hooks"

@@ -10,20 +10,27 @@ from pathlib import Path
 from devstack.processes import free_port
 
 
+def _dev(data_dir: Path, flag: str) -> tuple[list[str], dict[str, str]]:
+    """`titan-archiver dev` on a free port, and an environment with no ARCHIVER_* setting
+    (the embedded defaults, as on a fresh machine)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "archiver.cli",
+        "dev",
+        "--port",
+        str(free_port()),
+        "--data-dir",
+        str(data_dir),
+        flag,
+    ]
+    return argv, {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
+
+
 def test_dev_runs_the_demo_on_embedded_services_and_stops_cleanly(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
+    argv, env = _dev(tmp_path / "dev", "--exit-after-demo")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "archiver.cli",
-            "dev",
-            "--port",
-            str(free_port()),
-            "--data-dir",
-            str(tmp_path / "dev"),
-            "--exit-after-demo",
-        ],
+        argv,
         env=env,
         capture_output=True,
         text=True,
@@ -72,22 +79,12 @@ def test_dev_stopped_by_sigterm_or_sighup_leaves_no_process_behind(tmp_path: Pat
 
     from devstack.processes import wait_until
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         log = tmp_path / f"dev-{sig.name}.log"
+        argv, env = _dev(tmp_path / f"dev-{sig.name}", "--no-demo")
         with log.open("w") as out:
             dev = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "archiver.cli",
-                    "dev",
-                    "--port",
-                    str(free_port()),
-                    "--data-dir",
-                    str(tmp_path / f"dev-{sig.name}"),
-                    "--no-demo",
-                ],
+                argv,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -32,10 +32,9 @@ def api_keys_create(tenant: str, label: str | None) -> None:
         assert owner.id is not None
         row, key = issue(session, tenant_id=owner.id, label=label)
         session.flush()
-        audit.record(
+        audit.record_cli(
             session,
-            actor=audit.cli_actor(),
-            action="key.create",
+            "key.create",
             tenant_id=owner.id,
             tenant=owner.name,
             detail={"keyId": row.id, "prefix": row.prefix, "label": label},
@@ -67,10 +66,9 @@ def api_keys_revoke(prefix: str, tenant: str | None) -> None:
         tenant_id = get_tenant(session, name=tenant).id if tenant else None
         key = revoke_key(session, prefix=prefix, tenant_id=tenant_id)
         owner = get_tenant_by_id(session, tenant_id=key.tenant_id)
-        audit.record(
+        audit.record_cli(
             session,
-            actor=audit.cli_actor(),
-            action="key.revoke",
+            "key.revoke",
             tenant_id=owner.id,
             tenant=owner.name,
             detail={"keyId": key.id, "prefix": key.prefix},

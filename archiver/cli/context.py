@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -65,8 +66,6 @@ def confirm_destructive(what: str, *, yes: bool) -> None:
     command run by a script without --yes stops (exit 1) before touching anything."""
     if yes:
         return
-    import sys
-
     if not sys.stdin.isatty():
         raise click.ClickException(
             f"this would {what}; nothing was done. Pass --yes to confirm (no terminal to ask)"

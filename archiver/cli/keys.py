@@ -33,10 +33,9 @@ def keys_rotate(dry_run: bool) -> None:
         report = rekey_secrets(session, box=settings.secret_box(), dry_run=dry_run)
     if not dry_run:
         with database() as session:
-            audit.record(
+            audit.record_cli(
                 session,
-                actor=audit.cli_actor(),
-                action="keys.rotate",
+                "keys.rotate",
                 detail={"tenants": report.tenants, "reencrypted": report.reencrypted},
             )
     click.echo(

@@ -32,7 +32,7 @@ from archiver.query import FILTERS, MediaQuery, parse_query
 from archiver.queue import queue_for
 from archiver.recording import Arrival, MediaItem, record_items
 from archiver.redrive import retry_failed, sweep
-from archiver.shapes import MEDIA_INFO_COLUMNS, media_info
+from archiver.shapes import MEDIA_INFO_COLUMNS, Erasure, media_info
 from archiver.tables import Status, utcnow
 from archiver.tenants import get_tenant, list_tenants
 
@@ -200,10 +200,9 @@ def media_retry(retry_all: bool, tenant: str | None, media_ids: tuple[str, ...])
                 progress=bar.update,
             )
         with session_scope(engine) as session:
-            audit.record(
+            audit.record_cli(
                 session,
-                actor=audit.cli_actor(),
-                action="media.retry",
+                "media.retry",
                 tenant_id=tenant_id,
                 tenant=tenant,
                 detail={"all": retry_all, "ids": list(media_ids), "requeued": count},
@@ -333,7 +332,7 @@ def media_erase(
         done = erase_recorded(engine, owner, selector, s3_for=clients.get, actor=audit.cli_actor())
     finally:
         engine.dispose()
-    click.echo(json.dumps({"tenant": tenant, **done.doc()}))
+    click.echo(json.dumps(Erasure.of(tenant, done.doc()).doc()))
     if done.in_flight or done.errors:
         sys.exit(1)
 

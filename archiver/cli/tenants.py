@@ -115,10 +115,9 @@ def tenants_add(name: str, no_check: bool, **options: Any) -> None:
         _check(spec, settings)
     with database() as session:
         tenant, api_key = create_tenant(session, box=settings.secret_box(), spec=spec)
-        audit.record(
+        audit.record_cli(
             session,
-            actor=audit.cli_actor(),
-            action="tenant.add",
+            "tenant.add",
             tenant_id=tenant.id,
             tenant=name,
             detail={"strategy": spec.strategy, "bucket": spec.s3_bucket, "checked": not no_check},
@@ -233,10 +232,9 @@ def tenants_update(name: str, no_check: bool, **options: Any) -> None:
             tenant = get_tenant(session, name=name)
         if policy.any():
             made = update_policy(session, box=box, tenant=tenant, changes=policy)
-        audit.record(
+        audit.record_cli(
             session,
-            actor=audit.cli_actor(),
-            action="tenant.update",
+            "tenant.update",
             tenant_id=tenant.id,
             tenant=name,
             detail={"changed": _changed(changes, policy)},
@@ -309,10 +307,9 @@ def tenants_pause(name: str, reason: str) -> None:
     with database() as session:
         tenant = get_tenant(session, name=name)
         pauses.pause(session, tenant_id=tenant.id or 0, reason=reason, now=utcnow(), auto=False)
-        audit.record(
+        audit.record_cli(
             session,
-            actor=audit.cli_actor(),
-            action="tenant.pause",
+            "tenant.pause",
             tenant_id=tenant.id,
             tenant=name,
             detail={"reason": reason},
@@ -331,10 +328,9 @@ def tenants_resume(name: str) -> None:
         tenant = get_tenant(session, name=name)
         was_paused = pauses.resume(session, tenant_id=tenant.id or 0)
         if was_paused:
-            audit.record(
+            audit.record_cli(
                 session,
-                actor=audit.cli_actor(),
-                action="tenant.resume",
+                "tenant.resume",
                 tenant_id=tenant.id,
                 tenant=name,
             )
@@ -391,10 +387,9 @@ def tenants_rotate_hmac_key(name: str, previous_valid_for: float, **options: Any
             new_key=hmac_key,
             previous_valid_for=timedelta(hours=previous_valid_for),
         )
-        audit.record(
+        audit.record_cli(
             session,
-            actor=audit.cli_actor(),
-            action="tenant.rotate-hmac-key",
+            "tenant.rotate-hmac-key",
             tenant_id=tenant.id,
             tenant=name,
             detail={"previousValidForHours": previous_valid_for},
@@ -419,10 +414,9 @@ def tenants_remove(name: str, purge: bool, yes: bool) -> None:
     with database() as session:
         tenant_id = get_tenant(session, name=name).id
         rows = remove_tenant(session, name=name, purge=purge)
-        audit.record(
+        audit.record_cli(
             session,
-            actor=audit.cli_actor(),
-            action="tenant.remove",
+            "tenant.remove",
             tenant_id=tenant_id,
             tenant=name,
             detail={"purge": purge, "rows": rows},
