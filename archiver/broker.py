@@ -101,14 +101,17 @@ def publish_task(
     args: list[Any],
     queue: str = ARCHIVE_QUEUE,
     countdown: float | None = None,
+    headers: dict[str, Any] | None = None,
 ) -> None:
-    """Send one archive task through Celery; Unavailable if the broker cannot take it."""
+    """Send one archive task through Celery; Unavailable if the broker cannot take it.
+    ``headers``: more message headers (the receiver's W3C ``traceparent``)."""
     try:
         app.send_task(
             task,
             args=args,
             queue=queue,
             countdown=countdown,
+            headers=headers,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         )

@@ -6,6 +6,8 @@ names starting with ``_``. The finished line is redacted as a whole, so a key or
 that slips into a message, an extra field or an exception is masked before it is written.
 uvicorn's own loggers (``uvicorn.error``, ``uvicorn.access``) are routed through the same
 handler: one JSON line per request, with ``client``, ``method``, ``path`` and ``status``.
+With tracing on (archiver/tracing.py), a line written inside a span carries its
+``trace_id`` and ``span_id``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from archiver import tracing
 
 _SECRETS = [
     (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?bearer\s+)[^\s\"',]+"), r"\1[redacted]"),
@@ -104,6 +108,9 @@ class JsonFormatter(logging.Formatter):
         if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
             client, method, path, _version, status = args
             doc |= {"client": client, "method": method, "path": path, "status": status}
+        ids = tracing.log_ids()  # None unless tracing is on and a span is open
+        if ids is not None:
+            doc["trace_id"], doc["span_id"] = ids
         fields = record.__dict__
         for name in sorted(fields.keys() - _STANDARD):
             value = fields[name]

@@ -66,6 +66,7 @@ class Arrival:
     tenant_id: int
     strategy: str
     item: MediaItem
+    trace: str | None = None  # W3C traceparent of the webhook's span (archiver/tracing.py)
 
 
 def _values(arrival: Arrival, now: datetime) -> dict[str, Any]:

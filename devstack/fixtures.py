@@ -26,7 +26,7 @@ from archiver.tables import Media, Tenant
 from archiver.tenants import TenantSpec, create_tenant
 from devstack import processes, services
 from devstack.processes import Process
-from receiver.publisher import Routed
+from receiver.publisher import Routed, Traces
 from receiver.writers import writer_for
 from titan_simulator.sender import Simulator
 
@@ -86,10 +86,10 @@ def process_env(database_url: str, broker_url: str, **extra: str) -> dict[str, s
 class NoBroker:
     """A publisher that publishes nothing: rows recorded for a test, no worker wakes up."""
 
-    def publish(self, routed: Sequence[Routed]) -> None:
+    def publish(self, routed: Sequence[Routed], traces: Traces | None = None) -> None:
         return None
 
-    async def apublish(self, routed: Sequence[Routed]) -> None:
+    async def apublish(self, routed: Sequence[Routed], traces: Traces | None = None) -> None:
         return None
 
 

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from archiver import tracing
 from archiver.broker import make_celery, queue_depth
 from archiver.buckets import TenantS3Clients
 from archiver.db import make_engine
@@ -100,6 +101,7 @@ async def server_error(_: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    tracing.setup("titan-archiver-receiver")
     dashboard = Dashboard(settings)
 
     @asynccontextmanager

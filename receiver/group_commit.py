@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from opentelemetry.trace import Span
+
+from archiver import tracing
 from archiver.errors import Unavailable
 from archiver.recording import Arrival, Recorded
 from receiver.writers import Writer
@@ -24,6 +27,22 @@ log = logging.getLogger(__name__)
 class _Pending:
     arrival: Arrival
     future: asyncio.Future[Recorded]
+
+
+def _record_spans(arrivals: list[Arrival]) -> list[Span | None]:
+    """A ``webhook record`` span per traced request: the shared insert (and publish), with
+    how many requests shared it."""
+    size = len(arrivals)
+    return [
+        tracing.start(
+            "webhook record",
+            parent=a.trace,
+            attributes={"media.id": a.item.media_id, "archiver.batch_size": size},
+        )
+        if a.trace is not None
+        else None
+        for a in arrivals
+    ]
 
 
 class GroupCommit:
@@ -74,10 +93,16 @@ class GroupCommit:
             return Unavailable("internal error while recording")
 
     async def _flush(self, batch: list[_Pending]) -> None:
+        arrivals = [p.arrival for p in batch]
+        spans = _record_spans(arrivals) if tracing.enabled() else None
+        if spans is not None:
+            # Each request's publish is a child of its own record span.
+            arrivals = [
+                replace(a, trace=tracing.traceparent(s) if s is not None else a.trace)
+                for a, s in zip(arrivals, spans, strict=True)
+            ]
         try:
-            results: list[Recorded | Exception] = list(
-                await self._writer.write([p.arrival for p in batch])
-            )
+            results: list[Recorded | Exception] = list(await self._writer.write(arrivals))
         except Unavailable as exc:
             results = [exc] * len(batch)
         except Exception:
@@ -89,6 +114,10 @@ class GroupCommit:
                 results = [await self._write_alone(p.arrival) for p in batch]
         finally:
             self._slots.release()
+        if spans is not None:
+            for opened, result in zip(spans, results, strict=True):
+                failed = isinstance(result, BaseException)
+                tracing.end(opened, error=str(result) if failed else None)
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue

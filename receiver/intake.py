@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from archiver import notify, pauses
+from archiver import notify, pauses, tracing
 from archiver.capture import not_captured
 from archiver.db import session_scope
 from archiver.errors import ConfigError, InvalidSignature, PayloadError, Unavailable
@@ -153,7 +153,12 @@ class Intake:
                 tenant=tenant_name,
             )
         recorded = await self._commit.submit(
-            Arrival(tenant_id=tenant.id, strategy=tenant.strategy, item=item)
+            Arrival(
+                tenant_id=tenant.id,
+                strategy=tenant.strategy,
+                item=item,
+                trace=tracing.current_traceparent(),
+            )
         )
         if tenant.notify and recorded.status == Status.ARCHIVED:
             # Titan's auto-persist put it in the bucket already: its media.archived event is

@@ -14,6 +14,7 @@ import secrets
 import time
 
 from celery import Celery
+from opentelemetry.trace import Span
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -28,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from archiver import tracing
 from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, BuildInfo, authorized
 from archiver.logs import request_id
 
@@ -94,6 +96,20 @@ _ID_PREFIX = secrets.token_hex(4)
 _ids = itertools.count(1)
 
 
+def _server_span(scope: Scope, rid: bytes) -> Span | None:
+    parent = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
+    return tracing.start(
+        scope.get("method", "HTTP"),
+        kind=tracing.SERVER,
+        parent=parent.decode("latin-1") if parent is not None else None,
+        attributes={
+            "http.request.method": scope.get("method", ""),
+            "url.path": scope["path"],
+            "archiver.request_id": rid.decode(),
+        },
+    )
+
+
 class HttpMetrics:
     """ASGI middleware: every request gets a request id (the caller's ``X-Request-ID`` when
     it is a plain token, else a new one), carried by each log line written while serving it
@@ -112,19 +128,34 @@ class HttpMetrics:
         rid = given if given is not None and _REQUEST_ID.fullmatch(given) else None
         rid = rid or f"{_ID_PREFIX}-{next(_ids):x}".encode()
         token = request_id.set(rid.decode())
+        status = 500
+        # With tracing on, a server span per request (the caller's traceparent, if any, is
+        # its parent): the root of a webhook's trace.
+        opened = _server_span(scope, rid) if tracing.enabled() else None
 
         async def tagged(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
         try:
-            if scope["path"].startswith("/webhooks/"):
-                await self.app(scope, receive, tagged)
-            else:
-                await self._measured(scope, receive, tagged)
+            with tracing.use(opened):
+                if scope["path"].startswith("/webhooks/"):
+                    await self.app(scope, receive, tagged)
+                else:
+                    await self._measured(scope, receive, tagged)
         finally:
             request_id.reset(token)
+            if opened is not None:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                opened.update_name(f"{scope.get('method', '')} {route}")
+                tracing.end(
+                    opened,
+                    error=f"HTTP {status}" if status >= 500 else None,
+                    attributes={"http.route": route, "http.response.status_code": status},
+                )
 
     async def _measured(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

@@ -20,7 +20,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from celery import Celery
+from opentelemetry.trace import Span
 
+from archiver import tracing
 from archiver.broker import publish_task
 from archiver.errors import Unavailable
 from archiver.queue import (
@@ -31,6 +33,8 @@ from archiver.queue import (
 )
 
 Routed = tuple[int, str]  # (media row pk, queue name)
+Traces = dict[int, str]  # media row pk -> the W3C traceparent its publish continues
+Message = tuple[str, list[Any], str]  # (task name, args, queue)
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 # Where replies would go (Celery writes its app's thread oid); one per process, as there.
@@ -38,9 +42,15 @@ _REPLY_TO = str(uuid.uuid4())
 
 
 def task_message(
-    args: list[Any], *, task: str = ARCHIVE_TASK, queue: str = ARCHIVE_QUEUE, origin: str = ""
+    args: list[Any],
+    *,
+    task: str = ARCHIVE_TASK,
+    queue: str = ARCHIVE_QUEUE,
+    origin: str = "",
+    headers: dict[str, Any] | None = None,
 ) -> bytes:
-    """Celery protocol v2 for ``task(*args)``, as kombu's Redis transport stores it."""
+    """Celery protocol v2 for ``task(*args)``, as kombu's Redis transport stores it;
+    ``headers``: more message headers (a task reads them as ``self.request.<name>``)."""
     task_id = str(uuid.uuid4())
     body = base64.b64encode(json.dumps([args, {}, _EMBED]).encode()).decode()
     return json.dumps(
@@ -68,6 +78,7 @@ def task_message(
                 "replaced_task_nesting": 0,
                 "stamped_headers": None,
                 "stamps": {},
+                **(headers or {}),
             },
             "properties": {
                 "correlation_id": task_id,
@@ -82,10 +93,10 @@ def task_message(
     ).encode()
 
 
-def _tasks(routed: Sequence[Routed]) -> list[tuple[str, list[Any], str]]:
+def _tasks(routed: Sequence[Routed]) -> list[Message]:
     """(task, args, queue) per message: large rows one by one, small ones in batches."""
     small = [pk for pk, queue in routed if queue == ARCHIVE_QUEUE]
-    messages: list[tuple[str, list[Any], str]] = [
+    messages: list[Message] = [
         (ARCHIVE_TASK, [pk], queue) for pk, queue in routed if queue != ARCHIVE_QUEUE
     ]
     for batch in batches(small):
@@ -96,6 +107,50 @@ def _tasks(routed: Sequence[Routed]) -> list[tuple[str, list[Any], str]]:
     return messages
 
 
+class PublishSpans:
+    """An ``archive publish`` span per traced row, child of its request's span, and the
+    headers that carry them: ``traceparent`` (W3C; a batch message names its first row's)
+    and, on a message of several rows, ``traceparents`` (row pk -> traceparent)."""
+
+    def __init__(self, messages: Sequence[Message], traces: Traces | None, system: str) -> None:
+        self.headers: list[dict[str, Any] | None] = []
+        self._spans: list[Span | None] = []
+        for task, args, queue in messages:
+            pks = args[0] if task == ARCHIVE_BATCH_TASK else args[:1]
+            own: dict[str, str] = {}
+            for pk in pks:
+                parent = traces.get(pk) if traces else None
+                if parent is None:
+                    continue
+                opened = tracing.start(
+                    "archive publish",
+                    kind=tracing.PRODUCER,
+                    parent=parent,
+                    attributes={
+                        "messaging.system": system,
+                        "messaging.operation.type": "send",
+                        "messaging.destination.name": queue,
+                        "messaging.batch.message_count": len(pks),
+                        "archiver.media_pk": pk,
+                    },
+                )
+                self._spans.append(opened)
+                header = tracing.traceparent(opened) if opened is not None else None
+                if header is not None:
+                    own[str(pk)] = header
+            if not own:
+                self.headers.append(None)
+                continue
+            headers: dict[str, Any] = {"traceparent": next(iter(own.values()))}
+            if len(pks) > 1:
+                headers["traceparents"] = own
+            self.headers.append(headers)
+
+    def end(self, error: str | None = None) -> None:
+        for opened in self._spans:
+            tracing.end(opened, error=error)
+
+
 class Publisher:
     """Queues archive tasks for many rows at once; one per process."""
 
@@ -103,6 +158,7 @@ class Publisher:
         self._app = app
         self._origin = f"receiver@{socket.gethostname()}:{os.getpid()}"
         is_redis = broker_url.startswith(("redis://", "rediss://", "unix://"))
+        self._system = "redis" if is_redis else "rabbitmq"
         self._redis = (
             redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
             if is_redis
@@ -114,35 +170,57 @@ class Publisher:
             else None
         )
 
-    def publish(self, routed: Sequence[Routed]) -> None:
+    def publish(self, routed: Sequence[Routed], traces: Traces | None = None) -> None:
+        """Queue ``routed``; ``traces``: each row's traceparent, when its request is traced."""
         if not routed:
             return
-        if self._redis is None:
-            for task, args, queue in _tasks(routed):
-                publish_task(self._app, task=task, args=args, queue=queue)
-            return
+        messages = _tasks(routed)
+        spans = PublishSpans(messages, traces, self._system) if traces else None
+        headers = spans.headers if spans is not None else [None] * len(messages)
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for task, args, queue in _tasks(routed):
-                pipe.lpush(queue, task_message(args, task=task, queue=queue, origin=self._origin))
-            pipe.execute()
-        except redis.RedisError as exc:
+            if self._redis is None:
+                for (task, args, queue), extra in zip(messages, headers, strict=True):
+                    publish_task(self._app, task=task, args=args, queue=queue, headers=extra)
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for (task, args, queue), extra in zip(messages, headers, strict=True):
+                    pipe.lpush(queue, self._message(task, args, queue, extra))
+                pipe.execute()
+        except (redis.RedisError, Unavailable) as exc:
+            if spans is not None:
+                spans.end(error="broker unavailable")
+            if isinstance(exc, Unavailable):
+                raise
             raise Unavailable("broker unavailable") from exc
+        if spans is not None:
+            spans.end()
 
-    async def apublish(self, routed: Sequence[Routed]) -> None:
+    async def apublish(self, routed: Sequence[Routed], traces: Traces | None = None) -> None:
         """``publish`` without leaving the event loop (one pipelined round-trip on Redis)."""
         if not routed:
             return
         if self._aredis is None:
-            await asyncio.to_thread(self.publish, routed)
+            await asyncio.to_thread(self.publish, routed, traces)
             return
+        messages = _tasks(routed)
+        spans = PublishSpans(messages, traces, self._system) if traces else None
+        headers = spans.headers if spans is not None else [None] * len(messages)
         try:
             pipe = self._aredis.pipeline(transaction=False)
-            for task, args, queue in _tasks(routed):
-                pipe.lpush(queue, task_message(args, task=task, queue=queue, origin=self._origin))
+            for (task, args, queue), extra in zip(messages, headers, strict=True):
+                pipe.lpush(queue, self._message(task, args, queue, extra))
             await pipe.execute()
         except redis.RedisError as exc:
+            if spans is not None:
+                spans.end(error="broker unavailable")
             raise Unavailable("broker unavailable") from exc
+        if spans is not None:
+            spans.end()
+
+    def _message(
+        self, task: str, args: list[Any], queue: str, headers: dict[str, Any] | None
+    ) -> bytes:
+        return task_message(args, task=task, queue=queue, origin=self._origin, headers=headers)
 
     def close(self) -> None:
         """Close the blocking client (for callers that never used ``apublish``)."""

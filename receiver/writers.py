@@ -19,13 +19,13 @@ import psycopg
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from archiver import lifecycle, recording
+from archiver import lifecycle, recording, tracing
 from archiver.db import session_scope, transaction_pooled
 from archiver.errors import Unavailable
 from archiver.queue import queue_for
 from archiver.recording import Arrival, Batch, Recorded
 from archiver.tables import utcnow
-from receiver.publisher import Routed
+from receiver.publisher import Routed, Traces
 
 log = logging.getLogger(__name__)
 Results = list[Recorded | Unavailable]
@@ -40,9 +40,9 @@ class Writer(Protocol):
 class Publishes(Protocol):
     """What a writer needs of the publisher (receiver/publisher.py's Publisher)."""
 
-    def publish(self, routed: Sequence[Routed]) -> None: ...
+    def publish(self, routed: Sequence[Routed], traces: Traces | None = None) -> None: ...
 
-    async def apublish(self, routed: Sequence[Routed]) -> None: ...
+    async def apublish(self, routed: Sequence[Routed], traces: Traces | None = None) -> None: ...
 
 
 def writer_for(engine: Engine, *, publisher: Publishes, large_bytes: int) -> Writer:
@@ -79,6 +79,17 @@ def _routed(arrivals: list[Arrival], recorded: list[Recorded], large_bytes: int)
                 item.file_length, item.message_type, large_bytes=large_bytes
             )
     return sorted(routed.items())
+
+
+def _traces(arrivals: list[Arrival], recorded: list[Recorded]) -> Traces | None:
+    """Each published row's traceparent (the first request that carried one), when traced."""
+    if not tracing.enabled():
+        return None
+    traces: Traces = {}
+    for arrival, answer in zip(arrivals, recorded, strict=True):
+        if arrival.trace is not None and answer.needs_publish:
+            traces.setdefault(answer.pk, arrival.trace)
+    return traces or None
 
 
 MARK_EVERY = 0.05  # seconds: publish marks of concurrent batches share one UPDATE
@@ -152,7 +163,7 @@ class ThreadedWriter:
             recorded = recording.record_items(session, arrivals=arrivals, now=utcnow())
         to_publish = _routed(arrivals, recorded, self._large_bytes)
         try:
-            self._publisher.publish(to_publish)
+            self._publisher.publish(to_publish, _traces(arrivals, recorded))
         except Unavailable as exc:
             # Committed, not published (queued_at stays NULL): Titan's retry or the
             # dispatcher queues them.
@@ -207,7 +218,7 @@ class PostgresWriter:
             recorded = batch.answers(created, existing)
             to_publish = _routed(arrivals, recorded, self._large_bytes)
             try:
-                await self._publisher.apublish(to_publish)
+                await self._publisher.apublish(to_publish, _traces(arrivals, recorded))
             except Unavailable as exc:
                 # Committed, not published (queued_at stays NULL): Titan's retry or the
                 # dispatcher queues them.

@@ -6,10 +6,12 @@ import logging
 import time
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from archiver import audit, fairness, lifecycle, notify, pauses, redrive
+from opentelemetry.trace import Span
+
+from archiver import audit, fairness, lifecycle, notify, pauses, redrive, tracing
 from archiver.db import session_scope, transactional
 from archiver.errors import NotFound, PermanentError, TenantError, TransientError, Unavailable
 from archiver.object_keys import object_key
@@ -37,15 +39,24 @@ def archive_row(res: WorkerResources, pk: int) -> Result:
     return archive_rows(res, [pk])[0][1]
 
 
-def archive_rows(res: WorkerResources, pks: list[int]) -> list[tuple[int, Result]]:
-    """Claim the rows in one statement, then move each in turn: [(pk, its result)]."""
+def archive_rows(
+    res: WorkerResources, pks: list[int], *, traces: dict[int, str] | None = None
+) -> list[tuple[int, Result]]:
+    """Claim the rows in one statement, then move each in turn: [(pk, its result)].
+
+    ``traces``: each row's W3C traceparent from the task message; with tracing on, each row
+    gets an ``archive media`` span (a new trace where the message carried none)."""
     pks = list(dict.fromkeys(pks))  # a row named twice is still one transfer
     settings = res.settings
     now = utcnow()
+    spans = _media_spans(pks, traces) if tracing.enabled() else {}
+    claim_started = time.time_ns()
     with session_scope(res.engine) as session:
         claims = lifecycle.claim_many(
             session, pks=pks, now=now, lease_seconds=settings.lease_seconds
         )
+    if spans:
+        _claim_spans(spans, claims, claim_started, time.time_ns())
     claimed = [c.row for c in claims.values() if c.row is not None]
     deferred: dict[int, str] = {}
     if claimed:
@@ -60,18 +71,14 @@ def archive_rows(res: WorkerResources, pks: list[int]) -> list[tuple[int, Result
     results = []
     for pk in pks:
         claim = claims[pk]
-        if pk in deferred:
-            results.append((pk, Result("deferred", deferred[pk])))
-        elif claim.row is not None and not _still_ours(res, claim.row, claimed_at):
-            results.append((pk, Result("skipped", "lease lost to another worker")))
-        elif claim.row is not None:
-            results.append((pk, _archive(res, claim.row)))
-        elif claim.busy_until is not None:
-            # Another worker holds the lease (or held it and died): look again when it ends.
-            wait = max(1.0, (claim.busy_until - now).total_seconds() + 1)
-            results.append((pk, Result("busy", "leased by another worker", retry_in=wait)))
-        else:
-            results.append((pk, Result("skipped", "already archived or failed")))
+        with tracing.use(spans.get(pk)):
+            result = _one(res, pk, claim, deferred, claimed_at, now)
+        results.append((pk, result))
+        tracing.end(
+            spans.get(pk),
+            error=result.detail if result.outcome == "failed" else None,
+            attributes={"archiver.outcome": result.outcome, "archiver.bytes": result.size},
+        )
     if settings.tenant_max_concurrency:
         # This task's slots are free again: publish the next rows of those tenants now
         # rather than at the dispatcher's next round.
@@ -81,6 +88,61 @@ def archive_rows(res: WorkerResources, pks: list[int]) -> list[tuple[int, Result
                     res.engine, res.celery, settings, now=utcnow(), tenant_id=tenant_id
                 )
     return results
+
+
+def _one(
+    res: WorkerResources,
+    pk: int,
+    claim: lifecycle.Claim,
+    deferred: dict[int, str],
+    claimed_at: float,
+    now: datetime,
+) -> Result:
+    if pk in deferred:
+        return Result("deferred", deferred[pk])
+    if claim.row is not None and not _still_ours(res, claim.row, claimed_at):
+        return Result("skipped", "lease lost to another worker")
+    if claim.row is not None:
+        return _archive(res, claim.row)
+    if claim.busy_until is not None:
+        # Another worker holds the lease (or held it and died): look again when it ends.
+        wait = max(1.0, (claim.busy_until - now).total_seconds() + 1)
+        return Result("busy", "leased by another worker", retry_in=wait)
+    return Result("skipped", "already archived or failed")
+
+
+def _media_spans(pks: list[int], traces: dict[int, str] | None) -> dict[int, Span | None]:
+    return {
+        pk: tracing.start(
+            "archive media",
+            kind=tracing.CONSUMER,
+            parent=(traces or {}).get(pk),
+            attributes={"archiver.media_pk": pk, "messaging.batch.message_count": len(pks)},
+        )
+        for pk in pks
+    }
+
+
+def _claim_spans(
+    spans: dict[int, Span | None],
+    claims: dict[int, lifecycle.Claim],
+    started: int,
+    ended: int,
+) -> None:
+    """One ``claim`` span per row (the rows of a task are claimed in one statement)."""
+    for pk, media_span in spans.items():
+        claim = claims.get(pk)
+        row = claim.row if claim is not None else None
+        if media_span is not None and row is not None:
+            media_span.set_attribute("media.id", row.media_id)
+            media_span.set_attribute("archiver.tenant_id", row.tenant_id)
+            media_span.set_attribute("archiver.attempt", row.attempts)
+        outcome = "claimed" if row is not None else "busy" if claim and claim.busy_until else "none"
+        tracing.end(
+            tracing.start("claim", parent=media_span, start_time=started),
+            attributes={"archiver.claim": outcome},
+            end_time=ended,
+        )
 
 
 def _still_ours(res: WorkerResources, row: Media, claimed_at: float) -> bool:
@@ -120,7 +182,8 @@ def _archive(res: WorkerResources, row: Media) -> Result:
     try:
         titan = res.titan(tenant, secrets)
         if tenant.strategy == Strategy.PERSIST:
-            outcome = _persist(titan, row)
+            with tracing.span("titan persist", kind=tracing.CLIENT):
+                outcome = _persist(titan, row)
         else:
             outcome = _download(res, tenant, s3=res.s3.get(tenant), titan=titan, row=row)
     except TenantError as exc:
@@ -161,7 +224,7 @@ def _archive(res: WorkerResources, row: Media) -> Result:
     now = utcnow()
     # A tenant with a notification endpoint gets its event in the same transaction.
     engine = transactional(res.engine) if tenant.notify_url else res.engine
-    with session_scope(engine) as session:
+    with tracing.span("record archived"), session_scope(engine) as session:
         mine = lifecycle.mark_archived(session, pk=pk, attempt=attempt, now=now, outcome=outcome)
         if mine:
             notify.enqueue(session, tenant=tenant, pk=pk, event=notify.ARCHIVED, now=now)
@@ -217,7 +280,7 @@ def _retry_later(res: WorkerResources, tenant: Tenant, row: Media, exc: Transien
             f"message (ARCHIVER_RETRY_HORIZON_SECONDS); last error: {exc}",
             tenant=tenant,
         )
-    with session_scope(res.engine) as session:
+    with tracing.span("record retrying"), session_scope(res.engine) as session:
         lifecycle.mark_retrying(
             session, pk=row.pk or 0, attempt=row.attempts, now=now, error=str(exc), due=due
         )
@@ -252,7 +315,8 @@ def _tenant_or_none(res: WorkerResources, row: Media) -> Tenant | None:
 def _fail(res: WorkerResources, row: Media, reason: str, *, tenant: Tenant | None) -> Result:
     now = utcnow()
     notifying = tenant is not None and bool(tenant.notify_url)
-    with session_scope(transactional(res.engine) if notifying else res.engine) as session:
+    engine = transactional(res.engine) if notifying else res.engine
+    with tracing.span("record failed"), session_scope(engine) as session:
         mine = lifecycle.mark_failed(
             session, pk=row.pk or 0, attempt=row.attempts, now=now, error=reason
         )
@@ -308,19 +372,33 @@ def _download(
         with session_scope(res.engine) as session:
             lifecycle.set_upload_id(session, pk=pk, attempt=attempt, upload_id=upload_id)
 
-    with titan.download(row.session, row.media_id) as body:
-        expected = [n for n in (body.content_length, row.file_length) if n is not None]
-        stored = put_stream(
-            s3,
-            bucket=tenant.s3_bucket,
-            key=key,
-            chunks=body.chunks,
-            content_type=row.mime_type or body.content_type or "application/octet-stream",
-            part_size=settings.part_size,
-            expected_sizes=expected,
-            on_part=keep_lease,
-            on_upload_started=remember_upload,
-        )
+    # The download streams into the upload: two sibling spans over the same transfer.
+    download = tracing.start("titan download", kind=tracing.CLIENT)
+    try:
+        with titan.download(row.session, row.media_id) as body:
+            expected = [n for n in (body.content_length, row.file_length) if n is not None]
+            with tracing.span(
+                "s3 upload",
+                kind=tracing.CLIENT,
+                attributes={"aws.s3.bucket": tenant.s3_bucket, "aws.s3.key": key},
+            ) as upload:
+                stored = put_stream(
+                    s3,
+                    bucket=tenant.s3_bucket,
+                    key=key,
+                    chunks=body.chunks,
+                    content_type=row.mime_type or body.content_type or "application/octet-stream",
+                    part_size=settings.part_size,
+                    expected_sizes=expected,
+                    on_part=keep_lease,
+                    on_upload_started=remember_upload,
+                )
+                if upload is not None:
+                    upload.set_attribute("archiver.bytes", stored.size)
+    except Exception as exc:
+        tracing.end(download, error=f"{type(exc).__name__}: {exc}")
+        raise
+    tracing.end(download, attributes={"http.response.body.size": stored.size})
     return {
         "bucket": stored.bucket,
         "object_key": stored.key,

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import signals
 
+from archiver import tracing
 from archiver.broker import make_celery
 from archiver.logs import configure_logging, request_id
 from archiver.queue import DISPATCH_TASK, PROBE_TASK, RETENTION_TASK, SWEEP_TASK
@@ -49,6 +50,14 @@ register(app, settings)
 def _serve_metrics(**_: Any) -> None:
     # In the worker's main process, before the pool forks (beat never sends this signal).
     metrics.start(settings, app)
+    # Tracing, if OTEL_* asks for it: set up before the fork; each pool child's exporter
+    # thread is restarted by the SDK, and flushed when the child exits.
+    tracing.setup("titan-archiver-worker")
+
+
+@signals.worker_process_shutdown.connect
+def _flush_traces(**_: Any) -> None:
+    tracing.flush()
 
 
 _notifier: Notifier | None = None

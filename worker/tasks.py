@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from archiver import tracing
 from archiver.broker import publish_archive
 from archiver.errors import Unavailable
 from archiver.preflight import probe_paused
@@ -31,6 +32,24 @@ from worker.resources import resources
 log = logging.getLogger(__name__)
 
 
+def _traces(task: Task[Any, Any], pks: list[int]) -> dict[int, str] | None:
+    """Each row's W3C traceparent from the message headers (receiver/publisher.py)."""
+    if not tracing.enabled():
+        return None
+    single = task.request.get("traceparent")
+    several = task.request.get("traceparents")
+    traces: dict[int, str] = {}
+    if isinstance(several, dict):
+        traces = {
+            int(pk): parent
+            for pk, parent in several.items()
+            if isinstance(pk, str) and pk.isdigit() and isinstance(parent, str)
+        }
+    elif isinstance(single, str) and len(pks) == 1:
+        traces = {pks[0]: single}
+    return traces
+
+
 def register(app: Celery, settings: Settings) -> None:
     """Attach the tasks to ``app``; the settings are those the worker process started with."""
 
@@ -39,7 +58,7 @@ def register(app: Celery, settings: Settings) -> None:
         queue = (task.request.delivery_info or {}).get("routing_key")
         queue = queue if queue in QUEUES else ARCHIVE_QUEUE
         try:
-            results = archive_rows(resources(settings, app), pks)
+            results = archive_rows(resources(settings, app), pks, traces=_traces(task, pks))
         except Unavailable as exc:
             # The database is down: try again later; the rows' leases keep others off them.
             metrics.record("unavailable", queue=queue)
