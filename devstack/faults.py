@@ -1,9 +1,10 @@
 """Fault-injection suite: real processes, real outages, and a ledger of what survived.
 
-    .venv/bin/python -m devstack.faults [--quick] [--scenario NAME ...]
+    .venv/bin/python -m devstack.faults [--quick] [--rgw] [--scenario NAME ...]
 
 Each scenario builds a fresh rig on 127.0.0.1 (a private PostgreSQL that can really be
-restarted, Redis, moto's S3 server behind a TCP proxy that can be cut, the Titan
+restarted, Redis, an S3 server behind a TCP proxy that can be cut: moto, or with --rgw
+Ceph's RADOS Gateway (devstack/ceph.py), the Titan
 simulator, one uvicorn receiver, two Celery workers, one of them running the sweeper),
 delivers every media event twice the way Titan would (some copies concurrently, each
 retried until it gets a 2xx), injects its fault, waits for the rows to settle, and
@@ -26,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import AbstractContextManager, ExitStack, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from archiver.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media, Status
 from archiver.tenants import TenantSpec, create_tenant
-from devstack import processes, services
+from devstack import ceph, processes, services
 from devstack.tcp_proxy import TcpProxy
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
@@ -206,13 +207,16 @@ class Outcome:
 class Rig:
     """Everything one scenario runs against; ``close`` stops it all."""
 
-    def __init__(self, scenario: str) -> None:
+    def __init__(self, scenario: str, s3_endpoint: str | None = None) -> None:
         self.scenario = scenario
         self.tmp = Path(tempfile.mkdtemp(prefix=f"fault-{scenario}-"))
         self.procs: list[processes.Process] = []
         self.pg = RestartablePostgres()
         self.redis = RestartableRedis()
-        self._s3_cm = services.s3_server()
+        # A given S3 server (the suite's RADOS Gateway) or a moto of the scenario's own.
+        self._s3_cm: AbstractContextManager[str] = (
+            nullcontext(s3_endpoint) if s3_endpoint else services.s3_server()
+        )
         self.s3_real = self._s3_cm.__enter__()
         self.s3_proxy = TcpProxy(int(self.s3_real.rsplit(":", 1)[1]))
         self.s3_url = f"http://127.0.0.1:{self.s3_proxy.port}"
@@ -237,7 +241,7 @@ class Rig:
         self.start_receiver()
         self.sim_url, self.receiver_url = sim.url, f"http://127.0.0.1:{self.receiver_port}"
         self.sim = Simulator(self.sim_url)
-        self.bucket = f"faults-{scenario.replace('_', '-')}"
+        self.bucket = f"faults-{scenario.replace('_', '-')}-{secrets.token_hex(3)}"
         self.s3.create_bucket(Bucket=self.bucket)
         self.hmac_key = secrets.token_urlsafe(16)
         titan_key = "titan_" + secrets.token_urlsafe(12)
@@ -454,9 +458,10 @@ def _wait_for_large_transfers(rig: Rig, count: int, timeout: float = 30) -> None
         processes.wait_until(in_flight, timeout=timeout, interval=0.05)
 
 
-def run_scenario(name: str, profile: Profile) -> Outcome:
+def run_scenario(name: str, profile: Profile, *, s3_endpoint: str | None = None) -> Outcome:
+    """Run scenario ``name``; against ``s3_endpoint`` if given, else a moto of its own."""
     started = time.monotonic()
-    rig = Rig(name)
+    rig = Rig(name, s3_endpoint)
     try:
         gone_share = 0.15 if name == "media_gone" else 0.0
         media, gone = rig.make_media(profile, gone_share=gone_share)
@@ -630,18 +635,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="titan-archiver fault-injection suite")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller events (CI)")
     parser.add_argument("--scenario", action="append", choices=SCENARIOS)
+    parser.add_argument(
+        "--rgw", action="store_true", help="against Ceph's RADOS Gateway instead of moto"
+    )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
     print(f"profile: {profile}", flush=True)
-    print_header()
-    failures = 0
-    for name in args.scenario or SCENARIOS:
-        outcome = run_scenario(name, profile)
-        print_row(outcome)
-        if not outcome.ok:
-            failures += 1
-            for problem in outcome.problems[:20]:
-                print(f"    {problem}", flush=True)
+    with ExitStack() as stack:
+        s3_endpoint = stack.enter_context(ceph.rgw_server()) if args.rgw else None
+        print(f"S3: {'RADOS Gateway ' + str(s3_endpoint) if s3_endpoint else 'moto'}", flush=True)
+        print_header()
+        failures = 0
+        for name in args.scenario or SCENARIOS:
+            outcome = run_scenario(name, profile, s3_endpoint=s3_endpoint)
+            print_row(outcome)
+            if not outcome.ok:
+                failures += 1
+                for problem in outcome.problems[:20]:
+                    print(f"    {problem}", flush=True)
     return 1 if failures else 0
 
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from archiver.db import make_engine
-from devstack import fixtures, services
+from devstack import ceph, fixtures, services
 from devstack.fixtures import MASTER_KEY
 from tests import secret_audit
 
@@ -29,6 +29,22 @@ def redis_url() -> Iterator[str]:
 def s3_endpoint() -> Iterator[str]:
     with services.s3_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def rgw_endpoint() -> Iterator[str]:
+    """A real S3 server: Ceph's RADOS Gateway on a one-node cluster (devstack/ceph.py),
+    started once for the session; the test is skipped where Debian's ceph packages are not
+    installed (scripts/test installs them when it can)."""
+    if lacking := ceph.missing():
+        pytest.skip(f"no Ceph RADOS Gateway here: {', '.join(lacking)} not installed")
+    with ceph.rgw_server() as url:
+        yield url
+
+
+def s3_of(request: pytest.FixtureRequest, backend: str) -> str:
+    """The session's S3 endpoint of ``backend``: ``moto`` or ``rgw``."""
+    return str(request.getfixturevalue("rgw_endpoint" if backend == "rgw" else "s3_endpoint"))
 
 
 @pytest.fixture(scope="session")

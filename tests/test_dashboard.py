@@ -19,7 +19,7 @@ import pytest
 
 from devstack import processes
 from devstack.fixtures import TenantSetup, add_tenant, process_env, start_web
-from tests.conftest import migrated_database
+from tests.conftest import migrated_database, s3_of
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
 if TYPE_CHECKING:
@@ -57,19 +57,22 @@ class Stack:
         return str(self.api(tenant, f"/api/media/{media_id}").json()["data"]["status"])
 
 
-@pytest.fixture(scope="module")
+# The tenants' buckets on moto and on a real S3 server (Ceph's RADOS Gateway): the media
+# the browser plays comes straight from the bucket (a presigned URL).
+@pytest.fixture(scope="module", params=["moto", pytest.param("rgw", marks=pytest.mark.rgw)])
 def stack(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     redis_url: str,
-    s3_endpoint: str,
     pg_admin_url: str | None,
 ) -> Iterator[Stack]:
     from archiver.api_keys import issue_key
     from archiver.db import make_engine, session_scope
     from archiver.tenants import get_tenant
 
+    s3_endpoint = s3_of(request, request.param)
     tmp = tmp_path_factory.mktemp("dashboard")
-    broker = redis_url.rsplit("/", 1)[0] + "/11"
+    broker = redis_url.rsplit("/", 1)[0] + ("/11" if request.param == "moto" else "/6")
     with migrated_database("sqlite", tmp, pg_admin_url) as database_url:
         env = process_env(database_url, broker, ARCHIVER_ADMIN_API_KEY=ADMIN)
         web = start_web("ui", env)

@@ -19,7 +19,7 @@ from devstack import processes, services
 from devstack.fixtures import process_env
 from devstack.processes import Process, wait_until
 from devstack.services import s3_client
-from tests.conftest import migrated_database
+from tests.conftest import migrated_database, s3_of
 from titan_simulator.sender import SentMedia, Simulator, media_envelope, post_signed
 
 MB = 1_000_000
@@ -121,20 +121,33 @@ def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
     return json.loads(out.stdout) if out.stdout.strip() else {}
 
 
+# Database and S3 server: moto (AWS's semantics) on both databases, and a real S3 server
+# (Ceph's RADOS Gateway, devstack/ceph.py) on PostgreSQL.
+VARIANTS = {"sqlite": ("sqlite", "moto"), "postgres": ("postgres", "moto")}
+VARIANTS["postgres-rgw"] = ("postgres", "rgw")
+REDIS_DB = {"sqlite": "/1", "postgres": "/2", "postgres-rgw": "/4"}  # one broker each
+
+
 @pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-rgw", marks=[pytest.mark.postgres, pytest.mark.rgw]),
+    ],
 )
 def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     redis_url: str,
-    s3_endpoint: str,
     pg_admin_url: str | None,
 ) -> Iterator[Stack]:
+    database, s3_kind = VARIANTS[request.param]
+    s3_endpoint = s3_of(request, s3_kind)
     tmp: Path = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    with migrated_database(request.param, tmp, pg_admin_url) as database_url:
-        # Each backend gets its own Redis database so the two stacks never share a queue.
-        broker = redis_url.rsplit("/", 1)[0] + ("/1" if request.param == "sqlite" else "/2")
+    with migrated_database(database, tmp, pg_admin_url) as database_url:
+        # Each variant gets its own Redis database so the stacks never share a queue.
+        broker = redis_url.rsplit("/", 1)[0] + REDIS_DB[request.param]
         env = process_env(database_url, broker)
         s3 = s3_client(s3_endpoint)
         procs: list[Process] = []

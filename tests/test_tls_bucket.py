@@ -1,7 +1,8 @@
-"""A tenant whose S3 endpoint serves HTTPS with a certificate from its own private CA: moto
-over TLS with a certificate this test signs. Without the tenant's CA bundle the check
-refuses the endpoint; with it (`tenants add --s3-ca-bundle`) the check passes and media is
-archived over HTTPS. Real processes: simulator, receiver, a Celery worker; SQLite."""
+"""A tenant whose S3 endpoint serves HTTPS with a certificate from its own private CA: moto,
+and Ceph's RADOS Gateway (beast's ssl_endpoint), over TLS with a certificate this test
+signs. Without the tenant's CA bundle the check refuses the endpoint; with it
+(`tenants add --s3-ca-bundle`) the check passes and media is archived over HTTPS. Real
+processes: simulator, receiver, a Celery worker; SQLite."""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ import datetime as dt
 import ipaddress
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import boto3
 import httpx
+import pytest
 from botocore.config import Config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from devstack import processes
+from devstack import ceph, processes
 from devstack.fixtures import process_env, running_archiver
 from tests.conftest import migrated_database
 from tests.test_cli import run
@@ -95,30 +99,30 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def test_a_tenant_bucket_behind_a_private_ca_is_checked_and_archived_over_https(
-    tmp_path: Path, redis_url: str
-) -> None:
-    ca, cert, key = _certificates(tmp_path)
+@contextmanager
+def _https_moto(cert: Path, key: Path) -> Iterator[str]:
     port = processes.free_port()
-    moto = processes.start_process(
-        "moto-tls",
-        [
-            sys.executable,
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-c",
-            str(cert),
-            "-k",
-            str(key),
-        ],
-    )
-    endpoint = f"https://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    moto = processes.start_process("moto-tls", [*argv, "-c", str(cert), "-k", str(key)])
     try:
         processes.wait_until(lambda: processes.port_open("127.0.0.1", port), timeout=30)
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        moto.stop()
+
+
+@pytest.mark.parametrize("server", ["moto", pytest.param("rgw", marks=pytest.mark.rgw)])
+def test_a_tenant_bucket_behind_a_private_ca_is_checked_and_archived_over_https(
+    tmp_path: Path, redis_url: str, server: str
+) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    if server == "rgw":
+        if lacking := ceph.missing():
+            pytest.skip(f"no Ceph RADOS Gateway here: {', '.join(lacking)} not installed")
+        https: AbstractContextManager[str] = ceph.rgw_server(tls=(cert, key))
+    else:
+        https = _https_moto(cert, key)
+    with https as endpoint:
         s3 = boto3.client(
             "s3",
             endpoint_url=endpoint,
@@ -174,5 +178,3 @@ def test_a_tenant_bucket_behind_a_private_ca_is_checked_and_archived_over_https(
                 assert row is not None
                 stored = s3.head_object(Bucket="tls-bucket", Key=str(row["key"]))
                 assert stored["ContentLength"] == item.size
-    finally:
-        moto.stop()
