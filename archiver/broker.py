@@ -122,10 +122,14 @@ def publish_task(
 def workers(app: Celery, *, timeout: float = 1.5) -> list[LiveWorker]:
     """The workers that answer a broadcast within ``timeout``: name, queues, pool size, busy."""
     try:
-        inspect = app.control.inspect(timeout=timeout)
-        stats = inspect.stats() or {}
-        queues = inspect.active_queues() or {}
-        active = inspect.active() or {}
+        # The first broadcast waits its whole timeout (who will answer is unknown); the next
+        # two return as soon as every worker that answered it has answered again.
+        stats = app.control.inspect(timeout=timeout).stats() or {}
+        if not stats:
+            return []
+        known = app.control.inspect(timeout=timeout, limit=len(stats))
+        queues = known.active_queues() or {}
+        active = known.active() or {}
     except (KombuError, OperationalError, OSError) as exc:
         raise Unavailable("broker unavailable") from exc
     found: list[LiveWorker] = []

@@ -183,7 +183,8 @@ def mark_failed(session: Session, *, pk: int, attempt: int, now: datetime, error
 def release(session: Session, *, pk: int, attempt: int, now: datetime) -> bool:
     """Hand a claimed row back untouched: its tenant is paused. The attempt is given back
     (it never reached Titan or the bucket with settings that work) and the row is out of
-    the broker until the tenant resumes and the dispatcher publishes it."""
+    the broker until the tenant resumes and the dispatcher publishes it (due at once: not
+    after the grace a freshly received row gets for its own publish)."""
     return _finish(
         session,
         pk=pk,
@@ -195,6 +196,7 @@ def release(session: Session, *, pk: int, attempt: int, now: datetime) -> bool:
             "updated_at": now,
             "queued_at": None,
             "upload_id": None,
+            "retry_at": now,
         },
     )
 

@@ -8,7 +8,7 @@ Off unless the standard variables turn it on: ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
 ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and its argument, ``OTEL_BSP_*``,
 ``OTEL_EXPORTER_OTLP_HEADERS``. When off, nothing here costs more than a flag check.
 
-The trace of a media (docs/operations.md lists the spans): the receiver's server span for
+The trace of a media (deploy/README.md, "Tracing", lists the spans): the receiver's server span for
 the webhook request; ``webhook record`` (the group commit's insert, shared with concurrent
 requests, one span per request); ``archive publish`` (the broker message, which carries the
 publish span's W3C ``traceparent`` in its headers; a batch message of several rows carries

@@ -173,6 +173,11 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         )
     try:
         tenant, secrets = res.tenant(row.tenant_id)
+        if tenant.paused_at is not None:
+            # Cached as paused: read it again before handing the row back, so a resume takes
+            # effect at once rather than when this process's tenant cache expires.
+            res.forget_tenant(row.tenant_id)
+            tenant, secrets = res.tenant(row.tenant_id)
     except NotFound:
         return _fail(res, row, "tenant no longer exists", tenant=None)
     if tenant.paused_at is not None:
