@@ -5,7 +5,10 @@ eventId, outcome, durationMs, bytes, attempt, admin, keyId, ...; a library's too
 names starting with ``_``. The finished line is redacted as a whole, so a key or signature
 that slips into a message, an extra field or an exception is masked before it is written.
 uvicorn's own loggers (``uvicorn.error``, ``uvicorn.access``) are routed through the same
-handler: one JSON line per request, with ``client``, ``method``, ``path`` and ``status``.
+handler. The Procfile turns uvicorn's access log off: the receiver writes its own line per
+request (``receiver.access``: ``client``, ``method``, ``path``, ``status``, ``durationMs``;
+a webhook's line is its outcome line), and uvicorn's, where an operator keeps it on, is JSON
+with the same fields.
 With tracing on (archiver/tracing.py), a line written inside a span carries its
 ``trace_id`` and ``span_id``.
 """
@@ -130,11 +133,13 @@ class _Handler(logging.StreamHandler[TextIO]):
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     # uvicorn configured its loggers before it loaded our app: send their lines through the
-    # same handler (JSON, redacted), not uvicorn's plain-text ones.
+    # same handler (JSON, redacted), not uvicorn's plain-text ones. A logger uvicorn left
+    # without a handler and not propagating was turned off (--no-access-log): it stays off.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         server_log = logging.getLogger(name)
-        server_log.handlers.clear()
-        server_log.propagate = True
+        if server_log.handlers:
+            server_log.handlers.clear()
+            server_log.propagate = True
     if any(isinstance(h, _Handler) for h in root.handlers):
         return
     handler = _Handler(sys.stderr)

@@ -5,6 +5,7 @@ everything it started) with SIGTERM, then SIGKILL."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -142,6 +143,27 @@ def uvicorn_argv(target: str, port: int, *, log_level: str = "warning") -> list[
         "--log-level",
         log_level,
     ]
+
+
+def procfile_command(process: str = "web") -> str:
+    """The Procfile's command line for ``process``, as written."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process:
+            return command.strip()
+    raise KeyError(f"no {process!r} line in the Procfile")
+
+
+def procfile_web_argv(port: int, *, target: str | None = None) -> list[str]:
+    """The Procfile's ``web`` line as argv, on 127.0.0.1:``port``, this Python's uvicorn;
+    ``target``: serve another app factory with the very same flags (a benchmark's baseline)."""
+    argv = shlex.split(procfile_command("web").replace("${PORT:-8000}", str(port)))
+    assert argv[0] == "uvicorn", argv
+    argv = [sys.executable, "-m", "uvicorn", *argv[1:]]
+    argv[argv.index("--host") + 1] = "127.0.0.1"
+    if target is not None:
+        argv[3] = target
+    return argv
 
 
 def worker_argv(

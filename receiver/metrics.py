@@ -110,6 +110,35 @@ def _server_span(scope: Scope, rid: bytes) -> Span | None:
     )
 
 
+access_log = logging.getLogger("receiver.access")
+
+
+def _access_line(scope: Scope, method: str, status: int, seconds: float) -> None:
+    """One line per API, dashboard, probe or metrics request (a webhook's own line says its
+    outcome): what uvicorn's access log said, as JSON with the request id and duration, so
+    the Procfile runs uvicorn with --no-access-log."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    path = scope["path"]
+    query = scope.get("query_string", b"")
+    if query:
+        path = f"{path}?{query.decode('latin-1')}"
+    client = scope.get("client")
+    access_log.info(
+        "%s %s %d",
+        method,
+        path,
+        status,
+        extra={
+            "client": f"{client[0]}:{client[1]}" if client else None,
+            "method": method,
+            "path": path,
+            "status": status,
+            "durationMs": round(seconds * 1000, 2),
+        },
+    )
+
+
 class HttpMetrics:
     """ASGI middleware: every request gets a request id (the caller's ``X-Request-ID`` when
     it is a plain token, else a new one), carried by each log line written while serving it
@@ -170,6 +199,8 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
+            seconds = time.perf_counter() - started
+            method = scope.get("method", "")
             served = getattr(scope["app"].state, "resources", None)  # None before start-up
             metrics = getattr(served, "metrics", None)
             if isinstance(metrics, ReceiverMetrics):
@@ -177,5 +208,6 @@ class HttpMetrics:
                 handler = getattr(endpoint, "__name__", None) or (
                     "static" if scope["path"].startswith("/ui/static/") else "unmatched"
                 )
-                metrics.http_requests.labels(handler, scope.get("method", ""), str(status)).inc()
-                metrics.http_seconds.labels(handler).observe(time.perf_counter() - started)
+                metrics.http_requests.labels(handler, method, str(status)).inc()
+                metrics.http_seconds.labels(handler).observe(seconds)
+            _access_line(scope, method, status, seconds)

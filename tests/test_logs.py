@@ -98,9 +98,10 @@ def test_receiver_process_logs_json_events_without_secrets(
 def test_every_line_of_the_web_process_is_redacted_json_with_its_extra_fields(
     tmp_path: Path, redis_url: str
 ) -> None:
-    """As the Procfile runs it (log level info, uvicorn's access log on): uvicorn's own
-    lines are JSON too, access lines carry method/path/status, and the dashboard sign-in's
-    extra fields (admin, keyId) reach the log; nothing secret does."""
+    """As the Procfile runs it (its web line: uvicorn's access log off, ours on, log level
+    info): uvicorn's own lines are JSON too, our access lines carry method/path/status and
+    the request id, and the dashboard sign-in's extra fields (admin, keyId) reach the log;
+    nothing secret does."""
     admin = "logs-admin-key-" + "c" * 20
     with migrated_database("sqlite", tmp_path, None) as database_url:
         api_key = add_tenant(database_url, "acme", "acme-hmac-secret-key")
@@ -108,8 +109,7 @@ def test_every_line_of_the_web_process_is_redacted_json_with_its_extra_fields(
         env = process_env(
             database_url, redis_url, ARCHIVER_LOG_FORMAT="json", ARCHIVER_ADMIN_API_KEY=admin
         )
-        argv = processes.uvicorn_argv("receiver.app:create_app", port, log_level="info")
-        proc = processes.start_process("logs-access", argv, env)
+        proc = processes.start_process("logs-access", processes.procfile_web_argv(port), env)
         try:
             url = f"http://127.0.0.1:{port}"
             processes.wait_until(lambda: processes.http_up(url + "/healthz"), timeout=30)
@@ -126,11 +126,13 @@ def test_every_line_of_the_web_process_is_redacted_json_with_its_extra_fields(
         log = proc.log()
     lines = [line for line in log.splitlines() if line.strip()]
     events = [json.loads(line) for line in lines]  # every line parses: no plain text
-    access = [e for e in events if e["logger"] == "uvicorn.access"]
+    assert not [e for e in events if e["logger"] == "uvicorn.access"]
+    access = [e for e in events if e["logger"] == "receiver.access"]
     assert {(e["method"], e["path"], e["status"]) for e in access} >= {
         ("POST", "/ui/login", 303),
         ("GET", "/healthz", 200),
     }
+    assert all(e["client"].startswith("127.0.0.1:") and e["durationMs"] >= 0 for e in access)
     assert any(e["logger"].startswith("uvicorn") and "startup" in e["msg"] for e in events)
     assert any(e.get("request_id") == "req-from-the-lb-42" for e in access)
     sign_ins = [e for e in events if e.get("outcome") == "signed_in"]
