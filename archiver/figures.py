@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import and_, case, func, literal
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
-from archiver.tables import Media, Status, UTCDateTime
+from archiver import totals
+from archiver.tables import Media, Status, Tenant, UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -21,28 +21,39 @@ class Backlog:
     oldest_failed: datetime | None
 
 
+ACTIVE = (Status.QUEUED.value, Status.ARCHIVING.value, Status.RETRYING.value)
+
+
 def backlog(session: Session, *, tenant_id: int | None = None) -> Backlog:
-    where = [] if tenant_id is None else [Media.tenant_id == tenant_id]
-    counts = {
-        status: int(n)
-        for status, n in session.exec(
-            select(Media.status, func.count()).where(*where).group_by(Media.status)
+    """Rows per status (the maintained totals) and the oldest waiting and failed rows (one
+    index seek per tenant and status: ix_media_tenant_status)."""
+    counts: dict[str, int] = {}
+    for total in totals.read(session, tenant_id=tenant_id):
+        counts[total.status] = counts.get(total.status, 0) + total.rows
+    oldest = _oldest(session, ACTIVE, tenant_id) if any(counts.get(s) for s in ACTIVE) else None
+    failed = Status.FAILED.value
+    oldest_failed = _oldest(session, (failed,), tenant_id) if counts.get(failed) else None
+    return Backlog(counts=counts, oldest_unarchived=oldest, oldest_failed=oldest_failed)
+
+
+def _oldest(session: Session, statuses: tuple[str, ...], tenant_id: int | None) -> datetime | None:
+    """The earliest received time among rows in ``statuses``: per tenant and status, the
+    first entry of the (tenant, status, received_at) index, never a scan of the table."""
+    firsts = []
+    for status in statuses:
+        first = (
+            core_select(func.min(Media.received_at))
+            .where(col(Media.status) == status, col(Media.tenant_id) == Tenant.id)
+            .scalar_subquery()
         )
-    }
-    active = [Status.QUEUED.value, Status.ARCHIVING.value, Status.RETRYING.value]
-    oldest = session.exec(
-        select(func.min(Media.received_at)).where(col(Media.status).in_(active), *where)
-    ).one()
-    oldest_failed = session.exec(
-        select(func.min(Media.received_at)).where(Media.status == Status.FAILED.value, *where)
-    ).one()
+        query = core_select(func.min(first)).select_from(Tenant)
+        if tenant_id is not None:
+            query = query.where(col(Tenant.id) == tenant_id)
+        found = session.execute(query).scalar()
+        if found is not None:
+            firsts.append(found)
     # An aggregate comes back as the driver gives it (naive on SQLite): read it as the column.
-    utc = UTCDateTime()
-    return Backlog(
-        counts=counts,
-        oldest_unarchived=utc.process_result_value(oldest, None),
-        oldest_failed=utc.process_result_value(oldest_failed, None),
-    )
+    return UTCDateTime().process_result_value(min(firsts), None) if firsts else None
 
 
 @dataclass(frozen=True)
@@ -52,15 +63,15 @@ class Stats:
 
 
 def stats(session: Session, *, tenant_id: int | None) -> Stats:
-    """Row counts and bytes (archived size, else Titan's fileLength) by status and by type."""
-    where = [] if tenant_id is None else [Media.tenant_id == tenant_id]
-    size = func.coalesce(func.sum(func.coalesce(Media.size, Media.file_length)), 0)
-
-    def grouped(column: Any) -> dict[str, tuple[int, int]]:
-        rows = session.exec(select(column, func.count(), size).where(*where).group_by(column))
-        return {str(key): (int(n), int(total)) for key, n, total in rows}
-
-    return Stats(by_status=grouped(Media.status), by_type=grouped(Media.message_type))
+    """Row counts and bytes (archived size, else Titan's fileLength) by status and by type,
+    from the maintained totals (archiver/totals.py)."""
+    by_status: dict[str, tuple[int, int]] = {}
+    by_type: dict[str, tuple[int, int]] = {}
+    for total in totals.read(session, tenant_id=tenant_id):
+        for grouped, key in ((by_status, total.status), (by_type, total.message_type)):
+            rows, size = grouped.get(key, (0, 0))
+            grouped[key] = (rows + total.rows, size + total.bytes)
+    return Stats(by_status=by_status, by_type=by_type)
 
 
 def archive_rate(

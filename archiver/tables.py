@@ -281,3 +281,34 @@ class AuditEvent(SQLModel, table=True):
     tenant_id: int | None = Field(default=None)  # kept after the tenant is removed
     tenant: str | None = Field(default=None, max_length=64)
     detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+
+
+class MediaTotal(SQLModel, table=True):
+    """Rows and bytes of the media table per (tenant, status, type), maintained by triggers
+    on ``media`` (migration 0016), so counts never scan the table (archiver/totals.py)."""
+
+    __tablename__ = "media_totals"
+
+    tenant_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    status: str = Field(max_length=16, primary_key=True)
+    message_type: str = Field(max_length=32, primary_key=True)
+    rows: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+class MediaTotalDelta(SQLModel, table=True):
+    """A change to ``media_totals`` not folded in yet (PostgreSQL: each statement on ``media``
+    appends its net change here, so concurrent writers never wait on a counter row; the beat
+    folds them in). Readers add both tables."""
+
+    __tablename__ = "media_total_deltas"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    )
+    tenant_id: int
+    status: str = Field(max_length=16)
+    message_type: str = Field(max_length=32)
+    rows: int = Field(sa_column=Column(BigInteger, nullable=False))
+    bytes: int = Field(sa_column=Column(BigInteger, nullable=False))

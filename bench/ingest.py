@@ -2,9 +2,12 @@
 
     .venv/bin/python -m bench.ingest [--seconds 10] [--connections 32] [--database postgres]
 
-Both servers run as one uvicorn process with the same settings on 127.0.0.1 and get the
-same closed-loop load (wrk when installed). Every request is a distinct signed ~1.5 KB
-media event. Afterwards the rows and broker messages are counted: every 202 must be both.
+Both servers run under the Procfile's own ``web`` command line (one uvicorn process, its
+flags exactly; only the host, the port and, for the baseline, the app factory differ) on
+127.0.0.1 and get the same closed-loop load (wrk when installed), the receiver at the
+production log level (INFO: one JSON line per webhook). Every request is a distinct signed
+~1.5 KB media event. Afterwards the rows and broker messages are counted: every 202 must be
+both.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import redis
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlmodel import select
 
 from archiver.db import make_engine, session_scope
@@ -32,26 +35,11 @@ from bench.loadgen import Load, run_load
 from devstack import processes, services
 from devstack.fixtures import migrated_database
 
-UVICORN = ["--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
 
-
-def serve(
-    name: str, target: str, env: dict[str, str], factory: bool
-) -> tuple[processes.Process, str]:
+def serve(name: str, target: str | None, env: dict[str, str]) -> tuple[processes.Process, str]:
+    """The Procfile's web line on a free port; ``target``: another app factory."""
     port = processes.free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        target,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *UVICORN,
-        *(["--factory"] if factory else []),
-    ]
-    proc = processes.start_process(name, argv, env)
+    proc = processes.start_process(name, processes.procfile_web_argv(port, target=target), env)
     url = f"http://127.0.0.1:{port}"
     processes.wait_until(lambda: processes.port_open("127.0.0.1", port), timeout=30)
     return proc, url
@@ -77,6 +65,11 @@ def main() -> None:
         default="INFO",
         help="the receiver's ARCHIVER_LOG_LEVEL (INFO: one JSON line per webhook)",
     )
+    parser.add_argument(
+        "--without-totals-triggers",
+        action="store_true",
+        help="drop the media_totals triggers first (to measure what they cost)",
+    )
     args = parser.parse_args()
     master = secrets.token_urlsafe(24)
     hmac_key = "bench-hmac-key"
@@ -88,6 +81,11 @@ def main() -> None:
         migrated_database(args.database, tmp, admin_url) as db_url,
     ):
         engine = make_engine(db_url)
+        if args.without_totals_triggers:
+            with engine.begin() as conn:
+                for operation in ("insert", "update", "delete"):
+                    suffix = " ON media" if engine.dialect.name == "postgresql" else ""
+                    conn.execute(text(f"DROP TRIGGER media_totals_{operation}{suffix}"))
         with session_scope(engine) as session:
             create_tenant(
                 session,
@@ -108,11 +106,11 @@ def main() -> None:
             "ARCHIVER_LOG_LEVEL": args.log_level,
         }
         results: dict[str, Load] = {}
-        for name, target, factory in (
-            ("bare starlette", "bench.bare_app:app", False),
-            ("titan-archiver", "receiver.app:create_app", True),
+        for name, target in (
+            ("bare starlette", "bench.bare_app:create_app"),
+            ("titan-archiver", None),
         ):
-            proc, url = serve(f"bench-{name.split()[0]}", target, env, factory)
+            proc, url = serve(f"bench-{name.split()[0]}", target, env)
             try:
                 results[name] = run_load(
                     f"{url}/webhooks/acme",
@@ -135,7 +133,9 @@ def main() -> None:
     print(
         f"load: {bare.tool}, {args.connections} connections, {args.seconds:.0f}s; one uvicorn "
         f"process each; database {args.database}; receiver log level {args.log_level}"
+        + ("; media_totals triggers dropped" if args.without_totals_triggers else "")
     )
+    print(f"server command line (Procfile web): {processes.procfile_command('web')}")
     print(f"{'server':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'errors':>8}")
     for name, load in results.items():
         print(

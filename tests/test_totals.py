@@ -1,0 +1,178 @@
+"""The maintained totals (archiver/totals.py, migration 0016) stay exact: after concurrent
+group-commit inserts (duplicates among them), claims, archives with sizes, retries,
+failures, retention-style deletions and a tenant removed, while folds run alongside, the
+totals equal a GROUP BY over the media table, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from sqlalchemy import Engine, delete, func
+from sqlalchemy import select as core_select
+from sqlmodel import col, select
+
+from archiver import figures, lifecycle, totals
+from archiver.db import session_scope
+from archiver.recording import Arrival, MediaItem
+from archiver.tables import Media, MediaTotalDelta, Tenant, utcnow
+from archiver.tenants import remove_tenant
+from devstack import fixtures
+from tests.test_media_rows import make_tenant
+
+TYPES = ("image", "video", "audio", "document")
+
+
+def _item(n: int) -> MediaItem:
+    return MediaItem(
+        media_id=f"m{n}",
+        session="s",
+        message_id=f"msg{n}",
+        message_type=TYPES[n % len(TYPES)],
+        mime_type="application/octet-stream",
+        file_length=None if n % 7 == 0 else 1000 + n,
+        sender="+1",
+        caption=None,
+        filename=None,
+        media_url=None,
+        message_at=None,
+        event_id=f"e{n}",
+    )
+
+
+def _truth(engine: Engine) -> Counter[tuple[int, str, str, str]]:
+    """Rows and bytes per (tenant, status, type), counted the slow way."""
+    size = func.coalesce(Media.size, Media.file_length, 0)
+    found: Counter[tuple[int, str, str, str]] = Counter()
+    with session_scope(engine) as session:
+        query = core_select(
+            col(Media.tenant_id),
+            col(Media.status),
+            col(Media.message_type),
+            func.count(),
+            func.sum(size),
+        ).group_by(col(Media.tenant_id), col(Media.status), col(Media.message_type))
+        for tenant, status, kind, n, b in session.execute(query):
+            found[(tenant, status, kind, "rows")] = int(n)
+            found[(tenant, status, kind, "bytes")] = int(b or 0)
+    return found
+
+
+def _maintained(engine: Engine) -> Counter[tuple[int, str, str, str]]:
+    found: Counter[tuple[int, str, str, str]] = Counter()
+    with session_scope(engine) as session:
+        for t in totals.read(session):
+            found[(t.tenant_id, t.status, t.message_type, "rows")] = t.rows
+            if t.bytes:
+                found[(t.tenant_id, t.status, t.message_type, "bytes")] = t.bytes
+    return found
+
+
+def _without_zeros(
+    counts: Counter[tuple[int, str, str, str]],
+) -> dict[tuple[int, str, str, str], int]:
+    return {k: v for k, v in counts.items() if v}
+
+
+def test_totals_stay_exact_under_concurrent_writes_and_folds(engine: Engine) -> None:
+    tenants = [make_tenant(engine, name) for name in ("acme", "globex", "initech")]
+    assert _maintained(engine) == Counter()
+    rng = random.Random(7)
+    pg = engine.dialect.name == "postgresql"
+
+    def ingest(_: int) -> None:
+        for _batch in range(6):
+            arrivals = []
+            for _ in range(25):
+                n = rng.randrange(1500)  # overlapping ids: duplicates within and across batches
+                tenant = tenants[n % len(tenants)]
+                arrivals.append(
+                    Arrival(tenant_id=tenant.id or 0, strategy="download", item=_item(n))
+                )
+            fixtures.record(engine, arrivals)
+
+    stop = threading.Event()
+
+    def folding() -> None:
+        while not stop.is_set():
+            totals.fold(engine, limit=7)  # small folds: many interleavings with the writers
+
+    folder = threading.Thread(target=folding)
+    folder.start()
+    try:
+        with ThreadPoolExecutor(4 if pg else 1) as pool:
+            list(pool.map(ingest, range(4)))
+        assert _without_zeros(_maintained(engine)) == _without_zeros(_truth(engine))
+
+        with session_scope(engine) as session:
+            pks = list(session.exec(select(Media.pk).order_by(col(Media.pk))))
+
+        def transitions(share: list[int]) -> None:
+            for pk in share:
+                now = utcnow()
+                with session_scope(engine) as session:
+                    claim = lifecycle.claim(session, pk=pk, now=now, lease_seconds=60)
+                if claim.row is None:
+                    continue
+                attempt = claim.row.attempts
+                with session_scope(engine) as session:
+                    if pk % 3 == 0:
+                        lifecycle.mark_archived(
+                            session, pk=pk, attempt=attempt, now=now, outcome={"size": pk * 10}
+                        )
+                    elif pk % 3 == 1:
+                        lifecycle.mark_retrying(
+                            session, pk=pk, attempt=attempt, now=now, error="x", due=now
+                        )
+                    else:
+                        lifecycle.mark_failed(session, pk=pk, attempt=attempt, now=now, error="x")
+
+        shares = [pks[i::4] for i in range(4)]
+        with ThreadPoolExecutor(4 if pg else 1) as pool:
+            list(pool.map(transitions, shares))
+        with session_scope(engine) as session:  # retention: the oldest archived rows go
+            session.execute(
+                delete(Media).where(
+                    col(Media.status) == "archived", col(Media.pk) < pks[len(pks) // 2]
+                )
+            )
+        with session_scope(engine) as session:
+            remove_tenant(session, name="initech", purge=True)
+    finally:
+        stop.set()
+        folder.join()
+    truth = _without_zeros(_truth(engine))
+    assert {k[0] for k in truth} == {tenants[0].id, tenants[1].id}
+    assert _without_zeros(_maintained(engine)) == truth
+    totals.fold(engine)
+    assert _without_zeros(_maintained(engine)) == truth
+    with session_scope(engine) as session:
+        assert session.exec(select(func.count()).select_from(MediaTotalDelta)).one() == 0
+        # The figures read them: the stats and backlog agree with the table.
+        stats = figures.stats(session, tenant_id=tenants[0].id)
+        by_status = Counter(
+            dict(
+                session.exec(
+                    select(Media.status, func.count())
+                    .where(Media.tenant_id == tenants[0].id)
+                    .group_by(Media.status)
+                ).all()
+            )
+        )
+        assert {s: n for s, (n, _) in stats.by_status.items()} == dict(by_status)
+        backlog = figures.backlog(session)
+        assert (
+            sum(backlog.counts.values())
+            == session.exec(select(func.count()).select_from(Media)).one()
+        )
+        oldest_failed = session.exec(
+            select(func.min(Media.received_at)).where(Media.status == "failed")
+        ).one()
+        assert backlog.oldest_failed is not None and oldest_failed is not None
+        assert abs(
+            backlog.oldest_failed.replace(tzinfo=None) - oldest_failed.replace(tzinfo=None)
+        ) < timedelta(seconds=1)
+        assert session.get(Tenant, tenants[2].id) is None
