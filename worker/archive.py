@@ -47,9 +47,21 @@ def archive_rows(
     ``traces``: each row's W3C traceparent from the task message; with tracing on, each row
     gets an ``archive media`` span (a new trace where the message carried none)."""
     pks = list(dict.fromkeys(pks))  # a row named twice is still one transfer
+    spans = _media_spans(pks, traces) if tracing.enabled() else {}
+    try:
+        return _archive_rows(res, pks, spans)
+    except BaseException as exc:
+        # The database went away mid-task (the task is retried): close what is still open.
+        for opened in spans.values():
+            tracing.end(opened, error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _archive_rows(
+    res: WorkerResources, pks: list[int], spans: dict[int, Span | None]
+) -> list[tuple[int, Result]]:
     settings = res.settings
     now = utcnow()
-    spans = _media_spans(pks, traces) if tracing.enabled() else {}
     claim_started = time.time_ns()
     with session_scope(res.engine) as session:
         claims = lifecycle.claim_many(
@@ -75,7 +87,7 @@ def archive_rows(
             result = _one(res, pk, claim, deferred, claimed_at, now)
         results.append((pk, result))
         tracing.end(
-            spans.get(pk),
+            spans.pop(pk, None),
             error=result.detail if result.outcome == "failed" else None,
             attributes={"archiver.outcome": result.outcome, "archiver.bytes": result.size},
         )
