@@ -172,7 +172,11 @@ class HttpMetrics:
         try:
             with tracing.use(opened):
                 if scope["path"].startswith("/webhooks/"):
+                    started = time.perf_counter()
                     await self.app(scope, receive, tagged)
+                    if status in (404, 405):  # no webhook route answered: no outcome line
+                        seconds = time.perf_counter() - started
+                        _access_line(scope, scope.get("method", ""), status, seconds)
                 else:
                     await self._measured(scope, receive, tagged)
         finally:

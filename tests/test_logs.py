@@ -121,6 +121,7 @@ def test_every_line_of_the_web_process_is_redacted_json_with_its_extra_fields(
                 assert client.post("/ui/login", data={"key": api_key}).status_code == 303
                 assert client.post("/ui/login", data={"key": admin}).status_code == 303
                 assert client.get(f"/api/media?tenant=acme&x={api_key}").status_code in (400, 401)
+                assert client.get("/webhooks/acme").status_code == 405
         finally:
             proc.stop()
         log = proc.log()
@@ -131,6 +132,7 @@ def test_every_line_of_the_web_process_is_redacted_json_with_its_extra_fields(
     assert {(e["method"], e["path"], e["status"]) for e in access} >= {
         ("POST", "/ui/login", 303),
         ("GET", "/healthz", 200),
+        ("GET", "/webhooks/acme", 405),  # no webhook outcome line for it: an access line
     }
     assert all(e["client"].startswith("127.0.0.1:") and e["durationMs"] >= 0 for e in access)
     assert any(e["logger"].startswith("uvicorn") and "startup" in e["msg"] for e in events)
