@@ -169,16 +169,13 @@ class HttpMetrics:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
+        started = time.perf_counter()
         try:
             with tracing.use(opened):
-                if scope["path"].startswith("/webhooks/"):
-                    started = time.perf_counter()
+                try:
                     await self.app(scope, receive, tagged)
-                    if status in (404, 405):  # no webhook route answered: no outcome line
-                        seconds = time.perf_counter() - started
-                        _access_line(scope, scope.get("method", ""), status, seconds)
-                else:
-                    await self._measured(scope, receive, tagged)
+                finally:
+                    self._served(scope, status, time.perf_counter() - started)
         finally:
             request_id.reset(token)
             if opened is not None:
@@ -190,28 +187,22 @@ class HttpMetrics:
                     attributes={"http.route": route, "http.response.status_code": status},
                 )
 
-    async def _measured(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        status = 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            seconds = time.perf_counter() - started
-            method = scope.get("method", "")
-            served = getattr(scope["app"].state, "resources", None)  # None before start-up
-            metrics = getattr(served, "metrics", None)
-            if isinstance(metrics, ReceiverMetrics):
-                endpoint = scope.get("endpoint")
-                handler = getattr(endpoint, "__name__", None) or (
-                    "static" if scope["path"].startswith("/ui/static/") else "unmatched"
-                )
-                metrics.http_requests.labels(handler, method, str(status)).inc()
-                metrics.http_seconds.labels(handler).observe(seconds)
-            _access_line(scope, method, status, seconds)
+    def _served(self, scope: Scope, status: int, seconds: float) -> None:
+        """Count, time and log one answered request (within its request id)."""
+        method = scope.get("method", "")
+        if scope["path"].startswith("/webhooks/"):
+            # A webhook has its own counters and outcome line (receiver/webhooks.py); one
+            # that no webhook route answered gets an access line here.
+            if status in (404, 405):
+                _access_line(scope, method, status, seconds)
+            return
+        served = getattr(scope["app"].state, "resources", None)  # None before start-up
+        metrics = getattr(served, "metrics", None)
+        if isinstance(metrics, ReceiverMetrics):
+            endpoint = scope.get("endpoint")
+            handler = getattr(endpoint, "__name__", None) or (
+                "static" if scope["path"].startswith("/ui/static/") else "unmatched"
+            )
+            metrics.http_requests.labels(handler, method, str(status)).inc()
+            metrics.http_seconds.labels(handler).observe(seconds)
+        _access_line(scope, method, status, seconds)

@@ -108,43 +108,49 @@ def _tasks(routed: Sequence[Routed]) -> list[Message]:
 
 
 class PublishSpans:
-    """An ``archive publish`` span per traced row, child of its request's span, and the
-    headers that carry them: ``traceparent`` (W3C; a batch message names its first row's)
-    and, on a message of several rows, ``traceparents`` (row pk -> traceparent)."""
+    """The messages to publish, each with its extra headers: with tracing, an
+    ``archive publish`` span per traced row (child of its request's span) and the headers
+    that carry them: ``traceparent`` (W3C; a batch message names its first row's) and, on a
+    message of several rows, ``traceparents`` (row pk -> traceparent)."""
 
     def __init__(self, messages: Sequence[Message], traces: Traces | None, system: str) -> None:
-        self.headers: list[dict[str, Any] | None] = []
+        self.messages: list[tuple[Message, dict[str, Any] | None]] = []
         self._spans: list[Span | None] = []
-        for task, args, queue in messages:
-            pks = args[0] if task == ARCHIVE_BATCH_TASK else args[:1]
-            own: dict[str, str] = {}
-            for pk in pks:
-                parent = traces.get(pk) if traces else None
-                if parent is None:
-                    continue
-                opened = tracing.start(
-                    "archive publish",
-                    kind=tracing.PRODUCER,
-                    parent=parent,
-                    attributes={
-                        "messaging.system": system,
-                        "messaging.operation.type": "send",
-                        "messaging.destination.name": queue,
-                        "messaging.batch.message_count": len(pks),
-                        "archiver.media_pk": pk,
-                    },
-                )
-                self._spans.append(opened)
-                header = tracing.traceparent(opened) if opened is not None else None
-                if header is not None:
-                    own[str(pk)] = header
-            if not own:
-                self.headers.append(None)
+        for message in messages:
+            self.messages.append(
+                (message, self._traced(message, traces, system) if traces else None)
+            )
+
+    def _traced(self, message: Message, traces: Traces, system: str) -> dict[str, Any] | None:
+        task, args, queue = message
+        pks = args[0] if task == ARCHIVE_BATCH_TASK else args[:1]
+        own: dict[str, str] = {}
+        for pk in pks:
+            parent = traces.get(pk)
+            if parent is None:
                 continue
-            headers: dict[str, Any] = {"traceparent": next(iter(own.values()))}
-            if len(pks) > 1:
-                headers["traceparents"] = own
-            self.headers.append(headers)
+            opened = tracing.start(
+                "archive publish",
+                kind=tracing.PRODUCER,
+                parent=parent,
+                attributes={
+                    "messaging.system": system,
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": queue,
+                    "messaging.batch.message_count": len(pks),
+                    "archiver.media_pk": pk,
+                },
+            )
+            self._spans.append(opened)
+            header = tracing.traceparent(opened) if opened is not None else None
+            if header is not None:
+                own[str(pk)] = header
+        if not own:
+            return None
+        headers: dict[str, Any] = {"traceparent": next(iter(own.values()))}
+        if len(pks) > 1:
+            headers["traceparents"] = own
+        return headers
 
     def end(self, error: str | None = None) -> None:
         for opened in self._spans:
@@ -174,26 +180,22 @@ class Publisher:
         """Queue ``routed``; ``traces``: each row's traceparent, when its request is traced."""
         if not routed:
             return
-        messages = _tasks(routed)
-        spans = PublishSpans(messages, traces, self._system) if traces else None
-        headers = spans.headers if spans is not None else [None] * len(messages)
+        spans = PublishSpans(_tasks(routed), traces, self._system)
         try:
             if self._redis is None:
-                for (task, args, queue), extra in zip(messages, headers, strict=True):
+                for (task, args, queue), extra in spans.messages:
                     publish_task(self._app, task=task, args=args, queue=queue, headers=extra)
             else:
                 pipe = self._redis.pipeline(transaction=False)
-                for (task, args, queue), extra in zip(messages, headers, strict=True):
-                    pipe.lpush(queue, self._message(task, args, queue, extra))
+                for message, extra in spans.messages:
+                    pipe.lpush(message[2], self._message(message, extra))
                 pipe.execute()
         except (redis.RedisError, Unavailable) as exc:
-            if spans is not None:
-                spans.end(error="broker unavailable")
+            spans.end(error="broker unavailable")
             if isinstance(exc, Unavailable):
                 raise
             raise Unavailable("broker unavailable") from exc
-        if spans is not None:
-            spans.end()
+        spans.end()
 
     async def apublish(self, routed: Sequence[Routed], traces: Traces | None = None) -> None:
         """``publish`` without leaving the event loop (one pipelined round-trip on Redis)."""
@@ -202,24 +204,19 @@ class Publisher:
         if self._aredis is None:
             await asyncio.to_thread(self.publish, routed, traces)
             return
-        messages = _tasks(routed)
-        spans = PublishSpans(messages, traces, self._system) if traces else None
-        headers = spans.headers if spans is not None else [None] * len(messages)
+        spans = PublishSpans(_tasks(routed), traces, self._system)
         try:
             pipe = self._aredis.pipeline(transaction=False)
-            for (task, args, queue), extra in zip(messages, headers, strict=True):
-                pipe.lpush(queue, self._message(task, args, queue, extra))
+            for message, extra in spans.messages:
+                pipe.lpush(message[2], self._message(message, extra))
             await pipe.execute()
         except redis.RedisError as exc:
-            if spans is not None:
-                spans.end(error="broker unavailable")
+            spans.end(error="broker unavailable")
             raise Unavailable("broker unavailable") from exc
-        if spans is not None:
-            spans.end()
+        spans.end()
 
-    def _message(
-        self, task: str, args: list[Any], queue: str, headers: dict[str, Any] | None
-    ) -> bytes:
+    def _message(self, message: Message, headers: dict[str, Any] | None) -> bytes:
+        task, args, queue = message
         return task_message(args, task=task, queue=queue, origin=self._origin, headers=headers)
 
     def close(self) -> None:
