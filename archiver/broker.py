@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol, TypedDict, cast
 
@@ -27,6 +29,8 @@ from archiver.queue import (
     SWEEP_TASK,
 )
 from archiver.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class LiveWorker(TypedDict):
@@ -174,10 +178,12 @@ def queue_depth(app: Celery) -> int:
 SCAN_LIMIT = 200_000  # messages; beyond this the sweeper falls back to comparing counts
 _SCAN_CHUNK = 1000
 # kombu's Redis transport: a queue's messages of priority p > 0 live under "<queue>\x06\x16<p>";
-# delivered, unacknowledged messages in the hash "unacked" as JSON [message, exchange, key].
+# delivered, unacknowledged messages in the hash "unacked" as JSON [message, exchange, key],
+# keyed by delivery tag, and each tag's delivery time in the sorted set "unacked_index".
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)
 _UNACKED = "unacked"
+_UNACKED_INDEX = "unacked_index"
 
 
 def rows_of_message(raw: bytes | str) -> list[int]:
@@ -207,10 +213,18 @@ def _queue_keys() -> list[str]:
     ]
 
 
-def rows_in_broker(broker_url: str, *, limit: int = SCAN_LIMIT) -> set[int] | None:
+def rows_in_broker(
+    broker_url: str, *, limit: int = SCAN_LIMIT, abandoned_after: float | None = None
+) -> set[int] | None:
     """Every media row an archive task in the broker carries: waiting in a queue, or
     delivered to a worker and not yet acknowledged (running, prefetched, or waiting for its
     countdown). Counted in rows, so a batch message of 16 rows counts 16.
+
+    ``abandoned_after``: a message delivered longer ago than this many seconds does not
+    count. A worker killed with ``kill -9`` leaves the messages it had taken and not yet
+    started in the hash, where Redis hands them out again only after the visibility
+    timeout (hours); the caller asks only about rows no worker has claimed, and a live
+    worker starts what it took (or its countdown ends) well within a lease.
 
     None when the broker cannot be read this way (RabbitMQ: reading a queue would consume
     it) or holds more than ``limit`` messages (then the caller compares counts instead).
@@ -234,12 +248,29 @@ def rows_in_broker(broker_url: str, *, limit: int = SCAN_LIMIT) -> set[int] | No
             # tail, so an index range never skips a message that is still there.
             for start in range(0, length, _SCAN_CHUNK):
                 found.update(_rows(client.lrange(key, start, start + _SCAN_CHUNK - 1)))
+        stale: set[bytes] = set()
+        if abandoned_after is not None:
+            before = time.time() - abandoned_after
+            stale = set(client.zrangebyscore(_UNACKED_INDEX, "-inf", before))
+        abandoned = 0
         cursor = 0
         while True:
             cursor, entries = client.hscan(_UNACKED, cursor, count=_SCAN_CHUNK)
-            found.update(_rows(cast("dict[bytes, bytes]", entries).values()))
+            for tag, raw in cast("dict[bytes, bytes]", entries).items():
+                if tag in stale:
+                    abandoned += 1
+                else:
+                    found.update(rows_of_message(raw))
             if cursor == 0:
-                return found
+                break
+        if abandoned:
+            log.debug(
+                "%d archive messages were delivered over %.0f s ago and never acknowledged "
+                "(their worker is gone): rows only they carry count as lost",
+                abandoned,
+                abandoned_after,
+            )
+        return found
     except redis.RedisError as exc:
         raise Unavailable("broker unavailable") from exc
     finally:

@@ -268,7 +268,11 @@ def find_lost(
         candidates = published_before(session, before=before, limit=SCAN_LIMIT)
     if not candidates:
         return []
-    held = rows_in_broker(settings.broker_url)
+    # A message taken by a worker that died before starting it is not held: a live worker
+    # claims what it took within a lease (a countdown waits at most one).
+    held = rows_in_broker(
+        settings.broker_url, abandoned_after=settings.lease_seconds + settings.stuck_after_seconds
+    )
     if held is not None:
         lost = [pk for pk in candidates if pk not in held][:limit]
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -127,6 +128,12 @@ def test_the_sweeper_reads_which_rows_the_broker_holds_waiting_or_delivered(brok
             queue = conn.SimpleQueue(LARGE_QUEUE, no_ack=False)
             delivered = queue.get(timeout=5)
             assert client.llen(LARGE_QUEUE) == 0 and client.hlen("unacked") == 1
+            assert rows_in_broker(broker) == expected
+            # Unless it was delivered so long ago that its worker must be gone (kill -9).
+            assert rows_in_broker(broker, abandoned_after=60) == expected
+            (tag,) = client.zrange("unacked_index", 0, -1)
+            client.zadd("unacked_index", {tag: time.time() - 61})
+            assert rows_in_broker(broker, abandoned_after=60) == expected - {99}
             assert rows_in_broker(broker) == expected
             delivered.ack()
             assert rows_in_broker(broker) == expected - {99}
