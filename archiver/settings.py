@@ -43,6 +43,9 @@ class Settings(BaseSettings):
 
     # Worker
     part_size: int = Field(default=8 * MiB, ge=5 * MiB, le=512 * MiB)
+    # Parts of one file uploading at once: a far bucket costs a round trip per this many
+    # parts; memory per transfer is about (this + 1) * part_size.
+    upload_parts_in_flight: int = Field(default=4, ge=1, le=16)
     max_attempts: int = Field(default=8, ge=1)
     lease_seconds: int = Field(default=120, ge=5)
     sweep_interval_seconds: float = Field(default=60.0, ge=1)

@@ -146,6 +146,24 @@ class SessionPause(SQLModel, table=True):
     since: datetime | None = _time(nullable=False)
 
 
+class ReconcileProgress(SQLModel, table=True):
+    """How far the last ``reconcile`` got through a tenant's archived rows (pk order)."""
+
+    __tablename__ = "reconcile_progress"
+
+    tenant_id: int = Field(
+        foreign_key="tenants.id",
+        primary_key=True,
+        ondelete="CASCADE",
+        sa_column_kwargs={"autoincrement": False},
+    )
+    after_pk: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    checked: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    differences: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    finished: bool = Field(default=False)
+    updated_at: datetime | None = _time(nullable=False)
+
+
 class Media(SQLModel, table=True):
     """One archived (or to-be-archived) media file of one tenant: MediaInfo plus our bookkeeping."""
 
@@ -203,6 +221,7 @@ class Media(SQLModel, table=True):
     bucket: str | None = Field(default=None, max_length=255)
     object_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     sha256: str | None = Field(default=None, max_length=64)
+    etag: str | None = Field(default=None, max_length=128)  # the bucket's, for reconcile
     size: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     status: str = Field(default=Status.QUEUED, max_length=16)
     attempts: int = Field(default=0)
@@ -312,3 +331,44 @@ class MediaTotalDelta(SQLModel, table=True):
     message_type: str = Field(max_length=32)
     rows: int = Field(sa_column=Column(BigInteger, nullable=False))
     bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class MediaChat(SQLModel, table=True):
+    """One conversation's media: rows, bytes, last activity, the contact's name, whether it is
+    a group; maintained by triggers on ``media`` (migration 0019) for the Chats page."""
+
+    __tablename__ = "media_chats"
+    __table_args__ = (
+        Index("ix_media_chats_tenant_last", "tenant_id", "last_at", "chat"),
+        Index("ix_media_chats_last", "last_at", "chat", "tenant_id"),
+    )
+
+    tenant_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    chat: str = Field(max_length=255, primary_key=True)
+    rows: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    last_at: datetime | None = _time()
+    name: str | None = Field(default=None, max_length=255)  # on the contact's newest message
+    named_at: datetime | None = _time()  # that message's time
+    is_group: bool = Field(default=False)
+
+
+class MediaChatDelta(SQLModel, table=True):
+    """A change to ``media_chats`` not folded in yet (PostgreSQL, as ``MediaTotalDelta``);
+    ``deleted``: rows left the conversation, so its last activity is looked up again."""
+
+    __tablename__ = "media_chat_deltas"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    )
+    tenant_id: int
+    chat: str = Field(max_length=255)
+    rows: int = Field(sa_column=Column(BigInteger, nullable=False))
+    bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_at: datetime | None = _time()
+    name: str | None = Field(default=None, max_length=255)
+    named_at: datetime | None = _time()
+    is_group: bool = Field(default=False)
+    deleted: bool = Field(default=False)

@@ -1,6 +1,7 @@
 """Peak RSS of a Celery worker process archiving large files, next to its idle RSS.
 
     .venv/bin/python -m bench.worker_memory [--sizes-mb 64,70,200] [--part-size-mb 8]
+        [--latency-ms 40] [--parts-in-flight 4]
 
 Starts its own Redis, S3 endpoint (moto), Titan simulator and one worker process
 (prefork, concurrency 1) on 127.0.0.1. The pool child's peak RSS is read from the
@@ -28,6 +29,7 @@ from archiver.tables import Status
 from archiver.tenants import TenantSpec, create_tenant
 from devstack import processes, services
 from devstack.fixtures import record_item
+from devstack.tcp_proxy import TcpProxy
 from receiver.envelope import media_item
 from titan_simulator.sender import Simulator
 
@@ -55,6 +57,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", default="64,70,200")
     parser.add_argument("--part-size-mb", type=int, default=8)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="S3 round trip to add")
+    parser.add_argument("--parts-in-flight", type=int, default=0, help="0: the default")
     args = parser.parse_args()
     sizes = [int(s) * MB for s in args.sizes_mb.split(",")]
     master = secrets.token_urlsafe(24)
@@ -64,12 +68,18 @@ def main() -> None:
     migrate.upgrade(engine)
 
     with services.redis_server() as redis_url, services.s3_server() as s3_url:
+        proxy = None
+        if args.latency_ms:
+            proxy = TcpProxy(int(s3_url.rsplit(":", 1)[1]), latency=args.latency_ms / 1000)
+            s3_url = f"http://127.0.0.1:{proxy.port}"
         env = {
             "ARCHIVER_DATABASE_URL": db_url,
             "ARCHIVER_BROKER_URL": redis_url,
             "ARCHIVER_SECRET_KEY": master,
             "ARCHIVER_PART_SIZE": str(args.part_size_mb * 1024 * 1024),
         }
+        if args.parts_in_flight:
+            env["ARCHIVER_UPLOAD_PARTS_IN_FLIGHT"] = str(args.parts_in_flight)
         settings = load_settings(database_url=db_url, broker_url=redis_url, secret_key=master)
         simulator = services.start_simulator("bench-sim")
         sim_proc = simulator.process
@@ -120,7 +130,12 @@ def main() -> None:
             idle_kb = status_kb(child, "VmRSS")
             python = sys.version.split()[0]
             print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {python}")
-            print(f"part size: {args.part_size_mb} MiB; worker pool process pid {child}")
+            in_flight = args.parts_in_flight or settings.upload_parts_in_flight
+            far = f", S3 {args.latency_ms:g} ms away" if args.latency_ms else ""
+            print(
+                f"part size: {args.part_size_mb} MiB, {in_flight} parts in flight{far}; "
+                f"worker pool process pid {child}"
+            )
             heads = ("idle RSS", "peak RSS", "peak-idle")
             print(
                 f"{'file':>8} "
@@ -142,6 +157,8 @@ def main() -> None:
             worker.stop()
             sim_proc.stop()
             engine.dispose()
+            if proxy is not None:
+                proxy.close()
 
 
 if __name__ == "__main__":

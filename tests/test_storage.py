@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from archiver.buckets import make_s3_client
-from archiver.errors import TenantError
+from archiver.errors import TenantError, TransientError
 from devstack.services import S3_CREDENTIALS, s3_client
 from worker.storage import SizeMismatch, put_stream
 
@@ -43,15 +46,42 @@ def pieces(data: bytes, size: int = 100_000) -> Iterator[bytes]:
 
 
 class Spy:
-    """Wraps the client to record the size of every part it is asked to upload."""
+    """Wraps the client to record every part it is asked to upload, and how many overlap.
 
-    def __init__(self, inner: Any) -> None:
+    ``slow``: each part waits this long first (a bucket far away); ``fail_part``: that part
+    number is refused."""
+
+    def __init__(self, inner: Any, *, slow: float = 0.0, fail_part: int | None = None) -> None:
         self.inner = inner
-        self.part_sizes: list[int] = []
+        self.part_sizes: dict[int, int] = {}
+        self.slow, self.fail_part = slow, fail_part
+        self.in_flight = self.most_in_flight = 0
+        self.after_abort: list[int] = []  # parts that were still going when the abort went
+        self.aborted = False
+        self._lock = threading.Lock()
 
     def upload_part(self, **kw: Any) -> Any:
-        self.part_sizes.append(len(kw["Body"]))
-        return self.inner.upload_part(**kw)
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if kw["PartNumber"] == self.fail_part:  # refused at once, while the others go on
+                raise ClientError(
+                    {"Error": {"Code": "InternalError", "Message": "part refused"}}, "UploadPart"
+                )
+            time.sleep(self.slow)
+            self.part_sizes[kw["PartNumber"]] = len(kw["Body"])
+            return self.inner.upload_part(**kw)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                if self.aborted:
+                    self.after_abort.append(kw["PartNumber"])
+
+    def abort_multipart_upload(self, **kw: Any) -> Any:
+        with self._lock:
+            self.aborted = True
+        return self.inner.abort_multipart_upload(**kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -71,13 +101,14 @@ def test_small_file_is_one_put_with_its_sha256(s3: Any, bucket: str) -> None:
     assert stored.sha256 == hashlib.sha256(data).hexdigest() and stored.size == len(data)
     head = s3.head_object(Bucket=bucket, Key="a/b.jpg")
     assert head["ContentType"] == "image/jpeg"
-    assert head["Metadata"]["sha256"] == stored.sha256
+    assert head["Metadata"]["sha256"] == stored.sha256 and head["ETag"] == stored.etag
     assert s3.get_object(Bucket=bucket, Key="a/b.jpg")["Body"].read() == data
 
 
-def test_large_file_goes_up_in_equal_parts(s3: Any, bucket: str) -> None:
-    data = os.urandom(12 * MiB + 12345)
-    spy = Spy(s3)
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_large_file_goes_up_in_equal_parts(s3: Any, bucket: str, in_flight: int) -> None:
+    data = os.urandom(27 * MiB + 12345)
+    spy = Spy(s3, slow=0.2)
     stored = put_stream(
         spy,
         bucket=bucket,
@@ -85,12 +116,39 @@ def test_large_file_goes_up_in_equal_parts(s3: Any, bucket: str) -> None:
         chunks=pieces(data, 64 * 1024),
         content_type="video/mp4",
         part_size=5 * MiB,
+        parts_in_flight=in_flight,
         expected_sizes=[len(data)],
     )
-    assert spy.part_sizes == [5 * MiB, 5 * MiB, 2 * MiB + 12345]
+    assert spy.part_sizes == {n: 5 * MiB for n in range(1, 6)} | {6: 2 * MiB + 12345}
+    # Parts overlap up to the bound, never beyond it (each waits 0.2 s, so they do overlap).
+    assert spy.most_in_flight == in_flight
     assert stored.sha256 == hashlib.sha256(data).hexdigest()
     body = s3.get_object(Bucket=bucket, Key="big.mp4")["Body"].read()
-    assert hashlib.sha256(body).hexdigest() == stored.sha256
+    assert body == data
+    # No second write of the whole object to stamp its hash: the row keeps the ETag instead.
+    head = s3.head_object(Bucket=bucket, Key="big.mp4")
+    assert "sha256" not in head["Metadata"] and head["ContentType"] == "video/mp4"
+    assert stored.etag is not None and stored.etag == head["ETag"] and stored.etag.endswith('-6"')
+
+
+def test_a_refused_part_aborts_after_the_parts_in_flight_end(s3: Any, bucket: str) -> None:
+    spy = Spy(s3, slow=0.3, fail_part=2)
+    with pytest.raises(TransientError, match="InternalError"):
+        put_stream(
+            spy,
+            bucket=bucket,
+            key="refused.mp4",
+            chunks=pieces(os.urandom(30 * MiB), 256 * 1024),
+            content_type="video/mp4",
+            part_size=5 * MiB,
+            parts_in_flight=3,
+        )
+    deadline = time.monotonic() + 5
+    while spy.in_flight and time.monotonic() < deadline:  # parts the abort left behind end
+        time.sleep(0.05)
+    assert spy.aborted and spy.after_abort == []
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def test_short_body_aborts_and_leaves_no_object_and_no_parts(s3: Any, bucket: str) -> None:

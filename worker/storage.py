@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,78 +32,137 @@ def put_stream(
     chunks: Iterable[bytes],
     content_type: str,
     part_size: int,
+    parts_in_flight: int = 1,
     expected_sizes: Sequence[int] = (),
     on_part: Callable[[int], None] | None = None,
     on_upload_started: Callable[[str], None] | None = None,
 ) -> StoredObject:
     """Upload ``chunks`` to ``bucket/key``; raise before completing if the size is not expected.
 
-    Every object ends with its SHA-256 in ``x-amz-meta-sha256`` (multipart objects get it by
-    an in-place server-side copy once the hash is known), so a reconcile can check it.
+    Up to ``parts_in_flight`` parts upload at once while the next one fills, so a bucket far
+    away costs one round trip per that many parts, and memory stays under
+    ``(parts_in_flight + 1) * part_size`` whatever the file's size.
+
+    The SHA-256 is returned for the row; an object sent in one PUT also carries it as
+    ``x-amz-meta-sha256``. A multipart object does not (that took a server-side copy of the
+    whole object once the hash was known): its ETag is returned instead, and ``reconcile``
+    checks that.
     """
     digest = hashlib.sha256()
-    buffer = bytearray()
-    upload_id: str | None = None
-    parts: list[dict[str, Any]] = []
+    buffer = bytearray()  # the part being filled; handed to the upload when full
     size = 0
-
-    def upload_part(data: bytes) -> None:
-        number = len(parts) + 1
-        answer = s3.upload_part(
-            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
-        )
-        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-        if on_part is not None:
-            on_part(size)
-
+    upload: _Multipart | None = None
     try:
         for chunk in chunks:
             digest.update(chunk)
             size += len(chunk)
-            buffer += chunk
-            while len(buffer) >= part_size:
-                if upload_id is None:
-                    upload_id = s3.create_multipart_upload(
-                        Bucket=bucket, Key=key, ContentType=content_type
-                    )["UploadId"]
+            view = memoryview(chunk)
+            while view:
+                take = part_size - len(buffer)
+                buffer += view[:take]
+                view = view[take:]
+                if len(buffer) < part_size:
+                    break
+                if upload is None:
+                    upload = _Multipart(
+                        s3, bucket=bucket, key=key, content_type=content_type, width=parts_in_flight
+                    )
                     if on_upload_started is not None:
-                        on_upload_started(upload_id)
-                upload_part(bytes(buffer[:part_size]))
-                del buffer[:part_size]
+                        on_upload_started(upload.upload_id)
+                upload.add(buffer)
+                buffer = bytearray()
+                if on_part is not None:
+                    on_part(size)
         for expected in expected_sizes:
             if size != expected:
                 raise SizeMismatch(f"received {size} bytes, expected {expected}")
         sha256 = digest.hexdigest()
-        if upload_id is None:
-            s3.put_object(
+        if upload is None:
+            etag = s3.put_object(
                 Bucket=bucket,
                 Key=key,
-                Body=bytes(buffer),
+                Body=buffer,
                 ContentType=content_type,
                 Metadata={SHA256_METADATA: sha256},
-            )
+            ).get("ETag")
         else:
             if buffer:
-                upload_part(bytes(buffer))
-            buffer.clear()
-            s3.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
-            upload_id = None
-            s3.copy_object(
-                Bucket=bucket,
-                Key=key,
-                CopySource={"Bucket": bucket, "Key": key},
-                Metadata={SHA256_METADATA: sha256},
-                MetadataDirective="REPLACE",
-                ContentType=content_type,
-            )
+                upload.add(buffer)
+            del buffer
+            etag = upload.complete()
+            upload = None
+            if not etag:  # Ceph's RADOS Gateway answers the completion without it
+                etag = s3.head_object(Bucket=bucket, Key=key).get("ETag")
     except (ClientError, BotoCoreError) as exc:
         raise classify_s3(exc) from exc
     finally:
-        if upload_id is not None:
-            _abort(s3, bucket=bucket, key=key, upload_id=upload_id)
-    return StoredObject(bucket=bucket, key=key, size=size, sha256=sha256)
+        if upload is not None:
+            upload.abort()
+    return StoredObject(bucket=bucket, key=key, size=size, sha256=sha256, etag=etag or None)
+
+
+class _Multipart:
+    """One multipart upload whose parts go up ``width`` at a time, in threads of their own.
+
+    ``add`` returns once fewer than ``width`` parts are in flight; the first failed part's
+    error is raised by the next ``add`` or by ``complete``."""
+
+    def __init__(self, s3: Any, *, bucket: str, key: str, content_type: str, width: int) -> None:
+        self.s3, self.bucket, self.key = s3, bucket, key
+        self.upload_id: str = s3.create_multipart_upload(
+            Bucket=bucket, Key=key, ContentType=content_type
+        )["UploadId"]
+        self.width = max(1, width)
+        self._pool = ThreadPoolExecutor(self.width) if self.width > 1 else None
+        self._in_flight: set[Future[dict[str, Any]]] = set()
+        self._parts: list[dict[str, Any]] = []
+        self._next = 1
+
+    def add(self, data: bytearray) -> None:
+        number, self._next = self._next, self._next + 1
+        if self._pool is None:
+            self._parts.append(self._put(number, data))
+            return
+        self._in_flight.add(self._pool.submit(self._put, number, data))
+        del data  # the future holds the only reference; it is freed when the part is up
+        while len(self._in_flight) >= self.width:
+            self._collect(FIRST_COMPLETED)
+
+    def complete(self) -> str | None:
+        """Complete the upload; the ETag the bucket answered, if it did."""
+        self._collect(ALL_COMPLETED)
+        answer = self.s3.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": sorted(self._parts, key=lambda p: p["PartNumber"])},
+        )
+        self._close()
+        etag = answer.get("ETag")
+        return str(etag) if etag else None
+
+    def abort(self) -> None:
+        # Parts still going up could outlive an abort sent now: let them end first.
+        self._close()
+        self._in_flight.clear()
+        _abort(self.s3, bucket=self.bucket, key=self.key, upload_id=self.upload_id)
+
+    def _put(self, number: int, data: bytearray) -> dict[str, Any]:
+        answer = self.s3.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def _collect(self, when: str) -> None:
+        done, _ = wait(self._in_flight, return_when=when)
+        for future in done:
+            self._in_flight.discard(future)
+            self._parts.append(future.result())  # a failed part raises here
+
+    def _close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def abort_upload(s3: Any, *, bucket: str, key: str, upload_id: str) -> None:
