@@ -18,8 +18,10 @@ import pytest
 import redis
 from sqlmodel import select
 
+from archiver.broker import make_celery, publish_archive
 from archiver.db import make_engine, session_scope
 from archiver.queue import ARCHIVE_QUEUE
+from archiver.settings import Settings, load_settings
 from archiver.tables import Media
 from devstack import processes, services
 from devstack.fixtures import add_tenant, process_env, start_web
@@ -77,6 +79,17 @@ class Ops:
             what=f"{media_id} to be {status}",
         )
         return self.rows()[media_id]
+
+    def settings(self) -> Settings:
+        """The settings the processes run with."""
+        prefix = "ARCHIVER_"
+        return load_settings(
+            **{
+                k.removeprefix(prefix).lower(): v
+                for k, v in self.env.items()
+                if k.startswith(prefix)
+            }
+        )
 
     def worker(self, name: str, **env: str) -> processes.Process:
         proc = processes.start_process(
@@ -179,9 +192,7 @@ def test_a_replayed_delivery_of_an_archived_event_changes_nothing(ops: Ops) -> N
 
 
 def test_a_burst_of_small_media_is_archived_in_batches_once_each(ops: Ops) -> None:
-    from archiver.broker import make_celery
     from archiver.recording import Arrival
-    from archiver.settings import load_settings
     from archiver.tables import Tenant
     from devstack.fixtures import record
     from receiver.envelope import media_item
@@ -197,13 +208,7 @@ def test_a_burst_of_small_media_is_archived_in_batches_once_each(ops: Ops) -> No
         arrivals = [Arrival(tenant.id or 0, "download", it) for it in parsed if it is not None]
     recorded = record(engine, arrivals)
     engine.dispose()
-    settings = load_settings(
-        **{
-            k.removeprefix("ARCHIVER_").lower(): v
-            for k, v in ops.env.items()
-            if k.startswith("ARCHIVER_")
-        }
-    )
+    settings = ops.settings()
     publisher = Publisher(make_celery(settings), settings.broker_url)
     publisher.publish([(r.pk, "archive") for r in recorded])  # as one group commit would
     publisher.close()
@@ -266,33 +271,66 @@ def test_requeue_stuck_queues_rows_the_broker_lost(ops: Ops) -> None:
         ops.wait_status(item.media_id, "archived")
 
 
+def test_a_message_taken_by_a_worker_killed_before_starting_it_is_requeued(ops: Ops) -> None:
+    # Redis hands out a dead consumer's unacknowledged messages only after the visibility
+    # timeout (2 hours): the sweeper must not wait for that.
+    item = ops.sim.make_media(account="acme", message_type="image", size=2000)
+    assert ops.send(item) == 202
+    pk = ops.rows()[item.media_id].pk
+    assert pk is not None
+    ops.queue.flushdb()  # the receiver's message, replaced by one a worker holds unstarted
+    app = make_celery(ops.settings())
+    try:
+        publish_archive(app, pk=pk, countdown=4)
+    finally:
+        app.close()
+    worker = ops.worker("ops-doomed")
+    processes.wait_until(lambda: ops.queue.hlen("unacked") == 1, timeout=30, what="a reservation")
+    worker.stop(signal.SIGKILL)
+    assert ops.rows()[item.media_id].status == "queued"
+    # Not before the message could still be a live worker's (a lease plus the stuck delay).
+    assert json.loads(ops.cli("media", "requeue", "--stuck").stdout)["lostByBroker"] == 0
+    time.sleep(6.5)  # ARCHIVER_LEASE_SECONDS + ARCHIVER_STUCK_AFTER_SECONDS
+    report = json.loads(ops.cli("media", "requeue", "--stuck").stdout)
+    assert report["lostByBroker"] == 1
+    ops.worker("ops-heir")
+    row = ops.wait_status(item.media_id, "archived")
+    assert row.attempts == 1 and row.sha256 == item.sha256
+
+
 def test_reconcile_finds_missing_and_altered_objects_and_requeues_them(ops: Ops) -> None:
     items = [
         ops.sim.make_media(account="acme", message_type="video", size=s)
-        for s in (3000, 6 * 1024 * 1024)
+        for s in (3000, 9 * 1024 * 1024, 4000, 9 * 1024 * 1024)
     ]
-    assert [ops.send(i) for i in items] == [202, 202]
+    assert [ops.send(i) for i in items] == [202] * 4
     worker = ops.worker("ops-w3")
     rows = [ops.wait_status(i.media_id, "archived") for i in items]
+    assert rows[1].etag and rows[1].etag.endswith('-2"')  # multipart: checked by its ETag
     clean = json.loads(ops.cli("reconcile").stdout.splitlines()[-1])
-    assert clean == {"checked": 2, "ok": 2, "differences": 0, "requeued": 0}
+    assert clean == {"checked": 4, "ok": 4, "differences": 0, "requeued": 0}
     worker.stop()
     ops.s3.delete_object(Bucket=ops.bucket, Key=rows[0].object_key)
     ops.s3.put_object(
         Bucket=ops.bucket, Key=rows[1].object_key, Body=b"tampered", Metadata={"sha256": "0" * 64}
     )
-    found = ops.cli("reconcile", "--tenant", "acme", check=False)
+    ops.s3.put_object(Bucket=ops.bucket, Key=rows[2].object_key, Body=os.urandom(4000))
+    ops.s3.put_object(Bucket=ops.bucket, Key=rows[3].object_key, Body=os.urandom(9 * 1024 * 1024))
+    found = ops.cli("reconcile", "--tenant", "acme", "--concurrency", "3", check=False)
     assert found.returncode == 3, found.stderr  # differences found
     lines = found.stdout.splitlines()
     problems = {json.loads(line)["id"]: json.loads(line)["problem"] for line in lines[:-1]}
     assert problems[items[0].media_id] == "object missing"
     assert problems[items[1].media_id].startswith("size ")
-    assert json.loads(lines[-1])["requeued"] == 2
+    # Same size, no hash metadata: only the ETag the row kept tells they were replaced.
+    replaced = "etag differs from the row: the object was replaced"
+    assert problems[items[2].media_id] == problems[items[3].media_id] == replaced
+    assert json.loads(lines[-1])["requeued"] == 4
     ops.worker("ops-w4")
     for item in items:
         row = ops.wait_status(item.media_id, "archived")
         assert row.sha256 == item.sha256
-    assert json.loads(ops.cli("reconcile").stdout.splitlines()[-1])["ok"] == 2
+    assert json.loads(ops.cli("reconcile").stdout.splitlines()[-1])["ok"] == 4
 
 
 def test_sigterm_lets_a_running_transfer_finish_within_the_grace_period(ops: Ops) -> None:
