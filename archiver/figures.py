@@ -114,41 +114,17 @@ class Chat:
 
 
 def chats(session: Session, *, tenant_id: int | None, limit: int = 500) -> list[Chat]:
-    """One line per conversation with archived or pending media: newest activity first."""
-    incoming_name = case(
-        (
-            and_(col(Media.is_group).is_not(True), col(Media.from_me).is_not(True)),
-            Media.sender_name,
-        ),
-        else_=None,
-    )
-    query = (
-        core_select(
-            col(Media.tenant_id),
-            col(Media.chat),
-            func.max(incoming_name),
-            func.max(case((col(Media.is_group).is_(True), 1), else_=0)),
-            func.count(),
-            func.coalesce(func.sum(func.coalesce(Media.size, Media.file_length)), 0),
-            func.max(Media.received_at),
-        )
-        .where(col(Media.chat).is_not(None))
-        .group_by(col(Media.tenant_id), col(Media.chat))
-        .order_by(func.max(Media.received_at).desc())
-        .limit(limit)
-    )
-    if tenant_id is not None:
-        query = query.where(col(Media.tenant_id) == tenant_id)
-    utc = UTCDateTime()
+    """One line per conversation with archived or pending media: newest activity first
+    (the maintained summary, archiver/totals.py: no scan of the media table)."""
     return [
         Chat(
-            tenant_id=int(tid),
-            chat=str(chat),
-            name=name,
-            is_group=bool(group),
-            count=int(n),
-            size=int(size),
-            last_at=utc.process_result_value(last, None),
+            tenant_id=c.tenant_id,
+            chat=c.chat,
+            name=c.name,
+            is_group=c.is_group,
+            count=c.rows,
+            size=c.bytes,
+            last_at=c.last_at,
         )
-        for tid, chat, name, group, n, size, last in session.execute(query)
+        for c in totals.chats(session, tenant_id=tenant_id, limit=limit)
     ]
