@@ -41,6 +41,7 @@ class StoredObject:
     key: str
     size: int
     sha256: str
+    etag: str | None = None  # as the bucket gave it (quotes kept); None if it gave none
 
 
 def make_s3_client(
@@ -52,10 +53,13 @@ def make_s3_client(
     connect_timeout: float,
     read_timeout: float,
     ca_bundle: str | None = None,
+    max_pool_connections: int = 10,
 ) -> S3Client:
     """A boto3 S3 client for one tenant's credentials, isolated in its own boto3 session;
-    ``ca_bundle`` (PEM text): verify the endpoint against these certificates only."""
+    ``ca_bundle`` (PEM text): verify the endpoint against these certificates only;
+    ``max_pool_connections``: as many as threads will use the client at once."""
     config = Config(
+        max_pool_connections=max_pool_connections,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         retries={"max_attempts": 3, "mode": "standard"},
@@ -107,10 +111,11 @@ def validate_ca_bundle(pem: str) -> int:
 
 
 def tenant_s3_client(
-    tenant: Tenant, *, secret_access_key: str | None, settings: Settings
+    tenant: Tenant, *, secret_access_key: str | None, settings: Settings, connections: int = 10
 ) -> S3Client:
     """The S3 client for one tenant's bucket, with the deployment's timeouts."""
     return make_s3_client(
+        max_pool_connections=connections,
         endpoint=tenant.s3_endpoint,
         region=tenant.s3_region,
         access_key_id=tenant.s3_access_key_id,
@@ -169,6 +174,7 @@ def classify_s3(exc: Exception) -> AppError:
 class ObjectState:
     size: int
     sha256: str | None
+    etag: str | None = None
 
 
 def head(s3: S3Client, *, bucket: str, key: str) -> ObjectState | None:
@@ -182,7 +188,9 @@ def head(s3: S3Client, *, bucket: str, key: str) -> ObjectState | None:
     except BotoCoreError as exc:
         raise classify_s3(exc) from exc
     return ObjectState(
-        size=int(answer["ContentLength"]), sha256=answer.get("Metadata", {}).get(SHA256_METADATA)
+        size=int(answer["ContentLength"]),
+        sha256=answer.get("Metadata", {}).get(SHA256_METADATA),
+        etag=answer.get("ETag") or None,
     )
 
 

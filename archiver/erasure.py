@@ -13,21 +13,24 @@ Safety, in order of importance:
 - Retention never touches a row under legal hold; an explicit erasure skips them too unless
   told to include them, and says how many it kept.
 - Bounded: rows are read ``batch`` at a time, at most ``max_batches`` pages per call (the
-  beat's pass); each row is deleted in a transaction of its own, fenced as above (one
-  object delete and one row delete per media: a rate to measure with issue 16).
+  beat's pass). A page's objects are deleted ``CONCURRENCY`` at a time (each a round trip or
+  two to a bucket that may be far away), then its rows in one statement, each fenced as
+  above (docs/performance.md has the rates).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import Engine, delete, func, or_, select, tuple_, update
+from sqlalchemy import Engine, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
@@ -38,6 +41,7 @@ from archiver.tables import Media, Status, Tenant
 
 log = logging.getLogger(__name__)
 BATCH = 200
+CONCURRENCY = 8  # object deletions at once (a tenant's S3 client pools 10 connections)
 _TERMINAL = (Status.ARCHIVED.value, Status.FAILED.value)
 
 
@@ -125,11 +129,26 @@ def erase(
     max_batches: int | None = None,
 ) -> Erased:
     """Erase the tenant's rows ``selector`` names, and their objects; see the module doc."""
+    selector.where(tenant.id or 0)  # refuses a selector that names no rows, before anything
+    with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="erase") as pool:
+        return _erase_pages(engine, tenant, selector, s3_for, batch, max_batches, pool, Erased())
+
+
+def _erase_pages(
+    engine: Engine,
+    tenant: Tenant,
+    selector: Selector,
+    s3_for: S3For,
+    batch: int,
+    max_batches: int | None,
+    pool: ThreadPoolExecutor,
+    done: Erased,
+) -> Erased:
     tenant_id = tenant.id or 0
     where = selector.where(tenant_id)
-    done = Erased()
     after: tuple[datetime, int] | None = None
     batches = 0
+    versioned: dict[str, bool] = {}  # per bucket: may it hold older versions of a key?
     while max_batches is None or batches < max_batches:
         batches += 1
         with session_scope(engine) as session:
@@ -143,31 +162,31 @@ def erase(
         last = rows[-1]
         assert last.received_at is not None and last.pk is not None
         after = (last.received_at, last.pk)
+        retention = selector.received_before is not None or selector.revoked
+        chosen = []
         for row in rows:
-            retention = selector.received_before is not None or selector.revoked
             if row.legal_hold and (retention or not selector.include_held):
                 done.held += 1
-                continue
-            if row.status == Status.ARCHIVING.value:
+            elif row.status == Status.ARCHIVING.value:
                 done.in_flight += 1
-                continue
-            if not _delete_objects(s3_for(tenant), tenant, row, done):
-                continue
-            with session_scope(engine) as session:
-                gone = (
-                    session.connection()
-                    .execute(
-                        delete(Media).where(
-                            col(Media.pk) == row.pk,
-                            col(Media.tenant_id) == tenant_id,
-                            col(Media.status) == row.status,
-                            col(Media.updated_at) == row.updated_at,
-                        )
-                    )
-                    .rowcount
-                )
-            if gone != 1:
-                done.in_flight += 1
+            else:
+                chosen.append(row)
+        s3 = s3_for(tenant) if chosen else None
+        for place in {_location(tenant, row) for row in chosen}:
+            if place is not None and place[0] not in versioned:
+                versioned[place[0]] = _versioned(s3, place[0])
+        outcomes = pool.map(partial(_delete_objects, s3, tenant, versioned), chosen)
+        cleared = []
+        for row, (objects, error) in zip(chosen, outcomes, strict=True):
+            done.objects += objects
+            if error is None:
+                cleared.append(row)
+            else:
+                done.errors.append(error)
+        gone = _delete_rows(engine, tenant_id, cleared)
+        for row in cleared:
+            if row.pk not in gone:
+                done.in_flight += 1  # changed while its object went: kept, run again
                 continue
             done.rows += 1
             done.bytes += row.size or 0
@@ -176,6 +195,28 @@ def erase(
         if len(rows) < batch:
             break
     return done
+
+
+def _delete_rows(engine: Engine, tenant_id: int, rows: list[Media]) -> set[int]:
+    """Delete ``rows`` in one statement, each only if unchanged since it was read; the pks
+    that went."""
+    if not rows:
+        return set()
+    unchanged = [
+        and_(
+            col(Media.pk) == row.pk,
+            col(Media.status) == row.status,
+            col(Media.updated_at) == row.updated_at,
+        )
+        for row in rows
+    ]
+    with session_scope(engine) as session:
+        answer = session.connection().execute(
+            delete(Media)
+            .where(col(Media.tenant_id) == tenant_id, or_(*unchanged))
+            .returning(col(Media.pk))
+        )
+        return {int(pk or 0) for (pk,) in answer}
 
 
 def erase_recorded(
@@ -243,25 +284,39 @@ def _location(tenant: Tenant, row: Media) -> tuple[str, str] | None:
     return None
 
 
-def _delete_objects(s3: Any, tenant: Tenant, row: Media, done: Erased) -> bool:
-    """Delete every version of the row's object (and an unfinished upload); False, with the
-    error noted, if the bucket refused: the row then stays so the erasure can be rerun."""
+def _versioned(s3: Any, bucket: str) -> bool:
+    """Whether ``bucket`` has ever had versioning on (then a key may have older versions to
+    delete one by one); True when the bucket will not say, so nothing is left behind."""
+    try:
+        return bool(s3.get_bucket_versioning(Bucket=bucket).get("Status"))
+    except (ClientError, BotoCoreError):
+        return True
+
+
+def _delete_objects(
+    s3: Any, tenant: Tenant, versioned: dict[str, bool], row: Media
+) -> tuple[int, str | None]:
+    """Delete every version of the row's object (and an unfinished upload): (versions
+    deleted, None), or (0, the error) if the bucket refused: the row then stays so the
+    erasure can be rerun. Runs in the erasure's threads: it touches no shared state."""
     place = _location(tenant, row)
     if place is None:
-        return True  # never archived (queued, retrying, failed before upload): no object
+        return 0, None  # never archived (queued, retrying, failed before upload): no object
     bucket, key = place
     try:
         if row.upload_id:
             with suppress(ClientError):  # already completed or aborted
                 s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=row.upload_id)
-        done.objects += _delete_versions(s3, bucket, key)
+        if not versioned.get(bucket, True):
+            # Never versioned: the key has one object, and one delete removes it for good.
+            s3.delete_object(Bucket=bucket, Key=key)
+            return 1, None
+        return _delete_versions(s3, bucket, key), None
     except (ClientError, BotoCoreError) as exc:
         reason = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else ""
         message = f"{bucket}/{key}: {reason or type(exc).__name__}"
-        done.errors.append(message)
         log.warning("erasure: object not deleted: %s", message, extra={"tenant": tenant.name})
-        return False
-    return True
+        return 0, message
 
 
 def _delete_versions(s3: Any, bucket: str, key: str) -> int:
