@@ -70,6 +70,11 @@ def main() -> None:
         action="store_true",
         help="drop the media_totals triggers first (to measure what they cost)",
     )
+    parser.add_argument(
+        "--without-chats-triggers",
+        action="store_true",
+        help="drop the media_chats triggers first (to measure what they cost)",
+    )
     args = parser.parse_args()
     master = secrets.token_urlsafe(24)
     hmac_key = "bench-hmac-key"
@@ -81,11 +86,19 @@ def main() -> None:
         migrated_database(args.database, tmp, admin_url) as db_url,
     ):
         engine = make_engine(db_url)
-        if args.without_totals_triggers:
-            with engine.begin() as conn:
+        dropped = [
+            summary
+            for summary, drop in (
+                ("media_totals", args.without_totals_triggers),
+                ("media_chats", args.without_chats_triggers),
+            )
+            if drop
+        ]
+        with engine.begin() as conn:
+            for summary in dropped:
                 for operation in ("insert", "update", "delete"):
                     suffix = " ON media" if engine.dialect.name == "postgresql" else ""
-                    conn.execute(text(f"DROP TRIGGER media_totals_{operation}{suffix}"))
+                    conn.execute(text(f"DROP TRIGGER {summary}_{operation}{suffix}"))
         with session_scope(engine) as session:
             create_tenant(
                 session,
@@ -133,7 +146,7 @@ def main() -> None:
     print(
         f"load: {bare.tool}, {args.connections} connections, {args.seconds:.0f}s; one uvicorn "
         f"process each; database {args.database}; receiver log level {args.log_level}"
-        + ("; media_totals triggers dropped" if args.without_totals_triggers else "")
+        + "".join(f"; {summary} triggers dropped" for summary in dropped)
     )
     print(f"server command line (Procfile web): {processes.procfile_command('web')}")
     print(f"{'server':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'errors':>8}")

@@ -7,6 +7,7 @@ import pytest
 
 from archiver.capture import CapturePolicy, not_captured, parse_types
 from archiver.errors import PayloadError
+from receiver import envelope as envelope_module
 from receiver.envelope import (
     Revocation,
     SessionChange,
@@ -174,6 +175,22 @@ def test_refuses_deeply_nested_json() -> None:
         deep = {"a": deep}
     with pytest.raises(PayloadError):
         parse_body(json.dumps(deep).encode())
+
+
+@pytest.mark.parametrize("leaf", [1, {}, []])
+@pytest.mark.parametrize("levels", range(26, 38))
+def test_the_nesting_limit_is_exact_at_its_edge(levels: int, leaf: Any) -> None:
+    # The walk is skipped for bodies with fewer brackets than the limit: both ways must
+    # draw the line at the same depth.
+    doc: Any = leaf
+    for _ in range(levels):
+        doc = {"a": doc}
+    body = json.dumps(doc).encode()
+    if envelope_module._depth(doc) > envelope_module.MAX_JSON_DEPTH:
+        with pytest.raises(PayloadError, match="nested too deeply"):
+            parse_body(body)
+    else:
+        assert parse_body(body) == doc
 
 
 def test_session_events_that_hold_or_release_a_sessions_media() -> None:
