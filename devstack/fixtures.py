@@ -241,3 +241,84 @@ def running_archiver(name: str, env: dict[str, str], tmp: Path) -> Iterator[tupl
         sim.close()
         worker.stop()
         web.stop()
+
+
+@dataclass(frozen=True)
+class Seeded:
+    tenant: Tenant
+    bucket: str
+    pks: list[int]  # in insertion order: object media/{n}.bin is pks[n]
+
+
+def seed_archived(
+    engine: Engine,
+    *,
+    s3_endpoint: str,
+    count: int,
+    tenant_endpoint: str | None = None,
+    master_key: str = MASTER_KEY,
+    received_at: datetime | None = None,
+) -> Seeded:
+    """A tenant whose bucket holds ``count`` small objects, each with its archived row (as
+    the worker leaves them: size, SHA-256 on the row and as metadata). ``tenant_endpoint``:
+    the address the tenant's settings name (a proxy in front of ``s3_endpoint``)."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archiver.tables import Status, utcnow
+
+    bucket = "seed-" + secrets.token_hex(5)
+    s3 = services.s3_client(s3_endpoint)
+    s3.create_bucket(Bucket=bucket)
+    with session_scope(engine) as session:
+        tenant, _ = create_tenant(
+            session,
+            box=SecretBox(master_key),
+            spec=TenantSpec(
+                name=bucket,
+                hmac_key="seed-hmac-" + secrets.token_hex(8),  # a literal would be fuzzed
+                titan_url="http://127.0.0.1:9",
+                titan_api_key="titan_seed",
+                strategy="download",
+                s3_bucket=bucket,
+                s3_endpoint=tenant_endpoint or s3_endpoint,
+                s3_region="us-east-1",
+                s3_access_key_id="testing",
+                s3_secret_access_key="testing",
+            ),
+        )
+        session.expunge(tenant)
+    bodies = [f"object {n} ".encode() * 8 for n in range(count)]
+    hashes = [hashlib.sha256(body).hexdigest() for body in bodies]
+
+    def put(n: int) -> None:
+        s3.put_object(
+            Bucket=bucket, Key=f"media/{n}.bin", Body=bodies[n], Metadata={"sha256": hashes[n]}
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(count)))
+    when = received_at or utcnow()
+    rows = [
+        Media(
+            tenant_id=tenant.id or 0,
+            session="s1",
+            media_id=f"m{n}",
+            message_type="image",
+            strategy="download",
+            status=Status.ARCHIVED.value,
+            bucket=bucket,
+            object_key=f"media/{n}.bin",
+            sha256=hashes[n],
+            size=len(bodies[n]),
+            received_at=when,
+            archived_at=when,
+            updated_at=when,
+        )
+        for n in range(count)
+    ]
+    with session_scope(engine) as session:
+        session.add_all(rows)
+        session.flush()
+        pks = [r.pk or 0 for r in rows]
+    return Seeded(tenant, bucket, pks)
