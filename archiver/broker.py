@@ -251,7 +251,7 @@ def rows_in_broker(
         stale: set[bytes] = set()
         if abandoned_after is not None:
             before = time.time() - abandoned_after
-            stale = set(client.zrangebyscore(_UNACKED_INDEX, "-inf", before))
+            stale = set(cast("list[bytes]", client.zrangebyscore(_UNACKED_INDEX, "-inf", before)))
         abandoned = 0
         cursor = 0
         while True:

@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -131,7 +131,7 @@ def test_the_sweeper_reads_which_rows_the_broker_holds_waiting_or_delivered(brok
             assert rows_in_broker(broker) == expected
             # Unless it was delivered so long ago that its worker must be gone (kill -9).
             assert rows_in_broker(broker, abandoned_after=60) == expected
-            (tag,) = client.zrange("unacked_index", 0, -1)
+            (tag,) = cast("list[bytes]", client.zrange("unacked_index", 0, -1))
             client.zadd("unacked_index", {tag: time.time() - 61})
             assert rows_in_broker(broker, abandoned_after=60) == expected - {99}
             assert rows_in_broker(broker) == expected
