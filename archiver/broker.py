@@ -150,12 +150,12 @@ def workers(app: Celery, *, timeout: float = 1.5) -> list[LiveWorker]:
     return found
 
 
-def queue_depths(app: Celery) -> dict[str, int]:
+def queue_depths(app: Celery, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
     """Messages waiting in each archive queue (Redis or RabbitMQ); 0 for one not yet declared."""
     depths: dict[str, int] = {}
     try:
         with app.connection_for_read() as conn:
-            for queue in QUEUES:
+            for queue in queues:
                 # A passive declare of a missing queue closes the AMQP channel: one per queue.
                 try:
                     with conn.channel() as channel:

@@ -34,7 +34,7 @@ from sqlalchemy import Engine, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
-from archiver import audit
+from archiver import audit, renditions
 from archiver.buckets import key_in_bucket
 from archiver.db import session_scope
 from archiver.tables import Media, Status, Tenant
@@ -296,7 +296,8 @@ def _versioned(s3: Any, bucket: str) -> bool:
 def _delete_objects(
     s3: Any, tenant: Tenant, versioned: dict[str, bool], row: Media
 ) -> tuple[int, str | None]:
-    """Delete every version of the row's object (and an unfinished upload): (versions
+    """Delete every version of the row's object and its renditions (and an unfinished
+    upload): (versions
     deleted, None), or (0, the error) if the bucket refused: the row then stays so the
     erasure can be rerun. Runs in the erasure's threads: it touches no shared state."""
     place = _location(tenant, row)
@@ -307,11 +308,16 @@ def _delete_objects(
         if row.upload_id:
             with suppress(ClientError):  # already completed or aborted
                 s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=row.upload_id)
-        if not versioned.get(bucket, True):
-            # Never versioned: the key has one object, and one delete removes it for good.
-            s3.delete_object(Bucket=bucket, Key=key)
-            return 1, None
-        return _delete_versions(s3, bucket, key), None
+        deleted = 0
+        # The original and its renditions (thumbnail, m4a), which sit beside it.
+        for each in [key, *renditions.keys(row.renditions)]:
+            if not versioned.get(bucket, True):
+                # Never versioned: the key has one object, and one delete removes it for good.
+                s3.delete_object(Bucket=bucket, Key=each)
+                deleted += 1
+            else:
+                deleted += _delete_versions(s3, bucket, each)
+        return deleted, None
     except (ClientError, BotoCoreError) as exc:
         reason = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else ""
         message = f"{bucket}/{key}: {reason or type(exc).__name__}"

@@ -29,3 +29,13 @@ def size(value: int | None) -> str:
             return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
         amount /= 1024
     return f"{amount:.1f} TB"
+
+
+def clock(seconds: float | None) -> str:
+    """A media length as a player shows it: ``0:04`` / ``12:30`` / ``1:02:03``."""
+    if seconds is None:
+        return DASH
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -309,6 +309,11 @@ _INFO_COLUMNS = (
     "is_group",
     "from_me",
     "sender_name",
+    "width",
+    "height",
+    "duration_seconds",
+    "pages",
+    "renditions",
 )
 
 

@@ -16,12 +16,18 @@ from celery import Celery
 from sqlalchemy import Engine, and_, func, or_, update
 from sqlmodel import Session, col, select
 
-from archiver import fairness, lifecycle
-from archiver.broker import SCAN_LIMIT, publish_archive, queue_depth, rows_in_broker
+from archiver import fairness, lifecycle, render_requests
+from archiver.broker import (
+    SCAN_LIMIT,
+    publish_archive,
+    queue_depth,
+    queue_depths,
+    rows_in_broker,
+)
 from archiver.db import session_scope
 from archiver.errors import Unavailable
 from archiver.pauses import in_paused_session, paused_ids
-from archiver.queue import queue_for
+from archiver.queue import RENDER_QUEUE, queue_for
 from archiver.settings import Settings
 from archiver.tables import PENDING, Media, Status, utcnow
 
@@ -303,4 +309,23 @@ def retry_failed(
         publish_rows(engine, app, settings, chunk)
         if progress is not None:
             progress(len(chunk))
+    return len(pks)
+
+
+def reask_renders(
+    engine: Engine, app: Celery, settings: Settings, *, now: datetime, limit: int = 1000
+) -> int:
+    """Ask again for renders asked more than ``ARCHIVER_STUCK_AFTER_SECONDS`` ago and never
+    made, once the render queue has drained (while it holds messages they may be among
+    them); return how many. A render asked twice is made twice, harmlessly."""
+    if queue_depths(app, (RENDER_QUEUE,))[RENDER_QUEUE]:
+        return 0
+    before = now - timedelta(seconds=settings.stuck_after_seconds)
+    with session_scope(engine) as session:
+        pks = render_requests.stale(session, before=before, limit=limit)
+        render_requests.touch(session, pks=pks, now=now)
+    for pk in pks:
+        render_requests.publish_render(app, pk=pk)
+    if pks:
+        log.info("sweeper asked again for %d renditions never made", len(pks))
     return len(pks)

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from archiver.errors import ConfigError
 from archiver.object_keys import DEFAULT_TEMPLATE, validate_template
-from archiver.queue import QUEUES
+from archiver.queue import QUEUES, RENDER_QUEUE
 from archiver.secrets_box import SecretBox
 
 MiB = 1024 * 1024
@@ -100,9 +100,10 @@ class Settings(BaseSettings):
     @classmethod
     def _queues(cls, value: str) -> str:
         names = [name.strip() for name in value.split(",") if name.strip()]
-        unknown = sorted(set(names) - set(QUEUES))
+        known = (*QUEUES, RENDER_QUEUE)
+        unknown = sorted(set(names) - set(known))
         if not names or unknown:
-            raise ValueError(f"must list queues among {', '.join(QUEUES)} (got {value!r})")
+            raise ValueError(f"must list queues among {', '.join(known)} (got {value!r})")
         return ",".join(names)
 
     @property

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from archiver import renditions as derived
 from archiver.tables import ApiKey, Media, Status, Tenant
 
 MASK: Final = "********"
@@ -34,6 +35,14 @@ class Shape(BaseModel):
     def doc(self) -> dict[str, Any]:
         """The JSON object as Python values (for the CLI's ``json.dumps`` and CSV)."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+class RenditionInfo(Shape):
+    """One derived file of a media item, kept in the tenant's bucket beside the original."""
+
+    kind: Literal["thumbnail", "audio"]
+    mime_type: str = Field(alias="mimeType")
+    size: int
 
 
 class MediaInfo(Shape):
@@ -73,6 +82,19 @@ class MediaInfo(Shape):
     is_group: bool | None = Field(alias="isGroup")
     from_me: bool | None = Field(alias="fromMe", description="Sent by the business's own number")
     sender_name: str | None = Field(alias="senderName", description="The sender's pushName")
+    width: int | None = Field(
+        description="Pixels across, as shown (image, sticker, video), once rendered"
+    )
+    height: int | None = Field(description="Pixels down, as shown")
+    duration_seconds: float | None = Field(
+        alias="durationSeconds", description="Length of a video or audio file"
+    )
+    pages: int | None = Field(description="Pages of a PDF")
+    renditions: list[RenditionInfo] = Field(
+        description="Derived files beside the original: thumbnail (image/webp: an image's, a "
+        "video's poster frame, a PDF's first page) and audio (audio/mp4: AAC of an Ogg voice "
+        "note); GET .../thumbnail or .../content?rendition=KIND redirects to one",
+    )
 
     @classmethod
     def of(cls, row: Media, *, tenant: str) -> MediaInfo:
@@ -108,6 +130,11 @@ class MediaInfo(Shape):
             from_me=row.from_me,
             sender_name=row.sender_name,
             voice_note=row.voice_note,
+            width=row.width,
+            height=row.height,
+            duration_seconds=row.duration_seconds,
+            pages=row.pages,
+            renditions=[RenditionInfo(**r) for r in derived.public(row.renditions)],
         )
 
 
@@ -286,6 +313,9 @@ class TenantView(Shape):
     capture_types: list[str] | None = Field(alias="captureTypes", description="null: every type")
     capture_max_bytes: int | None = Field(alias="captureMaxBytes")
     delete_revoked: bool = Field(alias="deleteRevoked")
+    renditions: bool = Field(
+        description="Thumbnails, posters, durations and m4a audio are made after archiving"
+    )
     retention_days: int | None = Field(alias="retentionDays", description="null: kept forever")
     notify_url: str | None = Field(alias="notifyUrl")
     notify_secret: Literal["********"] | None = Field(alias="notifySecret")
@@ -314,6 +344,7 @@ class TenantView(Shape):
             capture_types=tenant.capture_types.split(",") if tenant.capture_types else None,
             capture_max_bytes=tenant.capture_max_bytes,
             delete_revoked=tenant.delete_revoked,
+            renditions=tenant.renditions,
             retention_days=tenant.retention_days,
             notify_url=tenant.notify_url,
             notify_secret=MASK if tenant.notify_secret_enc else None,

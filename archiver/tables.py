@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     Text,
@@ -62,6 +63,12 @@ class Status(StrEnum):
 
 
 PENDING = (Status.QUEUED, Status.RETRYING)
+
+
+class RenderState(StrEnum):
+    PENDING = "pending"  # asked for (at archiving, or by `media render`), not made yet
+    DONE = "done"  # renditions made (or nothing to make for this file)
+    FAILED = "failed"  # the file could not be read as its type; the archive stands
 
 
 class Tenant(SQLModel, table=True):
@@ -116,6 +123,10 @@ class Tenant(SQLModel, table=True):
     )
     # Rows and objects older than this many days are deleted by the beat (NULL: kept).
     retention_days: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    # Thumbnails, posters and playable audio are made after archiving (worker/render.py).
+    renditions: bool = Field(
+        default=True, sa_column=Column(Boolean, nullable=False, server_default=true())
+    )
     # Where media.archived / media.failed events are POSTed (Standard Webhooks signed).
     notify_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     notify_secret_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -190,6 +201,13 @@ class Media(SQLModel, table=True):
             postgresql_ops={"mime_type": "text_pattern_ops"},
         ),
         Index("ix_media_status_lease", "status", "lease_until"),
+        # Renders asked for and not made yet, oldest first (the sweeper re-asks).
+        Index(
+            "ix_media_render_pending",
+            "updated_at",
+            postgresql_where=text("render_state = 'pending'"),
+            sqlite_where=text("render_state = 'pending'"),
+        ),
         # No index covers queued_at: the receiver's mark after each publish stays a
         # heap-only update (migration 0011).
         # The dashboard's archive rate. Partial: rows arrive with archived_at NULL, so the
@@ -252,6 +270,15 @@ class Media(SQLModel, table=True):
     )
     revoked_at: datetime | None = _time()  # the sender revoked or deleted the message
     revoked_by: str | None = Field(default=None, max_length=32)  # the event that said so
+    # What the renditions found (archiver/renditions.py), the renditions themselves (JSON),
+    # and where making them stands (RenderState; NULL: never asked, e.g. archived before).
+    width: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    height: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    duration_seconds: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    pages: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    renditions: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    render_state: str | None = Field(default=None, max_length=16)
+    render_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class NotificationState(StrEnum):

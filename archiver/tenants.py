@@ -264,6 +264,7 @@ class PolicyChanges:
     capture_types: str | None = None  # "image,video"; "" for every type
     capture_max_bytes: int | None = None  # 0: no cap
     delete_revoked: bool | None = None
+    renditions: bool | None = None
     retention_days: int | None = None  # 0: kept forever
     notify_url: str | None = None  # "": no notifications
     notify_secret: str | None = None  # whsec_...; a new one is made when a URL is first set
@@ -290,7 +291,14 @@ def update_policy(
         if not 0 <= changes.retention_days <= 36500:
             raise PayloadError("retention-days must be between 1 and 36500 (0: kept forever)")
         tenant.retention_days = changes.retention_days or None
-    for name in ("capture_outgoing", "capture_status", "capture_groups", "delete_revoked"):
+    toggles = (
+        "capture_outgoing",
+        "capture_status",
+        "capture_groups",
+        "delete_revoked",
+        "renditions",
+    )
+    for name in toggles:
         value = getattr(changes, name)
         if value is not None:
             setattr(tenant, name, value)

@@ -147,6 +147,14 @@ def _run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> 
         say(f"receiver on {receiver.url}")
         worker_argv = processes.worker_argv(2, isolated=False, beat=root / "celerybeat-schedule")
         stack.add(processes.start_process("worker", worker_argv, env, log_dir=logs))
+        # Renditions (thumbnails, posters, m4a) in a pool of their own, as the Procfile's.
+        render_env = {
+            **env,
+            "ARCHIVER_WORKER_QUEUES": "render",
+            "ARCHIVER_WORKER_METRICS_PORT": str(free_port()),
+        }
+        render_argv = [*processes.worker_argv(1, isolated=False), "-n", "render@%h"]
+        stack.add(processes.start_process("render", render_argv, render_env, log_dir=logs))
         say(
             "worker started, metrics on "
             f"http://127.0.0.1:{env['ARCHIVER_WORKER_METRICS_PORT']}/metrics; "

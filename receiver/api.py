@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from archiver import audit, figures, pauses
+from archiver import audit, figures, pauses, renditions
 from archiver import query as queries
 from archiver.api_keys import tenant_for_key
 from archiver.buckets import key_in_bucket, presign_get
@@ -194,8 +194,13 @@ async def content(request: Request) -> Response:
 
 def _content(res: Resources, request: Request) -> Response:
     row, tenant = _one(res, request)
+    kind = request.query_params.get("rendition")
+    if kind is not None and kind not in renditions.KINDS:
+        raise PayloadError(f"rendition: must be one of {', '.join(renditions.KINDS)}")
     if row.status != Status.ARCHIVED:
         raise ApiError(409, f"not archived yet (status {row.status})")
+    if kind is not None:
+        return _rendition(res, row, tenant, kind)
     key = row.object_key
     if key is None and row.s3_url:
         key = key_in_bucket(row.s3_url, bucket=tenant.s3_bucket)
@@ -207,6 +212,32 @@ def _content(res: Resources, request: Request) -> Response:
         key=key,
         ttl=res.settings.presign_ttl_seconds,
         mime_type=row.mime_type,
+    )
+    return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+
+
+async def thumbnail(request: Request) -> Response:
+    return await _answer(request, _thumbnail)
+
+
+def _thumbnail(res: Resources, request: Request) -> Response:
+    row, tenant = _one(res, request)
+    if row.status != Status.ARCHIVED:
+        raise ApiError(409, f"not archived yet (status {row.status})")
+    return _rendition(res, row, tenant, renditions.THUMBNAIL)
+
+
+def _rendition(res: Resources, row: Media, tenant: Tenant, kind: str) -> Response:
+    found = renditions.find(row.renditions, kind)
+    if found is None:
+        state = row.render_state or "not asked"
+        raise ApiError(404, f"no {kind} rendition (render {state})")
+    url = presign_get(
+        res.s3.get(tenant),
+        bucket=row.bucket or tenant.s3_bucket,
+        key=found.key,
+        ttl=res.settings.presign_ttl_seconds,
+        mime_type=found.mime_type,
     )
     return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 

@@ -151,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/api/media", api.list_media),
             # Media ids are opaque and may hold "/": match them as paths.
             Route("/api/media/{id:path}/content", api.content),
+            Route("/api/media/{id:path}/thumbnail", api.thumbnail),
             Route("/api/media/{id:path}", api.get_media),
             Route("/api/stats", api.stats),
             Route("/api/admin/erase", api.erase, methods=["POST"]),

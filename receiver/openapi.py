@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from archiver.names import MAX_ID_LEN, SESSION_RE
 from archiver.query import FILTERS
+from archiver.renditions import KINDS as RENDITION_KINDS
 from archiver.shapes import API_SHAPES
 
 
@@ -127,7 +128,27 @@ def document() -> dict[str, Any]:
             ),
             "/api/media/{id}/content": _get(
                 "getMediaContent",
-                "Redirect to a short-lived presigned URL of the archived file",
+                "Redirect to a short-lived presigned URL of the archived file, or of one of "
+                "its renditions",
+                [
+                    ID_PARAM,
+                    TENANT_PARAM,
+                    _param(
+                        "rendition",
+                        {"type": "string", "enum": list(RENDITION_KINDS)},
+                        "A rendition instead of the original (see MediaInfo.renditions); "
+                        "404 while the file has none of that kind.",
+                    ),
+                ],
+                {
+                    "307": {"description": "Location is a presigned GET URL (never stored)."},
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
+            ),
+            "/api/media/{id}/thumbnail": _get(
+                "getMediaThumbnail",
+                "Redirect to a presigned URL of the file's thumbnail (image/webp, about 320 px "
+                "on the long side: an image's, a video's poster frame, a PDF's first page)",
                 [ID_PARAM, TENANT_PARAM],
                 {
                     "307": {"description": "Location is a presigned GET URL (never stored)."},

@@ -28,7 +28,7 @@ def procfile() -> dict[str, str]:
 
 
 def test_procfile_has_the_processes_the_product_needs() -> None:
-    assert {"release", "web", "worker", "beat"} <= set(procfile())
+    assert {"release", "web", "worker", "render", "beat"} <= set(procfile())
 
 
 def test_procfile_web_serves_the_receiver_factory_on_port() -> None:
@@ -40,11 +40,14 @@ def test_procfile_web_serves_the_receiver_factory_on_port() -> None:
 
 
 def test_procfile_worker_points_at_the_celery_app_module() -> None:
-    for name in ("worker", "beat"):
+    for name in ("worker", "render", "beat"):
         argv = [a for a in shlex.split(procfile()[name]) if a != "env" and "=" not in a]
         assert argv[:3] == ["celery", "-A", "worker.celery_app"]
     # SIGTERM must start Celery's time-bounded soft shutdown, not an unbounded warm one.
     assert "REMAP_SIGTERM=SIGQUIT" in procfile()["worker"]
+    assert "REMAP_SIGTERM=SIGQUIT" in procfile()["render"]
+    # The render pool consumes only its queue: rendering never takes an archive slot.
+    assert "ARCHIVER_WORKER_QUEUES=render" in procfile()["render"]
     assert (ROOT / "worker" / "celery_app.py").exists()
 
 
@@ -136,12 +139,13 @@ def test_compose_file_parses_and_runs_real_commands() -> None:
     (compose,) = _yaml_documents(ROOT / "deploy" / "compose.yaml")
     services = compose["services"]
     assert {"postgres", "redis", "minio", "web", "worker"} <= set(services)
-    for name in ("release", "worker", "beat"):
+    for name in ("release", "worker", "render", "beat"):
         _check_command(shlex.split(services[name]["command"]))
+    assert "-Q render" in services["render"]["command"]
     # Only the web container runs the HTTP server the image's HEALTHCHECK asks.
-    for name in ("release", "worker", "worker-large", "beat"):
+    for name in ("release", "worker", "worker-large", "render", "beat"):
         assert services[name]["healthcheck"] == {"disable": True}, name
-    for name in ("worker", "worker-large"):
+    for name in ("worker", "worker-large", "render"):
         worker = services[name]
         assert worker["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
         # Longer than the workers' shutdown grace (25 s), so transfers are not cut at 10 s.
@@ -153,19 +157,21 @@ def test_every_worker_start_takes_a_node_name_of_its_own() -> None:
     """Two workers on one host must not share Celery's default node name (celery@host): on
     RabbitMQ the second dies at start (tests/test_rabbitmq.py runs the Procfile's twice)."""
     assert "-n worker-$$@%h" in procfile()["worker"]
-    unit = (ROOT / "deploy/systemd/titan-archiver-worker.service").read_text()
-    assert " -n %N@%H " in unit
+    assert "-n render-$$@%h" in procfile()["render"]
+    for name in ("worker", "render"):
+        unit = (ROOT / f"deploy/systemd/titan-archiver-{name}.service").read_text()
+        assert " -n %N@%H " in unit
 
 
 def test_systemd_units_run_real_commands() -> None:
     units = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
-    assert len(units) == 3
+    assert len(units) == 4
     for unit in units:
         lines = unit.read_text().splitlines()
         for line in lines:
             if line.startswith(("ExecStart=", "ExecStartPre=")):
                 _check_command(shlex.split(line.split("=", 1)[1]))
-        if "worker" in unit.name:
+        if "worker" in unit.name or "render" in unit.name:
             assert "Environment=REMAP_SIGTERM=SIGQUIT" in lines
 
 
@@ -224,6 +230,7 @@ def test_kustomize_renders_restricted_probed_sized_pods_that_migrate_each_releas
         "titan-archiver-web",
         "titan-archiver-worker",
         "titan-archiver-worker-large",
+        "titan-archiver-render",
         "titan-archiver-beat",
     }
     for name, deployment in deployments.items():

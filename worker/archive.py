@@ -11,11 +11,11 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from archiver import audit, fairness, lifecycle, notify, pauses, redrive, tracing
+from archiver import audit, fairness, lifecycle, notify, pauses, redrive, renditions, tracing
 from archiver.db import session_scope, transactional
 from archiver.errors import NotFound, PermanentError, TenantError, TransientError, Unavailable
 from archiver.object_keys import object_key
-from archiver.tables import Media, Strategy, Tenant, utcnow
+from archiver.tables import Media, RenderState, Strategy, Tenant, utcnow
 from worker.backoff import horizon, next_attempt, retry_delay
 from worker.resources import WorkerResources
 from worker.storage import abort_stale_uploads, abort_upload, put_stream
@@ -33,6 +33,7 @@ class Result:
     retry_in: float | None = None
     size: int | None = None  # bytes archived
     seconds: float | None = None  # duration of the transfer that archived it
+    render: bool = False  # archived and asked for its renditions (the render queue's task)
 
 
 def archive_row(res: WorkerResources, pk: int) -> Result:
@@ -239,6 +240,13 @@ def _archive(res: WorkerResources, row: Media) -> Result:
             titan.exhausted = False
             _hold(res, tenant, fairness.EXHAUSTED_HOLD, "titan's rate limit window is used up")
     now = utcnow()
+    render = (
+        tenant.renditions
+        and outcome.get("object_key") is not None
+        and renditions.renderable(row.message_type, row.mime_type)
+    )
+    if render:
+        outcome = {**outcome, "render_state": RenderState.PENDING.value}
     # A tenant with a notification endpoint gets its event in the same transaction.
     engine = transactional(res.engine) if tenant.notify_url else res.engine
     with tracing.span("record archived"), session_scope(engine) as session:
@@ -260,7 +268,7 @@ def _archive(res: WorkerResources, row: Media) -> Result:
             "durationMs": round(seconds * 1000, 1),
         },
     )
-    return Result("archived", size=outcome.get("size"), seconds=seconds)
+    return Result("archived", size=outcome.get("size"), seconds=seconds, render=render)
 
 
 def _hold(res: WorkerResources, tenant: Tenant, wait: timedelta, why: str) -> None:

@@ -44,6 +44,8 @@ class _Meters:
     deleted_rows: Any
     deleted_objects: Any
     notifications: Any
+    renders: Any
+    rendition_bytes: Any
 
 
 _meters: _Meters | None = None
@@ -79,6 +81,18 @@ def record_notification(outcome: str) -> None:
     """Count one notification attempt: delivered, retrying or failed."""
     if _meters is not None:
         _meters.notifications.labels(outcome=outcome).inc()
+
+
+def record_render(outcome: str, made: list[tuple[str, int]]) -> None:
+    """Count one render task: each rendition it made (kind, bytes), or, making none, its
+    outcome with an empty kind (done: nothing to make, failed, retrying)."""
+    if _meters is None:
+        return
+    if not made:
+        _meters.renders.labels(outcome=outcome, kind="").inc()
+    for kind, size in made:
+        _meters.renders.labels(outcome=outcome, kind=kind).inc()
+        _meters.rendition_bytes.labels(kind=kind).inc(size)
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -156,6 +170,17 @@ def start(settings: Settings, celery: Celery) -> bool:
             "Notification deliveries by outcome (delivered, retrying, failed)",
             ["outcome"],
             registry=None,
+        ),
+        renders=Counter(
+            "archiver_renditions_total",
+            "Renditions made (outcome done, kind: thumbnail, audio), and render tasks without "
+            "one (kind empty; outcome done: nothing to make, failed: the file is unreadable, "
+            "retrying: the bucket failed)",
+            ["outcome", "kind"],
+            registry=None,
+        ),
+        rendition_bytes=Counter(
+            "archiver_rendition_bytes_total", "Bytes of renditions written", ["kind"], registry=None
         ),
     )
     engine = make_engine(settings.database_url)

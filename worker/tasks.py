@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from typing import Any
 
 from celery import Celery, Task
@@ -18,15 +19,18 @@ from archiver.queue import (
     DISPATCH_TASK,
     PROBE_TASK,
     QUEUES,
+    RENDER_TASK,
     RETENTION_TASK,
     SWEEP_TASK,
 )
-from archiver.redrive import dispatch, sweep
+from archiver.redrive import dispatch, reask_renders, sweep
+from archiver.render_requests import publish_render
 from archiver.retention import retention_pass
 from archiver.settings import Settings
 from archiver.tables import utcnow
 from worker import metrics
 from worker.archive import Result, archive_rows
+from worker.renderer import render_row
 from worker.resources import resources
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,11 @@ def register(app: Celery, settings: Settings) -> None:
             raise task.retry(countdown=settings.retry_base_seconds, max_retries=None) from exc
         for pk, result in results:
             metrics.record(result.outcome, queue=queue, size=result.size, seconds=result.seconds)
+            if result.render:
+                # Best effort: a lost ask is asked again by the sweeper; never the archive's
+                # failure.
+                with suppress(Unavailable):
+                    publish_render(app, pk=pk)
             if result.outcome == "busy" and result.retry_in is not None:
                 # Another worker holds the lease: look again when it ends (at most a lease
                 # away). A retrying row waits on the row instead: the dispatcher publishes it
@@ -83,6 +92,19 @@ def register(app: Celery, settings: Settings) -> None:
             log.error("archive_batch: malformed arguments %r; dropped", pks)
             return []
         return [result.outcome for _, result in run(self, pks)]
+
+    @app.task(name=RENDER_TASK, bind=True, ignore_result=True)
+    def render_media(self: Task[Any, Any], pk: Any) -> str:
+        if not isinstance(pk, int):
+            log.error("render_media: malformed argument %r; dropped", pk)
+            return "skipped"
+        try:
+            rendered = render_row(resources(settings, app), pk)
+        except Unavailable as exc:
+            metrics.record_render("retrying", [])
+            raise self.retry(countdown=settings.retry_base_seconds, max_retries=None) from exc
+        metrics.record_render(rendered.outcome, rendered.made)
+        return rendered.outcome
 
     @app.task(name=DISPATCH_TASK, ignore_result=True)
     def dispatch_due() -> int:
@@ -108,4 +130,7 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_stuck() -> int:
-        return sweep(resources(settings, app).engine, app, settings).total
+        engine = resources(settings, app).engine
+        report = sweep(engine, app, settings)
+        reask_renders(engine, app, settings, now=utcnow())
+        return report.total

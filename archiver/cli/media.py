@@ -7,12 +7,13 @@ import csv
 import itertools
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
 
-from archiver import audit, lifecycle
+from archiver import audit, lifecycle, render_requests
 from archiver import query as queries
 from archiver.broker import make_celery, publish_archive
 from archiver.buckets import TenantS3Clients
@@ -157,6 +158,73 @@ def media_requeue(stuck: bool) -> None:
             }
         )
     )
+
+
+@media.command("render")
+@click.option(
+    "--missing", is_flag=True, required=True, help="Rows archived without their renditions."
+)
+@click.option("--tenant", default=None, help="Only this tenant's rows.")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    default=0.0,
+    type=click.FloatRange(0),
+    help="Then follow the render workers for up to this many seconds (a second bar).",
+)
+@friendly
+def media_render(missing: bool, tenant: str | None, wait_seconds: float) -> None:
+    """Ask the render workers (Procfile: render) for the thumbnails, posters, durations and
+    m4a audio of rows archived before renditions existed or while they were off."""
+    settings = current_settings()
+    engine = make_engine(settings.database_url)
+    app = make_celery(settings)
+    try:
+        with session_scope(engine) as session:
+            tenant_id = get_tenant(session, name=tenant).id if tenant else None
+            total = render_requests.missing_count(session, tenant_id=tenant_id)
+        asked, after = 0, 0
+        with click.progressbar(length=total, label="asking for renditions", file=sys.stderr) as bar:
+            while True:
+                with session_scope(engine) as session:
+                    pks = render_requests.ask_missing(
+                        session, tenant_id=tenant_id, after_pk=after, limit=500, now=utcnow()
+                    )
+                if not pks:
+                    break
+                for pk in pks:
+                    render_requests.publish_render(app, pk=pk)
+                asked += len(pks)
+                after = pks[-1]
+                bar.update(len(pks))
+        left = _follow_renders(engine, tenant_id, asked, wait_seconds) if wait_seconds else None
+        with session_scope(engine) as session:
+            audit.record_cli(
+                session, "media.render", tenant_id=tenant_id, tenant=tenant, detail={"asked": asked}
+            )
+    finally:
+        app.close()
+        engine.dispose()
+    answer: dict[str, int] = {"asked": asked}
+    if left is not None:
+        answer["pending"] = left
+    click.echo(json.dumps(answer))
+
+
+def _follow_renders(engine: Any, tenant_id: int | None, asked: int, seconds: float) -> int:
+    """A bar of renders done until none is pending or ``seconds`` pass; how many are left."""
+    deadline = time.monotonic() + seconds
+    done = 0
+    with click.progressbar(length=asked, label="rendering", file=sys.stderr) as bar:
+        while True:
+            with session_scope(engine) as session:
+                left = render_requests.pending_count(session, tenant_id=tenant_id)
+            now_done = max(0, asked - left)
+            bar.update(now_done - done)
+            done = now_done
+            if left == 0 or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.5)
 
 
 @media.command("failed")

@@ -171,6 +171,11 @@ def tenants_add(name: str, no_check: bool, **options: Any) -> None:
     help="Erase the object and row of a message its sender revoked or deleted. Default: keep.",
 )
 @click.option(
+    "--renditions/--no-renditions",
+    default=None,
+    help="Make thumbnails, video posters, durations and m4a audio after archiving. Default: on.",
+)
+@click.option(
     "--retention-days",
     type=click.IntRange(0, 36500),
     default=None,
@@ -201,6 +206,7 @@ def tenants_update(name: str, no_check: bool, **options: Any) -> None:
         capture_types=options.pop("capture_types"),
         capture_max_bytes=_size(options.pop("capture_max_size")),
         delete_revoked=options.pop("delete_revoked"),
+        renditions=options.pop("renditions"),
         retention_days=options.pop("retention_days"),
         notify_url=options.pop("notify_url"),
         notify_secret=read_secret("--notify-secret", options, stdin_used=stdin),

@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from archiver import audit, figures, humanize, pauses
+from archiver import audit, figures, humanize, pauses, renditions
 from archiver import query as queries
 from archiver.api_keys import active_key, key_for
 from archiver.buckets import key_in_bucket, presign_get
@@ -84,6 +84,7 @@ class NotSignedIn(Exception):
 
 human_bytes = humanize.size
 human_age = humanize.age
+human_duration = humanize.clock
 
 
 def _when(value: datetime | None) -> str:
@@ -134,6 +135,8 @@ class Dashboard:
         self._env.filters["when"] = _when
         self._env.filters["title"] = title
         self._env.filters["conversation"] = conversation
+        self._env.filters["rendition"] = lambda row, kind: renditions.find(row.renditions, kind)
+        self._env.filters["duration"] = human_duration
 
     def routes(self) -> list[BaseRoute]:
         signed_in = self._signed_in
@@ -415,13 +418,20 @@ class Dashboard:
             if row.status != Status.ARCHIVED or key is None:
                 return Response("not archived in this tenant's bucket", status_code=404)
             download = request.query_params.get("download") == "1"
+            mime_type = None if download else row.mime_type  # None: always an attachment
+            kind = request.query_params.get("rendition")
+            if kind is not None:
+                found = renditions.find(row.renditions, kind)
+                if found is None:
+                    return Response(f"no {kind[:32]} rendition", status_code=404)
+                key, mime_type = found.key, found.mime_type
             url = presign_get(
                 res.s3.get(tenant),
                 bucket=row.bucket or tenant.s3_bucket,
                 key=key,
                 ttl=self._settings.presign_ttl_seconds,
-                mime_type=None if download else row.mime_type,  # None: always an attachment
-                filename=row.filename,
+                mime_type=mime_type,
+                filename=row.filename if kind is None else None,
             )
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 

@@ -1,0 +1,176 @@
+"""The render task's logic: read an archived file from the tenant's bucket by ranged GETs,
+make its renditions (worker/render.py), put them beside the original, record them on the row.
+
+Nothing here can fail or delay the archive: the row is archived before it is asked to
+render, a file that cannot be read ends ``render_state`` failed (the archive stands), and a
+bucket that fails leaves the row pending for the sweeper to ask again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from archiver import renditions
+from archiver.db import session_scope
+from archiver.errors import NotFound
+from archiver.renditions import Rendition
+from archiver.tables import Media, RenderState, Status, utcnow
+from worker.ranged_reader import RangedReader
+from worker.render import Made, Unreadable, render
+from worker.resources import WorkerResources
+
+log = logging.getLogger(__name__)
+MAX_ERROR_LEN = 500
+READ_BUFFER = 256 * 1024  # decoders read small pieces; the reader fetches 1 MiB blocks
+
+
+@dataclass
+class Rendered:
+    outcome: str  # done, failed, retrying, skipped
+    detail: str = ""
+    made: list[tuple[str, int]] = field(default_factory=list)  # (kind, bytes)
+    fetched: int = 0  # bytes of the original read from the bucket
+    seconds: float = 0.0
+
+
+def render_row(res: WorkerResources, pk: int) -> Rendered:
+    started = time.monotonic()
+    with session_scope(res.engine) as session:
+        row = session.exec(select(Media).where(col(Media.pk) == pk)).one_or_none()
+        if row is not None:
+            session.expunge(row)
+    if row is None or row.status != Status.ARCHIVED.value or not row.object_key or not row.bucket:
+        return Rendered("skipped", "not an archived object")
+    if row.render_state != RenderState.PENDING.value:
+        return Rendered("skipped", f"render {row.render_state or 'not asked'}")
+    try:
+        tenant, _ = res.tenant(row.tenant_id)
+    except NotFound:
+        return Rendered("skipped", "tenant no longer exists")
+    if not tenant.renditions:
+        _record(res, row, made=Made(), keys=[], state=RenderState.DONE, error="renditions off")
+        return Rendered("skipped", "renditions are off for the tenant")
+    s3 = res.s3.get(tenant)
+    reader = RangedReader(s3, bucket=row.bucket, key=row.object_key, size=_size(s3, row))
+    with tempfile.TemporaryDirectory(prefix="render-") as workdir:
+        try:
+            made = render(
+                io.BufferedReader(reader, READ_BUFFER),
+                message_type=row.message_type,
+                mime_type=row.mime_type,
+                workdir=Path(workdir),
+            )
+        except Unreadable as exc:
+            _record(res, row, made=Made(), keys=[], state=RenderState.FAILED, error=str(exc))
+            log.warning(
+                "rendition failed: %s",
+                exc,
+                extra={"mediaId": row.media_id, "tenant": tenant.name, "outcome": "failed"},
+            )
+            return Rendered("failed", str(exc), fetched=reader.fetched)
+        except (ClientError, BotoCoreError) as exc:
+            return _bucket_failed(row, tenant.name, exc, reader.fetched)
+        try:
+            kept = [_put(s3, row, kind, path) for kind, path in sorted(made.files.items())]
+        except (ClientError, BotoCoreError, OSError) as exc:
+            return _bucket_failed(row, tenant.name, exc, reader.fetched)
+    if not _record(res, row, made=made, keys=kept, state=RenderState.DONE, error=None):
+        # Erased (or re-archived) meanwhile: what was just written belongs to no row.
+        for rendition in kept:
+            s3.delete_object(Bucket=row.bucket, Key=rendition.key)
+        return Rendered("skipped", "the row changed while rendering")
+    seconds = time.monotonic() - started
+    log.info(
+        "renditions made",
+        extra={
+            "mediaId": row.media_id,
+            "tenant": tenant.name,
+            "outcome": "rendered",
+            "renditions": [r.kind for r in kept],
+            "bytes": reader.fetched,
+            "durationMs": round(seconds * 1000, 1),
+        },
+    )
+    return Rendered(
+        "done", made=[(r.kind, r.size) for r in kept], fetched=reader.fetched, seconds=seconds
+    )
+
+
+def _size(s3: Any, row: Media) -> int:
+    if row.size is not None:
+        return row.size
+    return int(s3.head_object(Bucket=row.bucket, Key=row.object_key)["ContentLength"])
+
+
+def _bucket_failed(row: Media, tenant: str, exc: Exception, fetched: int) -> Rendered:
+    # The row stays pending: the sweeper asks again once the render queue has drained.
+    log.warning(
+        "rendition postponed: the bucket failed: %s",
+        exc,
+        extra={"mediaId": row.media_id, "tenant": tenant, "outcome": "retrying"},
+    )
+    return Rendered("retrying", str(exc)[:MAX_ERROR_LEN], fetched=fetched)
+
+
+def _put(s3: Any, row: Media, kind: str, path: Path) -> Rendition:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        for chunk in iter(lambda: source.read(1024 * 1024), b""):
+            digest.update(chunk)
+    sha256 = digest.hexdigest()
+    key = renditions.key_for(row.object_key or "", kind)
+    mime_type = renditions.MIME_TYPES[kind]
+    with path.open("rb") as body:
+        s3.put_object(
+            Bucket=row.bucket,
+            Key=key,
+            Body=body,
+            ContentType=mime_type,
+            Metadata={"sha256": sha256, "rendition-of": row.media_id[:512]},
+        )
+    return Rendition(kind, mime_type, key, path.stat().st_size, sha256)
+
+
+def _record(
+    res: WorkerResources,
+    row: Media,
+    *,
+    made: Made,
+    keys: list[Rendition],
+    state: RenderState,
+    error: str | None,
+) -> bool:
+    """Write what rendering found, if the row still holds the same object; False if not."""
+    now: datetime = utcnow()
+    with session_scope(res.engine) as session:
+        result = session.execute(
+            update(Media)
+            .where(
+                col(Media.pk) == row.pk,
+                col(Media.status) == Status.ARCHIVED.value,
+                col(Media.object_key) == row.object_key,
+            )
+            .values(
+                width=made.width,
+                height=made.height,
+                duration_seconds=made.duration_seconds,
+                pages=made.pages,
+                renditions=renditions.dumps(keys) if keys else None,
+                render_state=state.value,
+                render_error=error[:MAX_ERROR_LEN] if error else None,
+                updated_at=now,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
