@@ -105,9 +105,10 @@ def _cursor(row: Media) -> str:
     return encode_cursor(row.received_at, row.pk)
 
 
-def _tenant_param(request: Request) -> str | None:
-    """The only query parameter these endpoints take; anything else is named in a 400."""
-    unknown = sorted(set(request.query_params) - {"tenant"})
+def _tenant_param(request: Request, *, also: frozenset[str] = frozenset()) -> str | None:
+    """The only query parameter these endpoints take (and ``also``, a route's own); anything
+    else is named in a 400."""
+    unknown = sorted(set(request.query_params) - {"tenant"} - also)
     if unknown:
         raise PayloadError(f"{unknown[0]}: unknown parameter")
     return request.query_params.get("tenant")
@@ -164,9 +165,11 @@ def _page(engine: Engine, scope: Tenant | None, query: MediaQuery) -> MediaPage:
 # -- GET /api/media/{id} and /content -------------------------------------------------------
 
 
-def _one(res: Resources, request: Request) -> tuple[Media, Tenant]:
+def _one(
+    res: Resources, request: Request, *, also: frozenset[str] = frozenset()
+) -> tuple[Media, Tenant]:
     who = _principal(res.engine, _admin_key(res), _bearer(request))
-    scope = _scope(res.engine, who, _tenant_param(request))
+    scope = _scope(res.engine, who, _tenant_param(request, also=also))
     if scope is None:
         raise PayloadError("tenant: the admin key must name the tenant of a media id")
     media_id = request.path_params["id"]
@@ -193,7 +196,7 @@ async def content(request: Request) -> Response:
 
 
 def _content(res: Resources, request: Request) -> Response:
-    row, tenant = _one(res, request)
+    row, tenant = _one(res, request, also=frozenset({"rendition"}))
     kind = request.query_params.get("rendition")
     if kind is not None and kind not in renditions.KINDS:
         raise PayloadError(f"rendition: must be one of {', '.join(renditions.KINDS)}")

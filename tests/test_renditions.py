@@ -1,0 +1,330 @@
+"""Renditions end to end: real receiver, archive and render worker processes, the Titan
+simulator's real sample files, a real S3 endpoint (moto, and Ceph's RADOS Gateway with
+PostgreSQL); each rendition is read back from the bucket and decoded."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import httpx
+import pytest
+import redis
+from PIL import Image
+from sqlmodel import select
+
+from archiver.db import make_engine, session_scope
+from archiver.queue import RENDER_QUEUE
+from archiver.tables import Media
+from devstack import processes, services
+from devstack.fixtures import TenantSetup, add_tenant, process_env, start_web
+from tests.conftest import migrated_database, s3_of
+from titan_simulator.sender import SentMedia, Simulator, post_signed
+
+SAMPLES = ("image", "video", "audio", "document", "sticker")
+
+
+@dataclass
+class Rig:
+    url: str
+    s3_endpoint: str
+    env: dict[str, str]
+    database_url: str
+    sim: Simulator
+    s3: Any
+    tenant: TenantSetup
+    api_key: str
+    procs: list[processes.Process]
+    queue: redis.Redis
+
+    def send(self, item: SentMedia, *, tenant: TenantSetup | None = None) -> None:
+        tenant = tenant or self.tenant
+        with httpx.Client(timeout=30) as client:
+            answer = post_signed(
+                client, f"{self.url}/webhooks/{tenant.name}", tenant.hmac_key, item.envelope
+            )
+        assert answer.status_code == 202, answer.text
+
+    def api(self, path: str, **params: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        return httpx.get(f"{self.url}{path}", headers=headers, params=params, timeout=10)
+
+    def info(self, media_id: str) -> dict[str, Any]:
+        """The media's MediaInfo, as the API gives it to acme's key."""
+        answer = self.api(f"/api/media/{media_id}")
+        assert answer.status_code == 200, answer.text
+        data: dict[str, Any] = answer.json()["data"]
+        return data
+
+    def row(self, media_id: str) -> Media:
+        engine = make_engine(self.database_url)
+        try:
+            with session_scope(engine) as session:
+                found = session.exec(select(Media).where(Media.media_id == media_id)).one()
+                session.expunge(found)
+                return found
+        finally:
+            engine.dispose()
+
+    def wait_rendered(self, media_id: str, state: str = "done", timeout: float = 90) -> Media:
+        processes.wait_until(
+            lambda: self.row(media_id).render_state == state,
+            timeout=timeout,
+            what=f"{media_id} render {state}",
+        )
+        return self.row(media_id)
+
+    def object(self, key: str) -> bytes:
+        return bytes(self.s3.get_object(Bucket=self.tenant.bucket, Key=key)["Body"].read())
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "archiver.cli", *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result
+
+    def render_worker(self, name: str) -> processes.Process:
+        argv = [*processes.worker_argv(concurrency=1), "-n", f"{name}@%h"]
+        proc = processes.start_process(
+            name, argv, {**self.env, "ARCHIVER_WORKER_QUEUES": RENDER_QUEUE}
+        )
+        self.procs.append(proc)
+        return proc
+
+
+@pytest.fixture(
+    scope="module",
+    params=["moto-sqlite", pytest.param("rgw-postgres", marks=[pytest.mark.rgw])],
+)
+def rig(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
+    pg_admin_url: str | None,
+) -> Iterator[Rig]:
+    from archiver.api_keys import issue_key
+    from archiver.tenants import get_tenant
+
+    backend, kind = request.param.split("-")
+    s3_endpoint = s3_of(request, backend)
+    tmp = tmp_path_factory.mktemp("renditions")
+    broker = redis_url.rsplit("/", 1)[0] + "/12"
+    queue = redis.Redis.from_url(broker)
+    queue.flushdb()
+    with migrated_database(kind, tmp, pg_admin_url) as database_url:
+        env = process_env(
+            database_url, broker, ARCHIVER_STUCK_AFTER_SECONDS="2", ARCHIVER_LEASE_SECONDS="5"
+        )
+        web = start_web("rend", env)
+        procs = [
+            *web.procs,
+            processes.start_process("rend-worker", processes.worker_argv(concurrency=2), env),
+        ]
+        sim = Simulator(web.sim_url)
+        tenant = add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name="acme")
+        engine = make_engine(database_url)
+        with session_scope(engine) as session:
+            api_key = issue_key(session, tenant_id=get_tenant(session, name="acme").id or 0)
+        engine.dispose()
+        world = Rig(
+            web.receiver_url,
+            s3_endpoint,
+            env,
+            database_url,
+            sim,
+            services.s3_client(s3_endpoint),
+            tenant,
+            api_key,
+            procs,
+            queue,
+        )
+        world.render_worker("rend-render")
+        try:
+            yield world
+        finally:
+            for proc in reversed(world.procs):
+                proc.stop()
+            sim.close()
+            queue.flushdb()
+            queue.close()
+
+
+def _sample(rig: Rig, kind: str) -> SentMedia:
+    return rig.sim.make_media(account="acme", message_type=kind, size=0, sample=True)
+
+
+def test_each_sample_is_archived_then_rendered_and_every_rendition_decodes(rig: Rig) -> None:
+    items = {kind: _sample(rig, kind) for kind in SAMPLES}
+    for item in items.values():
+        rig.send(item)
+    rows = {kind: rig.wait_rendered(item.media_id) for kind, item in items.items()}
+    for kind, row in rows.items():
+        assert row.status == "archived" and row.sha256 == items[kind].sha256, kind
+
+    def thumbnail(kind: str) -> Image.Image:
+        doc = rig.info(items[kind].media_id)
+        (entry,) = [r for r in doc["renditions"] if r["kind"] == "thumbnail"]
+        assert entry["mimeType"] == "image/webp"
+        key = f"{rows[kind].object_key}.thumb.webp"
+        data = rig.object(key)
+        assert len(data) == entry["size"]
+        head = rig.s3.head_object(Bucket=rig.tenant.bucket, Key=key)
+        assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert head["ContentType"] == "image/webp"
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        assert image.format == "WEBP"
+        return image
+
+    assert thumbnail("image").size == (320, 240)
+    assert thumbnail("sticker").size == (256, 256)
+    assert thumbnail("video").size == (320, 240)
+    assert max(thumbnail("document").size) == 320
+
+    image = rig.info(items["image"].media_id)
+    assert (image["width"], image["height"], image["durationSeconds"]) == (480, 360, None)
+    video = rig.info(items["video"].media_id)
+    assert (video["width"], video["height"], video["durationSeconds"]) == (320, 240, 3.0)
+    assert rig.info(items["document"].media_id)["pages"] == 1
+
+    audio = rig.info(items["audio"].media_id)
+    assert abs(audio["durationSeconds"] - 4.0) < 0.1
+    assert [(r["kind"], r["mimeType"]) for r in audio["renditions"]] == [("audio", "audio/mp4")]
+    with av.open(io.BytesIO(rig.object(f"{rows['audio'].object_key}.m4a")), mode="r") as m4a:
+        assert m4a.streams.audio[0].codec_context.name == "aac"
+        assert m4a.duration is not None and abs(m4a.duration / 1e6 - 4.0) < 0.2
+
+
+def test_thumbnail_and_rendition_routes_redirect_to_presigned_urls(rig: Rig) -> None:
+    video, audio = _sample(rig, "video"), _sample(rig, "audio")
+    for item in (video, audio):
+        rig.send(item)
+        rig.wait_rendered(item.media_id)
+    answer = rig.api(f"/api/media/{video.media_id}/thumbnail")
+    assert answer.status_code == 307 and answer.headers["cache-control"] == "no-store"
+    fetched = httpx.get(answer.headers["location"], timeout=10)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(fetched.content)).size == (320, 240)
+
+    answer = rig.api(f"/api/media/{audio.media_id}/content", rendition="audio")
+    assert answer.status_code == 307
+    fetched = httpx.get(answer.headers["location"], timeout=10)
+    assert fetched.headers["content-type"] == "audio/mp4" and fetched.content[4:8] == b"ftyp"
+    # The original is still what /content gives without a rendition.
+    original = httpx.get(rig.api(f"/api/media/{audio.media_id}/content").headers["location"])
+    assert hashlib.sha256(original.content).hexdigest() == audio.sha256
+
+    missing = rig.api(f"/api/media/{audio.media_id}/thumbnail")
+    assert missing.status_code == 404 and "no thumbnail rendition" in missing.json()["error"]
+    bad = rig.api(f"/api/media/{audio.media_id}/content", rendition="poster")
+    assert bad.status_code == 400 and bad.json()["error"].startswith("rendition:")
+    assert rig.api("/api/media/NOPE/thumbnail").status_code == 404
+
+
+def test_a_file_that_does_not_decode_stays_archived_and_its_render_fails(rig: Rig) -> None:
+    noise = rig.sim.make_media(account="acme", message_type="video", size=300_000)
+    rig.send(noise)
+    row = rig.wait_rendered(noise.media_id, "failed")
+    assert row.status == "archived" and row.sha256 == noise.sha256 and row.last_error is None
+    assert row.render_error and row.renditions is None
+    doc = rig.info(noise.media_id)
+    assert doc["renditions"] == [] and doc["width"] is None and doc["status"] == "archived"
+
+
+def test_renditions_off_then_backfilled_by_media_render_missing(rig: Rig) -> None:
+    # A tenant of its own, off before any worker has read it (workers cache a tenant ~10 s).
+    globex = add_tenant(rig.database_url, sim=rig.sim, s3_endpoint=rig.s3_endpoint, name="globex")
+    rig.cli("tenants", "update", "globex", "--no-renditions", "--no-check")
+    assert json.loads(rig.cli("tenants", "show", "globex").stdout)["renditions"] is False
+    items = [
+        rig.sim.make_media(account="globex", message_type=kind, size=0, sample=True)
+        for kind in ("image", "audio")
+    ]
+    for item in items:
+        rig.send(item, tenant=globex)
+    processes.wait_until(
+        lambda: all(rig.row(i.media_id).status == "archived" for i in items),
+        timeout=60,
+        what="archived",
+    )
+    assert [rig.row(i.media_id).render_state for i in items] == [None, None]
+    # Off: nothing to ask for.
+    assert json.loads(rig.cli("media", "render", "--missing", "--tenant", "globex").stdout) == {
+        "asked": 0
+    }
+    rig.cli("tenants", "update", "globex", "--renditions", "--no-check")
+    done = rig.cli("media", "render", "--missing", "--tenant", "globex", "--wait", "60")
+    assert json.loads(done.stdout) == {"asked": 2, "pending": 0}
+    assert "asking for renditions" in done.stderr and "rendering" in done.stderr
+    image, audio = (rig.row(i.media_id) for i in items)
+    assert (image.render_state, image.width, image.height) == ("done", 480, 360)
+    assert audio.render_state == "done" and audio.duration_seconds
+    assert json.loads(rig.cli("media", "render", "--missing").stdout) == {"asked": 0}
+
+
+def test_an_ask_the_broker_lost_is_asked_again_by_the_sweeper(rig: Rig) -> None:
+    from archiver.broker import make_celery
+    from archiver.redrive import reask_renders
+    from archiver.settings import load_settings
+    from archiver.tables import utcnow
+
+    rig.procs[-1].stop()  # the render worker, so the ask waits in the queue
+    rig.procs.pop()
+    item = _sample(rig, "image")
+    rig.send(item)
+    processes.wait_until(
+        lambda: rig.row(item.media_id).render_state == "pending", timeout=60, what="pending"
+    )
+    processes.wait_until(lambda: rig.queue.llen(RENDER_QUEUE) >= 1, timeout=30, what="asked")
+    rig.queue.delete(RENDER_QUEUE)  # the broker forgets it
+    prefix = "ARCHIVER_"
+    settings = load_settings(
+        **{k.removeprefix(prefix).lower(): v for k, v in rig.env.items() if k.startswith(prefix)}
+    )
+    engine = make_engine(rig.database_url)
+    app = make_celery(settings)
+    try:
+        # Not before ARCHIVER_STUCK_AFTER_SECONDS (2 s here) since it was asked.
+        asked_at = rig.row(item.media_id).updated_at
+        assert asked_at is not None
+        assert reask_renders(engine, app, settings, now=asked_at) == 0
+        processes.wait_until(
+            lambda: reask_renders(engine, app, settings, now=utcnow()) >= 1,
+            timeout=30,
+            what="asked again",
+        )
+        assert rig.queue.llen(RENDER_QUEUE) >= 1
+        # A queue that still holds asks is left alone: they may be among them.
+        assert reask_renders(engine, app, settings, now=utcnow()) == 0
+    finally:
+        app.close()
+        engine.dispose()
+    rig.render_worker("rend-render2")
+    rig.wait_rendered(item.media_id)
+
+
+def test_erasure_deletes_the_renditions_with_the_original(rig: Rig) -> None:
+    item = _sample(rig, "audio")
+    rig.send(item)
+    row = rig.wait_rendered(item.media_id)
+    keys = [row.object_key, f"{row.object_key}.m4a"]
+    for key in keys:
+        rig.s3.head_object(Bucket=rig.tenant.bucket, Key=key)
+    erased = rig.cli("media", "erase", "--tenant", "acme", "--id", item.media_id, "--yes")
+    assert json.loads(erased.stdout)["rows"] == 1
+    assert json.loads(erased.stdout)["objects"] == 2  # the original and its m4a
+    listing = rig.s3.list_objects_v2(Bucket=rig.tenant.bucket, Prefix=row.object_key)
+    assert listing.get("KeyCount", 0) == 0, listing.get("Contents")
