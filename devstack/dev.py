@@ -29,6 +29,7 @@ from archiver.errors import NotFound
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
 from archiver.shapes import media_info
+from archiver.tables import RenderState
 from archiver.tenants import TenantSpec, create_tenant, get_tenant, remove_tenant
 from devstack import processes, services
 from devstack.processes import Process, free_port
@@ -260,6 +261,18 @@ def _demo(
             click.echo("", err=True)
             say(f"stopped: {', '.join(stack.dead())} exited")
             return api_key, False
+        time.sleep(0.5)
+    click.echo("", err=True)
+    # Then their renditions (thumbnails, the video's poster, the voice note's m4a).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not stack.dead():
+        with session_scope(engine) as session:
+            rows = queries.list_media(session, tenant_id=tenant_id, limit=100)
+        waiting = sum(row.render_state == RenderState.PENDING.value for row in rows)
+        rendered = sum(row.render_state == RenderState.DONE.value for row in rows)
+        click.echo(f"\r  rendered {rendered}, waiting {waiting}", nl=False, err=True)
+        if not waiting:
+            break
         time.sleep(0.5)
     click.echo("", err=True)
     with session_scope(engine) as session:
