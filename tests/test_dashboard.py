@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -79,6 +80,11 @@ def stack(
         procs = [
             *web.procs,
             processes.start_process("ui-worker", processes.worker_argv(concurrency=2), env),
+            processes.start_process(
+                "ui-render",
+                [*processes.worker_argv(concurrency=1), "-n", "ui-render@%h"],
+                {**env, "ARCHIVER_WORKER_QUEUES": "render"},
+            ),
         ]
         try:
             sim_url, url = web.sim_url, web.receiver_url
@@ -128,6 +134,15 @@ def stack(
                 ),
                 timeout=120,
                 what="the dashboard's media archived, and the gone one failed",
+            )
+            processes.wait_until(
+                lambda: all(
+                    world.api(t, f"/api/media/{i.media_id}").json()["data"]["renditions"]
+                    for t in media
+                    for i in media[t]
+                ),
+                timeout=120,
+                what="every sample's renditions",
             )
             yield world
             sim.close()
@@ -297,6 +312,7 @@ def test_filter_to_videos_open_one_and_it_plays(page: Page, stack: Stack) -> Non
     shoot(page, "media-videos")
     tiles.first.get_by_role("link").click()
     video = page.locator("video")
+    assert (video.get_attribute("poster") or "").endswith("?rendition=thumbnail")
     wait_js(page, "document.querySelector('video').readyState >= 1")
     duration = video.evaluate("v => v.duration")
     assert duration > 2.5, duration  # the 3-second sample, decoded by the browser
@@ -310,6 +326,60 @@ def test_filter_to_videos_open_one_and_it_plays(page: Page, stack: Stack) -> Non
     download = page.get_by_role("link", name="Download")
     assert (download.get_attribute("href") or "").endswith("?download=1")
     shoot(page, "media-detail-video")
+
+
+def test_grid_tiles_are_thumbnails_and_no_original_is_fetched(page: Page, stack: Stack) -> None:
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    sign_in(page, stack, stack.api_keys["acme"])
+    page.goto(f"{stack.url}/ui/media")
+    wait_js(
+        page,
+        "[...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth > 0)",
+    )
+    # Every sample but the voice note has a thumbnail (photos, stickers, the videos' posters,
+    # the PDF's first page); the voice note shows its icon and length.
+    thumbs = page.locator(".tile img[data-rendition=thumbnail]")
+    assert thumbs.count() == len(stack.media["acme"]) - 1
+    widths = thumbs.evaluate_all("nodes => nodes.map(n => n.naturalWidth)")
+    assert max(widths) <= 320 and min(widths) > 0
+    audio = page.locator(".tile[data-type=audio] [data-icon=audio]")
+    assert audio.count() == 1 and "0:04" in audio.inner_text()
+    assert page.locator(".tile[data-type=video] .play").first.inner_text().endswith("0:03")
+    content = [u for u in requested if "/ui/content/" in u]
+    assert len(content) == thumbs.count()
+    assert all(u.endswith("?rendition=thumbnail") for u in content), content
+    # What the bucket was asked for (the presigned redirects): thumbnails only.
+    from_bucket = [urlsplit(u).path for u in requested if "X-Amz-Signature" in u]
+    assert from_bucket and all(path.endswith(".thumb.webp") for path in from_bucket), from_bucket
+    shoot(page, "media-grid-thumbnails")
+
+
+def test_a_voice_note_offers_its_m4a_where_ogg_does_not_play(page: Page, stack: Stack) -> None:
+    sign_in(page, stack, stack.api_keys["acme"])
+    page.goto(f"{stack.url}/ui/media?type=audio")
+    page.locator("[data-testid=grid] > li").first.get_by_role("link").click()
+    sources = page.locator("audio source")
+    types = sources.evaluate_all("nodes => nodes.map(n => n.type)")
+    assert types == ["audio/ogg; codecs=opus", "audio/mp4"]  # the browser takes the first it plays
+    m4a = sources.nth(1).get_attribute("src") or ""
+    assert m4a.endswith("?rendition=audio")
+    # Ask for the m4a as Safari would get it: the browser decodes AAC from the bucket.
+    duration = page.evaluate(
+        """async (src) => {
+            const audio = new Audio(src);
+            await new Promise((done, failed) => {
+                audio.onloadedmetadata = done;
+                audio.onerror = () => failed(new Error("m4a: " + audio.error?.code));
+            });
+            return audio.duration;
+        }""",
+        m4a,
+    )
+    assert abs(duration - 4.0) < 0.2, duration
+    answer = page.request.get(f"{stack.url}{m4a}")
+    assert answer.ok and answer.headers["content-type"] == "audio/mp4"
+    shoot(page, "media-detail-audio")
 
 
 def test_retry_a_failed_item_and_it_becomes_archived(page: Page, stack: Stack) -> None:
