@@ -113,8 +113,10 @@ def start_process(
     env: dict[str, str] | None = None,
     *,
     log_dir: Path | None = None,
+    cwd: Path | None = None,
 ) -> Process:
-    """Start ``argv`` with ``env`` added to ours; output in ``log_dir`` (test-artifacts/)."""
+    """Start ``argv`` with ``env`` added to ours; output in ``log_dir`` (test-artifacts/);
+    ``cwd``: where it runs (another checkout's modules come first there)."""
     directory = log_dir or ARTIFACTS
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / f"{name}-{uuid.uuid4().hex[:6]}.log"
@@ -125,6 +127,7 @@ def start_process(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=cwd,
         )
     return Process(name=name, proc=proc, log_path=log_path)
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 12_000_000  # decoded, after a JPEG's reduced-scale decode: ~36 MB of RGB
 MAX_FRAMES = 48  # of an animated sticker's thumbnail
 WEBP_QUALITY = 70
-AAC_BIT_RATE = 64_000
+AAC_BIT_RATE = 40_000  # per channel: speech in AAC-LC
 
 
 class Unreadable(Exception):
@@ -212,7 +212,7 @@ def _to_m4a(container: Any, stream: Any, path: Path) -> Path:
     layout = "mono" if stream.codec_context.channels == 1 else "stereo"
     with av.open(str(path), mode="w", format="ipod") as output:
         out = output.add_stream("aac", rate=48_000, layout=layout)
-        out.bit_rate = AAC_BIT_RATE
+        out.bit_rate = AAC_BIT_RATE * (1 if layout == "mono" else 2)
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=48_000, frame_size=1024)
         for frame in _frames(container, stream):
             for piece in resampler.resample(frame):
