@@ -89,12 +89,13 @@ class Audit:
             env: dict[str, str] | None = None,
             *,
             log_dir: Path | None = None,
+            cwd: Path | None = None,
         ) -> processes.Process:
             for key, value in (env or {}).items():
                 if key.removeprefix("ARCHIVER_").lower() in SECRET_SETTINGS:
                     for part in value.split(","):
                         audit.add_secret(part.strip())
-            process = original_start(name, argv, env, log_dir=log_dir)
+            process = original_start(name, argv, env, log_dir=log_dir, cwd=cwd)
             audit.log_files.append(process.log_path)
             return process
 

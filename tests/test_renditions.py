@@ -289,6 +289,15 @@ def test_an_ask_the_broker_lost_is_asked_again_by_the_sweeper(rig: Rig) -> None:
         lambda: rig.row(item.media_id).render_state == "pending", timeout=60, what="pending"
     )
     processes.wait_until(lambda: rig.queue.llen(RENDER_QUEUE) >= 1, timeout=30, what="asked")
+    status = subprocess.run(
+        [sys.executable, "-m", "archiver.cli", "status", "--json"],
+        env={**os.environ, **rig.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    renders = json.loads(status.stdout)["renders"]
+    assert renders["pending"] >= 1 and renders["queueDepth"] >= 1, renders
     rig.queue.delete(RENDER_QUEUE)  # the broker forgets it
     prefix = "ARCHIVER_"
     settings = load_settings(

@@ -7,10 +7,11 @@ import sys
 
 import click
 
-from archiver import figures, humanize, notify, pauses
+from archiver import figures, humanize, notify, pauses, render_requests
 from archiver.broker import LiveWorker, make_celery, queue_depths, workers
 from archiver.cli.context import current_settings, database, friendly
 from archiver.errors import AppError
+from archiver.queue import RENDER_QUEUE
 from archiver.tables import Status, utcnow
 from archiver.tenants import get_tenant, list_tenants
 
@@ -40,6 +41,7 @@ def status(tenant: str | None, as_json: bool) -> None:
         held = pauses.paused(session, tenant_id=tenant_id)
         held_sessions = pauses.paused_sessions(session, tenant_id=tenant_id)
         outbox = notify.counts(session, tenant_id=tenant_id)
+        renders = render_requests.pending_count(session, tenant_id=tenant_id)
         names = {str(t.id): t.name for t in list_tenants(session)}
     now = utcnow()
     pending = sum(c.get("pending", 0) for c in outbox.values())
@@ -49,9 +51,10 @@ def status(tenant: str | None, as_json: bool) -> None:
     celery = make_celery(settings)
     try:
         depths: dict[str, int] | None = queue_depths(celery)
+        render_depth: int | None = queue_depths(celery, (RENDER_QUEUE,))[RENDER_QUEUE]
         live: list[LiveWorker] | None = workers(celery)
     except AppError:
-        depths, live = None, None
+        depths, render_depth, live = None, None, None
     rows = {s.value: backlog.counts.get(s.value, 0) for s in Status}
     doc = {
         "rows": rows,
@@ -78,6 +81,8 @@ def status(tenant: str | None, as_json: bool) -> None:
             "failed": given_up,
             "byTenant": {names.get(k, k): v for k, v in outbox.items()},
         },
+        # Renditions asked for and not made yet, and their queue (its own workers).
+        "renders": {"pending": renders, "queueDepth": render_depth},
     }
     code = (
         EXIT_OLD_BACKLOG if age >= WARN_AGE_SECONDS else EXIT_PAUSED if held or held_sessions else 0
@@ -100,12 +105,14 @@ def status(tenant: str | None, as_json: bool) -> None:
     click.echo(f"{'oldest failed':<28}{_age(failed_age)}")
     click.echo(f"{'notifications pending':<28}{pending}")
     click.echo(f"{'notifications given up':<28}{given_up}")
+    click.echo(f"{'renders pending':<28}{renders}")
     if depths is None or live is None:
         click.echo(f"{'queue depth':<28}unreachable")
         click.echo(f"{'workers':<28}unknown (broker unreachable)")
     else:
         for queue, depth in depths.items():
             click.echo(f"{'queue ' + queue:<28}{depth}")
+        click.echo(f"{'queue ' + RENDER_QUEUE:<28}{render_depth}")
         click.echo(f"{'workers':<28}{len(live)}")
         for worker in live:
             queues = ",".join(worker["queues"])
