@@ -324,8 +324,7 @@ def reask_renders(
     with session_scope(engine) as session:
         pks = render_requests.stale(session, before=before, limit=limit)
         render_requests.touch(session, pks=pks, now=now)
-    for pk in pks:
-        render_requests.publish_render(app, pk=pk)
+    render_requests.publish_render(app, pks=pks)
     if pks:
         log.info("sweeper asked again for %d renditions never made", len(pks))
     return len(pks)

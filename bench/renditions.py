@@ -217,8 +217,7 @@ def main() -> None:
 
             def render(pks: list[int]) -> float:
                 started = time.monotonic()
-                for pk in pks:
-                    publish_render(celery, pk=pk)
+                publish_render(celery, pks=pks)
                 processes.wait_until(lambda: bench.rendered(pks), timeout=1800, interval=0.05)
                 return time.monotonic() - started
 

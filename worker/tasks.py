@@ -69,16 +69,16 @@ def register(app: Celery, settings: Settings) -> None:
             raise task.retry(countdown=settings.retry_base_seconds, max_retries=None) from exc
         for pk, result in results:
             metrics.record(result.outcome, queue=queue, size=result.size, seconds=result.seconds)
-            if result.render:
-                # Best effort: a lost ask is asked again by the sweeper; never the archive's
-                # failure.
-                with suppress(Unavailable):
-                    publish_render(app, pk=pk)
             if result.outcome == "busy" and result.retry_in is not None:
                 # Another worker holds the lease: look again when it ends (at most a lease
                 # away). A retrying row waits on the row instead: the dispatcher publishes it
                 # at its retry_at, so no long countdown sits in the broker.
                 publish_archive(app, pk=pk, queue=queue, countdown=result.retry_in)
+        if asks := [pk for pk, result in results if result.render]:
+            # One message for the task's rows, best effort: a lost ask is asked again by the
+            # sweeper, and never fails the archive.
+            with suppress(Unavailable):
+                publish_render(app, pks=asks)
         return results
 
     @app.task(name=ARCHIVE_TASK, bind=True, ignore_result=True)
@@ -94,17 +94,23 @@ def register(app: Celery, settings: Settings) -> None:
         return [result.outcome for _, result in run(self, pks)]
 
     @app.task(name=RENDER_TASK, bind=True, ignore_result=True)
-    def render_media(self: Task[Any, Any], pk: Any) -> str:
-        if not isinstance(pk, int):
-            log.error("render_media: malformed argument %r; dropped", pk)
-            return "skipped"
-        try:
-            rendered = render_row(resources(settings, app), pk)
-        except Unavailable as exc:
-            metrics.record_render("retrying", [])
-            raise self.retry(countdown=settings.retry_base_seconds, max_retries=None) from exc
-        metrics.record_render(rendered.outcome, rendered.made)
-        return rendered.outcome
+    def render_media(self: Task[Any, Any], pks: Any) -> list[str]:
+        if not isinstance(pks, list) or not all(isinstance(pk, int) for pk in pks):
+            log.error("render_media: malformed arguments %r; dropped", pks)
+            return []
+        outcomes = []
+        for done, pk in enumerate(pks):
+            try:
+                rendered = render_row(resources(settings, app), pk)
+            except Unavailable as exc:
+                # The database went away: this row and the rest of the batch, later.
+                metrics.record_render("retrying", [])
+                raise self.retry(
+                    args=(pks[done:],), countdown=settings.retry_base_seconds, max_retries=None
+                ) from exc
+            metrics.record_render(rendered.outcome, rendered.made)
+            outcomes.append(rendered.outcome)
+        return outcomes
 
     @app.task(name=DISPATCH_TASK, ignore_result=True)
     def dispatch_due() -> int:

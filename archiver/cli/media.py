@@ -192,8 +192,7 @@ def media_render(missing: bool, tenant: str | None, wait_seconds: float) -> None
                     )
                 if not pks:
                     break
-                for pk in pks:
-                    render_requests.publish_render(app, pk=pk)
+                render_requests.publish_render(app, pks=pks)
                 asked += len(pks)
                 after = pks[-1]
                 bar.update(len(pks))
