@@ -42,10 +42,11 @@ from archiver.render_requests import publish_render
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
 from archiver.tables import Media, RenderState, Status, utcnow
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants import create_tenant
 from bench import media_files
 from bench.worker_memory import pool_child, status_kb
 from devstack import processes, services
+from devstack.fixtures import local_spec
 
 # A page as a business's archive shows it: photos most, then videos and voice notes.
 PAGE_MIX = (
@@ -190,18 +191,7 @@ def main() -> None:
             tenant, _ = create_tenant(
                 session,
                 box=SecretBox(master),
-                spec=TenantSpec(
-                    name="bench",
-                    hmac_key="bench-hmac-" + secrets.token_hex(8),
-                    titan_url="http://127.0.0.1:9",
-                    titan_api_key="titan_bench",
-                    strategy="download",
-                    s3_bucket="bench",
-                    s3_endpoint=s3_url,
-                    s3_region="us-east-1",
-                    s3_access_key_id="testing",
-                    s3_secret_access_key="testing",
-                ),
+                spec=local_spec("bench", bucket="bench", s3_endpoint=s3_url),
             )
             api_key = issue_key(session, tenant_id=tenant.id or 0)
         bench = Bench(engine, s3, "bench", tenant.id or 0, files)

@@ -26,9 +26,9 @@ from archiver.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
 from archiver.tables import Status
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants import create_tenant
 from devstack import processes, services
-from devstack.fixtures import record_item
+from devstack.fixtures import local_spec, record_item
 from devstack.tcp_proxy import TcpProxy
 from receiver.envelope import media_item
 from titan_simulator.sender import Simulator
@@ -92,17 +92,12 @@ def main() -> None:
                 tenant, _ = create_tenant(
                     session,
                     box=SecretBox(master),
-                    spec=TenantSpec(
-                        name="bench",
-                        hmac_key="bench-hmac-key",
+                    spec=local_spec(
+                        "bench",
+                        bucket="bench",
+                        s3_endpoint=s3_url,
                         titan_url=simulator.url,
                         titan_api_key="titan_bench",
-                        strategy="download",
-                        s3_bucket="bench",
-                        s3_endpoint=s3_url,
-                        s3_region="us-east-1",
-                        s3_access_key_id="testing",
-                        s3_secret_access_key="testing",
                     ),
                 )
             celery = make_celery(settings)
