@@ -39,8 +39,9 @@ def _missing(tenant_id: int | None) -> list[ColumnElement[bool]]:
     on, never rendered (or asked and not done)."""
     where = [
         col(Media.status) == Status.ARCHIVED.value,
-        col(Media.object_key).is_not(None),
-        col(Media.bucket).is_not(None),
+        # The worker's object, or Titan's (persist): whether it is in the tenant's bucket
+        # is for the render to tell.
+        or_(col(Media.object_key).is_not(None), col(Media.s3_url).is_not(None)),
         col(Tenant.renditions) != false(),
         or_(
             col(Media.render_state).is_(None),

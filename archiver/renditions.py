@@ -38,6 +38,20 @@ def renderable(message_type: str, mime_type: str | None) -> bool:
     return (mime_type or "").split(";")[0].strip().lower() == "application/pdf"
 
 
+def located(
+    *, object_key: str | None, s3_url: str | None, bucket: str | None, tenant_bucket: str
+) -> tuple[str, str] | None:
+    """(bucket, key) of an archived file in the tenant's bucket: the worker's object, or what
+    Titan persisted there (its s3Url); None for a file stored anywhere else."""
+    from archiver.buckets import key_in_bucket
+
+    where = bucket or tenant_bucket
+    if object_key:
+        return where, object_key
+    key = key_in_bucket(s3_url, bucket=where) if s3_url else None
+    return (where, key) if key else None
+
+
 def key_for(object_key: str, kind: str) -> str:
     """Where rendition ``kind`` of the object at ``object_key`` lives."""
     return object_key + SUFFIXES[kind]

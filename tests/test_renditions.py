@@ -337,3 +337,29 @@ def test_erasure_deletes_the_renditions_with_the_original(rig: Rig) -> None:
     assert json.loads(erased.stdout)["objects"] == 2  # the original and its m4a
     listing = rig.s3.list_objects_v2(Bucket=rig.tenant.bucket, Prefix=row.object_key)
     assert listing.get("KeyCount", 0) == 0, listing.get("Contents")
+
+
+def test_media_titan_persisted_into_the_tenants_bucket_gets_renditions_too(rig: Rig) -> None:
+    initech = add_tenant(
+        rig.database_url,
+        sim=rig.sim,
+        s3_endpoint=rig.s3_endpoint,
+        name="initech",
+        strategy="persist",
+    )
+    # Titan's console points the account's storage at the tenant's bucket.
+    target = {
+        "bucket": initech.bucket,
+        "endpoint": rig.s3_endpoint,
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+    }
+    rig.sim.add_account(api_key=initech.titan_api_key, account="initech", s3=target)
+    item = rig.sim.make_media(account="initech", message_type="video", size=0, sample=True)
+    rig.send(item, tenant=initech)
+    row = rig.wait_rendered(item.media_id)
+    assert row.persisted and row.object_key is None and row.s3_url
+    assert (row.width, row.height, row.duration_seconds) == (320, 240, 3.0)
+    key = row.s3_url.split(f"/{initech.bucket}/", 1)[1] + ".thumb.webp"
+    thumb = rig.s3.get_object(Bucket=initech.bucket, Key=key)["Body"].read()
+    assert Image.open(io.BytesIO(thumb)).size == (320, 240)

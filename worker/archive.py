@@ -242,8 +242,14 @@ def _archive(res: WorkerResources, row: Media) -> Result:
     now = utcnow()
     render = (
         tenant.renditions
-        and outcome.get("object_key") is not None
         and renditions.renderable(row.message_type, row.mime_type)
+        and renditions.located(
+            object_key=outcome.get("object_key"),
+            s3_url=outcome.get("s3_url"),
+            bucket=outcome.get("bucket"),
+            tenant_bucket=tenant.s3_bucket,
+        )
+        is not None
     )
     if render:
         outcome = {**outcome, "render_state": RenderState.PENDING.value}

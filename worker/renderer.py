@@ -51,8 +51,8 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
         row = session.exec(select(Media).where(col(Media.pk) == pk)).one_or_none()
         if row is not None:
             session.expunge(row)
-    if row is None or row.status != Status.ARCHIVED.value or not row.object_key or not row.bucket:
-        return Rendered("skipped", "not an archived object")
+    if row is None or row.status != Status.ARCHIVED.value:
+        return Rendered("skipped", "not archived")
     if row.render_state != RenderState.PENDING.value:
         return Rendered("skipped", f"render {row.render_state or 'not asked'}")
     try:
@@ -62,8 +62,19 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
     if not tenant.renditions:
         _record(res, row, made=Made(), keys=[], state=RenderState.DONE, error="renditions off")
         return Rendered("skipped", "renditions are off for the tenant")
+    place = renditions.located(
+        object_key=row.object_key,
+        s3_url=row.s3_url,
+        bucket=row.bucket,
+        tenant_bucket=tenant.s3_bucket,
+    )
+    if place is None:
+        why = "the file is stored outside the tenant's bucket"
+        _record(res, row, made=Made(), keys=[], state=RenderState.FAILED, error=why)
+        return Rendered("failed", why)
+    bucket, key = place
     s3 = res.s3.get(tenant)
-    reader = RangedReader(s3, bucket=row.bucket, key=row.object_key, size=_size(s3, row))
+    reader = RangedReader(s3, bucket=bucket, key=key, size=_size(s3, row, bucket, key))
     with tempfile.TemporaryDirectory(prefix="render-") as workdir:
         try:
             made = render(
@@ -83,13 +94,15 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
         except (ClientError, BotoCoreError) as exc:
             return _bucket_failed(row, tenant.name, exc, reader.fetched)
         try:
-            kept = [_put(s3, row, kind, path) for kind, path in sorted(made.files.items())]
+            kept = [
+                _put(s3, row, bucket, key, kind, path) for kind, path in sorted(made.files.items())
+            ]
         except (ClientError, BotoCoreError, OSError) as exc:
             return _bucket_failed(row, tenant.name, exc, reader.fetched)
     if not _record(res, row, made=made, keys=kept, state=RenderState.DONE, error=None):
         # Erased (or re-archived) meanwhile: what was just written belongs to no row.
         for rendition in kept:
-            s3.delete_object(Bucket=row.bucket, Key=rendition.key)
+            s3.delete_object(Bucket=bucket, Key=rendition.key)
         return Rendered("skipped", "the row changed while rendering")
     seconds = time.monotonic() - started
     log.info(
@@ -108,10 +121,11 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
     )
 
 
-def _size(s3: Any, row: Media) -> int:
-    if row.size is not None:
+def _size(s3: Any, row: Media, bucket: str, key: str) -> int:
+    if row.size is not None and row.object_key:
         return row.size
-    return int(s3.head_object(Bucket=row.bucket, Key=row.object_key)["ContentLength"])
+    # Titan persisted it: its own word for the size may be missing; the bucket knows.
+    return int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
 
 
 def _bucket_failed(row: Media, tenant: str, exc: Exception, fetched: int) -> Rendered:
@@ -124,17 +138,17 @@ def _bucket_failed(row: Media, tenant: str, exc: Exception, fetched: int) -> Ren
     return Rendered("retrying", str(exc)[:MAX_ERROR_LEN], fetched=fetched)
 
 
-def _put(s3: Any, row: Media, kind: str, path: Path) -> Rendition:
+def _put(s3: Any, row: Media, bucket: str, original: str, kind: str, path: Path) -> Rendition:
     digest = hashlib.sha256()
     with path.open("rb") as source:
         for chunk in iter(lambda: source.read(1024 * 1024), b""):
             digest.update(chunk)
     sha256 = digest.hexdigest()
-    key = renditions.key_for(row.object_key or "", kind)
+    key = renditions.key_for(original, kind)
     mime_type = renditions.MIME_TYPES[kind]
     with path.open("rb") as body:
         s3.put_object(
-            Bucket=row.bucket,
+            Bucket=bucket,
             Key=key,
             Body=body,
             ContentType=mime_type,
@@ -160,7 +174,10 @@ def _record(
             .where(
                 col(Media.pk) == row.pk,
                 col(Media.status) == Status.ARCHIVED.value,
-                col(Media.object_key) == row.object_key,
+                # The same file: not re-archived under another key meanwhile.
+                col(Media.object_key) == row.object_key
+                if row.object_key
+                else col(Media.s3_url) == row.s3_url,
             )
             .values(
                 width=made.width,
