@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 from PIL import Image
-from sqlmodel import select
+from sqlmodel import col, select
 
 from archiver.db import make_engine, session_scope
 from archiver.queue import RENDER_QUEUE
@@ -363,3 +363,23 @@ def test_media_titan_persisted_into_the_tenants_bucket_gets_renditions_too(rig: 
     key = row.s3_url.split(f"/{initech.bucket}/", 1)[1] + ".thumb.webp"
     thumb = rig.s3.get_object(Bucket=initech.bucket, Key=key)["Body"].read()
     assert Image.open(io.BytesIO(thumb)).size == (320, 240)
+
+
+def test_an_object_gone_from_the_bucket_fails_its_render_once(rig: Rig) -> None:
+    from sqlalchemy import update
+
+    item = _sample(rig, "image")
+    rig.send(item)
+    row = rig.wait_rendered(item.media_id)
+    assert row.object_key is not None
+    rig.s3.delete_object(Bucket=rig.tenant.bucket, Key=row.object_key)
+    engine = make_engine(rig.database_url)
+    try:
+        with session_scope(engine) as session:  # as a row archived before renditions existed
+            session.execute(update(Media).where(col(Media.pk) == row.pk).values(render_state=None))
+    finally:
+        engine.dispose()
+    rig.cli("media", "render", "--missing", "--tenant", "acme")
+    failed = rig.wait_rendered(item.media_id, "failed")
+    assert failed.render_error == "the archived object is missing from the bucket"
+    assert failed.status == "archived"  # reconcile's business, not the renderer's

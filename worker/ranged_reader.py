@@ -34,6 +34,9 @@ class RangedReader(io.RawIOBase):
         self._pos = 0
         self.fetched = 0  # bytes read from the bucket, for the benchmark's figures
         self.requests = 0
+        # What the bucket answered when a read failed: a decoder calling this reader may
+        # turn the exception into its own error, so the caller looks here.
+        self.error: Exception | None = None
 
     def readable(self) -> bool:
         return True
@@ -79,14 +82,18 @@ class RangedReader(io.RawIOBase):
             return block
         start = index * self._block_size
         end = min(self._size, start + self._block_size) - 1
-        answer = self._s3.get_object(
-            Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end}"
-        )
-        body = answer["Body"]
         try:
-            block = bytes(body.read())
-        finally:
-            body.close()
+            answer = self._s3.get_object(
+                Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end}"
+            )
+            body = answer["Body"]
+            try:
+                block = bytes(body.read())
+            finally:
+                body.close()
+        except Exception as exc:
+            self.error = exc
+            raise
         self.fetched += len(block)
         self.requests += 1
         self._blocks[index] = block

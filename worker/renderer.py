@@ -13,6 +13,7 @@ import io
 import logging
 import tempfile
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -73,8 +74,11 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
         _record(res, row, made=Made(), keys=[], state=RenderState.FAILED, error=why)
         return Rendered("failed", why)
     bucket, key = place
-    s3 = res.s3.get(tenant)
-    reader = RangedReader(s3, bucket=bucket, key=key, size=_size(s3, row, bucket, key))
+    try:
+        s3 = res.s3.get(tenant)
+        reader = RangedReader(s3, bucket=bucket, key=key, size=_size(s3, row, bucket, key))
+    except (ClientError, BotoCoreError) as exc:
+        return _bucket_failed(res, row, tenant.name, exc, 0)
     with tempfile.TemporaryDirectory(prefix="render-") as workdir:
         try:
             made = render(
@@ -84,25 +88,22 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
                 workdir=Path(workdir),
             )
         except Unreadable as exc:
-            _record(res, row, made=Made(), keys=[], state=RenderState.FAILED, error=str(exc))
-            log.warning(
-                "rendition failed: %s",
-                exc,
-                extra={"mediaId": row.media_id, "tenant": tenant.name, "outcome": "failed"},
-            )
-            return Rendered("failed", str(exc), fetched=reader.fetched)
+            if reader.error is not None:  # the bucket failed, not the file
+                return _bucket_failed(res, row, tenant.name, reader.error, reader.fetched)
+            return _failed(res, row, tenant.name, str(exc), reader.fetched)
         except (ClientError, BotoCoreError) as exc:
-            return _bucket_failed(row, tenant.name, exc, reader.fetched)
+            return _bucket_failed(res, row, tenant.name, exc, reader.fetched)
         try:
             kept = [
                 _put(s3, row, bucket, key, kind, path) for kind, path in sorted(made.files.items())
             ]
         except (ClientError, BotoCoreError, OSError) as exc:
-            return _bucket_failed(row, tenant.name, exc, reader.fetched)
+            return _bucket_failed(res, row, tenant.name, exc, reader.fetched)
     if not _record(res, row, made=made, keys=kept, state=RenderState.DONE, error=None):
         # Erased (or re-archived) meanwhile: what was just written belongs to no row.
-        for rendition in kept:
-            s3.delete_object(Bucket=bucket, Key=rendition.key)
+        with suppress(ClientError, BotoCoreError):
+            for rendition in kept:
+                s3.delete_object(Bucket=bucket, Key=rendition.key)
         return Rendered("skipped", "the row changed while rendering")
     seconds = time.monotonic() - started
     log.info(
@@ -128,8 +129,27 @@ def _size(s3: Any, row: Media, bucket: str, key: str) -> int:
     return int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
 
 
-def _bucket_failed(row: Media, tenant: str, exc: Exception, fetched: int) -> Rendered:
-    # The row stays pending: the sweeper asks again once the render queue has drained.
+def _failed(res: WorkerResources, row: Media, tenant: str, why: str, fetched: int) -> Rendered:
+    """Renditions given up for good (the archive stands)."""
+    _record(res, row, made=Made(), keys=[], state=RenderState.FAILED, error=why)
+    log.warning(
+        "rendition failed: %s",
+        why,
+        extra={"mediaId": row.media_id, "tenant": tenant, "outcome": "failed"},
+    )
+    return Rendered("failed", why, fetched=fetched)
+
+
+_GONE = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket"})
+
+
+def _bucket_failed(
+    res: WorkerResources, row: Media, tenant: str, exc: Exception, fetched: int
+) -> Rendered:
+    """The bucket failed: a missing object fails the render for good; anything else leaves
+    the row pending, and the sweeper asks again once the render queue has drained."""
+    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in _GONE:
+        return _failed(res, row, tenant, "the archived object is missing from the bucket", fetched)
     log.warning(
         "rendition postponed: the bucket failed: %s",
         exc,
