@@ -124,9 +124,7 @@ def grid_bytes(url: str, api_key: str, page_size: int) -> tuple[int, int, int]:
     scrolled to its end, until the network is quiet."""
     from playwright.sync_api import sync_playwright
 
-    from tests.test_dashboard import _chromium
-
-    executable = _chromium()
+    executable = processes.chromium()
     if executable is None:
         raise SystemExit("no Chromium here: apt-get install chromium")
     lengths: dict[str, int] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,3 +193,12 @@ def worker_argv(
     if beat is not None:
         argv += ["--beat", "--schedule", str(beat)]
     return argv
+
+
+def chromium() -> str | None:
+    """A headless-capable Chromium on this machine (Debian's package), or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None

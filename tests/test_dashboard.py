@@ -207,17 +207,9 @@ def test_a_revoked_key_ends_its_dashboard_session(stack: Stack) -> None:
 # -- in the browser -------------------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = _chromium()
+    executable = processes.chromium()
     if executable is None:
         pytest.skip("no Chromium here (scripts/test installs Debian's when it can: apt-get)")
     from playwright.sync_api import sync_playwright
