@@ -92,7 +92,7 @@ def ask_missing(
         session.execute(
             update(Media)
             .where(col(Media.pk).in_(pks))
-            .values(render_state=RenderState.PENDING.value, updated_at=now)
+            .values(render_state=RenderState.PENDING.value, render_attempts=0, updated_at=now)
         )
     return pks
 

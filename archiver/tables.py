@@ -279,6 +279,11 @@ class Media(SQLModel, table=True):
     renditions: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     render_state: str | None = Field(default=None, max_length=16)
     render_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Renders started for this ask: one whose worker died or timed out does not finish, and
+    # after MAX_RENDER_ATTEMPTS the ask is given up (a file that crashes its decoder).
+    render_attempts: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
 
 
 class NotificationState(StrEnum):

@@ -19,10 +19,14 @@ import httpx
 import pytest
 import redis
 from PIL import Image
+from sqlalchemy import update
 from sqlmodel import col, select
 
+from archiver.broker import make_celery
 from archiver.db import make_engine, session_scope
 from archiver.queue import RENDER_QUEUE
+from archiver.render_requests import publish_render
+from archiver.settings import Settings, load_settings
 from archiver.tables import Media
 from devstack import processes, services
 from devstack.fixtures import TenantSetup, add_tenant, process_env, start_web
@@ -95,6 +99,24 @@ class Rig:
         )
         assert result.returncode == 0, result.stderr
         return result
+
+    def settings(self) -> Settings:
+        prefix = "ARCHIVER_"
+        return load_settings(
+            **{
+                k.removeprefix(prefix).lower(): v
+                for k, v in self.env.items()
+                if k.startswith(prefix)
+            }
+        )
+
+    def update_row(self, pk: int | None, **values: Any) -> None:
+        engine = make_engine(self.database_url)
+        try:
+            with session_scope(engine) as session:
+                session.execute(update(Media).where(col(Media.pk) == pk).values(**values))
+        finally:
+            engine.dispose()
 
     def render_worker(self, name: str) -> processes.Process:
         argv = [*processes.worker_argv(concurrency=1), "-n", f"{name}@%h"]
@@ -276,9 +298,7 @@ def test_renditions_off_then_backfilled_by_media_render_missing(rig: Rig) -> Non
 
 
 def test_an_ask_the_broker_lost_is_asked_again_by_the_sweeper(rig: Rig) -> None:
-    from archiver.broker import make_celery
     from archiver.redrive import reask_renders
-    from archiver.settings import load_settings
     from archiver.tables import utcnow
 
     rig.procs[-1].stop()  # the render worker, so the ask waits in the queue
@@ -299,10 +319,7 @@ def test_an_ask_the_broker_lost_is_asked_again_by_the_sweeper(rig: Rig) -> None:
     renders = json.loads(status.stdout)["renders"]
     assert renders["pending"] >= 1 and renders["queueDepth"] >= 1, renders
     rig.queue.delete(RENDER_QUEUE)  # the broker forgets it
-    prefix = "ARCHIVER_"
-    settings = load_settings(
-        **{k.removeprefix(prefix).lower(): v for k, v in rig.env.items() if k.startswith(prefix)}
-    )
+    settings = rig.settings()
     engine = make_engine(rig.database_url)
     app = make_celery(settings)
     try:
@@ -366,20 +383,35 @@ def test_media_titan_persisted_into_the_tenants_bucket_gets_renditions_too(rig: 
 
 
 def test_an_object_gone_from_the_bucket_fails_its_render_once(rig: Rig) -> None:
-    from sqlalchemy import update
-
     item = _sample(rig, "image")
     rig.send(item)
     row = rig.wait_rendered(item.media_id)
     assert row.object_key is not None
     rig.s3.delete_object(Bucket=rig.tenant.bucket, Key=row.object_key)
-    engine = make_engine(rig.database_url)
-    try:
-        with session_scope(engine) as session:  # as a row archived before renditions existed
-            session.execute(update(Media).where(col(Media.pk) == row.pk).values(render_state=None))
-    finally:
-        engine.dispose()
+    rig.update_row(row.pk, render_state=None)  # as a row archived before renditions existed
     rig.cli("media", "render", "--missing", "--tenant", "acme")
     failed = rig.wait_rendered(item.media_id, "failed")
     assert failed.render_error == "the archived object is missing from the bucket"
     assert failed.status == "archived"  # reconcile's business, not the renderer's
+
+
+def test_an_ask_whose_renders_never_finish_is_given_up(rig: Rig) -> None:
+    item = _sample(rig, "image")
+    rig.send(item)
+    row = rig.wait_rendered(item.media_id)
+    # Three renders of this ask started and never finished (a decoder that crashes its
+    # worker, or hangs past the time limit): the fourth gives up instead of trying.
+    rig.update_row(row.pk, render_state="pending", render_attempts=3, renditions=None)
+    app = make_celery(rig.settings())
+    try:
+        publish_render(app, pks=[row.pk or 0])
+    finally:
+        app.close()
+    failed = rig.wait_rendered(item.media_id, "failed")
+    assert failed.render_error is not None and "gave up after 3 renders" in failed.render_error
+    assert failed.render_attempts == 4 and failed.status == "archived"
+    # `media render --missing` does not ask again for a failed render; a fresh ask starts
+    # its count over.
+    rig.update_row(row.pk, render_state=None)
+    rig.cli("media", "render", "--missing", "--tenant", "acme")
+    assert rig.wait_rendered(item.media_id).render_attempts == 1

@@ -34,6 +34,7 @@ from worker.resources import WorkerResources
 
 log = logging.getLogger(__name__)
 MAX_ERROR_LEN = 500
+MAX_RENDER_ATTEMPTS = 3  # renders of one ask that never finished (worker killed, timed out)
 READ_BUFFER = 256 * 1024  # decoders read small pieces; the reader fetches 1 MiB blocks
 
 
@@ -63,6 +64,12 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
     if not tenant.renditions:
         _record(res, row, made=Made(), keys=[], state=RenderState.DONE, error="renditions off")
         return Rendered("skipped", "renditions are off for the tenant")
+    attempt = _start(res, row)
+    if attempt is None:
+        return Rendered("skipped", "rendered meanwhile")
+    if attempt > MAX_RENDER_ATTEMPTS:
+        why = f"gave up after {attempt - 1} renders that never finished (worker died or timed out)"
+        return _failed(res, row, tenant.name, why, 0)
     place = renditions.located(
         object_key=row.object_key,
         s3_url=row.s3_url,
@@ -120,6 +127,21 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
     return Rendered(
         "done", made=[(r.kind, r.size) for r in kept], fetched=reader.fetched, seconds=seconds
     )
+
+
+def _start(res: WorkerResources, row: Media) -> int | None:
+    """Count a render of this ask starting; its number, or None if the ask was answered."""
+    with session_scope(res.engine) as session:
+        started = session.execute(
+            update(Media)
+            .where(
+                col(Media.pk) == row.pk,
+                col(Media.render_state) == RenderState.PENDING.value,
+            )
+            .values(render_attempts=col(Media.render_attempts) + 1)
+            .returning(col(Media.render_attempts))
+        ).scalar_one_or_none()
+    return None if started is None else int(started)
 
 
 def _size(s3: Any, row: Media, bucket: str, key: str) -> int:

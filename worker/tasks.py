@@ -138,5 +138,6 @@ def register(app: Celery, settings: Settings) -> None:
     def sweep_stuck() -> int:
         engine = resources(settings, app).engine
         report = sweep(engine, app, settings)
-        reask_renders(engine, app, settings, now=utcnow())
+        with suppress(Unavailable):  # renders wait for the next sweep
+            reask_renders(engine, app, settings, now=utcnow())
         return report.total

@@ -5,7 +5,8 @@ Revises: 0019
 
 Each media row gains what its renditions found (width, height, duration, PDF pages), the
 renditions themselves (a JSON list: kind, MIME type, key, size, SHA-256) and where making
-them stands (``render_state``: pending, done, failed, none). A partial index serves the
+them stands (``render_state``: pending, done, failed; ``render_attempts``, so a file that crashes
+or hangs its decoder is given up rather than asked for forever). A partial index serves the
 sweeper's look for renders that were asked for and never made. Tenants can turn renditions
 off.
 """
@@ -30,6 +31,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("renditions", sa.Text(), nullable=True))
         batch.add_column(sa.Column("render_state", sa.String(length=16), nullable=True))
         batch.add_column(sa.Column("render_error", sa.Text(), nullable=True))
+        batch.add_column(
+            sa.Column("render_attempts", sa.Integer(), nullable=False, server_default="0")
+        )
     op.create_index(
         "ix_media_render_pending",
         "media",
@@ -49,6 +53,7 @@ def downgrade() -> None:
     op.drop_index("ix_media_render_pending", table_name="media")
     with op.batch_alter_table("media") as batch:
         for name in (
+            "render_attempts",
             "render_error",
             "render_state",
             "renditions",
