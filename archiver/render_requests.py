@@ -34,19 +34,17 @@ def publish_render(app: Celery, *, pks: list[int]) -> None:
         publish_task(app, task=RENDER_TASK, args=[pks[start : start + BATCH]], queue=RENDER_QUEUE)
 
 
-def _missing(tenant_id: int | None) -> list[ColumnElement[bool]]:
+def _missing(tenant_id: int | None, *, failed: bool = False) -> list[ColumnElement[bool]]:
     """Archived rows in the tenant's bucket, of a rendered type, of a tenant with renditions
-    on, never rendered (or asked and not done)."""
+    on, never rendered (or asked and not done; ``failed``: or whose render failed)."""
+    states = [RenderState.PENDING.value, *([RenderState.FAILED.value] if failed else [])]
     where = [
         col(Media.status) == Status.ARCHIVED.value,
         # The worker's object, or Titan's (persist): whether it is in the tenant's bucket
         # is for the render to tell.
         or_(col(Media.object_key).is_not(None), col(Media.s3_url).is_not(None)),
         col(Tenant.renditions) != false(),
-        or_(
-            col(Media.render_state).is_(None),
-            col(Media.render_state) == RenderState.PENDING.value,
-        ),
+        or_(col(Media.render_state).is_(None), col(Media.render_state).in_(states)),
         or_(col(Media.message_type).in_(_TYPES), col(Media.mime_type).like("application/pdf%")),
     ]
     if tenant_id is not None:
@@ -54,12 +52,12 @@ def _missing(tenant_id: int | None) -> list[ColumnElement[bool]]:
     return where
 
 
-def missing_count(session: Session, *, tenant_id: int | None) -> int:
+def missing_count(session: Session, *, tenant_id: int | None, failed: bool = False) -> int:
     query = (
         select(func.count())
         .select_from(Media)
         .join(Tenant, col(Tenant.id) == col(Media.tenant_id))
-        .where(*_missing(tenant_id))
+        .where(*_missing(tenant_id, failed=failed))
     )
     return int(session.exec(query).one())
 
@@ -77,13 +75,19 @@ def pending_count(session: Session, *, tenant_id: int | None) -> int:
 
 
 def ask_missing(
-    session: Session, *, tenant_id: int | None, after_pk: int, limit: int, now: datetime
+    session: Session,
+    *,
+    tenant_id: int | None,
+    after_pk: int,
+    limit: int,
+    now: datetime,
+    failed: bool = False,
 ) -> list[int]:
     """Mark the next ``limit`` rows after ``after_pk`` without renditions as pending; their pks."""
     query = (
         select(Media.pk)
         .join(Tenant, col(Tenant.id) == col(Media.tenant_id))
-        .where(*_missing(tenant_id), col(Media.pk) > after_pk)
+        .where(*_missing(tenant_id, failed=failed), col(Media.pk) > after_pk)
         .order_by(col(Media.pk))
         .limit(limit)
     )

@@ -410,8 +410,9 @@ def test_an_ask_whose_renders_never_finish_is_given_up(rig: Rig) -> None:
     failed = rig.wait_rendered(item.media_id, "failed")
     assert failed.render_error is not None and "gave up after 3 renders" in failed.render_error
     assert failed.render_attempts == 4 and failed.status == "archived"
-    # `media render --missing` does not ask again for a failed render; a fresh ask starts
-    # its count over.
-    rig.update_row(row.pk, render_state=None)
-    rig.cli("media", "render", "--missing", "--tenant", "acme")
+    # `media render --missing` leaves a failed render alone; with --failed it asks afresh.
+    assert json.loads(rig.cli("media", "render", "--missing", "--tenant", "acme").stdout) == {
+        "asked": 0
+    }
+    rig.cli("media", "render", "--missing", "--failed", "--tenant", "acme")
     assert rig.wait_rendered(item.media_id).render_attempts == 1

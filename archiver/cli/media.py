@@ -166,6 +166,9 @@ def media_requeue(stuck: bool) -> None:
 )
 @click.option("--tenant", default=None, help="Only this tenant's rows.")
 @click.option(
+    "--failed", "with_failed", is_flag=True, help="Rows whose render failed too (asked afresh)."
+)
+@click.option(
     "--wait",
     "wait_seconds",
     default=0.0,
@@ -173,7 +176,7 @@ def media_requeue(stuck: bool) -> None:
     help="Then follow the render workers for up to this many seconds (a second bar).",
 )
 @friendly
-def media_render(missing: bool, tenant: str | None, wait_seconds: float) -> None:
+def media_render(missing: bool, tenant: str | None, with_failed: bool, wait_seconds: float) -> None:
     """Ask the render workers (Procfile: render) for the thumbnails, posters, durations and
     m4a audio of rows archived before renditions existed or while they were off."""
     settings = current_settings()
@@ -182,13 +185,18 @@ def media_render(missing: bool, tenant: str | None, wait_seconds: float) -> None
     try:
         with session_scope(engine) as session:
             tenant_id = get_tenant(session, name=tenant).id if tenant else None
-            total = render_requests.missing_count(session, tenant_id=tenant_id)
+            total = render_requests.missing_count(session, tenant_id=tenant_id, failed=with_failed)
         asked, after = 0, 0
         with click.progressbar(length=total, label="asking for renditions", file=sys.stderr) as bar:
             while True:
                 with session_scope(engine) as session:
                     pks = render_requests.ask_missing(
-                        session, tenant_id=tenant_id, after_pk=after, limit=500, now=utcnow()
+                        session,
+                        tenant_id=tenant_id,
+                        after_pk=after,
+                        limit=500,
+                        now=utcnow(),
+                        failed=with_failed,
                     )
                 if not pks:
                     break
