@@ -296,10 +296,10 @@ def _versioned(s3: Any, bucket: str) -> bool:
 def _delete_objects(
     s3: Any, tenant: Tenant, versioned: dict[str, bool], row: Media
 ) -> tuple[int, str | None]:
-    """Delete every version of the row's object and its renditions (and an unfinished
-    upload): (versions
-    deleted, None), or (0, the error) if the bucket refused: the row then stays so the
-    erasure can be rerun. Runs in the erasure's threads: it touches no shared state."""
+    """Delete every version of the row's object and of its renditions (and an unfinished
+    upload): (versions deleted, None), or (0, the error) if the bucket refused: the row then
+    stays so the erasure can be rerun. Runs in the erasure's threads: it touches no shared
+    state."""
     place = _location(tenant, row)
     if place is None:
         return 0, None  # never archived (queued, retrying, failed before upload): no object

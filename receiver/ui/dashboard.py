@@ -423,7 +423,7 @@ class Dashboard:
             if kind is not None:
                 found = renditions.find(row.renditions, kind)
                 if found is None:
-                    return Response(f"no {kind[:32]} rendition", status_code=404)
+                    return Response("no such rendition (yet)", status_code=404)
                 key, mime_type = found.key, found.mime_type
             url = presign_get(
                 res.s3.get(tenant),
