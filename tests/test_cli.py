@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -230,6 +231,8 @@ def test_media_list_filters_and_export_stream_every_matching_row(
         database_url, "media", "list", "--mime-type", "image/", "--max-size", "4", "--format", "csv"
     ).stdout.splitlines()
     assert csv_out[0].startswith("id,messageId,mimeType") and len(csv_out) == 1 + 3
+    parsed = list(csv.DictReader(csv_out))
+    assert parsed[0]["renditions"] == "[]"  # lists as JSON, not Python's repr
     bad = run(database_url, "media", "list", "--since", "yesterday", check=False)
     assert bad.returncode == 1 and "since:" in bad.stderr
     out = tmp_path / "export.jsonl"

@@ -24,7 +24,7 @@ from archiver.cli.context import (
     friendly,
     scope_count,
 )
-from archiver.cli.output import print_media
+from archiver.cli.output import csv_row, print_media
 from archiver.db import make_engine, session_scope
 from archiver.erasure import Selector, count_matching, erase_recorded, set_hold
 from archiver.errors import Unavailable
@@ -125,7 +125,7 @@ def media_export(output: str, fmt: str, **filters: str | None) -> None:
             count = 0
             for doc in iter_media(engine, query):
                 if writer is not None:
-                    writer.writerow(doc)
+                    writer.writerow(csv_row(doc))
                 else:
                     out.write(json.dumps(doc) + "\n")
                 count += 1

@@ -16,6 +16,11 @@ def echo_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
 
 
+def csv_row(doc: dict[str, Any]) -> dict[str, Any]:
+    """A MediaInfo as one CSV row: a list (``renditions``) as its JSON, not Python's repr."""
+    return {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in doc.items()}
+
+
 def print_media(docs: list[dict[str, Any]], fmt: str) -> None:
     if fmt == "json":
         echo_json(docs)
@@ -25,7 +30,7 @@ def print_media(docs: list[dict[str, Any]], fmt: str) -> None:
     elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, MEDIA_INFO_COLUMNS)
         writer.writeheader()
-        writer.writerows(docs)
+        writer.writerows(csv_row(doc) for doc in docs)
     else:
         columns = ("tenant", "session", "id", "type", "size", "status", "key", "lastError")
         table = [
