@@ -69,6 +69,14 @@ def settings_for(
     )
 
 
+def settings_of(env: dict[str, str]) -> Settings:
+    """The settings processes started with ``env`` (``ARCHIVER_*`` variables) run with."""
+    prefix = "ARCHIVER_"
+    return load_settings(
+        **{k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+    )
+
+
 def process_env(database_url: str, broker_url: str, **extra: str) -> dict[str, str]:
     """Environment for a receiver or worker process under test."""
     return {

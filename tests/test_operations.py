@@ -21,10 +21,10 @@ from sqlmodel import select
 from archiver.broker import make_celery, publish_archive
 from archiver.db import make_engine, session_scope
 from archiver.queue import ARCHIVE_QUEUE
-from archiver.settings import Settings, load_settings
+from archiver.settings import Settings
 from archiver.tables import Media
 from devstack import processes, services
-from devstack.fixtures import add_tenant, process_env, start_web
+from devstack.fixtures import add_tenant, process_env, settings_of, start_web
 from tests.conftest import migrated_database
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
@@ -82,14 +82,7 @@ class Ops:
 
     def settings(self) -> Settings:
         """The settings the processes run with."""
-        prefix = "ARCHIVER_"
-        return load_settings(
-            **{
-                k.removeprefix(prefix).lower(): v
-                for k, v in self.env.items()
-                if k.startswith(prefix)
-            }
-        )
+        return settings_of(self.env)
 
     def worker(self, name: str, **env: str) -> processes.Process:
         proc = processes.start_process(

@@ -26,10 +26,10 @@ from archiver.broker import make_celery
 from archiver.db import make_engine, session_scope
 from archiver.queue import RENDER_QUEUE
 from archiver.render_requests import publish_render
-from archiver.settings import Settings, load_settings
+from archiver.settings import Settings
 from archiver.tables import Media
 from devstack import processes, services
-from devstack.fixtures import TenantSetup, add_tenant, process_env, start_web
+from devstack.fixtures import TenantSetup, add_tenant, process_env, settings_of, start_web
 from tests.conftest import migrated_database, s3_of
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
@@ -101,14 +101,8 @@ class Rig:
         return result
 
     def settings(self) -> Settings:
-        prefix = "ARCHIVER_"
-        return load_settings(
-            **{
-                k.removeprefix(prefix).lower(): v
-                for k, v in self.env.items()
-                if k.startswith(prefix)
-            }
-        )
+        """The settings the processes run with."""
+        return settings_of(self.env)
 
     def update_row(self, pk: int | None, **values: Any) -> None:
         engine = make_engine(self.database_url)
