@@ -32,7 +32,7 @@ class RangedReader(io.RawIOBase):
         self._most = blocks
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self._pos = 0
-        self.fetched = 0  # bytes read from the bucket, for the benchmark's figures
+        self.fetched = 0  # bytes read from the bucket (the render's log line)
         self.requests = 0
         # What the bucket answered when a read failed: a decoder calling this reader may
         # turn the exception into its own error, so the caller looks here.

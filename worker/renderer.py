@@ -43,8 +43,6 @@ class Rendered:
     outcome: str  # done, failed, retrying, skipped
     detail: str = ""
     made: list[tuple[str, int]] = field(default_factory=list)  # (kind, bytes)
-    fetched: int = 0  # bytes of the original read from the bucket
-    seconds: float = 0.0
 
 
 def render_row(res: WorkerResources, pk: int) -> Rendered:
@@ -69,7 +67,7 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
         return Rendered("skipped", "rendered meanwhile")
     if attempt > MAX_RENDER_ATTEMPTS:
         why = f"gave up after {attempt - 1} renders that never finished (worker died or timed out)"
-        return _failed(res, row, tenant.name, why, 0)
+        return _failed(res, row, tenant.name, why)
     place = renditions.located(
         object_key=row.object_key,
         s3_url=row.s3_url,
@@ -85,7 +83,7 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
         s3 = res.s3.get(tenant)
         reader = RangedReader(s3, bucket=bucket, key=key, size=_size(s3, row, bucket, key))
     except (ClientError, BotoCoreError) as exc:
-        return _bucket_failed(res, row, tenant.name, exc, 0)
+        return _bucket_failed(res, row, tenant.name, exc)
     with tempfile.TemporaryDirectory(prefix="render-") as workdir:
         try:
             made = render(
@@ -96,16 +94,16 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
             )
         except Unreadable as exc:
             if reader.error is not None:  # the bucket failed, not the file
-                return _bucket_failed(res, row, tenant.name, reader.error, reader.fetched)
-            return _failed(res, row, tenant.name, str(exc), reader.fetched)
+                return _bucket_failed(res, row, tenant.name, reader.error)
+            return _failed(res, row, tenant.name, str(exc))
         except (ClientError, BotoCoreError) as exc:
-            return _bucket_failed(res, row, tenant.name, exc, reader.fetched)
+            return _bucket_failed(res, row, tenant.name, exc)
         try:
             kept = [
                 _put(s3, row, bucket, key, kind, path) for kind, path in sorted(made.files.items())
             ]
         except (ClientError, BotoCoreError, OSError) as exc:
-            return _bucket_failed(res, row, tenant.name, exc, reader.fetched)
+            return _bucket_failed(res, row, tenant.name, exc)
     if not _record(res, row, made=made, keys=kept, state=RenderState.DONE, error=None):
         # Erased (or re-archived) meanwhile: what was just written belongs to no row.
         with suppress(ClientError, BotoCoreError):
@@ -124,9 +122,7 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
             "durationMs": round(seconds * 1000, 1),
         },
     )
-    return Rendered(
-        "done", made=[(r.kind, r.size) for r in kept], fetched=reader.fetched, seconds=seconds
-    )
+    return Rendered("done", made=[(r.kind, r.size) for r in kept])
 
 
 def _start(res: WorkerResources, row: Media) -> int | None:
@@ -151,7 +147,7 @@ def _size(s3: Any, row: Media, bucket: str, key: str) -> int:
     return int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
 
 
-def _failed(res: WorkerResources, row: Media, tenant: str, why: str, fetched: int) -> Rendered:
+def _failed(res: WorkerResources, row: Media, tenant: str, why: str) -> Rendered:
     """Renditions given up for good (the archive stands)."""
     _record(res, row, made=Made(), keys=[], state=RenderState.FAILED, error=why)
     log.warning(
@@ -159,25 +155,23 @@ def _failed(res: WorkerResources, row: Media, tenant: str, why: str, fetched: in
         why,
         extra={"mediaId": row.media_id, "tenant": tenant, "outcome": "failed"},
     )
-    return Rendered("failed", why, fetched=fetched)
+    return Rendered("failed", why)
 
 
 _GONE = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket"})
 
 
-def _bucket_failed(
-    res: WorkerResources, row: Media, tenant: str, exc: Exception, fetched: int
-) -> Rendered:
+def _bucket_failed(res: WorkerResources, row: Media, tenant: str, exc: Exception) -> Rendered:
     """The bucket failed: a missing object fails the render for good; anything else leaves
     the row pending, and the sweeper asks again once the render queue has drained."""
     if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in _GONE:
-        return _failed(res, row, tenant, "the archived object is missing from the bucket", fetched)
+        return _failed(res, row, tenant, "the archived object is missing from the bucket")
     log.warning(
         "rendition postponed: the bucket failed: %s",
         exc,
         extra={"mediaId": row.media_id, "tenant": tenant, "outcome": "retrying"},
     )
-    return Rendered("retrying", str(exc)[:MAX_ERROR_LEN], fetched=fetched)
+    return Rendered("retrying", str(exc)[:MAX_ERROR_LEN])
 
 
 def _put(s3: Any, row: Media, bucket: str, original: str, kind: str, path: Path) -> Rendition:
