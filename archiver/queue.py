@@ -1,5 +1,5 @@
 """The queue contract between receiver and worker: task names, queue names, which queue a
-media item goes to, and how small rows are batched into tasks (pure; archiver/broker.py
+media item goes to, and how small rows are batched into tasks (pure; archiver/infra/broker.py
 talks to the broker)."""
 
 from __future__ import annotations

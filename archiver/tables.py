@@ -103,7 +103,7 @@ class Tenant(SQLModel, table=True):
     )
     # Titan's rate limit for this tenant's key was reached: no transfer of it starts before.
     throttled_until: datetime | None = _time()
-    # What is captured (archiver/capture.py): outgoing media (message.sent), status/broadcast
+    # What is captured (archiver/media/capture.py): outgoing media (message.sent), status/broadcast
     # and group media; a type allow-list (comma-separated, NULL: every type); a size cap.
     capture_outgoing: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
@@ -270,7 +270,7 @@ class Media(SQLModel, table=True):
     )
     revoked_at: datetime | None = _time()  # the sender revoked or deleted the message
     revoked_by: str | None = Field(default=None, max_length=32)  # the event that said so
-    # What the renditions found (archiver/renditions.py), the renditions themselves (JSON),
+    # What the renditions found (archiver/media/renditions.py), the renditions themselves (JSON),
     # and where making them stands (RenderState; NULL: never asked, e.g. archived before).
     width: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     height: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
@@ -294,7 +294,7 @@ class NotificationState(StrEnum):
 
 class Notification(SQLModel, table=True):
     """The outbox: one event for a tenant's endpoint, committed with the state change it
-    reports and delivered from there (archiver/notify.py)."""
+    reports and delivered from there (archiver/tenants/notify.py)."""
 
     __tablename__ = "notifications"
     __table_args__ = (
@@ -317,7 +317,8 @@ class Notification(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    """One administrative action: who did what to which tenant, when (archiver/audit.py)."""
+    """One administrative action: who did what to which tenant, when
+    (archiver/governance/audit.py)."""
 
     __tablename__ = "audit_events"
     __table_args__ = (
@@ -336,7 +337,7 @@ class AuditEvent(SQLModel, table=True):
 
 class MediaTotal(SQLModel, table=True):
     """Rows and bytes of the media table per (tenant, status, type), maintained by triggers
-    on ``media`` (migration 0016), so counts never scan the table (archiver/totals.py)."""
+    on ``media`` (migration 0016), so counts never scan the table (archiver/reporting/totals.py)."""
 
     __tablename__ = "media_totals"
 

@@ -33,8 +33,8 @@ import redis
 from sqlalchemy import text
 from sqlmodel import col, func, select
 
-from archiver.broker import make_celery
-from archiver.db import session_scope
+from archiver.infra.broker import make_celery
+from archiver.infra.db import session_scope
 from archiver.settings import load_settings
 from archiver.tables import Media, Status
 from bench.transfers import Rig

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from sqlmodel import select
 
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
 from archiver.tables import Media, Tenant
 from devstack import services
 from devstack.fixtures import TenantSetup, add_tenant, migrated_database, running_archiver

@@ -26,11 +26,11 @@ import redis
 from sqlalchemy import func, text
 from sqlmodel import select
 
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
 from archiver.queue import QUEUES
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from bench.loadgen import Load, run_load
 from devstack import processes, services
 from devstack.fixtures import migrated_database

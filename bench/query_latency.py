@@ -28,10 +28,10 @@ import httpx
 import psycopg
 from sqlalchemy import text
 
-from archiver import totals
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
+from archiver.reporting import totals
 from archiver.secrets_box import SecretBox
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack import services
 from devstack.fixtures import migrated_database
 
@@ -219,8 +219,10 @@ def _timed(name: str, call: Callable[[], object], repeat: int, target: float, no
 def run_figures(url: str, key: str, db_url: str, repeat: int) -> None:
     """Stats, the overview, the chats page, a /metrics scrape and status's database work:
     target p99 < 50."""
-    from archiver import figures, notify, pauses
-    from archiver.tenants import list_tenants
+    from archiver.reporting import figures
+    from archiver.scheduling import pauses
+    from archiver.tenants import notify
+    from archiver.tenants.tenants import list_tenants
 
     print(f"{'figures':<34}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'':>6}  target p99 < 50")
 
@@ -264,7 +266,7 @@ def run_figures(url: str, key: str, db_url: str, repeat: int) -> None:
 
 
 def run_queries(url: str, key: str, samples: dict[str, str], repeat: int) -> None:
-    from archiver.query import encode_cursor
+    from archiver.media.query import encode_cursor
 
     # A position a third of the way into the table: every page after it is a "deep" page.
     middle = encode_cursor(datetime.fromisoformat(samples["middle"]), 1)

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from sqlalchemy import Engine
 
-from archiver import migrate
-from archiver.broker import make_celery
-from archiver.buckets import make_s3_client
 from archiver.cli import reconcile as reconciling
-from archiver.db import make_engine
+from archiver.infra import migrate
+from archiver.infra.broker import make_celery
+from archiver.infra.buckets import make_s3_client
+from archiver.infra.db import make_engine
 from archiver.settings import Settings, load_settings
 from devstack import services
 from devstack.fixtures import seed_archived

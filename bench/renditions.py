@@ -34,15 +34,15 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from archiver import migrate
-from archiver.api_keys import issue_key
-from archiver.broker import make_celery
-from archiver.db import make_engine, session_scope
-from archiver.render_requests import publish_render
+from archiver.infra import migrate
+from archiver.infra.broker import make_celery
+from archiver.infra.db import make_engine, session_scope
+from archiver.media.render_requests import publish_render
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
 from archiver.tables import Media, RenderState, Status, utcnow
-from archiver.tenants import create_tenant
+from archiver.tenants.api_keys import issue_key
+from archiver.tenants.tenants import create_tenant
 from bench import media_files
 from bench.worker_memory import pool_child, status_kb
 from devstack import processes, services
@@ -108,7 +108,7 @@ class Bench:
 
     def renditions(self, pks: list[int]) -> tuple[int, int]:
         """(renditions made, their bytes) of these rows."""
-        from archiver.renditions import loads
+        from archiver.media.renditions import loads
 
         made = size = 0
         with session_scope(self.engine) as session:

@@ -32,11 +32,12 @@ import psycopg
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from archiver import erasure, totals
-from archiver.db import make_engine, session_scope
+from archiver.governance import erasure
+from archiver.infra.db import make_engine, session_scope
+from archiver.reporting import totals
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media, Tenant, utcnow
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from bench.ingest import serve
 from bench.loadgen import Load, run_load
 from bench.reconcile import client

@@ -38,15 +38,15 @@ import httpx
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from archiver.broker import make_celery
-from archiver.buckets import make_s3_client
-from archiver.db import make_engine, session_scope
+from archiver.infra.broker import make_celery
+from archiver.infra.buckets import make_s3_client
+from archiver.infra.db import make_engine, session_scope
+from archiver.media.recording import Arrival
 from archiver.queue import queue_for
-from archiver.recording import Arrival
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
 from archiver.tables import Media, Status, utcnow
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack import processes, services
 from devstack.fixtures import migrated_database, record
 from devstack.tcp_proxy import TcpProxy

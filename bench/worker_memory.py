@@ -19,14 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from archiver import migrate
-from archiver import query as queries
-from archiver.broker import make_celery, publish_archive
-from archiver.db import make_engine, session_scope
+from archiver.infra import migrate
+from archiver.infra.broker import make_celery, publish_archive
+from archiver.infra.db import make_engine, session_scope
+from archiver.media import query as queries
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
 from archiver.tables import Status
-from archiver.tenants import create_tenant
+from archiver.tenants.tenants import create_tenant
 from devstack import processes, services
 from devstack.fixtures import local_spec, record_item
 from devstack.tcp_proxy import TcpProxy

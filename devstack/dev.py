@@ -21,16 +21,16 @@ import click
 import httpx
 from sqlalchemy import Engine
 
-from archiver import migrate
-from archiver import query as queries
 from archiver.cli.output import print_media
-from archiver.db import make_engine, session_scope
 from archiver.errors import NotFound
+from archiver.infra import migrate
+from archiver.infra.db import make_engine, session_scope
+from archiver.media import query as queries
+from archiver.media.shapes import media_info
 from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
-from archiver.shapes import media_info
 from archiver.tables import RenderState
-from archiver.tenants import TenantSpec, create_tenant, get_tenant, remove_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant, get_tenant, remove_tenant
 from devstack import processes, services
 from devstack.processes import Process, free_port
 from titan_simulator.sender import Simulator, post_signed

@@ -35,11 +35,11 @@ from typing import Any
 import httpx
 from sqlmodel import select
 
-from archiver import migrate
-from archiver.db import make_engine, session_scope
+from archiver.infra import migrate
+from archiver.infra.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media, Status
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack import ceph, processes, services
 from devstack.tcp_proxy import TcpProxy
 from titan_simulator.sender import SentMedia, Simulator, post_signed

@@ -17,13 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, update
 from sqlmodel import col
 
-from archiver import migrate
-from archiver.db import make_engine, session_scope
-from archiver.recording import Arrival, MediaItem, Recorded
+from archiver.infra import migrate
+from archiver.infra.db import make_engine, session_scope
+from archiver.media.recording import Arrival, MediaItem, Recorded
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings, load_settings
 from archiver.tables import Media, Tenant
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack import processes, services
 from devstack.processes import Process
 from receiver.publisher import Routed, Traces

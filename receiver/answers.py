@@ -1,4 +1,4 @@
-"""HTTP answers written from the public shapes (archiver/shapes.py), and the error answer."""
+"""HTTP answers written from the public shapes (archiver/media/shapes.py), and the error answer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from starlette.responses import Response
 
-from archiver.shapes import Error, Shape
+from archiver.media.shapes import Error, Shape
 
 
 class ShapeResponse(Response):

@@ -1,7 +1,7 @@
 """The query API: media rows, their content and statistics, scoped by the caller's key.
 
 Each route handler runs its blocking database work in Starlette's thread pool and answers
-with a public shape (archiver/shapes.py).
+with a public shape (archiver/media/shapes.py).
 
 A tenant key sees only its tenant, whatever the parameters; the admin key (from settings)
 sees every tenant and may narrow to one with ``tenant``.
@@ -19,16 +19,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from archiver import audit, figures, pauses, renditions
-from archiver import query as queries
-from archiver.api_keys import tenant_for_key
-from archiver.buckets import key_in_bucket, presign_get
-from archiver.db import session_scope
-from archiver.erasure import Selector, erase_recorded
 from archiver.errors import NotFound, PayloadError
-from archiver.names import MAX_ID_LEN, SESSION_RE, has_control
-from archiver.query import MediaQuery, encode_cursor, parse_query
-from archiver.shapes import (
+from archiver.governance import audit
+from archiver.governance.erasure import Selector, erase_recorded
+from archiver.infra.buckets import key_in_bucket, presign_get
+from archiver.infra.db import session_scope
+from archiver.media import query as queries
+from archiver.media import renditions
+from archiver.media.query import MediaQuery, encode_cursor, parse_query
+from archiver.media.shapes import (
     AuditPage,
     AuditRecord,
     Counts,
@@ -42,8 +41,12 @@ from archiver.shapes import (
     Stats,
     StatsAnswer,
 )
+from archiver.names import MAX_ID_LEN, SESSION_RE, has_control
+from archiver.reporting import figures
+from archiver.scheduling import pauses
 from archiver.tables import Media, Status, Tenant, utcnow
-from archiver.tenants import get_tenant, list_tenants
+from archiver.tenants.api_keys import tenant_for_key
+from archiver.tenants.tenants import get_tenant, list_tenants
 from receiver import resources
 from receiver.answers import ShapeResponse, error
 from receiver.resources import Resources

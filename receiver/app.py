@@ -17,14 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from archiver import tracing
-from archiver.broker import make_celery, queue_depth
-from archiver.buckets import TenantS3Clients
-from archiver.db import make_engine
 from archiver.errors import Unavailable
-from archiver.logs import configure_logging
+from archiver.infra import tracing
+from archiver.infra.broker import make_celery, queue_depth
+from archiver.infra.buckets import TenantS3Clients
+from archiver.infra.db import make_engine
+from archiver.infra.logs import configure_logging
+from archiver.media.shapes import Health, Readiness
 from archiver.settings import Settings, load_settings
-from archiver.shapes import Health, Readiness
 from receiver import api, resources
 from receiver.answers import ShapeResponse, error
 from receiver.group_commit import GroupCommit

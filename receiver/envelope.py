@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from archiver.errors import PayloadError
+from archiver.media.recording import MediaItem
 from archiver.names import (
     MAX_ID_LEN,
     MEDIA_TYPES,
@@ -17,7 +18,6 @@ from archiver.names import (
     VOICE_NOTE_TYPES,
     has_control,
 )
-from archiver.recording import MediaItem
 
 MAX_TEXT_LEN = 4096
 MAX_JSON_DEPTH = 32
@@ -123,7 +123,7 @@ def media_item(envelope: dict[str, Any]) -> MediaItem | None:
 
     Any other event type, and text messages, are not ours to archive: None. What the
     business's own number sent (``message.sent``) is stored with ``from_me`` true; whether
-    it is archived is the tenant's capture policy (archiver/capture.py).
+    it is archived is the tenant's capture policy (archiver/media/capture.py).
     """
     event = envelope.get("event")
     if event not in MEDIA_EVENTS:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 
 from opentelemetry.trace import Span
 
-from archiver import tracing
 from archiver.errors import Unavailable
-from archiver.recording import Arrival, Recorded
+from archiver.infra import tracing
+from archiver.media.recording import Arrival, Recorded
 from receiver.writers import Writer
 
 log = logging.getLogger(__name__)

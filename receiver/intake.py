@@ -16,14 +16,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from archiver import notify, pauses, tracing
-from archiver.capture import not_captured
-from archiver.db import session_scope
 from archiver.errors import ConfigError, InvalidSignature, PayloadError, Unavailable
-from archiver.names import SESSION_RE
-from archiver.recording import Arrival, MediaItem
-from archiver.revocations import record_revocation
-from archiver.shapes import (
+from archiver.governance.revocations import record_revocation
+from archiver.infra import tracing
+from archiver.infra.db import session_scope
+from archiver.media.capture import not_captured
+from archiver.media.recording import Arrival, MediaItem
+from archiver.media.shapes import (
     Error,
     Ignored,
     NotCaptured,
@@ -32,7 +31,10 @@ from archiver.shapes import (
     Shape,
     WebhookAnswer,
 )
+from archiver.names import SESSION_RE
+from archiver.scheduling import pauses
 from archiver.tables import Media, Status, Tenant, utcnow
+from archiver.tenants import notify
 from receiver.envelope import (
     Revocation,
     SessionChange,

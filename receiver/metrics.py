@@ -29,9 +29,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from archiver import tracing
-from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, BuildInfo, authorized
-from archiver.logs import request_id
+from archiver.infra import tracing
+from archiver.infra.logs import request_id
+from archiver.reporting.backlog_metrics import CONTENT_TYPE, BacklogCollector, BuildInfo, authorized
 
 log = logging.getLogger(__name__)
 

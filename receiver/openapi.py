@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 document and a human docs page, built from the code's own definitions: the
-query filters (archiver/query.py) and the public shapes (archiver/shapes.py)."""
+query filters (archiver/media/query.py) and the public shapes (archiver/media/shapes.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pydantic_core import CoreSchema
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from archiver.media.query import FILTERS
+from archiver.media.renditions import KINDS as RENDITION_KINDS
+from archiver.media.shapes import API_SHAPES
 from archiver.names import MAX_ID_LEN, SESSION_RE
-from archiver.query import FILTERS
-from archiver.renditions import KINDS as RENDITION_KINDS
-from archiver.shapes import API_SHAPES
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -69,7 +69,7 @@ class _Untitled(GenerateJsonSchema):
 
 
 def component_schemas() -> dict[str, Any]:
-    """The JSON Schema of every public shape (archiver/shapes.py), as OpenAPI components."""
+    """The JSON Schema of every public shape (archiver/media/shapes.py), as OpenAPI components."""
     _, top = models_json_schema(
         [(shape, "serialization") for shape in API_SHAPES],
         by_alias=True,

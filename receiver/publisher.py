@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from celery import Celery
 from opentelemetry.trace import Span
 
-from archiver import tracing
-from archiver.broker import publish_task
 from archiver.errors import Unavailable
+from archiver.infra import tracing
+from archiver.infra.broker import publish_task
 from archiver.queue import (
     ARCHIVE_BATCH_TASK,
     ARCHIVE_QUEUE,

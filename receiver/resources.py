@@ -9,7 +9,7 @@ from celery import Celery
 from sqlalchemy import Engine
 from starlette.requests import Request
 
-from archiver.buckets import TenantS3Clients
+from archiver.infra.buckets import TenantS3Clients
 from archiver.settings import Settings
 from receiver.intake import Intake
 from receiver.metrics import ReceiverMetrics

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from archiver.capture import CapturePolicy
-from archiver.db import session_scope
 from archiver.errors import NotFound
+from archiver.infra.db import session_scope
+from archiver.media.capture import CapturePolicy
 from archiver.secrets_box import SecretBox
-from archiver.tenants import get_tenant, secrets_of
+from archiver.tenants.tenants import get_tenant, secrets_of
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ import psycopg
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from archiver import lifecycle, recording, tracing
-from archiver.db import session_scope, transaction_pooled
 from archiver.errors import Unavailable
+from archiver.infra import tracing
+from archiver.infra.db import session_scope, transaction_pooled
+from archiver.media import lifecycle, recording
+from archiver.media.recording import Arrival, Batch, Recorded
 from archiver.queue import queue_for
-from archiver.recording import Arrival, Batch, Recorded
 from archiver.tables import utcnow
 from receiver.publisher import Routed, Traces
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from archiver.db import make_engine
+from archiver.infra.db import make_engine
 from devstack import ceph, fixtures, services
 from devstack.fixtures import MASTER_KEY
 from tests import secret_audit

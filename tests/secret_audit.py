@@ -53,8 +53,9 @@ class Audit:
     def install(self) -> None:
         import httpx
 
-        from archiver import api_keys, settings, tenants
+        from archiver import settings
         from archiver.secrets_box import SecretBox
+        from archiver.tenants import api_keys, tenants
         from devstack import processes
 
         audit = self

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
 from archiver.tables import Media, Notification, Tenant, utcnow
 from devstack import processes, services
 from devstack.fixtures import TenantSetup, add_tenant, process_env, running_archiver, scrape, total

@@ -7,10 +7,10 @@ from datetime import timedelta
 from sqlalchemy import Engine, update
 from sqlmodel import col
 
-from archiver import lifecycle
-from archiver import query as queries
-from archiver.broker import make_celery
-from archiver.db import session_scope
+from archiver.infra.broker import make_celery
+from archiver.infra.db import session_scope
+from archiver.media import lifecycle
+from archiver.media import query as queries
 from archiver.tables import Media, utcnow
 from devstack.fixtures import settings_for
 from tests.test_media_rows import item, make_tenant, record

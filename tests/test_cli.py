@@ -76,7 +76,7 @@ def assert_no_secret(text: str) -> None:
 
 def test_db_upgrade_creates_the_schema_on_an_empty_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new.db'}"
-    from archiver import migrate
+    from archiver.infra import migrate
 
     head = migrate.head_revision()
     result = run(url, "db", "upgrade")
@@ -96,7 +96,7 @@ def test_secrets_are_encrypted_at_rest(database_url: str) -> None:
     api_key = json.loads(add(database_url).stdout)["apiKey"]
     from sqlalchemy import text
 
-    from archiver.db import make_engine
+    from archiver.infra.db import make_engine
 
     engine = make_engine(database_url)
     with engine.connect() as conn:
@@ -190,9 +190,9 @@ def test_media_list_filters_and_export_stream_every_matching_row(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from archiver.db import make_engine, session_scope
-    from archiver.recording import Arrival, MediaItem
-    from archiver.tenants import get_tenant
+    from archiver.infra.db import make_engine, session_scope
+    from archiver.media.recording import Arrival, MediaItem
+    from archiver.tenants.tenants import get_tenant
     from devstack import fixtures
 
     add(database_url)
@@ -256,8 +256,8 @@ def test_version_is_the_installed_packages(database_url: str) -> None:
 
 
 def test_purging_a_tenant_with_media_needs_yes_without_a_terminal(database_url: str) -> None:
-    from archiver.db import make_engine, session_scope
-    from archiver.tenants import get_tenant
+    from archiver.infra.db import make_engine, session_scope
+    from archiver.tenants.tenants import get_tenant
     from devstack.fixtures import record_item
     from tests.test_media_rows import item
 

@@ -67,9 +67,9 @@ def stack(
     redis_url: str,
     pg_admin_url: str | None,
 ) -> Iterator[Stack]:
-    from archiver.api_keys import issue_key
-    from archiver.db import make_engine, session_scope
-    from archiver.tenants import get_tenant
+    from archiver.infra.db import make_engine, session_scope
+    from archiver.tenants.api_keys import issue_key
+    from archiver.tenants.tenants import get_tenant
 
     s3_endpoint = s3_of(request, request.param)
     tmp = tmp_path_factory.mktemp("dashboard")
@@ -188,9 +188,9 @@ def test_session_cookie_is_httponly_strict_and_forms_need_the_csrf_token(stack: 
 
 
 def test_a_revoked_key_ends_its_dashboard_session(stack: Stack) -> None:
-    from archiver.api_keys import issue, revoke_key
-    from archiver.db import make_engine, session_scope
-    from archiver.tenants import get_tenant
+    from archiver.infra.db import make_engine, session_scope
+    from archiver.tenants.api_keys import issue, revoke_key
+    from archiver.tenants.tenants import get_tenant
 
     engine = make_engine(stack.database_url)
     with session_scope(engine) as session:

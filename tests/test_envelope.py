@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from archiver.capture import CapturePolicy, not_captured, parse_types
 from archiver.errors import PayloadError
+from archiver.media.capture import CapturePolicy, not_captured, parse_types
 from receiver import envelope as envelope_module
 from receiver.envelope import (
     Revocation,

@@ -16,8 +16,8 @@ from botocore.exceptions import ClientError
 from sqlalchemy import Engine, update
 from sqlmodel import col, select
 
-from archiver import erasure
-from archiver.db import session_scope
+from archiver.governance import erasure
+from archiver.infra.db import session_scope
 from archiver.tables import Media, Status, utcnow
 from devstack.fixtures import seed_archived
 from devstack.services import s3_client

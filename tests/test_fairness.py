@@ -1,4 +1,4 @@
-"""Fair across tenants, polite to Titan (archiver/fairness.py): a tenant over its cap of
+"""Fair across tenants, polite to Titan (archiver/scheduling/fairness.py): a tenant over its cap of
 concurrent transfers waits while the others go on, and Titan's rate limit holds the whole
 tenant. The core against SQLite and PostgreSQL; then real processes (simulator, receiver,
 a worker of two slots running beat, moto) with ARCHIVER_TENANT_MAX_CONCURRENCY=1."""
@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from archiver import fairness, lifecycle, redrive
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
+from archiver.media import lifecycle
+from archiver.scheduling import dispatch, fairness
 from archiver.tables import Media, Status, Tenant, utcnow
 from devstack.fixtures import TenantSetup, add_tenant, process_env, running_archiver
 from tests.conftest import migrated_database
@@ -59,13 +60,13 @@ def test_rows_over_their_tenants_cap_are_handed_back_without_spending_an_attempt
         assert (row.status, row.attempts, row.queued_at) == (Status.QUEUED, 0, None)
         # The dispatcher publishes it only once A has a free slot again.
         soon = now + timedelta(seconds=1)
-        assert redrive.unpublished(session, now=soon, limit=10) == [a_pks[2]]
-        assert redrive.within_caps(session, pks=[a_pks[2]], cap=2, now=soon) == []
+        assert dispatch.unpublished(session, now=soon, limit=10) == [a_pks[2]]
+        assert dispatch.within_caps(session, pks=[a_pks[2]], cap=2, now=soon) == []
         assert lifecycle.mark_archived(
             session, pk=a_pks[0], attempt=1, now=soon, outcome={"size": 1}
         )
     with session_scope(engine) as session:
-        assert redrive.within_caps(session, pks=[a_pks[2]], cap=2, now=soon) == [a_pks[2]]
+        assert dispatch.within_caps(session, pks=[a_pks[2]], cap=2, now=soon) == [a_pks[2]]
     # Free slots per tenant: the cap less live leases and rows already in the broker.
     with session_scope(engine) as session:
         assert fairness.free_slots(session, cap=2, now=soon) == {a.id: 1, b.id: 1}
@@ -85,8 +86,8 @@ def test_a_rate_limited_tenant_is_held_until_the_time_titan_named(engine: Engine
         admitted = fairness.admit(session, rows=rows, cap=0, now=now)
     assert admitted.admitted == [] and admitted.deferred[0][1] == until
     with session_scope(engine) as session:
-        assert redrive.unpublished(session, now=now + timedelta(seconds=29), limit=5) == []
-        assert redrive.unpublished(session, now=until + timedelta(seconds=1), limit=5) == [pk]
+        assert dispatch.unpublished(session, now=now + timedelta(seconds=29), limit=5) == []
+        assert dispatch.unpublished(session, now=until + timedelta(seconds=1), limit=5) == [pk]
 
 
 # -- real processes ----------------------------------------------------------------------

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlmodel import col
 
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
+from archiver.media.query import NAMES
 from archiver.object_keys import DEFAULT_TEMPLATE, object_key
-from archiver.query import NAMES
 from archiver.tables import Media, Tenant
 from devstack.fixtures import settings_for
 from tests.conftest import migrated_database

@@ -36,7 +36,7 @@ def imports(path: Path) -> list[tuple[str, bool]]:
             found += [(alias.name, id(node) in top) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.module, id(node) in top))
-            # "from archiver import lifecycle" imports the module archiver.lifecycle.
+            # "from archiver import lifecycle" imports the module archiver.media.lifecycle.
             found += [(f"{node.module}.{alias.name}", id(node) in top) for alias in node.names]
     return found
 
@@ -108,6 +108,58 @@ def test_no_import_cycles() -> None:
         if node not in index:
             visit(node)
     assert cycles == []
+
+
+# The shared package, grouped by concept, lowest first: a module imports only from its own
+# group or the groups before it (the kernel at archiver/'s top level is the lowest: errors,
+# settings, tables, the queue contract, object keys, the secret box, names). The CLI sits
+# on top of all of them.
+ARCHIVER_ORDER = (
+    "",
+    "infra",
+    "media",
+    "scheduling",
+    "governance",
+    "tenants",
+    "reporting",
+    "cli",
+)
+
+
+def group_of(module: str) -> str:
+    """``archiver.media.query`` -> ``media``; a kernel module (``archiver.tables``) -> ``""``."""
+    parts = module.split(".")
+    if len(parts) > 2 and parts[1] in ARCHIVER_ORDER:
+        return parts[1]
+    return "migrations" if parts[1:2] == ["migrations"] else ""
+
+
+def test_archiver_groups_import_only_their_own_or_lower_groups() -> None:
+    offenders: dict[str, list[str]] = {}
+    rank = {name: i for i, name in enumerate(ARCHIVER_ORDER)}
+    rank["migrations"] = 0
+    known = modules()
+    for name, path in known.items():
+        if not name.startswith("archiver."):
+            continue
+        mine = rank[group_of(name)]
+        upward = sorted(
+            imported
+            for imported, _ in imports(path)
+            if imported in known
+            and imported.startswith("archiver.")
+            and rank[group_of(imported)] > mine
+        )
+        if upward:
+            offenders[name] = upward
+    assert offenders == {}
+
+
+def test_every_archiver_module_sits_in_a_known_group() -> None:
+    groups = {
+        p.name for p in (ROOT / "archiver").iterdir() if p.is_dir() and p.name != "__pycache__"
+    }
+    assert groups == set(ARCHIVER_ORDER[1:]) | {"migrations"}
 
 
 def test_init_files_are_empty() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from archiver.logs import JsonFormatter, RedactingFilter, redact
+from archiver.infra.logs import JsonFormatter, RedactingFilter, redact
 from devstack import processes
 from devstack.fixtures import MASTER_KEY, process_env
 from tests.conftest import migrated_database

@@ -7,14 +7,16 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from archiver import figures, lifecycle, redrive
-from archiver import query as queries
-from archiver.db import session_scope
-from archiver.query import MediaQuery
-from archiver.recording import MediaItem, Recorded
+from archiver.infra.db import session_scope
+from archiver.media import lifecycle
+from archiver.media import query as queries
+from archiver.media.query import MediaQuery
+from archiver.media.recording import MediaItem, Recorded
+from archiver.reporting import figures
+from archiver.scheduling import dispatch, sweep
 from archiver.secrets_box import SecretBox
 from archiver.tables import Status, Tenant, utcnow
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack import fixtures
 
 BOX = SecretBox("test-master-key-for-rows")
@@ -145,9 +147,9 @@ def test_a_retrying_row_waits_for_its_time_and_is_then_due_for_the_dispatcher(
     with session_scope(engine) as session:
         # Not in the broker, but not due either: neither claimed early nor published early.
         assert lifecycle.claim(session, pk=pk, now=now, lease_seconds=60).row is None
-        assert redrive.unpublished(session, now=now, limit=10) == []
-        assert redrive.unpublished(session, now=due, limit=10) == [pk]
-        assert redrive.due_pending_count(session, now=due) == 0  # not counted as in the broker
+        assert dispatch.unpublished(session, now=now, limit=10) == []
+        assert dispatch.unpublished(session, now=due, limit=10) == [pk]
+        assert sweep.due_pending_count(session, now=due) == 0  # not counted as in the broker
         again = lifecycle.claim(session, pk=pk, now=due, lease_seconds=60).row
     assert again is not None and again.attempts == 2 and again.crashes == 0
 
@@ -177,24 +179,22 @@ def test_sweeper_queries_find_expired_leases_unqueued_and_long_waiting_rows(engi
         lifecycle.claim(session, pk=leased, now=now, lease_seconds=10)
         lifecycle.mark_unqueued(session, pk=unqueued)
     soon = now + timedelta(seconds=1)
-    after_grace = now + redrive.PUBLISH_GRACE + timedelta(seconds=1)
+    after_grace = now + dispatch.PUBLISH_GRACE + timedelta(seconds=1)
     with session_scope(engine) as session:
-        assert redrive.expired_leases(session, now=now, limit=10) == []
-        assert redrive.expired_leases(session, now=now + timedelta(seconds=11), limit=10) == [
-            leased
-        ]
+        assert sweep.expired_leases(session, now=now, limit=10) == []
+        assert sweep.expired_leases(session, now=now + timedelta(seconds=11), limit=10) == [leased]
         # A row just recorded is its receiver's to publish; after the grace, the dispatcher's.
-        assert redrive.unpublished(session, now=soon, limit=10) == []
-        assert redrive.unpublished(session, now=after_grace, limit=10) == [unqueued]
-        assert redrive.due_pending_count(session, now=soon) == 1
-        assert redrive.published_before(session, before=now - timedelta(minutes=1), limit=10) == []
-        assert redrive.published_before(session, before=soon, limit=10) == [waiting]
-        assert redrive.oldest_due(session, queued_before=now - timedelta(minutes=5), limit=10) == []
+        assert dispatch.unpublished(session, now=soon, limit=10) == []
+        assert dispatch.unpublished(session, now=after_grace, limit=10) == [unqueued]
+        assert sweep.due_pending_count(session, now=soon) == 1
+        assert sweep.published_before(session, before=now - timedelta(minutes=1), limit=10) == []
+        assert sweep.published_before(session, before=soon, limit=10) == [waiting]
+        assert sweep.oldest_due(session, queued_before=now - timedelta(minutes=5), limit=10) == []
         later = now + timedelta(hours=1)
-        assert redrive.oldest_due(session, queued_before=later, limit=10) == [waiting]
+        assert sweep.oldest_due(session, queued_before=later, limit=10) == [waiting]
         # Re-taking a lost row moves its mark; a row that moved on is left alone.
-        assert redrive.retake(session, pks=[waiting, leased], before=soon, at=soon) == [waiting]
-        assert redrive.retake(session, pks=[waiting], before=soon, at=soon) == []
+        assert sweep.retake(session, pks=[waiting, leased], before=soon, at=soon) == [waiting]
+        assert sweep.retake(session, pks=[waiting], before=soon, at=soon) == []
 
 
 def test_a_row_is_published_once_its_publish_succeeded(engine: Engine) -> None:
@@ -225,7 +225,7 @@ def test_a_late_mark_never_covers_a_row_that_moved_on(engine: Engine) -> None:
     with session_scope(engine) as session:
         assert lifecycle.mark_published(session, pks=[pk], at=now) == []
     with session_scope(engine) as session:
-        assert redrive.unpublished(session, now=now + redrive.PUBLISH_GRACE * 2, limit=5) == [pk]
+        assert dispatch.unpublished(session, now=now + dispatch.PUBLISH_GRACE * 2, limit=5) == [pk]
 
 
 def test_failed_rows_are_requeued_from_scratch(engine: Engine) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from archiver import migrate
-from archiver.db import make_engine
+from archiver.infra import migrate
+from archiver.infra.db import make_engine
 from devstack import services
 
 

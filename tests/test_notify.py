@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from archiver import notify
-from archiver.erasure import Selector
+from archiver.governance.erasure import Selector
+from archiver.tenants import notify
 
 
 def test_signs_like_the_standard_webhooks_reference_vector() -> None:

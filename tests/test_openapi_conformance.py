@@ -11,11 +11,11 @@ from pathlib import Path
 from sqlalchemy import update
 from sqlmodel import col
 
-from archiver.db import make_engine, session_scope
-from archiver.recording import MediaItem
+from archiver.infra.db import make_engine, session_scope
+from archiver.media.recording import MediaItem
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack import fixtures, processes, services
 from devstack.fixtures import MASTER_KEY, process_env
 from tests.conftest import migrated_database

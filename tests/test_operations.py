@@ -18,8 +18,8 @@ import pytest
 import redis
 from sqlmodel import select
 
-from archiver.broker import make_celery, publish_archive
-from archiver.db import make_engine, session_scope
+from archiver.infra.broker import make_celery, publish_archive
+from archiver.infra.db import make_engine, session_scope
 from archiver.queue import ARCHIVE_QUEUE
 from archiver.settings import Settings
 from archiver.tables import Media
@@ -185,7 +185,7 @@ def test_a_replayed_delivery_of_an_archived_event_changes_nothing(ops: Ops) -> N
 
 
 def test_a_burst_of_small_media_is_archived_in_batches_once_each(ops: Ops) -> None:
-    from archiver.recording import Arrival
+    from archiver.media.recording import Arrival
     from archiver.tables import Tenant
     from devstack.fixtures import record
     from receiver.envelope import media_item

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from archiver.db import make_engine
+from archiver.infra.db import make_engine
 from devstack import processes, services
 from devstack.fixtures import add_tenant, process_env, running_archiver
 from tests.test_cli import run

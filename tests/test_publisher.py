@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 import redis
 
-from archiver.broker import make_celery, rows_in_broker, rows_of_message
+from archiver.infra.broker import make_celery, rows_in_broker, rows_of_message
 from archiver.queue import ARCHIVE_BATCH_TASK, ARCHIVE_QUEUE, ARCHIVE_TASK, LARGE_QUEUE
 from devstack.fixtures import settings_for
 from receiver.publisher import Publisher, task_message

@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col
 
-from archiver import query as queries
-from archiver.db import make_engine, session_scope
-from archiver.recording import MediaItem
+from archiver.infra.db import make_engine, session_scope
+from archiver.media import query as queries
+from archiver.media.recording import MediaItem
 from archiver.secrets_box import SecretBox
 from archiver.tables import Media, Tenant
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack import fixtures
 from devstack.fixtures import MASTER_KEY, settings_for
 from devstack.services import s3_client

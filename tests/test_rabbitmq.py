@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from archiver.broker import make_celery, queue_depth
-from archiver.db import make_engine, session_scope
+from archiver.infra.broker import make_celery, queue_depth
+from archiver.infra.db import make_engine, session_scope
 from archiver.tables import Media
 from devstack import processes, services
 from devstack.fixtures import add_tenant, process_env, settings_for, start_web

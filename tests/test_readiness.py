@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from archiver import migrate
-from archiver.db import make_engine
+from archiver.infra import migrate
+from archiver.infra.db import make_engine
 from devstack.faults import RestartablePostgres, RestartableRedis, postgres_available
 from devstack.fixtures import settings_for
 from tests.test_receiver import serve

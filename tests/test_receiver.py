@@ -17,12 +17,12 @@ import uvicorn
 from sqlalchemy import func
 from sqlmodel import select
 
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
 from archiver.queue import ARCHIVE_QUEUE
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Media
-from archiver.tenants import TenantSpec, create_tenant
+from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack.fixtures import MASTER_KEY, settings_for
 from devstack.processes import free_port
 from receiver.app import create_app

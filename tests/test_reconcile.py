@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from archiver.broker import make_celery
-from archiver.buckets import ObjectState
 from archiver.cli import reconcile as reconciling
-from archiver.db import session_scope
+from archiver.infra.broker import make_celery
+from archiver.infra.buckets import ObjectState
+from archiver.infra.db import session_scope
 from archiver.tables import ReconcileProgress
 from devstack.fixtures import seed_archived, settings_for
 from devstack.services import s3_client
@@ -83,7 +83,7 @@ def test_heads_run_in_parallel_up_to_the_bound(
 ) -> None:
     in_flight = most = 0
     lock = threading.Lock()
-    from archiver.buckets import head as real_head
+    from archiver.infra.buckets import head as real_head
 
     def counted(*args: Any, **kw: Any) -> Any:
         nonlocal in_flight, most

@@ -11,7 +11,7 @@ import av
 import pytest
 from PIL import Image, ImageDraw
 
-from archiver import renditions
+from archiver.media import renditions
 from titan_simulator.content import sample_bytes
 from worker.ranged_reader import RangedReader
 from worker.render import MAX_FRAMES, Unreadable, probe

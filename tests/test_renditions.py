@@ -22,10 +22,10 @@ from PIL import Image
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from archiver.broker import make_celery
-from archiver.db import make_engine, session_scope
+from archiver.infra.broker import make_celery
+from archiver.infra.db import make_engine, session_scope
+from archiver.media.render_requests import publish_render
 from archiver.queue import RENDER_QUEUE
-from archiver.render_requests import publish_render
 from archiver.settings import Settings
 from archiver.tables import Media
 from devstack import processes, services
@@ -131,8 +131,8 @@ def rig(
     redis_url: str,
     pg_admin_url: str | None,
 ) -> Iterator[Rig]:
-    from archiver.api_keys import issue_key
-    from archiver.tenants import get_tenant
+    from archiver.tenants.api_keys import issue_key
+    from archiver.tenants.tenants import get_tenant
 
     backend, kind = request.param.split("-")
     s3_endpoint = s3_of(request, backend)
@@ -292,7 +292,7 @@ def test_renditions_off_then_backfilled_by_media_render_missing(rig: Rig) -> Non
 
 
 def test_an_ask_the_broker_lost_is_asked_again_by_the_sweeper(rig: Rig) -> None:
-    from archiver.redrive import reask_renders
+    from archiver.scheduling.sweep import reask_renders
     from archiver.tables import utcnow
 
     rig.procs[-1].stop()  # the render worker, so the ask waits in the queue

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
 from archiver.tables import Media
 from devstack import processes
 from devstack.fixtures import TenantSetup, Web, add_tenant, process_env, running_archiver

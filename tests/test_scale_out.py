@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
-from archiver.broker import make_celery, queue_depths
-from archiver.db import make_engine, session_scope
+from archiver.infra.broker import make_celery, queue_depths
+from archiver.infra.db import make_engine, session_scope
 from archiver.tables import Media
 from devstack import processes, services
 from devstack.fixtures import add_tenant, process_env, scrape, settings_for, total

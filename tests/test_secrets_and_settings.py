@@ -67,9 +67,9 @@ def test_rekey_moves_every_stored_secret_to_the_current_key(engine: Engine) -> N
 
     from sqlmodel import select
 
-    from archiver.db import session_scope
+    from archiver.infra.db import session_scope
     from archiver.tables import Tenant
-    from archiver.tenants import (
+    from archiver.tenants.tenants import (
         TenantSpec,
         create_tenant,
         rekey_secrets,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from archiver.buckets import make_s3_client
 from archiver.errors import TenantError, TransientError
+from archiver.infra.buckets import make_s3_client
 from devstack.services import S3_CREDENTIALS, s3_client
 from worker.storage import SizeMismatch, put_stream
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from archiver import pauses
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
+from archiver.scheduling import pauses
 from archiver.tables import Media, Tenant
 from devstack import processes, services
 from devstack.fixtures import (

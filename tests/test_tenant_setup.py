@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from archiver.db import make_engine, session_scope
+from archiver.infra.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
-from archiver.tenants import get_tenant, secrets_of
+from archiver.tenants.tenants import get_tenant, secrets_of
 from devstack import services
 from devstack.fixtures import MASTER_KEY
 from tests.test_cli import run

@@ -1,5 +1,6 @@
-"""The maintained totals and conversation summaries (archiver/totals.py, migrations 0016 and
-0019) stay exact: after concurrent group-commit inserts (duplicates among them), claims,
+"""The maintained totals and conversation summaries (archiver/reporting/totals.py,
+migrations 0016 and 0019) stay exact: after concurrent group-commit inserts (duplicates
+among them), claims,
 archives with sizes, retries, failures, retention-style deletions, the erasure of
 conversations' newest rows and a tenant removed, while folds run alongside, they equal a
 GROUP BY over the media table, on SQLite and on PostgreSQL."""
@@ -16,11 +17,12 @@ from sqlalchemy import Engine, delete, func
 from sqlalchemy import select as core_select
 from sqlmodel import col, select
 
-from archiver import figures, lifecycle, totals
-from archiver.db import session_scope
-from archiver.recording import Arrival, MediaItem
+from archiver.infra.db import session_scope
+from archiver.media import lifecycle
+from archiver.media.recording import Arrival, MediaItem
+from archiver.reporting import figures, totals
 from archiver.tables import Media, MediaChatDelta, MediaTotalDelta, Tenant, utcnow
-from archiver.tenants import remove_tenant
+from archiver.tenants.tenants import remove_tenant
 from devstack import fixtures
 from tests.test_media_rows import make_tenant
 

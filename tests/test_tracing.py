@@ -1,4 +1,4 @@
-"""Tracing (archiver/tracing.py): one trace per media across real processes, exported over
+"""Tracing (archiver/infra/tracing.py): one trace per media across real processes, exported over
 OTLP/HTTP to an endpoint the test runs; off unless the OTEL_* variables turn it on."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from archiver import tracing
-from archiver.broker import make_celery, publish_task
-from archiver.db import make_engine, session_scope
+from archiver.infra import tracing
+from archiver.infra.broker import make_celery, publish_task
+from archiver.infra.db import make_engine, session_scope
 from archiver.queue import ARCHIVE_QUEUE, ARCHIVE_TASK
 from archiver.tables import Tenant
 from devstack import processes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from archiver.buckets import content_disposition
+from archiver.infra.buckets import content_disposition
 from receiver.ui.dashboard import human_age, human_bytes
 from receiver.ui.session import SessionSigner, admin_fingerprint, csrf_ok
 

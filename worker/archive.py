@@ -11,11 +11,15 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from archiver import audit, fairness, lifecycle, notify, pauses, redrive, renditions, tracing
-from archiver.db import session_scope, transactional
 from archiver.errors import NotFound, PermanentError, TenantError, TransientError, Unavailable
+from archiver.governance import audit
+from archiver.infra import tracing
+from archiver.infra.db import session_scope, transactional
+from archiver.media import lifecycle, renditions
 from archiver.object_keys import object_key
+from archiver.scheduling import dispatch, fairness, pauses
 from archiver.tables import Media, RenderState, Strategy, Tenant, utcnow
+from archiver.tenants import notify
 from worker.backoff import horizon, next_attempt, retry_delay
 from worker.resources import WorkerResources
 from worker.storage import abort_stale_uploads, abort_upload, put_stream
@@ -97,7 +101,7 @@ def _archive_rows(
         # rather than at the dispatcher's next round.
         for tenant_id in sorted({row.tenant_id for row in claimed}):
             with suppress(Unavailable):
-                redrive.dispatch(
+                dispatch.dispatch(
                     res.engine, res.celery, settings, now=utcnow(), tenant_id=tenant_id
                 )
     return results

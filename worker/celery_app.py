@@ -7,9 +7,9 @@ from typing import Any
 
 from celery import signals
 
-from archiver import tracing
-from archiver.broker import make_celery
-from archiver.logs import configure_logging, request_id
+from archiver.infra import tracing
+from archiver.infra.broker import make_celery
+from archiver.infra.logs import configure_logging, request_id
 from archiver.queue import DISPATCH_TASK, PROBE_TASK, RETENTION_TASK, SWEEP_TASK
 from archiver.settings import load_settings
 from worker import metrics

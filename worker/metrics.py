@@ -68,7 +68,7 @@ def record(
 
 
 def record_deletions(tenant: str, reason: str, done: Any) -> None:
-    """Count what a retention pass deleted (``done``: an archiver.erasure.Erased)."""
+    """Count what a retention pass deleted (``done``: an archiver.governance.erasure.Erased)."""
     if _meters is None:
         return
     if done.rows:
@@ -130,8 +130,13 @@ def start(settings: Settings, celery: Celery) -> bool:
     )
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from archiver.backlog_metrics import CONTENT_TYPE, BacklogCollector, BuildInfo, authorized
-    from archiver.db import make_engine
+    from archiver.infra.db import make_engine
+    from archiver.reporting.backlog_metrics import (
+        CONTENT_TYPE,
+        BacklogCollector,
+        BuildInfo,
+        authorized,
+    )
 
     _meters = _Meters(
         tasks=Counter(

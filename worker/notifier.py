@@ -1,5 +1,5 @@
 """The notifier: a thread in each worker's main process that delivers the outbox's due
-notifications (archiver/notify.py). It takes no pool slot and no broker message, so a slow
+notifications (archiver/tenants/notify.py). It takes no pool slot and no broker message, so a slow
 or dead endpoint never delays an archive transfer; several workers share the outbox safely
 (each claims what it delivers)."""
 
@@ -13,12 +13,12 @@ from datetime import timedelta
 
 import httpx
 
-from archiver import notify
-from archiver.db import make_engine, session_scope
 from archiver.errors import AppError, NotFound
+from archiver.infra.db import make_engine, session_scope
 from archiver.settings import Settings
 from archiver.tables import Tenant, utcnow
-from archiver.tenants import get_tenant_by_id
+from archiver.tenants import notify
+from archiver.tenants.tenants import get_tenant_by_id
 from worker import metrics
 
 log = logging.getLogger(__name__)

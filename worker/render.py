@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from archiver.renditions import AUDIO, THUMBNAIL, THUMBNAIL_EDGE, needs_audio
+from archiver.media.renditions import AUDIO, THUMBNAIL, THUMBNAIL_EDGE, needs_audio
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from archiver import renditions
-from archiver.db import session_scope
 from archiver.errors import NotFound
-from archiver.renditions import Rendition
+from archiver.infra.db import session_scope
+from archiver.media import renditions
+from archiver.media.renditions import Rendition
 from archiver.tables import Media, RenderState, Status, utcnow
 from worker.ranged_reader import RangedReader
 from worker.render import Made, Unreadable, render

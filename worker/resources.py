@@ -15,12 +15,12 @@ import httpx
 from celery import Celery
 from sqlalchemy import Engine
 
-from archiver.buckets import TenantS3Clients
-from archiver.db import make_engine, session_scope
+from archiver.infra.buckets import TenantS3Clients
+from archiver.infra.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Tenant
-from archiver.tenants import TenantSecrets, get_tenant_by_id, secrets_of
+from archiver.tenants.tenants import TenantSecrets, get_tenant_by_id, secrets_of
 from worker.titan_client import TitanClient
 
 

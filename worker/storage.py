@@ -14,8 +14,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from archiver.buckets import SHA256_METADATA, StoredObject, classify_s3
 from archiver.errors import TransientError
+from archiver.infra.buckets import SHA256_METADATA, StoredObject, classify_s3
 
 log = logging.getLogger(__name__)
 

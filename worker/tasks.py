@@ -8,10 +8,11 @@ from typing import Any
 
 from celery import Celery, Task
 
-from archiver import totals, tracing
-from archiver.broker import publish_archive
 from archiver.errors import Unavailable
-from archiver.preflight import probe_paused
+from archiver.governance.retention import retention_pass
+from archiver.infra import tracing
+from archiver.infra.broker import publish_archive
+from archiver.media.render_requests import publish_render
 from archiver.queue import (
     ARCHIVE_BATCH_TASK,
     ARCHIVE_QUEUE,
@@ -23,11 +24,12 @@ from archiver.queue import (
     RETENTION_TASK,
     SWEEP_TASK,
 )
-from archiver.redrive import dispatch, reask_renders, sweep
-from archiver.render_requests import publish_render
-from archiver.retention import retention_pass
+from archiver.reporting import totals
+from archiver.scheduling.dispatch import dispatch
+from archiver.scheduling.sweep import reask_renders, sweep
 from archiver.settings import Settings
 from archiver.tables import utcnow
+from archiver.tenants.preflight import probe_paused
 from worker import metrics
 from worker.archive import Result, archive_rows
 from worker.renderer import render_row

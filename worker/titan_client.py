@@ -95,8 +95,8 @@ class TitanClient:
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
         )
         self._warned = False
-        # Titan's last answer said X-RateLimit-Remaining: 0 (archiver/fairness.py holds the
-        # tenant for a moment then).
+        # Titan's last answer said X-RateLimit-Remaining: 0 (archiver/scheduling/fairness.py
+        # holds the tenant for a moment then).
         self.exhausted = False
 
     def close(self) -> None:

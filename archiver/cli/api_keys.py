@@ -6,11 +6,11 @@ import json
 
 import click
 
-from archiver import audit
-from archiver.api_keys import issue, list_keys, revoke_key
 from archiver.cli.context import database, friendly
-from archiver.shapes import ApiKeyView
-from archiver.tenants import get_tenant, get_tenant_by_id
+from archiver.governance import audit
+from archiver.media.shapes import ApiKeyView
+from archiver.tenants.api_keys import issue, list_keys, revoke_key
+from archiver.tenants.tenants import get_tenant, get_tenant_by_id
 
 
 @click.group("api-keys")

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from archiver import audit as trail
 from archiver.cli.context import database, friendly
+from archiver.governance import audit as trail
 
 
 @click.group()

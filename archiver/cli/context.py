@@ -11,11 +11,11 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from sqlmodel import Session
 
-from archiver import figures
-from archiver.db import make_engine, session_scope
 from archiver.errors import AppError
+from archiver.infra.db import make_engine, session_scope
+from archiver.reporting import figures
 from archiver.settings import Settings, load_settings
-from archiver.tenants import get_tenant
+from archiver.tenants.tenants import get_tenant
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from archiver import migrate
 from archiver.cli.context import current_settings, friendly
-from archiver.db import make_engine
+from archiver.infra import migrate
+from archiver.infra.db import make_engine
 
 
 @click.group()

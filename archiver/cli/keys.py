@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from archiver import audit
 from archiver.cli.context import current_settings, database, friendly
-from archiver.tenants import rekey_secrets
+from archiver.governance import audit
+from archiver.tenants.tenants import rekey_secrets
 
 
 @click.group()

@@ -13,10 +13,6 @@ from typing import Any, TypeVar
 
 import click
 
-from archiver import audit, lifecycle, render_requests
-from archiver import query as queries
-from archiver.broker import make_celery, publish_archive
-from archiver.buckets import TenantS3Clients
 from archiver.cli.context import (
     confirm_destructive,
     current_settings,
@@ -25,17 +21,23 @@ from archiver.cli.context import (
     scope_count,
 )
 from archiver.cli.output import csv_row, print_media
-from archiver.db import make_engine, session_scope
-from archiver.erasure import Selector, count_matching, erase_recorded, set_hold
 from archiver.errors import Unavailable
+from archiver.governance import audit
+from archiver.governance.erasure import Selector, count_matching, erase_recorded, set_hold
+from archiver.infra.broker import make_celery, publish_archive
+from archiver.infra.buckets import TenantS3Clients
+from archiver.infra.db import make_engine, session_scope
+from archiver.media import lifecycle, render_requests
+from archiver.media import query as queries
+from archiver.media.query import FILTERS, MediaQuery, parse_query
+from archiver.media.recording import Arrival, MediaItem, record_items
+from archiver.media.shapes import MEDIA_INFO_COLUMNS, Erasure, media_info
 from archiver.names import MAX_ID_LEN, MEDIA_TYPES, SESSION_RE, has_control
-from archiver.query import FILTERS, MediaQuery, parse_query
 from archiver.queue import queue_for
-from archiver.recording import Arrival, MediaItem, record_items
-from archiver.redrive import retry_failed, sweep
-from archiver.shapes import MEDIA_INFO_COLUMNS, Erasure, media_info
+from archiver.scheduling.dispatch import retry_failed
+from archiver.scheduling.sweep import sweep
 from archiver.tables import Status, utcnow
-from archiver.tenants import get_tenant, list_tenants
+from archiver.tenants.tenants import get_tenant, list_tenants
 
 F = TypeVar("F", bound=Callable[..., Any])
 

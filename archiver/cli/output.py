@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from archiver.shapes import MEDIA_INFO_COLUMNS
+from archiver.media.shapes import MEDIA_INFO_COLUMNS
 
 
 def echo_json(doc: Any) -> None:

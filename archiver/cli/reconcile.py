@@ -14,18 +14,18 @@ import click
 from celery import Celery
 from sqlalchemy import Engine
 
-from archiver import lifecycle
-from archiver import query as queries
-from archiver.broker import make_celery, publish_archive
-from archiver.buckets import head, tenant_s3_client
 from archiver.cli.context import current_settings, friendly, scope_count
-from archiver.db import make_engine, session_scope
 from archiver.errors import AppError
+from archiver.infra.broker import make_celery, publish_archive
+from archiver.infra.buckets import head, tenant_s3_client
+from archiver.infra.db import make_engine, session_scope
+from archiver.media import lifecycle
+from archiver.media import query as queries
 from archiver.queue import queue_for
 from archiver.secrets_box import SecretBox
 from archiver.settings import Settings
 from archiver.tables import Media, ReconcileProgress, Status, Tenant, utcnow
-from archiver.tenants import list_tenants, secrets_of
+from archiver.tenants.tenants import list_tenants, secrets_of
 
 PAGE = 500
 EXIT_DIFFERENCES = 3

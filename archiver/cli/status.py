@@ -7,13 +7,17 @@ import sys
 
 import click
 
-from archiver import figures, humanize, notify, pauses, render_requests
-from archiver.broker import LiveWorker, make_celery, queue_depths, workers
+from archiver import humanize
 from archiver.cli.context import current_settings, database, friendly
 from archiver.errors import AppError
+from archiver.infra.broker import LiveWorker, make_celery, queue_depths, workers
+from archiver.media import render_requests
 from archiver.queue import RENDER_QUEUE
+from archiver.reporting import figures
+from archiver.scheduling import pauses
 from archiver.tables import Status, utcnow
-from archiver.tenants import get_tenant, list_tenants
+from archiver.tenants import notify
+from archiver.tenants.tenants import get_tenant, list_tenants
 
 # Exit codes, for scripts and monitoring: 0 all well; 3 a tenant or a session is paused
 # (its media waits); 4 media older than WARN_AGE is still not archived (WhatsApp expires

@@ -9,16 +9,17 @@ from typing import Any
 
 import click
 
-from archiver import audit, pauses
 from archiver.cli.context import confirm_destructive, current_settings, database, friendly
 from archiver.cli.output import echo_json
 from archiver.cli.secret_input import read_secret, secret_option
 from archiver.errors import Conflict
-from archiver.preflight import check_tenant
+from archiver.governance import audit
+from archiver.media.shapes import TenantView
+from archiver.scheduling import pauses
 from archiver.settings import Settings
-from archiver.shapes import TenantView
 from archiver.tables import utcnow
-from archiver.tenants import (
+from archiver.tenants.preflight import check_tenant
+from archiver.tenants.tenants import (
     PolicyChanges,
     TenantChanges,
     TenantSpec,

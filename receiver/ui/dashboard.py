@@ -26,19 +26,23 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from archiver import audit, figures, humanize, pauses, renditions
-from archiver import query as queries
-from archiver.api_keys import active_key, key_for
-from archiver.buckets import key_in_bucket, presign_get
-from archiver.db import session_scope
+from archiver import humanize
 from archiver.errors import NotFound, PayloadError
+from archiver.governance import audit
+from archiver.infra.buckets import key_in_bucket, presign_get
+from archiver.infra.db import session_scope
+from archiver.media import query as queries
+from archiver.media import renditions
+from archiver.media.query import encode_cursor, parse_query
+from archiver.media.shapes import media_info
 from archiver.names import MEDIA_TYPES
-from archiver.query import encode_cursor, parse_query
-from archiver.redrive import retry_failed
+from archiver.reporting import figures
+from archiver.scheduling import pauses
+from archiver.scheduling.dispatch import retry_failed
 from archiver.settings import Settings
-from archiver.shapes import media_info
 from archiver.tables import Media, Status, Tenant, utcnow
-from archiver.tenants import get_tenant_by_id, list_tenants
+from archiver.tenants.api_keys import active_key, key_for
+from archiver.tenants.tenants import get_tenant_by_id, list_tenants
 from receiver import resources
 from receiver.ui.session import COOKIE, PATH, SessionSigner, UiSession, admin_fingerprint, csrf_ok
 

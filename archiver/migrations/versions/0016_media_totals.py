@@ -11,7 +11,7 @@ row between statuses, types or sizes:
 - PostgreSQL: one statement-level trigger per operation (transition tables) appends the
   statement's net change to ``media_total_deltas``: concurrent writers never wait on a
   counter row (an ``UPDATE`` of a hot counter would serialise the receiver's group
-  commits). The beat folds the deltas into ``media_totals`` (archiver/totals.py); readers
+  commits). The beat folds the deltas into ``media_totals`` (archiver/reporting/totals.py); readers
   add both tables in one statement, so a count is exact whenever it is read.
 - SQLite (one writer at a time): row-level triggers update ``media_totals`` directly.
 

@@ -9,7 +9,7 @@ chat), what that page shows, by the same method as ``media_totals`` (migration 0
 
 - PostgreSQL: statement-level triggers append each statement's change to
   ``media_chat_deltas`` (no writer waits on a summary row); the beat folds them in
-  (archiver/totals.py); readers add both in one statement.
+  (archiver/reporting/totals.py); readers add both in one statement.
 - SQLite: row-level triggers update ``media_chats`` directly.
 
 Rows and bytes are exact under inserts, updates and deletions. The last activity and the

@@ -18,7 +18,7 @@ from sqlalchemy import BigInteger, Engine, Integer, String, func, literal, text,
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col
 
-from archiver.db import session_scope
+from archiver.infra.db import session_scope
 from archiver.tables import MediaTotal, MediaTotalDelta, UTCDateTime
 
 

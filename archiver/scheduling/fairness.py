@@ -9,7 +9,7 @@ thing all workers share whatever the broker):
   more live leases than the cap, the excess rows are handed back at once (no attempt spent)
   and wait out of the broker. The dispatcher publishes a capped tenant's waiting rows only
   as slots free up, and a worker that finishes one of its rows publishes the next
-  (``redrive.dispatch(..., tenant_id=...)``), so a tenant's burst of 2,000 videos holds at
+  (``dispatch.dispatch(..., tenant_id=...)``), so a tenant's burst of 2,000 videos holds at
   most ``cap`` worker slots while the other tenants' photos go through the rest.
 - **Titan's rate limit**: Titan limits each API key. A 429 (its ``Retry-After``) or an
   answer with ``X-RateLimit-Remaining: 0`` holds the tenant (``tenants.throttled_until``):
@@ -26,7 +26,7 @@ from sqlalchemy import func, text, update
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from archiver import lifecycle
+from archiver.media import lifecycle
 from archiver.tables import Media, SessionPause, Status, Tenant
 
 _LOCK_SPACE = 7_241_013  # pg_advisory_xact_lock(space, tenant id): this module's locks

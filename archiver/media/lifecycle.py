@@ -4,7 +4,7 @@ queued ──claim──> archiving ──> archived
    ^                 │    └───> failed   (permanent error; past the retry horizon; or its
    │                 │                    workers kept dying: ``crashes`` reached the cap)
    └── retrying <────┘ (transient error: waits until ``retry_at``, then the dispatcher in
-                        archiver/redrive.py publishes it and a later attempt claims it)
+                        archiver/sweep.py publishes it and a later attempt claims it)
 
 failed ──retry (operator)──> queued        archived ──reopen (reconcile)──> queued
 

@@ -10,7 +10,7 @@ from sqlalchemy import and_, case, func, literal
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
-from archiver import totals
+from archiver.reporting import totals
 from archiver.tables import Media, Status, Tenant, UTCDateTime
 
 

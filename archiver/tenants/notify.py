@@ -33,9 +33,9 @@ import httpx
 from sqlalchemy import Engine, delete, func, update
 from sqlmodel import Session, col, select
 
-from archiver.db import session_scope
+from archiver.infra.db import session_scope
+from archiver.media.shapes import media_info
 from archiver.secrets_box import SecretBox
-from archiver.shapes import media_info
 from archiver.tables import Media, Notification, NotificationState, Tenant
 
 log = logging.getLogger(__name__)

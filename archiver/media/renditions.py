@@ -43,7 +43,7 @@ def located(
 ) -> tuple[str, str] | None:
     """(bucket, key) of an archived file in the tenant's bucket: the worker's object, or what
     Titan persisted there (its s3Url); None for a file stored anywhere else."""
-    from archiver.buckets import key_in_bucket
+    from archiver.infra.buckets import key_in_bucket
 
     where = bucket or tenant_bucket
     if object_key:

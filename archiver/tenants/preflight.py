@@ -17,13 +17,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from archiver import audit, pauses
-from archiver.buckets import make_s3_client
-from archiver.db import session_scope
+from archiver.governance import audit
+from archiver.infra.buckets import make_s3_client
+from archiver.infra.db import session_scope
 from archiver.object_keys import normalise_prefix
+from archiver.scheduling import pauses
 from archiver.settings import Settings
 from archiver.tables import Strategy, Tenant
-from archiver.tenants import TenantChanges, TenantSpec, secrets_of, updated_spec
+from archiver.tenants.tenants import TenantChanges, TenantSpec, secrets_of, updated_spec
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -16,12 +16,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
-from archiver import figures, notify, pauses
-from archiver.broker import queue_depths
-from archiver.db import session_scope
 from archiver.errors import Unavailable
+from archiver.infra.broker import queue_depths
+from archiver.infra.db import session_scope
+from archiver.reporting import figures
+from archiver.scheduling import pauses
 from archiver.tables import Status, utcnow
-from archiver.tenants import list_tenants
+from archiver.tenants import notify
+from archiver.tenants.tenants import list_tenants
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

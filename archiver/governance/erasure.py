@@ -34,9 +34,10 @@ from sqlalchemy import Engine, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
-from archiver import audit, renditions
-from archiver.buckets import key_in_bucket
-from archiver.db import session_scope
+from archiver.governance import audit
+from archiver.infra.buckets import key_in_bucket
+from archiver.infra.db import session_scope
+from archiver.media import renditions
 from archiver.tables import Media, Status, Tenant
 
 log = logging.getLogger(__name__)

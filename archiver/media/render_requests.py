@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy import ColumnElement, false, func, or_, update
 from sqlmodel import Session, col, select
 
-from archiver.broker import publish_task
+from archiver.infra.broker import publish_task
 from archiver.queue import RENDER_QUEUE, RENDER_TASK
 from archiver.tables import Media, RenderState, Status, Tenant
 

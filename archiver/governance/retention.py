@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, or_
 from sqlmodel import col, select
 
-from archiver import audit
-from archiver.db import session_scope
-from archiver.erasure import BATCH, Erased, S3For, Selector, erase
+from archiver.governance import audit
+from archiver.governance.erasure import BATCH, Erased, S3For, Selector, erase
+from archiver.infra.db import session_scope
 from archiver.tables import Tenant
 
 log = logging.getLogger(__name__)

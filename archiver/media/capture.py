@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from archiver.errors import PayloadError
+from archiver.media.recording import MediaItem
 from archiver.names import MEDIA_TYPES
-from archiver.recording import MediaItem
 
 # WhatsApp's chat for status (stories) updates.
 STATUS_CHAT = "status@broadcast"

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from archiver import renditions as derived
+from archiver.media import renditions as derived
 from archiver.tables import ApiKey, Media, Status, Tenant
 
 MASK: Final = "********"
@@ -367,7 +367,7 @@ class Erasure(Shape):
 
     @classmethod
     def of(cls, tenant: str, done: dict[str, Any]) -> Erasure:
-        """From an erasure's report (archiver.erasure.Erased.doc())."""
+        """From an erasure's report (archiver.governance.erasure.Erased.doc())."""
         return cls.model_validate({"tenant": tenant, **done})
 
 

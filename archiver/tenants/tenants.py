@@ -10,11 +10,11 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
-from archiver.api_keys import issue_key
 from archiver.errors import Conflict, NotFound, PayloadError
 from archiver.names import SESSION_RE
 from archiver.secrets_box import SecretBox
 from archiver.tables import ApiKey, Media, Strategy, Tenant, utcnow
+from archiver.tenants.api_keys import issue_key
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def validate_settings(spec: TenantSpec) -> None:
     if not spec.s3_bucket:
         raise PayloadError("s3-bucket is required")
     if spec.s3_ca_bundle:
-        from archiver.buckets import validate_ca_bundle
+        from archiver.infra.buckets import validate_ca_bundle
 
         validate_ca_bundle(spec.s3_ca_bundle)
 
@@ -278,8 +278,8 @@ def update_policy(
 ) -> str | None:
     """Apply ``changes`` to ``tenant``; return a notification secret made for it (shown
     once), else None. PayloadError names the first unusable value."""
-    from archiver.capture import format_types, parse_types
-    from archiver.notify import new_secret, secret_bytes
+    from archiver.media.capture import format_types, parse_types
+    from archiver.tenants.notify import new_secret, secret_bytes
 
     if changes.capture_types is not None:
         tenant.capture_types = format_types(parse_types(changes.capture_types))

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-_SCRIPTS = Path(__file__).with_name("migrations")
+_SCRIPTS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def _config() -> Config:
