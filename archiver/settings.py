@@ -5,9 +5,19 @@ Built only at entry points (app factory, Celery app, CLI) and passed down as val
 
 from __future__ import annotations
 
+import difflib
+import os
+import sys
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from archiver.errors import ConfigError
@@ -17,6 +27,21 @@ from archiver.secrets_box import SecretBox
 
 MiB = 1024 * 1024
 _PLACEHOLDERS = {"changeme", "change-me", "change_me", "secret", "password", "dev", "test", "xxx"}
+# Embedded defaults: only a development process (ARCHIVER_ENV=development, which
+# `titan-archiver dev` sets) falls back to them. A production process without the setting
+# stops and says so, instead of writing into ./archiver.db or a Redis nobody watches.
+DEV_DATABASE_URL = "sqlite:///archiver.db"
+DEV_BROKER_URL = "redis://127.0.0.1:6379/0"
+# ARCHIVER_* names the test suite and benchmarks read (never the product): not reported.
+_DEV_SIDE_NAMES = {"ARCHIVER_FUZZ_EXAMPLES", "ARCHIVER_UPDATE_SCREENSHOTS"}
+_DEV_SIDE_PREFIX = "ARCHIVER_TEST_"
+
+
+def is_placeholder(value: str) -> bool:
+    """A value copied from a template and never filled in: a known placeholder word, or an
+    angle-bracketed hint like the Kubernetes secret template's ``<32+ random characters>``."""
+    lowered = value.strip().lower()
+    return lowered in _PLACEHOLDERS or ("<" in value and ">" in value)
 
 
 class Settings(BaseSettings):
@@ -25,8 +50,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARCHIVER_", extra="ignore")
 
     env: Literal["production", "development"] = "production"
-    database_url: str = "sqlite:///archiver.db"
-    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Required outside development: see ``database_url`` and ``broker_url`` below.
+    database_url_setting: str | None = Field(default=None, validation_alias="ARCHIVER_DATABASE_URL")
+    broker_url_setting: str | None = Field(default=None, validation_alias="ARCHIVER_BROKER_URL")
     secret_key: SecretStr | None = None
     # Master keys being rotated out (comma-separated): they still decrypt, never encrypt.
     previous_secret_keys: SecretStr | None = None
@@ -88,6 +114,51 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other hosts
     worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
 
+    @field_validator("database_url_setting")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return check_database_url(value)
+
+    @field_validator("broker_url_setting")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if is_placeholder(value):
+            raise ValueError("ARCHIVER_BROKER_URL is still a template placeholder")
+        scheme = value.partition("://")[0]
+        if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp") or "://" not in value:
+            raise ValueError(
+                f"ARCHIVER_BROKER_URL must be a redis://, rediss:// or amqp:// URL (got {scheme!r})"
+            )
+        return value
+
+    @property
+    def database_url(self) -> str:
+        """The database; outside development a missing ARCHIVER_DATABASE_URL is an error."""
+        if self.database_url_setting:
+            return self.database_url_setting
+        if self.env == "development":
+            return DEV_DATABASE_URL
+        raise ConfigError(
+            "ARCHIVER_DATABASE_URL is not set: a production process has no default database "
+            "(set it, or ARCHIVER_ENV=development for the embedded sqlite:///archiver.db)"
+        )
+
+    @property
+    def broker_url(self) -> str:
+        """The broker; outside development a missing ARCHIVER_BROKER_URL is an error."""
+        if self.broker_url_setting:
+            return self.broker_url_setting
+        if self.env == "development":
+            return DEV_BROKER_URL
+        raise ConfigError(
+            "ARCHIVER_BROKER_URL is not set: a production process has no default broker "
+            "(set it, or ARCHIVER_ENV=development for a local redis://127.0.0.1:6379/0)"
+        )
+
     @field_validator("object_key_template")
     @classmethod
     def _template(cls, value: str) -> str:
@@ -122,13 +193,15 @@ class Settings(BaseSettings):
         key = self.secret_key.get_secret_value() if self.secret_key else ""
         if not key:
             raise ValueError("ARCHIVER_SECRET_KEY is required outside development")
-        if key.lower() in _PLACEHOLDERS or len(key) < 16:
+        if is_placeholder(key) or len(key) < 16:
             raise ValueError("ARCHIVER_SECRET_KEY is a placeholder or shorter than 16 characters")
         token = self.metrics_token.get_secret_value() if self.metrics_token else None
-        if token is not None and len(token) < 16:
-            raise ValueError("ARCHIVER_METRICS_TOKEN is shorter than 16 characters")
+        if token is not None and (is_placeholder(token) or len(token) < 16):
+            raise ValueError(
+                "ARCHIVER_METRICS_TOKEN is a placeholder or shorter than 16 characters"
+            )
         admin = self.admin_api_key.get_secret_value() if self.admin_api_key else None
-        if admin is not None and (admin.lower() in _PLACEHOLDERS or len(admin) < 24):
+        if admin is not None and (is_placeholder(admin) or len(admin) < 24):
             raise ValueError(
                 "ARCHIVER_ADMIN_API_KEY is a placeholder or shorter than 24 characters"
             )
@@ -148,13 +221,110 @@ class Settings(BaseSettings):
         return SecretBox(self.master_key(), self.older_master_keys())
 
 
+def check_database_url(value: str) -> str:
+    """``value`` if it names a database we drive (SQLite or PostgreSQL) in a form SQLAlchemy
+    parses; else a ValueError that says which part is wrong (never the password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if is_placeholder(value):
+        raise ValueError("ARCHIVER_DATABASE_URL is still a template placeholder")
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            "ARCHIVER_DATABASE_URL is not a database URL (expected sqlite:///path.db or "
+            "postgresql://user:password@host:5432/name)"
+        ) from None
+    backend = url.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "postgres"):
+        raise ValueError(
+            f"ARCHIVER_DATABASE_URL names {backend!r}: titan-archiver runs on SQLite "
+            "(sqlite:///path.db) or PostgreSQL (postgresql://...)"
+        )
+    return value
+
+
+def known_names() -> set[str]:
+    """Every ``ARCHIVER_*`` variable the product reads."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            names.add(alias)
+        else:
+            names.add(f"ARCHIVER_{name.upper()}")
+    return names
+
+
+def unknown_names(environ: Mapping[str, str]) -> list[str]:
+    """``ARCHIVER_*`` variables set in ``environ`` that no setting reads, each with the
+    nearest real name when one is close: ``ARCHIVER_DATABSE_URL (did you mean
+    ARCHIVER_DATABASE_URL?)``."""
+    known = known_names()
+    found = []
+    for name in sorted(environ):
+        if not name.startswith("ARCHIVER_") or name in known or name in _DEV_SIDE_NAMES:
+            continue
+        if name.startswith(_DEV_SIDE_PREFIX):
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        found.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    return found
+
+
+_reported: set[str] = set()
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning validation errors into one readable ConfigError."""
+    """Read the settings, turning validation errors into one readable ConfigError.
+
+    ``ARCHIVER_*`` variables that no setting reads are reported once per process, on
+    stderr (logging is not set up yet): a misspelt name must not be ignored silently.
+    """
+    unknown = unknown_names(os.environ)
+    fresh = [n for n in unknown if n not in _reported]
+    if fresh:
+        _reported.update(fresh)
+        print(
+            f"titan-archiver: warning: unknown settings ignored: {', '.join(fresh)}",
+            file=sys.stderr,
+        )
+    # Overrides name settings as the code reads them (``database_url``); the two required
+    # URLs are stored under their variable's name.
+    for name in ("database_url", "broker_url"):
+        if name in overrides:
+            overrides[f"ARCHIVER_{name.upper()}"] = overrides.pop(name)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from exc
+
+
+def _problem(err: Any) -> str:
+    """One validation error as the operator can act on it: the variable's name, the reason."""
+    field = str(err["loc"][0]) if err["loc"] else ""
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not field or message.startswith("ARCHIVER_"):
+        return message
+    name = field.removesuffix("_setting").upper()
+    alias = Settings.model_fields.get(field)
+    if alias is not None and isinstance(alias.validation_alias, str):
+        return f"{alias.validation_alias}: {message}"
+    return f"ARCHIVER_{name}: {message}"
+
+
+def settings_for_process(role: str) -> Settings:
+    """The settings of a long-running process (web, worker, beat, render), checked before it
+    starts serving: a missing or malformed setting stops it at once with one line on stderr
+    naming the problem and exit status 1, not a traceback, and never a fallback."""
+    try:
+        settings = load_settings()
+        # Both are needed by every process role; read them now, not at the first request.
+        settings.database_url  # noqa: B018
+        settings.broker_url  # noqa: B018
+    except ConfigError as exc:
+        print(f"titan-archiver {role}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return settings

@@ -58,7 +58,7 @@ def test_reads_settings_from_archiver_environment(monkeypatch: pytest.MonkeyPatc
 
 
 def test_refuses_a_part_size_below_the_s3_minimum() -> None:
-    with pytest.raises(ConfigError, match="part_size"):
+    with pytest.raises(ConfigError, match="ARCHIVER_PART_SIZE"):
         load_settings(secret_key="x" * 20, part_size=1024)
 
 

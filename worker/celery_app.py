@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import signals
@@ -11,12 +12,13 @@ from archiver.infra import tracing
 from archiver.infra.broker import make_celery
 from archiver.infra.logs import configure_logging, request_id
 from archiver.queue import DISPATCH_TASK, PROBE_TASK, RETENTION_TASK, SWEEP_TASK
-from archiver.settings import load_settings
+from archiver.settings import settings_for_process
 from worker import metrics
 from worker.notifier import Notifier
 from worker.tasks import register
 
-settings = load_settings()
+# "beat" or "worker" (the render pool is a worker too), for the one line a bad setting prints.
+settings = settings_for_process("beat" if "beat" in sys.argv[1:] else "worker")
 configure_logging(settings.log_level, settings.log_format)
 app = make_celery(settings)
 app.conf.beat_schedule = {
