@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from celery import Celery
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -18,13 +19,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from archiver.errors import Unavailable
-from archiver.infra import tracing
+from archiver.infra import migrate, tracing
 from archiver.infra.broker import make_celery, queue_depth
 from archiver.infra.buckets import TenantS3Clients
-from archiver.infra.db import make_engine
+from archiver.infra.db import first_line, make_engine
 from archiver.infra.logs import configure_logging
 from archiver.media.shapes import Health, Readiness
-from archiver.settings import Settings, load_settings
+from archiver.settings import Settings, settings_for_process
 from receiver import api, resources
 from receiver.answers import ShapeResponse, error
 from receiver.group_commit import GroupCommit
@@ -49,41 +50,46 @@ async def healthz(_: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready to accept webhooks: the database and the broker both answer (readiness)."""
     res = resources.of(request)
-    checks = await run_in_threadpool(_dependencies, res.engine, res.celery)
-    ready = all(checks.values())
+    problems = await run_in_threadpool(_dependencies, res.engine, res.celery)
+    ready = not any(problems.values())
+    for name, reason in problems.items():
+        if reason:
+            log.warning("not ready: %s: %s", name, reason)
     return ShapeResponse(
         Readiness(
             status="ready" if ready else "unavailable",
-            checks={k: "ok" if v else "down" for k, v in checks.items()},
+            checks={k: "down" if v else "ok" for k, v in problems.items()},
+            reasons={k: v for k, v in problems.items() if v},
         ),
         status_code=200 if ready else 503,
-        headers=None if ready else {"Retry-After": "5"},
+        headers=None if ready else {"Retry-After": str(res.settings.retry_after_seconds)},
     )
 
 
-def _dependencies(engine: Engine, celery: Celery) -> dict[str, bool]:
-    results = {}
+def _dependencies(engine: Engine, celery: Celery) -> dict[str, str | None]:
+    """Each dependency's problem (None: it answers), with its cause: a readiness probe that
+    only says "down" leaves the operator guessing between unreachable and unmigrated."""
+    problems: dict[str, str | None] = {}
     try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        results["database"] = True
-    except Exception:
-        results["database"] = False
+        problems["database"] = migrate.schema_problem(engine)
+    except SQLAlchemyError as exc:
+        problems["database"] = f"unreachable: {first_line(exc)}"
     try:
         queue_depth(celery)
-        results["broker"] = True
-    except Exception:
-        results["broker"] = False
-    return results
+        problems["broker"] = None
+    except Unavailable as exc:
+        problems["broker"] = f"unreachable: {exc.__cause__ or exc}"
+    return problems
 
 
 async def metrics_endpoint(request: Request) -> Response:
     return await resources.of(request).metrics.endpoint(request)
 
 
-async def unavailable(_: Request, exc: Exception) -> Response:
+async def unavailable(request: Request, exc: Exception) -> Response:
     log.warning("request not served: %s", exc)
-    return error(503, "temporarily unavailable, retry later", {"Retry-After": "5"})
+    after = resources.of(request).settings.retry_after_seconds
+    return error(503, "temporarily unavailable, retry later", {"Retry-After": str(after)})
 
 
 async def http_error(_: Request, exc: Exception) -> Response:
@@ -99,7 +105,7 @@ async def server_error(_: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or load_settings()
+    settings = settings or settings_for_process("web")
     configure_logging(settings.log_level, settings.log_format)
     tracing.setup("titan-archiver-receiver")
     dashboard = Dashboard(settings)

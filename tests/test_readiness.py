@@ -25,11 +25,16 @@ def test_readyz_follows_the_database_and_the_broker() -> None:
         with serve(settings_for(pg.url, broker.url)) as url:
             ready = httpx.get(f"{url}/readyz")
             assert ready.status_code == 200
-            assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+            assert ready.json() == {
+                "status": "ready",
+                "checks": {"database": "ok", "broker": "ok"},
+                "reasons": {},
+            }
 
             pg.stop()
             down = httpx.get(f"{url}/readyz", timeout=30)
             assert down.status_code == 503 and down.json()["checks"]["database"] == "down"
+            assert down.json()["reasons"]["database"].startswith("unreachable: ")
             assert down.headers["Retry-After"].isdigit()
             assert httpx.get(f"{url}/healthz").status_code == 200  # alive, just not ready
             pg.start()

@@ -32,6 +32,16 @@ from archiver.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# What a broker that is down, restarting or unreachable raises, through kombu or redis-py
+# directly (redis-py's ConnectionError is not an OSError).
+BROKER_DOWN = (KombuError, OperationalError, OSError, redis.RedisError)
+
+
+def unreachable(exc: BaseException) -> Unavailable:
+    """The one error for a broker that cannot be reached, with its cause in one line."""
+    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return Unavailable(f"broker unreachable: {cause}")
+
 
 class LiveWorker(TypedDict):
     """A worker that answered the broadcast."""
@@ -119,8 +129,8 @@ def publish_task(
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         )
-    except (KombuError, OperationalError, OSError) as exc:
-        raise Unavailable("broker unavailable") from exc
+    except BROKER_DOWN as exc:
+        raise unreachable(exc) from exc
 
 
 def workers(app: Celery, *, timeout: float = 1.5) -> list[LiveWorker]:
@@ -134,8 +144,8 @@ def workers(app: Celery, *, timeout: float = 1.5) -> list[LiveWorker]:
         known = app.control.inspect(timeout=timeout, limit=len(stats))
         queues = known.active_queues() or {}
         active = known.active() or {}
-    except (KombuError, OperationalError, OSError) as exc:
-        raise Unavailable("broker unavailable") from exc
+    except BROKER_DOWN as exc:
+        raise unreachable(exc) from exc
     found: list[LiveWorker] = []
     for name in sorted(stats):
         pool = stats[name].get("pool", {}) if isinstance(stats[name], dict) else {}
@@ -163,8 +173,8 @@ def queue_depths(app: Celery, queues: tuple[str, ...] = QUEUES) -> dict[str, int
                         depths[queue] = int(found.message_count)
                 except ChannelError:
                     depths[queue] = 0
-    except OSError as exc:
-        raise Unavailable("broker unavailable") from exc
+    except BROKER_DOWN as exc:
+        raise unreachable(exc) from exc
     return depths
 
 
@@ -272,7 +282,7 @@ def rows_in_broker(
             )
         return found
     except redis.RedisError as exc:
-        raise Unavailable("broker unavailable") from exc
+        raise unreachable(exc) from exc
     finally:
         client.close()
 

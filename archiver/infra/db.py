@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlmodel import Session
 
 from archiver.errors import ConfigError, Unavailable
@@ -15,7 +16,9 @@ from archiver.errors import ConfigError, Unavailable
 POOL_MODE_OPTION = "archiver_pool_mode"
 
 
-def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, durable_commits: bool = True, must_exist: bool = False, **kwargs: Any
+) -> Engine:
     """Create the engine for one process (never at import: it must not cross a fork).
 
     Behind PgBouncer in transaction pooling mode, the URL says so with ``?pool_mode=
@@ -31,9 +34,14 @@ def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Eng
     its own transaction: no BEGIN and COMMIT round-trips), and no ping before each checkout
     (a connection that died with its server fails the statement as Unavailable, the pool is
     invalidated, and the task retries). The receiver's accept always waits for the flush.
+
+    ``must_exist``: a SQLite file that is not there is an error (Unavailable, "not
+    migrated"), not a new empty database left behind by a mistyped path (the CLI's commands;
+    ``db upgrade`` creates it).
     """
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    for scheme in ("postgresql://", "postgres://"):  # postgres:// as Heroku and others write it
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url.removeprefix(scheme)
     pooled = False
     if url.startswith("postgresql") and "pool_mode=" in url:
         parsed = make_url(url)
@@ -43,6 +51,12 @@ def make_engine(url: str, *, durable_commits: bool = True, **kwargs: Any) -> Eng
         pooled = mode == "transaction"
         url = parsed.difference_update_query(["pool_mode"]).render_as_string(hide_password=False)
     if url.startswith("sqlite"):
+        path = make_url(url).database
+        if must_exist and path and path != ":memory:" and not Path(path).exists():
+            raise Unavailable(
+                f"database not migrated: there is no SQLite file at {path} "
+                "(run `titan-archiver db upgrade` to create it)"
+            )
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -100,9 +114,36 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             except BaseException:
                 session.rollback()
                 raise
-    except OperationalError as exc:
-        raise Unavailable("database unavailable") from exc
+    except (OperationalError, ProgrammingError) as exc:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            raise
+        raise Unavailable(reason) from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
-            raise Unavailable("database connection lost") from exc
+            raise Unavailable(f"database connection lost: {first_line(exc)}") from exc
         raise
+
+
+# SQLite's and PostgreSQL's words for a table that is not there: the schema was never
+# created (or is older than this code), which `db upgrade` fixes.
+_NOT_MIGRATED = ("no such table", "no such column", "does not exist")
+
+
+def unavailable_reason(exc: DBAPIError) -> str | None:
+    """Why the database cannot serve, as an operator acts on it: not migrated (with the
+    missing table) or unreachable (with the driver's cause); None for an error that is a
+    bug in the statement, not the database's state."""
+    cause = first_line(exc)
+    if any(words in cause for words in _NOT_MIGRATED):
+        return f"database not migrated (run `titan-archiver db upgrade`): {cause}"
+    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        return f"database unavailable: {cause}"
+    return None
+
+
+def first_line(exc: Exception) -> str:
+    """The driver's own reason for ``exc`` (SQLAlchemy wraps it with the statement), one line."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
+    return (text.strip().splitlines() or ["no reason given"])[0]

@@ -45,6 +45,9 @@ class RenditionInfo(Shape):
     size: int
 
 
+RenderStateName = Literal["pending", "done", "failed", "off"]
+
+
 class MediaInfo(Shape):
     """Titan's MediaInfo fields plus the archive's own, for one media row."""
 
@@ -96,6 +99,17 @@ class MediaInfo(Shape):
         "note); GET .../thumbnail or .../content?rendition=KIND redirects to one",
     )
 
+    render_state: RenderStateName | None = Field(
+        alias="renderState",
+        description="Where the renditions stand once the file is archived: pending (asked, "
+        "not made yet), done, failed (renderError says why; the archive stands) or off (never "
+        "asked: renditions off for the tenant, or archived before they existed; `media render "
+        "--missing` asks). Null until the file is archived",
+    )
+    render_error: str | None = Field(
+        alias="renderError", description="Why the renditions failed (renderState failed)"
+    )
+
     @classmethod
     def of(cls, row: Media, *, tenant: str) -> MediaInfo:
         assert row.received_at is not None
@@ -135,7 +149,15 @@ class MediaInfo(Shape):
             duration_seconds=row.duration_seconds,
             pages=row.pages,
             renditions=[RenditionInfo(**r) for r in derived.public(row.renditions)],
+            render_state=_render_state(row),
+            render_error=row.render_error if row.render_state == "failed" else None,
         )
+
+
+def _render_state(row: Media) -> RenderStateName | None:
+    if row.render_state in ("pending", "done", "failed"):
+        return cast(RenderStateName, row.render_state)
+    return "off" if row.status == Status.ARCHIVED.value else None
 
 
 def media_info(row: Media, *, tenant: str) -> dict[str, Any]:
@@ -253,6 +275,8 @@ class Readiness(Shape):
 
     status: Literal["ready", "unavailable"]
     checks: dict[str, Literal["ok", "down"]]
+    # Why each check that is down is down (the schema not migrated, a refused connection).
+    reasons: dict[str, str] = Field(default_factory=dict)
 
 
 class Health(Shape):

@@ -95,11 +95,18 @@ class BacklogCollector(Collector):
     def _queues(self) -> Iterator[GaugeMetricFamily]:
         if self._celery is None:
             return
+        up = GaugeMetricFamily(
+            "archiver_broker_up", "1 when the broker answered this scrape, 0 when unreachable"
+        )
         try:
             depths = queue_depths(self._celery)
-        except Unavailable:
-            log.warning("metrics: broker unavailable, queue depth omitted")
+        except Unavailable as exc:
+            log.warning("metrics: %s; queue depth omitted", exc)
+            up.add_metric([], 0)
+            yield up
             return
+        up.add_metric([], 1)
+        yield up
         gauge = GaugeMetricFamily(
             "archiver_queue_depth", "Archive tasks waiting in the broker", labels=["queue"]
         )
