@@ -12,10 +12,12 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import httpx
@@ -94,7 +96,29 @@ def run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> i
             signal.signal(sig, handler)
 
 
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on ``port``: the demo's signed webhooks must never
+    go to someone else's server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        if probe.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def _run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> int:
+    if port_taken(port):
+        click.echo(
+            f"dev: port {port} is already in use (another program listens there); "
+            f"nothing was started. Pick another with --port, e.g. --port {free_port()}",
+            err=True,
+        )
+        return 1
     root = Path(data_dir).resolve()
     (root / "logs").mkdir(parents=True, exist_ok=True)
     key_file = root / "secret.key"
@@ -162,6 +186,13 @@ def _run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> 
             f"logs in {stack.log_dir}"
         )
         s3_url, sim_url, receiver_url = s3.url, sim.url, receiver.url
+        say(
+            "ports: receiver "
+            f"{_port_of(receiver_url)}, S3 {_port_of(s3_url)}, simulator {_port_of(sim_url)}, "
+            f"broker {_port_of(env['ARCHIVER_BROKER_URL'])}, worker metrics "
+            f"{env['ARCHIVER_WORKER_METRICS_PORT']}, render metrics "
+            f"{render_env['ARCHIVER_WORKER_METRICS_PORT']}"
+        )
 
         if demo:
             api_key, archived = _demo(
@@ -191,6 +222,10 @@ def _run_dev(*, port: int, data_dir: str, demo: bool, exit_after_demo: bool) -> 
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         stack.stop()
+
+
+def _port_of(url: str) -> str:
+    return str(urlsplit(url).port or "?")
 
 
 def _demo(

@@ -170,7 +170,10 @@ def test_show_and_remove_of_an_unknown_tenant_fail_cleanly(database_url: str) ->
 
 def test_remove_deletes_the_tenant(database_url: str) -> None:
     add(database_url)
-    run(database_url, "tenants", "remove", "acme")
+    refused = run(database_url, "tenants", "remove", "acme", check=False)
+    assert refused.returncode == 1 and "--yes" in refused.stderr  # no rows, still asked
+    assert "acme" in run(database_url, "tenants", "list").stdout
+    run(database_url, "tenants", "remove", "acme", "--yes")
     assert run(database_url, "tenants", "list").stdout.strip() == ""
 
 
@@ -234,7 +237,7 @@ def test_media_list_filters_and_export_stream_every_matching_row(
     parsed = list(csv.DictReader(csv_out))
     assert parsed[0]["renditions"] == "[]"  # lists as JSON, not Python's repr
     bad = run(database_url, "media", "list", "--since", "yesterday", check=False)
-    assert bad.returncode == 1 and "since:" in bad.stderr
+    assert bad.returncode == 2 and "Invalid value for --since" in bad.stderr
     out = tmp_path / "export.jsonl"
     result = run(
         database_url, "media", "export", "--type", "image", "--order", "asc", "-o", str(out)

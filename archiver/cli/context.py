@@ -32,7 +32,7 @@ def current_settings() -> Settings:
 
 @contextmanager
 def database() -> Iterator[Session]:
-    engine = make_engine(current_settings().database_url)
+    engine = make_engine(current_settings().database_url, must_exist=True)
     try:
         with session_scope(engine) as session:
             yield session
@@ -49,6 +49,9 @@ def friendly(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except AppError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # a file or folder the command was pointed at
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from exc
 
     return wrapper
 

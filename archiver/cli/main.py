@@ -7,7 +7,7 @@ import click
 from archiver.cli import api_keys, audit, db, dev, keys, media, reconcile, status, tenants
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="titan-archiver", message="%(prog)s %(version)s")
 def main() -> None:
     """Archive Titan WhatsApp media into each tenant's own S3-compatible bucket."""

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -20,8 +21,8 @@ from archiver.cli.context import (
     friendly,
     scope_count,
 )
-from archiver.cli.output import csv_row, print_media
-from archiver.errors import Unavailable
+from archiver.cli.output import csv_row, echo_json, print_media
+from archiver.errors import PayloadError, Unavailable
 from archiver.governance import audit
 from archiver.governance.erasure import Selector, count_matching, erase_recorded, set_hold
 from archiver.infra.broker import make_celery, publish_archive
@@ -52,14 +53,25 @@ def _filter_options(func: F) -> F:
     for flt in reversed(FILTERS):
         if flt.name in {"cursor", "limit"}:
             continue
-        option = "--" + "".join("-" + c.lower() if c.isupper() else c for c in flt.name)
-        func = click.option(option, flt.name, default=None, help=flt.description)(func)
+        func = click.option(_flag_of(flt.name), flt.name, default=None, help=flt.description)(func)
     return func
+
+
+def _flag_of(name: str) -> str:
+    """A query filter's option: ``mimeType`` -> ``--mime-type``."""
+    return "--" + "".join("-" + c.lower() if c.isupper() else c for c in name)
 
 
 def _query(filters: dict[str, str | None], **extra: str) -> MediaQuery:
     params = {k: v for k, v in filters.items() if v is not None} | extra
-    return parse_query(params)
+    try:
+        return parse_query(params)
+    except PayloadError as exc:
+        # The query names the API's field ("since: ..."); the operator typed a flag.
+        field, _, reason = str(exc).partition(": ")
+        if field in params:
+            raise click.BadParameter(reason, param_hint=_flag_of(field)) from exc
+        raise click.UsageError(str(exc)) from exc
 
 
 def iter_media(engine: Any, query: MediaQuery, *, page: int = 500) -> Iterator[dict[str, Any]]:
@@ -90,7 +102,7 @@ def iter_media(engine: Any, query: MediaQuery, *, page: int = 500) -> Iterator[d
 @friendly
 def media_list(limit: int, fmt: str, **filters: str | None) -> None:
     """List media rows (newest first), with the query API's filters."""
-    engine = make_engine(current_settings().database_url)
+    engine = make_engine(current_settings().database_url, must_exist=True)
     try:
         query = _query(filters)
         docs = list(itertools.islice(iter_media(engine, query), limit))
@@ -106,8 +118,11 @@ def media_list(limit: int, fmt: str, **filters: str | None) -> None:
 @friendly
 def media_export(output: str, fmt: str, **filters: str | None) -> None:
     """Stream every matching row to a file (jsonl or csv), with a progress bar."""
+    folder = Path(output).parent
+    if output != "-" and not folder.is_dir():
+        raise click.BadParameter(f"folder {str(folder)!r} does not exist", param_hint="--output")
     settings = current_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, must_exist=True)
     try:
         query = _query(filters)
         _, total = scope_count(engine, query.tenant, None)
@@ -138,13 +153,15 @@ def media_export(output: str, fmt: str, **filters: str | None) -> None:
 
 
 @media.command("requeue")
-@click.option("--stuck", is_flag=True, required=True, help="Re-queue rows that are not moving.")
+@click.option("--stuck", is_flag=True, help="Re-queue rows that are not moving (required).")
 @friendly
 def media_requeue(stuck: bool) -> None:
     """Publish again rows the broker lost, rows never queued, and rows with expired leases."""
+    if not stuck:
+        raise click.UsageError("say what to re-queue: --stuck (rows that are not moving)")
 
     settings = current_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, must_exist=True)
     try:
         report = sweep(engine, make_celery(settings), settings)
     finally:
@@ -163,9 +180,7 @@ def media_requeue(stuck: bool) -> None:
 
 
 @media.command("render")
-@click.option(
-    "--missing", is_flag=True, required=True, help="Rows archived without their renditions."
-)
+@click.option("--missing", is_flag=True, help="Rows archived without their renditions (required).")
 @click.option("--tenant", default=None, help="Only this tenant's rows.")
 @click.option(
     "--failed", "with_failed", is_flag=True, help="Rows whose render failed too (asked afresh)."
@@ -181,8 +196,10 @@ def media_requeue(stuck: bool) -> None:
 def media_render(missing: bool, tenant: str | None, with_failed: bool, wait_seconds: float) -> None:
     """Ask the render workers (Procfile: render) for the thumbnails, posters, durations and
     m4a audio of rows archived before renditions existed or while they were off."""
+    if not missing:
+        raise click.UsageError("say what to render: --missing (rows without renditions)")
     settings = current_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, must_exist=True)
     app = make_celery(settings)
     try:
         with session_scope(engine) as session:
@@ -264,9 +281,10 @@ def media_retry(retry_all: bool, tenant: str | None, media_ids: tuple[str, ...])
     if not (retry_all or tenant or media_ids):
         raise click.UsageError("say what to retry: --all, --tenant NAME or --id MEDIA_ID")
     settings = current_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, must_exist=True)
     try:
         tenant_id, total = scope_count(engine, tenant, Status.FAILED.value)
+        _refuse_unknown_ids(engine, tenant_id, media_ids, tenant)
         with click.progressbar(length=total, label="re-queueing", file=sys.stderr) as bar:
             count = retry_failed(
                 engine,
@@ -339,7 +357,7 @@ def media_add(
         event_id=None,
     )
     settings = current_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, must_exist=True)
     try:
         with session_scope(engine) as session:
             owner = get_tenant(session, name=tenant)
@@ -393,10 +411,11 @@ def media_erase(
             raise click.BadParameter("1 to 255 printable characters", param_hint=flag)
     selector = Selector(media_ids=media_ids, sender=sender, chat=chat, include_held=include_held)
     settings = current_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, must_exist=True)
     try:
         with session_scope(engine) as session:
             owner = get_tenant(session, name=tenant)
+        _refuse_unknown_ids(engine, owner.id, media_ids, tenant)
         found = count_matching(engine, owner, selector)
         if dry_run:
             click.echo(json.dumps({"tenant": tenant, "dryRun": True, "rows": found}))
@@ -414,6 +433,51 @@ def media_erase(
         sys.exit(1)
 
 
+def _refuse_unknown_ids(
+    engine: Any, tenant_id: int | None, media_ids: tuple[str, ...], tenant: str | None
+) -> None:
+    """Stop (exit 1, nothing done) when an --id names no media: a typo must not read as
+    "done, 0 rows"."""
+    if not media_ids:
+        return
+    with session_scope(engine) as session:
+        unknown = queries.missing_ids(session, tenant_id=tenant_id, media_ids=media_ids)
+    if unknown:
+        owner = f" of tenant {tenant}" if tenant else ""
+        raise click.ClickException(
+            f"--id names no media{owner}: {', '.join(unknown[:10])}; nothing was done"
+        )
+
+
+@media.command("show")
+@click.argument("media_id")
+@click.option("--tenant", default=None, help="The tenant (needed when two tenants share the id).")
+@click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json")
+@friendly
+def media_show(media_id: str, tenant: str | None, fmt: str) -> None:
+    """One media row as MediaInfo (the API's GET /api/media/{id}): exit 1 if no row has it."""
+    with database() as session:
+        names = {t.id: t.name for t in list_tenants(session)}
+        tenant_id = get_tenant(session, name=tenant).id if tenant else None
+        rows = queries.rows_with_id(session, tenant_id=tenant_id, media_id=media_id)
+        docs = [media_info(row, tenant=names.get(row.tenant_id, "?")) for row in rows]
+    if not docs:
+        owner = f" of tenant {tenant}" if tenant else ""
+        raise click.ClickException(f"no media {media_id!r}{owner}")
+    if len(docs) > 1:
+        raise click.UsageError(
+            f"{len(docs)} tenants have media {media_id!r} "
+            f"({', '.join(str(d['tenant']) for d in docs)}): say which with --tenant"
+        )
+    if fmt == "json":
+        echo_json(docs[0])
+    else:
+        width = max(len(k) for k in docs[0])
+        for key, value in docs[0].items():
+            shown = json.dumps(value) if isinstance(value, list | dict) else value
+            click.echo(f"{key:<{width}}  {'' if shown is None else shown}")
+
+
 @media.command("hold")
 @click.option("--tenant", required=True)
 @click.option("--id", "media_ids", multiple=True, required=True, help="A media id (repeatable).")
@@ -423,7 +487,7 @@ def media_hold(tenant: str, media_ids: tuple[str, ...], release: bool) -> None:
     """Put media under legal hold: retention never deletes it (an erasure only with
     --include-held). --release lifts it."""
     settings = current_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, must_exist=True)
     try:
         with session_scope(engine) as session:
             owner = get_tenant(session, name=tenant)

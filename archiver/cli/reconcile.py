@@ -211,7 +211,7 @@ def reconcile(tenant: str | None, requeue: bool, concurrency: int, resume: bool)
     """
 
     settings = current_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, must_exist=True)
     try:
         _, total = scope_count(engine, tenant, Status.ARCHIVED.value)
         with click.progressbar(length=total, label="checking", file=sys.stderr) as bar:

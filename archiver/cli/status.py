@@ -29,9 +29,10 @@ WARN_AGE_SECONDS = 3 * 86400
 
 @click.command()
 @click.option("--tenant", default=None)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @friendly
-def status(tenant: str | None, as_json: bool) -> None:
+def status(tenant: str | None, fmt: str, as_json: bool) -> None:
     """Rows by status, the oldest unarchived item's age, queue depths, and the live workers.
 
     Exits 0 when all is well, 3 when a tenant or session is paused, 4 when media older than
@@ -53,17 +54,21 @@ def status(tenant: str | None, as_json: bool) -> None:
     age = (now - backlog.oldest_unarchived).total_seconds() if backlog.oldest_unarchived else 0.0
     failed_age = (now - backlog.oldest_failed).total_seconds() if backlog.oldest_failed else 0.0
     celery = make_celery(settings)
+    broker = "ok"
     try:
         depths: dict[str, int] | None = queue_depths(celery)
         render_depth: int | None = queue_depths(celery, (RENDER_QUEUE,))[RENDER_QUEUE]
         live: list[LiveWorker] | None = workers(celery)
-    except AppError:
+    except AppError as exc:
         depths, render_depth, live = None, None, None
+        broker = str(exc).removeprefix("broker ")
     rows = {s.value: backlog.counts.get(s.value, 0) for s in Status}
     doc = {
         "rows": rows,
         "oldestUnarchivedAgeSeconds": round(age, 1),
         "oldestFailedAgeSeconds": round(failed_age, 1),
+        # "ok", or why not ("unreachable: Error 111 connecting to ...").
+        "broker": broker,
         "queueDepth": None if depths is None else sum(depths.values()),
         "queues": depths,
         "workers": live,
@@ -91,7 +96,7 @@ def status(tenant: str | None, as_json: bool) -> None:
     code = (
         EXIT_OLD_BACKLOG if age >= WARN_AGE_SECONDS else EXIT_PAUSED if held or held_sessions else 0
     )
-    if as_json:
+    if as_json or fmt == "json":
         click.echo(json.dumps(doc))
         sys.exit(code)
     for paused in held:
@@ -111,7 +116,8 @@ def status(tenant: str | None, as_json: bool) -> None:
     click.echo(f"{'notifications given up':<28}{given_up}")
     click.echo(f"{'renders pending':<28}{renders}")
     if depths is None or live is None:
-        click.echo(f"{'queue depth':<28}unreachable")
+        click.echo(f"{'broker':<28}{broker}")
+        click.echo(f"{'queue depth':<28}unknown")
         click.echo(f"{'workers':<28}unknown (broker unreachable)")
     else:
         for queue, depth in depths.items():

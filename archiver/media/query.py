@@ -8,7 +8,7 @@ whose message starts with the offending parameter's name; ``search`` returns one
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -190,13 +190,20 @@ def _integer(params: Mapping[str, str], name: str, low: int, high: int) -> int |
     return int(value)
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+
+
 def _time(params: Mapping[str, str], name: str) -> datetime | None:
     value = params.get(name)
     if value is None:
         return None
+    if _DATE.match(value):  # a plain date is that day's start, in UTC
+        value += "T00:00:00Z"
     match = _RFC3339.match(value)
     if match is None:
-        raise PayloadError(f"{name}: must be an RFC 3339 date-time, e.g. 2025-01-15T10:30:00Z")
+        raise PayloadError(
+            f"{name}: must be a date (2025-01-15) or an RFC 3339 date-time (2025-01-15T10:30:00Z)"
+        )
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     try:
         micros = int((fraction or "0")[:6].ljust(6, "0"))
@@ -314,6 +321,8 @@ _INFO_COLUMNS = (
     "duration_seconds",
     "pages",
     "renditions",
+    "render_state",
+    "render_error",
 )
 
 
@@ -394,6 +403,24 @@ def get_media(session: Session, *, tenant_id: int, media_id: str) -> Media | Non
     return session.exec(
         select(Media).where(Media.tenant_id == tenant_id, Media.media_id == media_id)
     ).first()
+
+
+def rows_with_id(session: Session, *, tenant_id: int | None, media_id: str) -> list[Media]:
+    """The rows of ``media_id``: one per tenant that has it (or the tenant's one)."""
+    query = select(Media).where(Media.media_id == media_id)
+    if tenant_id is not None:
+        query = query.where(Media.tenant_id == tenant_id)
+    return list(session.exec(query.order_by(col(Media.tenant_id)).limit(100)))
+
+
+def missing_ids(session: Session, *, tenant_id: int | None, media_ids: Iterable[str]) -> list[str]:
+    """Those of ``media_ids`` that name no row (of the tenant, or of any tenant), in order."""
+    wanted = list(dict.fromkeys(media_ids))
+    query = select(Media.media_id).where(col(Media.media_id).in_(wanted))
+    if tenant_id is not None:
+        query = query.where(Media.tenant_id == tenant_id)
+    found = set(session.exec(query))
+    return [media_id for media_id in wanted if media_id not in found]
 
 
 def stuck(
