@@ -92,6 +92,10 @@ class Tenant(SQLModel, table=True):
     hmac_key_previous_expires_at: datetime | None = _time()
     titan_api_key_enc: str = Field(sa_column=Column(Text, nullable=False))
     s3_secret_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The webhook `tenants connect` registered with Titan (its id there, and the URL it posts
+    # to), which `tenants check` verifies; NULL when it was set up by hand.
+    titan_webhook_id: str | None = Field(default=None, max_length=255)
+    webhook_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime | None = _time(nullable=False)
     # Paused: its rows wait (no attempt spent) until it is resumed. By an operator, or by a
     # worker when Titan or the bucket refused the tenant's settings (paused_auto: probed and

@@ -50,6 +50,15 @@ class TenantCache:
             self._entries.move_to_end(name)
             return True, entry[1]
 
+    def may_reload(self, name: str, *, min_age: float = 1.0) -> bool:
+        """Whether the cached entry of ``name`` is at least ``min_age`` seconds old: a
+        signature that fails against it may be signed with a key rotated since, so it is
+        read again, but at most once a ``min_age`` per tenant (bad signatures are cheap to
+        send; database reads are not)."""
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry is None or time.monotonic() - (entry[0] - self._ttl) >= min_age
+
     def load(self, name: str) -> WebhookTenant | None:
         """Read the tenant from the database (blocking) and cache the answer."""
         with session_scope(self._engine) as session:

@@ -3,7 +3,9 @@
 Media routes (Bearer auth):  GET  /api/sessions/{s}/media/{id}
                              POST /api/sessions/{s}/media/{id}/download
                              POST /api/sessions/{s}/media/{id}/persist
-Control routes (no auth):    POST /_sim/accounts, /_sim/media, /_sim/faults, /_sim/reset
+Webhooks API (Bearer auth):  GET, POST /api/webhooks; GET, PATCH, PUT, DELETE /api/webhooks/{id}
+Control routes (no auth):    POST /_sim/accounts, /_sim/media, /_sim/faults, /_sim/reset,
+                             /_sim/deliver (an event to the account's registered webhooks)
                              GET  /_sim/stats, /_sim/media/{account}/{id}
 """
 
@@ -15,13 +17,14 @@ from collections.abc import AsyncIterator
 from typing import IO, Any, cast
 from urllib.parse import quote
 
+import httpx
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from titan_simulator import content
+from titan_simulator import content, webhooks
 from titan_simulator.state import Faults, MediaRecord, S3Target, World
 
 DOCS = "https://docs.usetitan.app/api"
@@ -168,7 +171,65 @@ def create_app(world: World | None = None) -> Starlette:
         count("persist")
         return JSONResponse({"data": record.info()}, headers=common_headers())
 
+    # -- webhooks API ----------------------------------------------------------------------
+
+    def owned(account: str, webhook_id: str) -> webhooks.WebhookRecord | Response:
+        record = world.webhooks.get(webhook_id)
+        if record is None or record.account != account:
+            return _error(404, "Webhook not found")
+        return record
+
+    async def webhooks_collection(request: Request) -> Response:
+        account, refused = authorise(request)
+        if refused is not None or account is None:
+            return refused or _error(401, "Invalid API key")
+        if request.method == "GET":
+            mine = [w.public() for w in world.webhooks.values() if w.account == account]
+            return JSONResponse({"data": mine}, headers=common_headers())
+        try:
+            doc = await request.json()
+        except ValueError:
+            return _error(400, "Body must be JSON")
+        problem = webhooks.validate(doc, partial=False)
+        if problem:
+            return _error(400, problem)
+        record = webhooks.create(account, doc)
+        world.webhooks[record.id] = record
+        count("webhook_create")
+        return JSONResponse({"data": record.public()}, status_code=201, headers=common_headers())
+
+    async def webhook_item(request: Request) -> Response:
+        account, refused = authorise(request)
+        if refused is not None or account is None:
+            return refused or _error(401, "Invalid API key")
+        found = owned(account, request.path_params["webhook_id"])
+        if isinstance(found, Response):
+            return found
+        if request.method == "DELETE":
+            del world.webhooks[found.id]
+            return JSONResponse({"data": {"id": found.id, "deleted": True}})
+        if request.method == "GET":
+            return JSONResponse({"data": found.public()}, headers=common_headers())
+        try:
+            doc = await request.json()
+        except ValueError:
+            return _error(400, "Body must be JSON")
+        problem = webhooks.validate(doc, partial=True)
+        if problem:
+            return _error(400, problem)
+        webhooks.update(found, doc)
+        count("webhook_update")
+        return JSONResponse({"data": found.public()}, headers=common_headers())
+
     # -- control routes --------------------------------------------------------------------
+
+    async def deliver(request: Request) -> Response:
+        """Send an event to the account's registered webhooks, as Titan would."""
+        doc = await request.json()
+        mine = [w for w in world.webhooks.values() if w.account == doc["account"]]
+        async with httpx.AsyncClient(timeout=30) as client:
+            results = await webhooks.deliver(client, mine, doc["envelope"])
+        return JSONResponse({"data": results})
 
     async def add_account(request: Request) -> Response:
         doc = await request.json()
@@ -233,7 +294,14 @@ def create_app(world: World | None = None) -> Starlette:
             Route("/api/sessions/{session}/media/{media_id}", get_media, methods=["GET"]),
             Route("/api/sessions/{session}/media/{media_id}/download", download, methods=["POST"]),
             Route("/api/sessions/{session}/media/{media_id}/persist", persist, methods=["POST"]),
+            Route("/api/webhooks", webhooks_collection, methods=["GET", "POST"]),
+            Route(
+                "/api/webhooks/{webhook_id}",
+                webhook_item,
+                methods=["GET", "PATCH", "PUT", "DELETE"],
+            ),
             Route("/_sim/blob/{token}", blob, methods=["GET"]),
+            Route("/_sim/deliver", deliver, methods=["POST"]),
             Route("/_sim/accounts", add_account, methods=["POST"]),
             Route("/_sim/media", add_media, methods=["POST"]),
             Route("/_sim/faults", set_faults, methods=["POST"]),

@@ -103,6 +103,12 @@ class Simulator:
     def add_account(self, *, api_key: str, account: str, s3: dict[str, Any] | None = None) -> None:
         self._post("/_sim/accounts", {"apiKey": api_key, "account": account, "s3": s3})
 
+    def deliver(self, *, account: str, envelope: dict[str, Any]) -> list[dict[str, Any]]:
+        """Have the simulator post ``envelope`` to the account's registered webhooks, signed
+        with each one's key, as Titan does; each webhook's answer."""
+        found = self._post("/_sim/deliver", {"account": account, "envelope": envelope})["data"]
+        return list(found)
+
     def set_faults(self, **faults: Any) -> None:
         self._post("/_sim/faults", faults)
 

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from titan_simulator.webhooks import WebhookRecord
+
 
 @dataclass
 class S3Target:
@@ -72,6 +74,7 @@ class World:
     accounts: dict[str, str] = field(default_factory=dict)  # api key -> account
     s3: dict[str, S3Target] = field(default_factory=dict)  # account -> persist target
     media: dict[tuple[str, str], MediaRecord] = field(default_factory=dict)
+    webhooks: dict[str, WebhookRecord] = field(default_factory=dict)  # id -> webhook
     faults: Faults = field(default_factory=Faults)
     stats: Counter[str] = field(default_factory=Counter)
     lock: threading.RLock = field(default_factory=threading.RLock)

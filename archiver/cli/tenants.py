@@ -1,8 +1,10 @@
-"""`titan-archiver tenants`: add, list, show, rotate the webhook key of, and remove tenants."""
+"""`titan-archiver tenants`: add, connect to Titan, check, list, show, rotate the webhook key
+of, and remove tenants."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from datetime import timedelta
 from typing import Any
@@ -12,13 +14,16 @@ import click
 from archiver.cli.context import confirm_destructive, current_settings, database, friendly
 from archiver.cli.output import echo_json
 from archiver.cli.secret_input import read_secret, secret_option
-from archiver.errors import Conflict
+from archiver.errors import AppError, ConfigError, Conflict
 from archiver.governance import audit
+from archiver.media.capture import CapturePolicy
 from archiver.media.shapes import TenantView
+from archiver.names import SESSION_RE
 from archiver.scheduling import pauses
 from archiver.settings import Settings
 from archiver.tables import utcnow
-from archiver.tenants.preflight import check_tenant
+from archiver.tenants import webhooks
+from archiver.tenants.preflight import Finding, check_tenant
 from archiver.tenants.tenants import (
     PolicyChanges,
     TenantChanges,
@@ -287,6 +292,21 @@ def _changed(*changes: TenantChanges | PolicyChanges) -> list[str]:
     )
 
 
+def _check_webhook(
+    spec: TenantSpec, webhook_id: str | None, url: str, events: list[str], settings: Settings
+) -> Finding:
+    """The webhook `tenants connect` registered: still at Titan, enabled, pointing here."""
+    timeout = min(settings.titan_connect_timeout, 10.0)
+    try:
+        with webhooks.TitanWebhooks(spec.titan_url, spec.titan_api_key, timeout=timeout) as titan:
+            problem = webhooks.verify(titan, webhook_id=webhook_id, url=url, events=events)
+    except AppError as exc:
+        return Finding("webhook", False, f"could not list Titan's webhooks: {exc}")
+    if problem:
+        return Finding("webhook", False, problem)
+    return Finding("webhook", True, f"Titan posts {len(events)} event types to {url}")
+
+
 @tenants.command("check")
 @click.argument("name")
 @friendly
@@ -298,11 +318,85 @@ def tenants_check(name: str) -> None:
     with database() as session:
         tenant = get_tenant(session, name=name)
         spec = updated_spec(tenant, secrets_of(tenant, box=settings.secret_box()), TenantChanges())
+        connected = (tenant.titan_webhook_id, tenant.webhook_url)
+        events = webhooks.events_for(CapturePolicy.of(tenant))
     findings = check_tenant(spec, settings)
+    if connected[1]:
+        findings.append(_check_webhook(spec, connected[0], connected[1], events, settings))
     for finding in findings:
         click.echo(json.dumps({"check": finding.check, "ok": finding.ok, "detail": finding.detail}))
     if not all(f.ok for f in findings):
         sys.exit(1)
+
+
+@tenants.command("connect")
+@click.argument("name")
+@click.option(
+    "--public-url",
+    required=True,
+    help="Where Titan reaches this archiver (https://...); the webhook is {URL}/webhooks/NAME.",
+)
+@click.option("--session", "session_name", default=None, help="Only this Titan session's events.")
+@click.option(
+    "--previous-valid-for",
+    default=24.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Hours the tenant's current webhook key keeps verifying.",
+)
+@friendly
+def tenants_connect(
+    name: str, public_url: str, session_name: str | None, previous_valid_for: float
+) -> None:
+    """Register the archiver's webhook with Titan for this tenant: the events its capture
+    policy needs, signed with a new generated key (stored encrypted; the old one verifies
+    for --previous-valid-for hours). Run again to repair it: the webhook pointing here is
+    updated, never duplicated. Prints the webhook as Titan has it."""
+    if session_name is not None and not SESSION_RE.match(session_name):
+        raise click.BadParameter("not a Titan session name", param_hint="--session")
+    try:
+        url = webhooks.webhook_url(public_url, name)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--public-url") from exc
+    settings = current_settings()
+    box = settings.secret_box()
+    hmac_key = secrets.token_urlsafe(32)
+    with database() as session:
+        tenant = get_tenant(session, name=name)
+        titan_url, titan_key = tenant.titan_url, secrets_of(tenant, box=box).titan_api_key
+        events = webhooks.events_for(CapturePolicy.of(tenant))
+        # Stored first: until Titan has the new key, deliveries signed with the old one
+        # still verify (it stays valid as the previous key).
+        rotate_hmac_key(
+            session,
+            box=box,
+            name=name,
+            new_key=hmac_key,
+            previous_valid_for=timedelta(hours=previous_valid_for),
+        )
+    timeout = min(settings.titan_connect_timeout, 10.0)
+    try:
+        with webhooks.TitanWebhooks(titan_url, titan_key, timeout=timeout) as titan:
+            webhook = webhooks.connect(
+                titan, url=url, events=events, hmac_key=hmac_key, session=session_name
+            )
+    except AppError as exc:
+        raise click.ClickException(
+            f"{exc}. The tenant's new webhook key is stored and the old one still verifies "
+            f"for {previous_valid_for:g} h: run this command again once Titan answers"
+        ) from exc
+    with database() as session:
+        tenant = get_tenant(session, name=name)
+        tenant.titan_webhook_id, tenant.webhook_url = webhook.id, url
+        session.add(tenant)
+        audit.record_cli(
+            session,
+            "tenant.connect",
+            tenant_id=tenant.id,
+            tenant=name,
+            detail={"webhook": webhook.id, "url": url, "events": events},
+        )
+    click.echo(json.dumps({"tenant": name, "webhook": webhook.doc()}))
 
 
 @tenants.command("pause")
@@ -408,16 +502,16 @@ def tenants_rotate_hmac_key(name: str, previous_valid_for: float, **options: Any
 @tenants.command("remove")
 @click.argument("name")
 @click.option("--purge", is_flag=True, help="Also delete the tenant's media rows.")
-@click.option("--yes", is_flag=True, help="Do not ask before deleting media rows (--purge).")
+@click.option("--yes", is_flag=True, help="Do not ask (needed when no terminal is attached).")
 @friendly
 def tenants_remove(name: str, purge: bool, yes: bool) -> None:
-    """Remove a tenant. Objects in its bucket are never touched. With --purge its media rows
-    go too: asked first at a terminal, else only with --yes."""
-    if purge:
-        with database() as session:
-            rows = count_rows(session, name=name)
-        if rows:
-            confirm_destructive(f"delete tenant {name} and its {rows} media rows", yes=yes)
+    """Remove a tenant: asked first at a terminal, else only with --yes. Objects in its
+    bucket are never touched. With --purge its media rows go too."""
+    with database() as session:
+        get_tenant(session, name=name)  # an unknown name fails before anything is asked
+        rows = count_rows(session, name=name)
+    what = f"remove tenant {name}" + (f" and delete its {rows} media rows" if purge else "")
+    confirm_destructive(what, yes=yes)
     with database() as session:
         tenant_id = get_tenant(session, name=name).id
         rows = remove_tenant(session, name=name, purge=purge)
