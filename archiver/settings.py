@@ -9,6 +9,7 @@ import difflib
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -54,6 +55,9 @@ class Settings(BaseSettings):
     database_url_setting: str | None = Field(default=None, validation_alias="ARCHIVER_DATABASE_URL")
     broker_url_setting: str | None = Field(default=None, validation_alias="ARCHIVER_BROKER_URL")
     secret_key: SecretStr | None = None
+    # Or a file holding it (a Docker or Kubernetes secret, Compose's generated key): read
+    # when ARCHIVER_SECRET_KEY itself is not set.
+    secret_key_file: str | None = None
     # Master keys being rotated out (comma-separated): they still decrypt, never encrypt.
     previous_secret_keys: SecretStr | None = None
     log_level: str = "INFO"
@@ -188,6 +192,15 @@ class Settings(BaseSettings):
                 "ARCHIVER_BROKER_VISIBILITY_TIMEOUT must exceed ARCHIVER_TASK_TIME_LIMIT, "
                 "or the broker redelivers transfers that are still running"
             )
+        if not (self.secret_key and self.secret_key.get_secret_value()) and self.secret_key_file:
+            try:
+                text = Path(self.secret_key_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"ARCHIVER_SECRET_KEY_FILE: cannot read {self.secret_key_file} "
+                    f"({exc.strerror or exc})"
+                ) from None
+            self.secret_key = SecretStr(text)
         if self.env == "development":
             return self
         key = self.secret_key.get_secret_value() if self.secret_key else ""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,41 @@ def test_compose_file_parses_and_runs_real_commands() -> None:
         # Longer than the workers' shutdown grace (25 s), so transfers are not cut at 10 s.
         assert int(worker["stop_grace_period"].rstrip("s")) > 25
         assert worker["environment"].keys() >= {"ARCHIVER_DATABASE_URL", "ARCHIVER_BROKER_URL"}
+
+
+ARCHIVER_SERVICES = ("release", "web", "worker", "worker-large", "render", "beat")
+
+
+def test_compose_keeps_one_master_key_across_ups_and_runs(tmp_path: Path) -> None:
+    """Every archiver container reads the key the master-key service generated into the
+    `secrets` volume, which it writes only once: the second `up` (and every `run`) reads the
+    same key, so stored tenant secrets stay readable. Runs the service's own command."""
+    from archiver.settings import load_settings
+
+    (compose,) = _yaml_documents(ROOT / "deploy" / "compose.yaml")
+    services = compose["services"]
+    for name in ARCHIVER_SERVICES:
+        env = services[name]["environment"]
+        assert env["ARCHIVER_SECRET_KEY_FILE"] == "/secrets/master.key", name
+        assert "ARCHIVER_SECRET_KEY" not in env, name
+        assert "secrets:/secrets:ro" in services[name]["volumes"], name
+    assert services["release"]["depends_on"]["master-key"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert "secrets" in compose["volumes"]
+    # The generator, run twice against the same folder (a volume that outlives `down`).
+    (script,) = services["master-key"]["command"]
+    script = script.replace("/secrets/", f"{tmp_path}/").replace("python ", f"{sys.executable} ")
+    subprocess.run(["sh", "-c", script], check=True)
+    first = (tmp_path / "master.key").read_text()
+    subprocess.run(["sh", "-c", script], check=True)
+    assert (tmp_path / "master.key").read_text() == first
+    env = dict(services["web"]["environment"])
+    env["ARCHIVER_SECRET_KEY_FILE"] = str(tmp_path / "master.key")
+    settings = load_settings(
+        database_url=env["ARCHIVER_DATABASE_URL"], secret_key_file=env["ARCHIVER_SECRET_KEY_FILE"]
+    )
+    assert settings.master_key() == first.strip() and len(first.strip()) >= 32
 
 
 def test_every_worker_start_takes_a_node_name_of_its_own() -> None:
