@@ -14,7 +14,7 @@ from archiver.media import query as queries
 from archiver.tables import Media, utcnow
 from devstack.fixtures import settings_for
 from tests.test_media_rows import item, make_tenant, record
-from worker.archive import archive_row
+from worker.archive import Result, archive_rows
 from worker.resources import WorkerResources
 
 
@@ -33,12 +33,12 @@ def test_a_row_whose_workers_keep_dying_ends_failed_after_max_attempts(
                 .where(col(Media.pk) == pk)
                 .values(lease_until=utcnow() - timedelta(seconds=1))
             )
-    result = archive_row(res, pk)
+    result = _archive(res, pk)
     assert result.outcome == "failed" and "gave up after 3 attempts" in result.detail
     with session_scope(engine) as session:
         row = queries.get_row(session, pk=pk)
     assert row is not None and row.status == "failed" and row.attempts == 4
-    assert archive_row(res, pk).outcome == "skipped"
+    assert _archive(res, pk).outcome == "skipped"
 
 
 def test_a_batch_claims_what_it_can_and_reports_every_row_once(
@@ -67,3 +67,8 @@ def test_a_batch_claims_what_it_can_and_reports_every_row_once(
     )
     assert results[held].outcome == "busy" and results[held].retry_in is not None
     assert results[done].outcome == "skipped"
+
+
+def _archive(res: WorkerResources, pk: int) -> Result:
+    ((_, result),) = archive_rows(res, [pk])
+    return result

@@ -40,10 +40,6 @@ class Result:
     render: bool = False  # archived and asked for its renditions (the render queue's task)
 
 
-def archive_row(res: WorkerResources, pk: int) -> Result:
-    return archive_rows(res, [pk])[0][1]
-
-
 def archive_rows(
     res: WorkerResources, pks: list[int], *, traces: dict[int, str] | None = None
 ) -> list[tuple[int, Result]]:

@@ -13,7 +13,6 @@ import io
 import logging
 import tempfile
 import time
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -105,10 +104,17 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
         except (ClientError, BotoCoreError, OSError) as exc:
             return _bucket_failed(res, row, tenant.name, exc)
     if not _record(res, row, made=made, keys=kept, state=RenderState.DONE, error=None):
-        # Erased (or re-archived) meanwhile: what was just written belongs to no row.
-        with suppress(ClientError, BotoCoreError):
-            for rendition in kept:
+        # Erased (or re-archived) meanwhile: what was just written belongs to no row. One
+        # refused delete must not leave the others behind.
+        for rendition in kept:
+            try:
                 s3.delete_object(Bucket=bucket, Key=rendition.key)
+            except (ClientError, BotoCoreError) as exc:
+                log.warning(
+                    "rendition of a changed row left in the bucket: %s",
+                    exc,
+                    extra={"mediaId": row.media_id, "tenant": tenant.name, "key": rendition.key},
+                )
         return Rendered("skipped", "the row changed while rendering")
     seconds = time.monotonic() - started
     log.info(

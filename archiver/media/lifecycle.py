@@ -223,11 +223,6 @@ def defer(session: Session, *, pk: int, attempt: int, now: datetime, until: date
 # -- publish bookkeeping: is the row known to be in the broker? ---------------------------
 
 
-def mark_queued(session: Session, *, pks: list[int], at: datetime) -> None:
-    if pks:
-        session.execute(update(Media).where(col(Media.pk).in_(pks)).values(queued_at=at))
-
-
 def mark_published(session: Session, *, pks: list[int], at: datetime) -> list[int]:
     """Record that the publish of these new rows succeeded; return the rows marked.
 
