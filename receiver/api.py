@@ -12,17 +12,15 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from archiver.errors import NotFound, PayloadError
 from archiver.governance import audit
 from archiver.governance.erasure import Selector, erase_recorded
-from archiver.infra.buckets import key_in_bucket, presign_get
 from archiver.infra.db import session_scope
 from archiver.media import query as queries
 from archiver.media import renditions
@@ -47,20 +45,10 @@ from archiver.scheduling import pauses
 from archiver.tables import Media, Status, Tenant, utcnow
 from archiver.tenants.api_keys import tenant_for_key
 from archiver.tenants.tenants import get_tenant, list_tenants
-from receiver import resources
+from receiver import redirects, resources
 from receiver.answers import ShapeResponse, error
+from receiver.principal import Principal
 from receiver.resources import Resources
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is asking: one tenant, or the admin (tenant None)."""
-
-    tenant: Tenant | None
-
-    @property
-    def admin(self) -> bool:
-        return self.tenant is None
 
 
 class ApiError(Exception):
@@ -207,19 +195,10 @@ def _content(res: Resources, request: Request) -> Response:
         raise ApiError(409, f"not archived yet (status {row.status})")
     if kind is not None:
         return _rendition(res, row, tenant, kind)
-    key = row.object_key
-    if key is None and row.s3_url:
-        key = key_in_bucket(row.s3_url, bucket=tenant.s3_bucket)
+    key = redirects.original_key(row, tenant)
     if key is None:
         raise ApiError(409, "the file is stored outside this tenant's bucket")
-    url = presign_get(
-        res.s3.get(tenant),
-        bucket=row.bucket or tenant.s3_bucket,
-        key=key,
-        ttl=res.settings.presign_ttl_seconds,
-        mime_type=row.mime_type,
-    )
-    return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    return redirects.to_object(res, tenant, row, key=key, mime_type=row.mime_type)
 
 
 async def thumbnail(request: Request) -> Response:
@@ -238,14 +217,7 @@ def _rendition(res: Resources, row: Media, tenant: Tenant, kind: str) -> Respons
     if found is None:
         state = row.render_state or "not asked"
         raise ApiError(404, f"no {kind} rendition (render {state})")
-    url = presign_get(
-        res.s3.get(tenant),
-        bucket=row.bucket or tenant.s3_bucket,
-        key=found.key,
-        ttl=res.settings.presign_ttl_seconds,
-        mime_type=found.mime_type,
-    )
-    return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    return redirects.to_object(res, tenant, row, key=found.key, mime_type=found.mime_type)
 
 
 # -- GET /api/stats -------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import psycopg
@@ -25,7 +24,7 @@ from archiver.infra.db import session_scope, transaction_pooled
 from archiver.media import lifecycle, recording
 from archiver.media.recording import Arrival, Batch, Recorded
 from archiver.queue import queue_for
-from archiver.tables import utcnow
+from archiver.tables import naive_utc, utcnow
 from receiver.publisher import Routed, Traces
 
 log = logging.getLogger(__name__)
@@ -58,11 +57,6 @@ def writer_for(engine: Engine, *, publisher: Publishes, large_bytes: int) -> Wri
             prepare=not transaction_pooled(engine),
         )
     return ThreadedWriter(engine=engine, publisher=publisher, large_bytes=large_bytes)
-
-
-def _naive(moment: datetime) -> datetime:
-    """A UTC time as the media table's columns hold it (timestamp without time zone)."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def _refuse_unpublished(recorded: list[Recorded], exc: Unavailable) -> Results:
@@ -249,7 +243,7 @@ class PostgresWriter:
             if conn is None or conn.closed:
                 conn = await self._connect()
             await conn.execute(
-                recording.PG_MARK_PUBLISHED, [_naive(utcnow()), pks], prepare=self._prepare
+                recording.PG_MARK_PUBLISHED, [naive_utc(utcnow()), pks], prepare=self._prepare
             )
         except psycopg.Error:
             if conn is not None:

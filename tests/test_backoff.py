@@ -4,7 +4,7 @@ at the row's retry horizon."""
 import random
 from datetime import UTC, datetime, timedelta
 
-from worker.backoff import horizon, next_attempt, retry_delay
+from archiver.backoff import horizon, next_attempt, retry_delay
 
 T0 = datetime(2025, 1, 15, 10, 0, tzinfo=UTC)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
+from archiver.backoff import horizon, next_attempt, retry_delay
 from archiver.errors import NotFound, PermanentError, TenantError, TransientError, Unavailable
 from archiver.governance import audit
 from archiver.infra import tracing
@@ -20,7 +21,6 @@ from archiver.object_keys import object_key
 from archiver.scheduling import dispatch, fairness, pauses
 from archiver.tables import Media, RenderState, Strategy, Tenant, utcnow
 from archiver.tenants import notify
-from worker.backoff import horizon, next_attempt, retry_delay
 from worker.resources import WorkerResources
 from worker.storage import abort_stale_uploads, abort_upload, put_stream
 from worker.titan_client import TitanClient

@@ -8,6 +8,7 @@ import sys
 import click
 
 from archiver import humanize
+from archiver.ages import WARN_AGE
 from archiver.cli.context import current_settings, database, friendly
 from archiver.errors import AppError
 from archiver.infra.broker import LiveWorker, make_celery, queue_depths, workers
@@ -24,7 +25,7 @@ from archiver.tenants.tenants import get_tenant, list_tenants
 # it at about 14 days); the higher code wins.
 EXIT_PAUSED = 3
 EXIT_OLD_BACKLOG = 4
-WARN_AGE_SECONDS = 3 * 86400
+WARN_AGE_SECONDS = WARN_AGE.total_seconds()
 
 
 @click.command()

@@ -22,7 +22,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, col
 
-from archiver.tables import Media, Status
+from archiver.tables import Media, Status, naive_utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +240,7 @@ PG_MARK_PUBLISHED = (
 
 def _naive_utc(value: Any) -> str:
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat()
+        return naive_utc(value).isoformat()
     raise TypeError(f"cannot send {type(value).__name__} as JSON")
 
 

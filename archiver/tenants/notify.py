@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import httpx
 from sqlalchemy import Engine, delete, func, update
 from sqlmodel import Session, col, select
 
+from archiver import backoff
 from archiver.infra.db import session_scope
 from archiver.media.shapes import media_info
 from archiver.secrets_box import SecretBox
@@ -114,9 +114,8 @@ def already(session: Session, *, tenant_id: int, media_id: str, event: str = ARC
 
 def retry_delay(attempts: int, *, base: float) -> float:
     """Seconds before attempt ``attempts + 1``: doubling from ``base``, at most an hour,
-    with +-20 % jitter so a recovered endpoint is not hit by every event at once."""
-    delay = min(MAX_DELAY, base * 2 ** max(0, attempts - 1))
-    return float(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not a secret
+    jittered (archiver/backoff.py) so a recovered endpoint is not hit by every event at once."""
+    return backoff.retry_delay(attempts, base=base, cap=MAX_DELAY)
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from archiver import humanize
+from archiver.ages import CRITICAL_AGE, WARN_AGE, WHATSAPP_KEEPS
 from archiver.errors import NotFound, PayloadError
 from archiver.governance import audit
-from archiver.infra.buckets import key_in_bucket, presign_get
 from archiver.infra.db import session_scope
 from archiver.media import query as queries
 from archiver.media import renditions
@@ -43,7 +43,8 @@ from archiver.settings import Settings
 from archiver.tables import Media, Status, Tenant, utcnow
 from archiver.tenants.api_keys import active_key, key_for
 from archiver.tenants.tenants import get_tenant_by_id, list_tenants
-from receiver import resources
+from receiver import redirects, resources
+from receiver.principal import Principal
 from receiver.ui.session import COOKIE, PATH, SessionSigner, UiSession, admin_fingerprint, csrf_ok
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,6 @@ HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 48
 CHATS_SHOWN = 500
 MAX_FORM_BYTES = 16 * 1024
-WARN_AGE = timedelta(days=3)  # WhatsApp's copy expires after ~14 days
-CRITICAL_AGE = timedelta(days=7)
 SECURITY_HEADERS = {
     # Previews load from the tenants' buckets (presigned URLs on their own origins).
     "Content-Security-Policy": (
@@ -67,19 +66,10 @@ SECURITY_HEADERS = {
 
 
 @dataclass(frozen=True)
-class Viewer:
-    """Who is looking: one tenant, or the admin (tenant None)."""
+class Viewer(Principal):
+    """Who is looking: a Principal signed in to the dashboard (its cookie's session)."""
 
     session: UiSession
-    tenant: Tenant | None
-
-    @property
-    def admin(self) -> bool:
-        return self.tenant is None
-
-    @property
-    def tenant_id(self) -> int | None:
-        return None if self.tenant is None else self.tenant.id
 
 
 class NotSignedIn(Exception):
@@ -178,10 +168,10 @@ class Dashboard:
                 session.admin_print or "", admin_fingerprint(self._admin_key)
             ):
                 raise NotSignedIn
-            return Viewer(session, None)
+            return Viewer(tenant=None, session=session)
         with session_scope(engine) as db:
             try:
-                return Viewer(session, active_key(db, key_id=session.key_id or 0))
+                return Viewer(tenant=active_key(db, key_id=session.key_id or 0), session=session)
             except NotFound as exc:
                 raise NotSignedIn from exc
 
@@ -328,7 +318,7 @@ class Dashboard:
                 "level": level,
                 "paused": held,
                 "paused_sessions": held_sessions,
-                "expires_in": (timedelta(days=14) - age).total_seconds() if age else None,
+                "expires_in": (WHATSAPP_KEEPS - age).total_seconds() if age else None,
             }
 
         return self._render(
@@ -416,9 +406,7 @@ class Dashboard:
 
         def work() -> Response:
             row, tenant = self._row(res.engine, viewer, request.path_params["pk"])
-            key = row.object_key
-            if key is None and row.s3_url:
-                key = key_in_bucket(row.s3_url, bucket=tenant.s3_bucket)
+            key = redirects.original_key(row, tenant)
             if row.status != Status.ARCHIVED or key is None:
                 return Response("not archived in this tenant's bucket", status_code=404)
             download = request.query_params.get("download") == "1"
@@ -429,15 +417,10 @@ class Dashboard:
                 if found is None:
                     return Response("no such rendition (yet)", status_code=404)
                 key, mime_type = found.key, found.mime_type
-            url = presign_get(
-                res.s3.get(tenant),
-                bucket=row.bucket or tenant.s3_bucket,
-                key=key,
-                ttl=self._settings.presign_ttl_seconds,
-                mime_type=mime_type,
-                filename=row.filename if kind is None else None,
+            filename = row.filename if kind is None else None
+            return redirects.to_object(
+                res, tenant, row, key=key, mime_type=mime_type, filename=filename
             )
-            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 
         return await run_in_threadpool(work)
 

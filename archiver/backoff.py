@@ -1,5 +1,5 @@
-"""When to try a failed transfer again: exponential backoff with jitter, the server's
-Retry-After honoured in full, and never past the row's retry horizon (pure)."""
+"""When to try again, for transfers and notifications alike: exponential backoff with
+jitter, the server's Retry-After honoured in full, and never past a horizon (pure)."""
 
 from __future__ import annotations
 
