@@ -19,3 +19,16 @@ _CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 def has_control(text: str) -> bool:
     """Control characters, or lone surrogates (JSON escapes that are not Unicode text)."""
     return _CONTROL.search(text) is not None
+
+
+def valid_text(text: str, *, limit: int = MAX_ID_LEN) -> bool:
+    """An id, a name or a filter value: 1 to ``limit`` characters, none of them control
+    characters or lone surrogates (the webhook parser, the query API and the CLI agree)."""
+    return 0 < len(text) <= limit and not has_control(text)
+
+
+def free_text(text: str) -> str:
+    """Free text (a caption) as stored: NULs and lone surrogates dropped, newlines kept."""
+    if text.isprintable() or not any(c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return text
+    return "".join(c for c in text if c != "\x00" and not 0xD800 <= ord(c) <= 0xDFFF)

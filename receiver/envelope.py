@@ -16,7 +16,9 @@ from archiver.names import (
     SESSION_RE,
     TYPE_ALIASES,
     VOICE_NOTE_TYPES,
+    free_text,
     has_control,
+    valid_text,
 )
 
 MAX_TEXT_LEN = 4096
@@ -184,17 +186,10 @@ def _depth(value: Any, level: int = 1) -> int:
     return level
 
 
-def _free_text(text: str) -> str:
-    """Free text (a caption) as stored: NULs and lone surrogates dropped, newlines kept."""
-    if text.isprintable() or not any(c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF for c in text):
-        return text
-    return "".join(c for c in text if c != "\x00" and not 0xD800 <= ord(c) <= 0xDFFF)
-
-
 def _opaque_id(value: Any, name: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN or has_control(value):
+    if not isinstance(value, str) or not valid_text(value):
         raise PayloadError(f"{name} must be a non-empty string of at most {MAX_ID_LEN} characters")
     return value
 
@@ -223,7 +218,7 @@ def _first_text(
         for name in names:
             value = source.get(name)
             if isinstance(value, str) and value:
-                return _free_text(value[:MAX_TEXT_LEN]) or None
+                return free_text(value[:MAX_TEXT_LEN]) or None
     return None
 
 
@@ -308,7 +303,7 @@ def _name(value: Any) -> str | None:
     """A display name as stored: free text (emoji welcome), control characters dropped."""
     if not isinstance(value, str) or not value:
         return None
-    cleaned = "".join(c for c in _free_text(value[:255]) if c.isprintable())
+    cleaned = "".join(c for c in free_text(value[:255]) if c.isprintable())
     return cleaned or None
 
 

@@ -33,7 +33,7 @@ from archiver.media import query as queries
 from archiver.media.query import FILTERS, MediaQuery, parse_query
 from archiver.media.recording import Arrival, MediaItem, record_items
 from archiver.media.shapes import MEDIA_INFO_COLUMNS, Erasure, media_info
-from archiver.names import MAX_ID_LEN, MEDIA_TYPES, SESSION_RE, has_control
+from archiver.names import MAX_ID_LEN, MEDIA_TYPES, SESSION_RE, has_control, valid_text
 from archiver.queue import queue_for
 from archiver.scheduling.dispatch import retry_failed
 from archiver.scheduling.sweep import sweep
@@ -407,7 +407,7 @@ def media_erase(
     if sum(chosen) != 1:
         raise click.UsageError("say what to erase: exactly one of --id, --sender or --chat")
     for flag, value in (("--sender", sender), ("--chat", chat)):
-        if value is not None and (not value or len(value) > 255 or has_control(value)):
+        if value is not None and not valid_text(value):
             raise click.BadParameter("1 to 255 printable characters", param_hint=flag)
     selector = Selector(media_ids=media_ids, sender=sender, chat=chat, include_held=include_held)
     settings = current_settings()

@@ -18,7 +18,7 @@ from sqlalchemy.orm import load_only
 from sqlmodel import Session, and_, col, select
 
 from archiver.errors import PayloadError
-from archiver.names import MEDIA_TYPES, SESSION_RE
+from archiver.names import MEDIA_TYPES, SESSION_RE, valid_text
 from archiver.tables import PENDING, Media, Status, UTCDateTime
 
 MAX_LIMIT = 500
@@ -164,7 +164,7 @@ def _text(params: Mapping[str, str], name: str, limit: int = 255) -> str | None:
     value = params.get(name)
     if value is None:
         return None
-    if not value or len(value) > limit or any(ord(c) < 0x20 for c in value):
+    if not valid_text(value, limit=limit):
         raise PayloadError(f"{name}: must be 1 to {limit} printable characters")
     return value
 
