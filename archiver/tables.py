@@ -139,6 +139,13 @@ class Tenant(SQLModel, table=True):
     notify_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     notify_secret_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
+    @property
+    def saved_id(self) -> int:
+        """The id of a tenant read from the database (one never stored has none: a bug)."""
+        if self.id is None:
+            raise RuntimeError("a tenant that was never stored has no id")
+        return self.id
+
 
 class ApiKey(SQLModel, table=True):
     __tablename__ = "api_keys"
@@ -292,6 +299,13 @@ class Media(SQLModel, table=True):
     render_attempts: int = Field(
         default=0, sa_column=Column(Integer, nullable=False, server_default="0")
     )
+
+    @property
+    def saved_pk(self) -> int:
+        """The pk of a row read from the database (one never stored has none: a bug)."""
+        if self.pk is None:
+            raise RuntimeError("a media row that was never stored has no pk")
+        return self.pk
 
 
 class NotificationState(StrEnum):

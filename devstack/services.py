@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import kombu
@@ -28,6 +28,9 @@ from devstack.processes import (
     wait_for_http,
     wait_until,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 S3_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -147,7 +150,7 @@ def s3_server() -> Iterator[str]:
         service.stop()
 
 
-def s3_client(endpoint: str) -> Any:
+def s3_client(endpoint: str) -> S3Client:
     return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,

@@ -107,7 +107,7 @@ def _tenant_param(request: Request, *, also: frozenset[str] = frozenset()) -> st
 
 def _names(engine: Engine) -> dict[int, str]:
     with session_scope(engine) as session:
-        return {t.id or 0: t.name for t in list_tenants(session)}
+        return {t.saved_id: t.name for t in list_tenants(session)}
 
 
 def _admin_key(res: Resources) -> str | None:
@@ -145,7 +145,7 @@ def _page(engine: Engine, scope: Tenant | None, query: MediaQuery) -> MediaPage:
         rows = queries.search(
             session, tenant_id=scope.id if scope else None, query=fetch, info_only=True
         )
-    names = {scope.id or 0: scope.name} if scope else _names(engine)
+    names = {scope.saved_id: scope.name} if scope else _names(engine)
     page, more = rows[: query.limit], len(rows) > query.limit
     return MediaPage(
         data=[MediaInfo.of(r, tenant=names.get(r.tenant_id, "?")) for r in page],
@@ -167,7 +167,7 @@ def _one(
     if not media_id or len(media_id) > MAX_ID_LEN or has_control(media_id):
         raise ApiError(404, "not found")  # no stored id can look like this
     with session_scope(res.engine) as session:
-        row = queries.get_media(session, tenant_id=scope.id or 0, media_id=media_id)
+        row = queries.get_media(session, tenant_id=scope.saved_id, media_id=media_id)
     if row is None:
         raise ApiError(404, "not found")
     return row, scope

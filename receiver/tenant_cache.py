@@ -68,7 +68,7 @@ class TenantCache:
                 found = None
             else:
                 found = WebhookTenant(
-                    id=tenant.id or 0,
+                    id=tenant.saved_id,
                     name=tenant.name,
                     strategy=tenant.strategy,
                     hmac_keys=secrets_of(tenant, box=self._box).hmac_keys,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 from sqlalchemy import Engine, update
@@ -21,6 +21,9 @@ from archiver.infra.db import session_scope
 from archiver.tables import Media, Status, utcnow
 from devstack.fixtures import seed_archived
 from devstack.services import s3_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 class Bucket:
@@ -69,7 +72,7 @@ def test_a_bulk_erasure_deletes_in_parallel_and_keeps_what_it_must(
         engine,
         seeded.tenant,
         erasure.Selector(received_before=utcnow()),
-        s3_for=lambda _: bucket,
+        s3_for=lambda _: cast("S3Client", bucket),
         batch=100,
     )
     assert bucket.most == erasure.CONCURRENCY  # parallel, and never beyond the bound

@@ -63,7 +63,7 @@ def test_rows_over_their_tenants_cap_are_handed_back_without_spending_an_attempt
         assert dispatch.unpublished(session, now=soon, limit=10) == [a_pks[2]]
         assert dispatch.within_caps(session, pks=[a_pks[2]], cap=2, now=soon) == []
         assert lifecycle.mark_archived(
-            session, pk=a_pks[0], attempt=1, now=soon, outcome={"size": 1}
+            session, pk=a_pks[0], attempt=1, now=soon, outcome=lifecycle.Transferred(size=1)
         )
     with session_scope(engine) as session:
         assert dispatch.within_caps(session, pks=[a_pks[2]], cap=2, now=soon) == [a_pks[2]]

@@ -101,9 +101,11 @@ def test_an_expired_lease_can_be_taken_over_and_fences_the_old_owner(engine: Eng
     assert old is not None and new is not None and new.attempts == 2
     with session_scope(engine) as session:
         assert not lifecycle.mark_archived(
-            session, pk=pk, attempt=1, now=utcnow(), outcome={"size": 1}
+            session, pk=pk, attempt=1, now=utcnow(), outcome=lifecycle.Transferred(size=1)
         )
-        assert lifecycle.mark_archived(session, pk=pk, attempt=2, now=utcnow(), outcome={"size": 2})
+        assert lifecycle.mark_archived(
+            session, pk=pk, attempt=2, now=utcnow(), outcome=lifecycle.Transferred(size=2)
+        )
     with session_scope(engine) as session:
         row = queries.get_row(session, pk=pk)
     assert row is not None and row.status == Status.ARCHIVED and row.size == 2
@@ -113,7 +115,9 @@ def test_archived_rows_are_never_claimed_again(engine: Engine) -> None:
     pk = record(engine, make_tenant(engine), item()).pk
     with session_scope(engine) as session:
         lifecycle.claim(session, pk=pk, now=utcnow(), lease_seconds=60)
-        lifecycle.mark_archived(session, pk=pk, attempt=1, now=utcnow(), outcome={})
+        lifecycle.mark_archived(
+            session, pk=pk, attempt=1, now=utcnow(), outcome=lifecycle.Transferred()
+        )
     with session_scope(engine) as session:
         later = lifecycle.claim(session, pk=pk, now=utcnow() + timedelta(days=1), lease_seconds=60)
     assert later.row is None and later.busy_until is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import av
 import pytest
@@ -15,6 +15,9 @@ from archiver.media import renditions
 from titan_simulator.content import sample_bytes
 from worker.ranged_reader import RangedReader
 from worker.render import MAX_FRAMES, Unreadable, probe
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -179,7 +182,9 @@ class _Bucket:
 def test_the_ranged_reader_fetches_only_the_blocks_read_and_keeps_a_few() -> None:
     data = bytes(range(256)) * 40_000  # ~10 MB
     bucket = _Bucket(data)
-    reader = RangedReader(bucket, bucket="b", key="k", size=len(data), block_size=1 << 20, blocks=2)
+    reader = RangedReader(
+        cast("S3Client", bucket), bucket="b", key="k", size=len(data), block_size=1 << 20, blocks=2
+    )
     assert reader.read(10) == data[:10]
     reader.seek(-100, io.SEEK_END)
     assert reader.read() == data[-100:]

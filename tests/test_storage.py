@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from botocore.exceptions import ClientError
@@ -17,6 +17,9 @@ from archiver.errors import TenantError, TransientError
 from archiver.infra.buckets import make_s3_client
 from devstack.services import S3_CREDENTIALS, s3_client
 from worker.storage import SizeMismatch, put_stream
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 MiB = 1024 * 1024
 
@@ -110,7 +113,7 @@ def test_large_file_goes_up_in_equal_parts(s3: Any, bucket: str, in_flight: int)
     data = os.urandom(27 * MiB + 12345)
     spy = Spy(s3, slow=0.2)
     stored = put_stream(
-        spy,
+        cast("S3Client", spy),
         bucket=bucket,
         key="big.mp4",
         chunks=pieces(data, 64 * 1024),
@@ -135,7 +138,7 @@ def test_a_refused_part_aborts_after_the_parts_in_flight_end(s3: Any, bucket: st
     spy = Spy(s3, slow=0.3, fail_part=2)
     with pytest.raises(TransientError, match="InternalError"):
         put_stream(
-            spy,
+            cast("S3Client", spy),
             bucket=bucket,
             key="refused.mp4",
             chunks=pieces(os.urandom(30 * MiB), 256 * 1024),

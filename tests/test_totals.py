@@ -192,7 +192,11 @@ def test_totals_stay_exact_under_concurrent_writes_and_folds(engine: Engine) -> 
                 with session_scope(engine) as session:
                     if pk % 3 == 0:
                         lifecycle.mark_archived(
-                            session, pk=pk, attempt=attempt, now=now, outcome={"size": pk * 10}
+                            session,
+                            pk=pk,
+                            attempt=attempt,
+                            now=now,
+                            outcome=lifecycle.Transferred(size=pk * 10),
                         )
                     elif pk % 3 == 1:
                         lifecycle.mark_retrying(

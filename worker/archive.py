@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Span
 
@@ -24,6 +24,9 @@ from archiver.tenants import notify
 from worker.resources import WorkerResources
 from worker.storage import abort_stale_uploads, abort_upload, put_stream
 from worker.titan_client import TitanClient
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ def _archive_rows(
             admission = fairness.admit(
                 session, rows=claimed, cap=settings.tenant_max_concurrency, now=now
             )
-        deferred = {row.pk or 0: why for row, _, why in admission.deferred}
+        deferred = {row.saved_pk: why for row, _, why in admission.deferred}
     claimed_at = time.monotonic()
     results = []
     for pk in pks:
@@ -165,14 +168,14 @@ def _still_ours(res: WorkerResources, row: Media, claimed_at: float) -> bool:
         return True
     with session_scope(res.engine) as session:
         return lifecycle.renew_lease(
-            session, pk=row.pk or 0, attempt=row.attempts, now=utcnow(), lease_seconds=lease
+            session, pk=row.saved_pk, attempt=row.attempts, now=utcnow(), lease_seconds=lease
         )
 
 
 def _archive(res: WorkerResources, row: Media) -> Result:
     """One claimed row: move the file by the tenant's strategy and record the outcome."""
     settings = res.settings
-    pk = row.pk or 0
+    pk = row.saved_pk
     attempt = row.attempts
     if row.crashes >= settings.max_attempts:
         # A row whose attempts keep dying with their worker (a poison file) ends here, not in
@@ -208,7 +211,7 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         # Titan or the bucket refuses the tenant's settings: every row would fail alike.
         with session_scope(res.engine) as session:
             if pauses.pause(
-                session, tenant_id=tenant.id or 0, reason=str(exc), now=utcnow(), auto=True
+                session, tenant_id=tenant.saved_id, reason=str(exc), now=utcnow(), auto=True
             ):
                 audit.record(
                     session,
@@ -224,7 +227,7 @@ def _archive(res: WorkerResources, row: Media) -> Result:
                     exc,
                     extra={"tenant": tenant.name, "outcome": "paused"},
                 )
-        res.forget_tenant(tenant.id or 0)
+        res.forget_tenant(tenant.saved_id)
         return _hand_back(res, row, str(exc))
     except PermanentError as exc:
         return _fail(res, row, str(exc), tenant=tenant)
@@ -244,15 +247,15 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         tenant.renditions
         and renditions.renderable(row.message_type, row.mime_type)
         and renditions.located(
-            object_key=outcome.get("object_key"),
-            s3_url=outcome.get("s3_url"),
-            bucket=outcome.get("bucket"),
+            object_key=outcome.object_key,
+            s3_url=outcome.s3_url,
+            bucket=outcome.bucket,
             tenant_bucket=tenant.s3_bucket,
         )
         is not None
     )
     if render:
-        outcome = {**outcome, "render_state": RenderState.PENDING.value}
+        outcome = replace(outcome, render_state=RenderState.PENDING.value)
     # A tenant with a notification endpoint gets its event in the same transaction.
     engine = transactional(res.engine) if tenant.notify_url else res.engine
     with tracing.span("record archived"), session_scope(engine) as session:
@@ -269,18 +272,18 @@ def _archive(res: WorkerResources, row: Media) -> Result:
             "session": row.session,
             "mediaId": row.media_id,
             "outcome": "archived",
-            "bytes": outcome.get("size"),
+            "bytes": outcome.size,
             "attempt": attempt,
             "durationMs": round(seconds * 1000, 1),
         },
     )
-    return Result("archived", size=outcome.get("size"), seconds=seconds, render=render)
+    return Result("archived", size=outcome.size, seconds=seconds, render=render)
 
 
 def _hold(res: WorkerResources, tenant: Tenant, wait: timedelta, why: str) -> None:
     until = utcnow() + wait
     with session_scope(res.engine) as session:
-        if fairness.hold(session, tenant_id=tenant.id or 0, until=until):
+        if fairness.hold(session, tenant_id=tenant.saved_id, until=until):
             log.info(
                 "tenant held for %.1fs: %s",
                 wait.total_seconds(),
@@ -313,7 +316,7 @@ def _retry_later(res: WorkerResources, tenant: Tenant, row: Media, exc: Transien
         )
     with tracing.span("record retrying"), session_scope(res.engine) as session:
         lifecycle.mark_retrying(
-            session, pk=row.pk or 0, attempt=row.attempts, now=now, error=str(exc), due=due
+            session, pk=row.saved_pk, attempt=row.attempts, now=now, error=str(exc), due=due
         )
     wait = (due - now).total_seconds()
     log.info(
@@ -333,7 +336,7 @@ def _retry_later(res: WorkerResources, tenant: Tenant, row: Media, exc: Transien
 def _hand_back(res: WorkerResources, row: Media, reason: str) -> Result:
     """The row's tenant is paused: give the row and its attempt back; it waits for a resume."""
     with session_scope(res.engine) as session:
-        lifecycle.release(session, pk=row.pk or 0, attempt=row.attempts, now=utcnow())
+        lifecycle.release(session, pk=row.saved_pk, attempt=row.attempts, now=utcnow())
     return Result("paused", reason)
 
 
@@ -349,10 +352,10 @@ def _fail(res: WorkerResources, row: Media, reason: str, *, tenant: Tenant | Non
     engine = transactional(res.engine) if notifying else res.engine
     with tracing.span("record failed"), session_scope(engine) as session:
         mine = lifecycle.mark_failed(
-            session, pk=row.pk or 0, attempt=row.attempts, now=now, error=reason
+            session, pk=row.saved_pk, attempt=row.attempts, now=now, error=reason
         )
         if mine and tenant is not None:
-            notify.enqueue(session, tenant=tenant, pk=row.pk or 0, event=notify.FAILED, now=now)
+            notify.enqueue(session, tenant=tenant, pk=row.saved_pk, event=notify.FAILED, now=now)
     log.warning(
         "media failed: %s",
         reason,
@@ -362,10 +365,10 @@ def _fail(res: WorkerResources, row: Media, reason: str, *, tenant: Tenant | Non
 
 
 def _download(
-    res: WorkerResources, tenant: Tenant, *, s3: Any, titan: TitanClient, row: Media
-) -> dict[str, Any]:
+    res: WorkerResources, tenant: Tenant, *, s3: S3Client, titan: TitanClient, row: Media
+) -> lifecycle.Transferred:
     settings = res.settings
-    pk, attempt = row.pk or 0, row.attempts
+    pk, attempt = row.saved_pk, row.attempts
     assert row.received_at is not None
     key = object_key(
         settings.object_key_template,
@@ -431,18 +434,17 @@ def _download(
         tracing.end(download, error=f"{type(exc).__name__}: {exc}")
         raise
     tracing.end(download, attributes={"http.response.body.size": stored.size})
-    return {
-        "bucket": stored.bucket,
-        "object_key": stored.key,
-        "sha256": stored.sha256,
-        "etag": stored.etag[:128] if stored.etag else None,
-        "size": stored.size,
-        "persisted": True,
-        "s3_url": f"s3://{stored.bucket}/{stored.key}",
-    }
+    return lifecycle.Transferred(
+        bucket=stored.bucket,
+        object_key=stored.key,
+        sha256=stored.sha256,
+        etag=stored.etag[:128] if stored.etag else None,
+        size=stored.size,
+        s3_url=f"s3://{stored.bucket}/{stored.key}",
+    )
 
 
-def _persist(titan: TitanClient, row: Media) -> dict[str, Any]:
+def _persist(titan: TitanClient, row: Media) -> lifecycle.Transferred:
     info = titan.persist(row.session, row.media_id)
     if not info.get("s3Url"):
         # The documented persist answer may lack s3Url; the media record has it.
@@ -451,8 +453,5 @@ def _persist(titan: TitanClient, row: Media) -> dict[str, Any]:
     if not info.get("persisted") or not isinstance(s3_url, str) or not s3_url:
         raise TransientError("titan did not report the file as persisted")
     length = info.get("fileLength")
-    return {
-        "persisted": True,
-        "s3_url": s3_url[:2048],
-        "size": length if isinstance(length, int) and not isinstance(length, bool) else None,
-    }
+    size = length if isinstance(length, int) and not isinstance(length, bool) else None
+    return lifecycle.Transferred(s3_url=s3_url[:2048], size=size)

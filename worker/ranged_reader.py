@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 BLOCK_SIZE = 1024 * 1024
 BLOCKS = 4
@@ -17,7 +20,7 @@ class RangedReader(io.RawIOBase):
 
     def __init__(
         self,
-        s3: Any,
+        s3: S3Client,
         *,
         bucket: str,
         key: str,

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import update
@@ -30,6 +30,9 @@ from archiver.tables import Media, RenderState, Status, utcnow
 from worker.ranged_reader import RangedReader
 from worker.render import Made, Unreadable, render
 from worker.resources import WorkerResources
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 MAX_ERROR_LEN = 500
@@ -146,7 +149,7 @@ def _start(res: WorkerResources, row: Media) -> int | None:
     return None if started is None else int(started)
 
 
-def _size(s3: Any, row: Media, bucket: str, key: str) -> int:
+def _size(s3: S3Client, row: Media, bucket: str, key: str) -> int:
     if row.size is not None and row.object_key:
         return row.size
     # Titan persisted it: its own word for the size may be missing; the bucket knows.
@@ -180,7 +183,7 @@ def _bucket_failed(res: WorkerResources, row: Media, tenant: str, exc: Exception
     return Rendered("retrying", str(exc)[:MAX_ERROR_LEN])
 
 
-def _put(s3: Any, row: Media, bucket: str, original: str, kind: str, path: Path) -> Rendition:
+def _put(s3: S3Client, row: Media, bucket: str, original: str, kind: str, path: Path) -> Rendition:
     digest = hashlib.sha256()
     with path.open("rb") as source:
         for chunk in iter(lambda: source.read(1024 * 1024), b""):

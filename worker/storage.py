@@ -10,12 +10,16 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from archiver.errors import TransientError
 from archiver.infra.buckets import SHA256_METADATA, StoredObject, classify_s3
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ class SizeMismatch(TransientError):
 
 
 def put_stream(
-    s3: Any,
+    s3: S3Client,
     *,
     bucket: str,
     key: str,
@@ -77,11 +81,12 @@ def put_stream(
             if size != expected:
                 raise SizeMismatch(f"received {size} bytes, expected {expected}")
         sha256 = digest.hexdigest()
+        etag: str | None
         if upload is None:
             etag = s3.put_object(
                 Bucket=bucket,
                 Key=key,
-                Body=buffer,
+                Body=cast("bytes", buffer),  # botocore sends any bytes-like, uncopied
                 ContentType=content_type,
                 Metadata={SHA256_METADATA: sha256},
             ).get("ETag")
@@ -92,7 +97,7 @@ def put_stream(
             etag = upload.complete()
             upload = None
             if not etag:  # Ceph's RADOS Gateway answers the completion without it
-                etag = s3.head_object(Bucket=bucket, Key=key).get("ETag")
+                etag = s3.head_object(Bucket=bucket, Key=key).get("ETag", "")
     except (ClientError, BotoCoreError) as exc:
         raise classify_s3(exc) from exc
     finally:
@@ -107,15 +112,17 @@ class _Multipart:
     ``add`` returns once fewer than ``width`` parts are in flight; the first failed part's
     error is raised by the next ``add`` or by ``complete``."""
 
-    def __init__(self, s3: Any, *, bucket: str, key: str, content_type: str, width: int) -> None:
+    def __init__(
+        self, s3: S3Client, *, bucket: str, key: str, content_type: str, width: int
+    ) -> None:
         self.s3, self.bucket, self.key = s3, bucket, key
         self.upload_id: str = s3.create_multipart_upload(
             Bucket=bucket, Key=key, ContentType=content_type
         )["UploadId"]
         self.width = max(1, width)
         self._pool = ThreadPoolExecutor(self.width) if self.width > 1 else None
-        self._in_flight: set[Future[dict[str, Any]]] = set()
-        self._parts: list[dict[str, Any]] = []
+        self._in_flight: set[Future[CompletedPartTypeDef]] = set()
+        self._parts: list[CompletedPartTypeDef] = []
         self._next = 1
 
     def add(self, data: bytearray) -> None:
@@ -147,9 +154,13 @@ class _Multipart:
         self._in_flight.clear()
         _abort(self.s3, bucket=self.bucket, key=self.key, upload_id=self.upload_id)
 
-    def _put(self, number: int, data: bytearray) -> dict[str, Any]:
+    def _put(self, number: int, data: bytearray) -> CompletedPartTypeDef:
         answer = self.s3.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=cast("bytes", data),  # botocore sends any bytes-like, uncopied
         )
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
@@ -165,7 +176,7 @@ class _Multipart:
             self._pool = None
 
 
-def abort_upload(s3: Any, *, bucket: str, key: str, upload_id: str) -> None:
+def abort_upload(s3: S3Client, *, bucket: str, key: str, upload_id: str) -> None:
     """Abort a multipart upload an earlier attempt left open (it may already be gone)."""
     try:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
@@ -176,7 +187,7 @@ def abort_upload(s3: Any, *, bucket: str, key: str, upload_id: str) -> None:
         raise classify_s3(exc) from exc
 
 
-def abort_stale_uploads(s3: Any, *, bucket: str, key: str) -> int:
+def abort_stale_uploads(s3: S3Client, *, bucket: str, key: str) -> int:
     """Abort every unfinished multipart upload of ``key``; return how many.
 
     Called only on a retry attempt, while this worker holds the row's lease: any upload of
@@ -201,7 +212,7 @@ def abort_stale_uploads(s3: Any, *, bucket: str, key: str) -> int:
     return len(stale)
 
 
-def _abort(s3: Any, *, bucket: str, key: str, upload_id: str) -> None:
+def _abort(s3: S3Client, *, bucket: str, key: str, upload_id: str) -> None:
     try:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except (ClientError, BotoCoreError) as exc:

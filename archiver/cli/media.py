@@ -361,7 +361,7 @@ def media_add(
     try:
         with session_scope(engine) as session:
             owner = get_tenant(session, name=tenant)
-            arrival = Arrival(tenant_id=owner.id or 0, strategy=owner.strategy, item=item)
+            arrival = Arrival(tenant_id=owner.saved_id, strategy=owner.strategy, item=item)
             (recorded,) = record_items(session, arrivals=[arrival], now=utcnow())
         if recorded.needs_publish:
             queue = queue_for(None, kind, large_bytes=settings.large_media_bytes)

@@ -114,7 +114,7 @@ class _Run:
     def tenant(
         self, tenant: Tenant, *, box: SecretBox, pool: ThreadPoolExecutor, connections: int
     ) -> None:
-        tenant_id = tenant.id or 0
+        tenant_id = tenant.saved_id
         with session_scope(self.engine) as session:
             saved = session.get(ReconcileProgress, tenant_id)
             state = (
@@ -160,7 +160,7 @@ class _Run:
                 )
                 if self.requeue:
                     self._requeue(row, problem)
-            state.after_pk, state.checked = rows[-1].pk or 0, state.checked + len(rows)
+            state.after_pk, state.checked = rows[-1].saved_pk, state.checked + len(rows)
             self._save(state)
             if self.progress is not None:
                 self.progress(len(rows))
@@ -170,13 +170,13 @@ class _Run:
     def _requeue(self, row: Media, problem: str) -> None:
         with session_scope(self.engine) as session:
             reopened = lifecycle.reopen(
-                session, pk=row.pk or 0, reason=f"reconcile: {problem}", now=utcnow()
+                session, pk=row.saved_pk, reason=f"reconcile: {problem}", now=utcnow()
             )
         if reopened:
             queue = queue_for(
                 row.file_length, row.message_type, large_bytes=self.settings.large_media_bytes
             )
-            publish_archive(self.app, pk=row.pk or 0, queue=queue)
+            publish_archive(self.app, pk=row.saved_pk, queue=queue)
             self.report.requeued += 1
 
     def _save(self, state: ReconcileProgress) -> None:

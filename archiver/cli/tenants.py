@@ -407,7 +407,7 @@ def tenants_pause(name: str, reason: str) -> None:
     """Stop working on a tenant's media; its rows keep their place until it is resumed."""
     with database() as session:
         tenant = get_tenant(session, name=name)
-        pauses.pause(session, tenant_id=tenant.id or 0, reason=reason, now=utcnow(), auto=False)
+        pauses.pause(session, tenant_id=tenant.saved_id, reason=reason, now=utcnow(), auto=False)
         audit.record_cli(
             session,
             "tenant.pause",
@@ -427,7 +427,7 @@ def tenants_resume(name: str) -> None:
     """Work on a paused tenant's media again; its waiting rows go out within seconds."""
     with database() as session:
         tenant = get_tenant(session, name=name)
-        was_paused = pauses.resume(session, tenant_id=tenant.id or 0)
+        was_paused = pauses.resume(session, tenant_id=tenant.saved_id)
         if was_paused:
             audit.record_cli(
                 session,

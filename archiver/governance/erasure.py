@@ -27,7 +27,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Engine, and_, delete, func, or_, select, tuple_, update
@@ -39,6 +39,9 @@ from archiver.infra.buckets import key_in_bucket
 from archiver.infra.db import session_scope
 from archiver.media import renditions
 from archiver.tables import Media, Status, Tenant
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -117,7 +120,7 @@ class Erased:
         }
 
 
-S3For = Callable[[Tenant], Any]
+S3For = Callable[[Tenant], "S3Client"]
 
 
 def erase(
@@ -130,7 +133,7 @@ def erase(
     max_batches: int | None = None,
 ) -> Erased:
     """Erase the tenant's rows ``selector`` names, and their objects; see the module doc."""
-    selector.where(tenant.id or 0)  # refuses a selector that names no rows, before anything
+    selector.where(tenant.saved_id)  # refuses a selector that names no rows, before anything
     with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="erase") as pool:
         return _erase_pages(engine, tenant, selector, s3_for, batch, max_batches, pool, Erased())
 
@@ -145,7 +148,7 @@ def _erase_pages(
     pool: ThreadPoolExecutor,
     done: Erased,
 ) -> Erased:
-    tenant_id = tenant.id or 0
+    tenant_id = tenant.saved_id
     where = selector.where(tenant_id)
     after: tuple[datetime, int] | None = None
     batches = 0
@@ -172,18 +175,19 @@ def _erase_pages(
                 done.in_flight += 1
             else:
                 chosen.append(row)
-        s3 = s3_for(tenant) if chosen else None
-        for place in {_location(tenant, row) for row in chosen}:
-            if place is not None and place[0] not in versioned:
-                versioned[place[0]] = _versioned(s3, place[0])
-        outcomes = pool.map(partial(_delete_objects, s3, tenant, versioned), chosen)
         cleared = []
-        for row, (objects, error) in zip(chosen, outcomes, strict=True):
-            done.objects += objects
-            if error is None:
-                cleared.append(row)
-            else:
-                done.errors.append(error)
+        if chosen:
+            s3 = s3_for(tenant)
+            for place in {_location(tenant, row) for row in chosen}:
+                if place is not None and place[0] not in versioned:
+                    versioned[place[0]] = _versioned(s3, place[0])
+            outcomes = pool.map(partial(_delete_objects, s3, tenant, versioned), chosen)
+            for row, (objects, error) in zip(chosen, outcomes, strict=True):
+                done.objects += objects
+                if error is None:
+                    cleared.append(row)
+                else:
+                    done.errors.append(error)
         gone = _delete_rows(engine, tenant_id, cleared)
         for row in cleared:
             if row.pk not in gone:
@@ -257,7 +261,7 @@ def set_hold(
             session.connection()
             .execute(
                 update(Media)
-                .where(col(Media.tenant_id) == (tenant.id or 0), col(Media.media_id).in_(media_ids))
+                .where(col(Media.tenant_id) == tenant.saved_id, col(Media.media_id).in_(media_ids))
                 .values(legal_hold=held)
             )
             .rowcount
@@ -285,7 +289,7 @@ def _location(tenant: Tenant, row: Media) -> tuple[str, str] | None:
     return None
 
 
-def _versioned(s3: Any, bucket: str) -> bool:
+def _versioned(s3: S3Client, bucket: str) -> bool:
     """Whether ``bucket`` has ever had versioning on (then a key may have older versions to
     delete one by one); True when the bucket will not say, so nothing is left behind."""
     try:
@@ -295,7 +299,7 @@ def _versioned(s3: Any, bucket: str) -> bool:
 
 
 def _delete_objects(
-    s3: Any, tenant: Tenant, versioned: dict[str, bool], row: Media
+    s3: S3Client, tenant: Tenant, versioned: dict[str, bool], row: Media
 ) -> tuple[int, str | None]:
     """Delete every version of the row's object and of its renditions (and an unfinished
     upload): (versions deleted, None), or (0, the error) if the bucket refused: the row then
@@ -326,7 +330,7 @@ def _delete_objects(
         return 0, message
 
 
-def _delete_versions(s3: Any, bucket: str, key: str) -> int:
+def _delete_versions(s3: S3Client, bucket: str, key: str) -> int:
     """Delete each version and delete marker of exactly ``key``; a bucket that never had
     versioning answers its one "null" version. Where listing versions is not supported
     (some S3-compatible stores), a plain delete."""
@@ -353,5 +357,5 @@ def _delete_versions(s3: Any, bucket: str, key: str) -> int:
 def count_matching(engine: Engine, tenant: Tenant, selector: Selector) -> int:
     """How many rows ``selector`` names (held and in-flight included): for a dry run."""
     with session_scope(engine) as session:
-        query = select(func.count()).select_from(Media).where(*selector.where(tenant.id or 0))
+        query = select(func.count()).select_from(Media).where(*selector.where(tenant.saved_id))
         return int(session.execute(query).scalar_one())

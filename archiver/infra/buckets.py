@@ -148,7 +148,7 @@ class TenantS3Clients:
                 )
             ).encode()
         ).hexdigest()
-        key = tenant.id or 0
+        key = tenant.saved_id
         with self._lock:
             cached = self._clients.get(key)
             if cached is not None and cached[0] == fingerprint:

@@ -84,7 +84,7 @@ def claim_many(
         .scalars()
         .all()
     )
-    claims = {row.pk or 0: Claim(row=row) for row in claimed}
+    claims = {row.saved_pk: Claim(row=row) for row in claimed}
     others = [pk for pk in pks if pk not in claims]
     if others:
         query = select(Media.pk, Media.status, Media.lease_until).where(col(Media.pk).in_(others))
@@ -128,12 +128,39 @@ def renew_lease(
     )
 
 
+@dataclass(frozen=True)
+class Transferred:
+    """Where a finished transfer left the file, as the row records it: our own object
+    (``object_key`` with its bucket, SHA-256 and ETag) or one Titan persisted (its URL)."""
+
+    s3_url: str | None = None
+    size: int | None = None
+    bucket: str | None = None
+    object_key: str | None = None
+    sha256: str | None = None
+    etag: str | None = None
+    render_state: str | None = None  # "pending" when renditions are asked for with it
+
+    def values(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"persisted": True, "s3_url": self.s3_url, "size": self.size}
+        if self.object_key is not None:  # ours: every field of the object, None included
+            found |= {
+                "bucket": self.bucket,
+                "object_key": self.object_key,
+                "sha256": self.sha256,
+                "etag": self.etag,
+            }
+        if self.render_state is not None:
+            found["render_state"] = self.render_state
+        return found
+
+
 def mark_archived(
-    session: Session, *, pk: int, attempt: int, now: datetime, outcome: dict[str, Any]
+    session: Session, *, pk: int, attempt: int, now: datetime, outcome: Transferred
 ) -> bool:
-    """Record a finished transfer. ``outcome`` holds bucket/object_key/sha256/size/s3_url/..."""
+    """Record a finished transfer."""
     values = {
-        **outcome,
+        **outcome.values(),
         "status": Status.ARCHIVED.value,
         "archived_at": now,
         "updated_at": now,

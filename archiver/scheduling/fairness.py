@@ -75,7 +75,7 @@ def admit(session: Session, *, rows: list[Media], cap: int, now: datetime) -> Ad
         for row in mine[keep:]:
             answer.deferred.append((row, now, f"tenant at its cap of {cap} transfers"))
     for row, until, _ in answer.deferred:
-        lifecycle.defer(session, pk=row.pk or 0, attempt=row.attempts, now=now, until=until)
+        lifecycle.defer(session, pk=row.saved_pk, attempt=row.attempts, now=now, until=until)
     return answer
 
 

@@ -88,7 +88,7 @@ def enqueue(session: Session, *, tenant: Tenant, pk: int, event: str, now: datet
     }
     session.add(
         Notification(
-            tenant_id=tenant.id or 0,
+            tenant_id=tenant.saved_id,
             event=event,
             media_id=row.media_id,
             body=json.dumps(doc, separators=(",", ":")),

@@ -152,7 +152,7 @@ def probe_paused(engine: Engine, settings: Settings) -> list[str]:
     box = settings.secret_box()
     with session_scope(engine) as session:
         waiting = [
-            (t.id or 0, t.name, updated_spec(t, secrets_of(t, box=box), TenantChanges()))
+            (t.saved_id, t.name, updated_spec(t, secrets_of(t, box=box), TenantChanges()))
             for t in session.exec(select(Tenant).where(col(Tenant.paused_auto)))
             if t.paused_at is not None
         ]

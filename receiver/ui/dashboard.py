@@ -206,7 +206,7 @@ class Dashboard:
 
     def _tenant_names(self, engine: Engine) -> dict[int, str]:
         with session_scope(engine) as db:
-            return {t.id or 0: t.name for t in list_tenants(db)}
+            return {t.saved_id: t.name for t in list_tenants(db)}
 
     def _row(self, engine: Engine, viewer: Viewer, pk: int) -> tuple[Media, Tenant]:
         """A row the viewer may see, or NotFound (another tenant's row is simply not there)."""
