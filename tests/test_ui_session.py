@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
+from archiver.humanize import age as human_age
+from archiver.humanize import size as human_bytes
 from archiver.infra.buckets import content_disposition
-from receiver.ui.dashboard import human_age, human_bytes
 from receiver.ui.session import SessionSigner, admin_fingerprint, csrf_ok
 
 SIGNER = SessionSigner("a-long-master-key-for-tests", ttl_seconds=60)

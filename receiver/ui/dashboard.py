@@ -9,14 +9,12 @@ bucket. Retrying runs the same code as ``titan-archiver media retry``.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
@@ -26,7 +24,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from archiver import humanize
 from archiver.ages import CRITICAL_AGE, WARN_AGE, WHATSAPP_KEEPS
 from archiver.errors import NotFound, PayloadError
 from archiver.governance import audit
@@ -41,11 +38,11 @@ from archiver.scheduling import pauses
 from archiver.scheduling.dispatch import retry_failed
 from archiver.settings import Settings
 from archiver.tables import Media, Status, Tenant, utcnow
-from archiver.tenants.api_keys import active_key, key_for
 from archiver.tenants.tenants import get_tenant_by_id, list_tenants
 from receiver import redirects, resources
-from receiver.principal import Principal
-from receiver.ui.session import COOKIE, PATH, SessionSigner, UiSession, admin_fingerprint, csrf_ok
+from receiver.ui import filters
+from receiver.ui.session import csrf_ok
+from receiver.ui.signin import NotSignedIn, SignIn, Viewer, form_fields
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -65,48 +62,7 @@ SECURITY_HEADERS = {
 }
 
 
-@dataclass(frozen=True)
-class Viewer(Principal):
-    """Who is looking: a Principal signed in to the dashboard (its cookie's session)."""
-
-    session: UiSession
-
-
-class NotSignedIn(Exception):
-    pass
-
-
-human_bytes = humanize.size
-human_age = humanize.age
-human_duration = humanize.clock
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "\u2013"
-
-
-def title(row: Media) -> str:
-    """What a tile or detail page is called: its file name or caption, else its type, who
-    sent it and when ("Image from Maria, 2026-11-23 10:31"), never a byte count."""
-    if row.filename or row.caption:
-        return (row.filename or row.caption or "")[:120]
-    kind = "Voice note" if row.voice_note else row.message_type.capitalize()
-    who = "you" if row.from_me else (row.sender_name or row.sender)
-    when = row.message_at or row.received_at
-    parts = [kind if who is None else f"{kind} from {who}"]
-    if when is not None:
-        parts.append(when.strftime("%Y-%m-%d %H:%M"))
-    return ", ".join(parts)
-
-
-def conversation(row: Media) -> str | None:
-    """The conversation as a person reads it: "group 1203...@g.us" or the contact."""
-    if row.chat is None:
-        return None
-    return f"group {row.chat}" if row.is_group else row.chat
-
-
-Page = Callable[[Request, "Viewer"], Awaitable[Response]]
+Page = Callable[[Request, Viewer], Awaitable[Response]]
 
 
 class Dashboard:
@@ -115,31 +71,21 @@ class Dashboard:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        admin = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
-        self._admin_key = admin
-        self._signer = SessionSigner(settings.master_key(), ttl_seconds=8 * 3600)
         self._env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self._env.filters["bytes"] = human_bytes
-        self._env.filters["age"] = human_age
-        self._env.filters["when"] = _when
-        self._env.filters["title"] = title
-        self._env.filters["conversation"] = conversation
-        self._env.filters["rendition"] = lambda row, kind: renditions.find(row.renditions, kind)
-        self._env.filters["duration"] = human_duration
+        filters.install(self._env)
+        self._sign_in = SignIn(settings, self._render)
 
     def routes(self) -> list[BaseRoute]:
         signed_in = self._signed_in
         return [
             Route("/ui", self.redirect_home),
             Route("/ui/", signed_in(self.overview)),
-            Route("/ui/login", self.login_form, methods=["GET"]),
-            Route("/ui/login", self.login, methods=["POST"]),
-            Route("/ui/logout", self.logout, methods=["POST"]),
+            *self._sign_in.routes(),
             Route("/ui/chats", signed_in(self.chats)),
             Route("/ui/audit", signed_in(self.audit)),
             Route("/ui/media", signed_in(self.media_grid)),
@@ -159,29 +105,13 @@ class Dashboard:
     async def redirect_home(self, _: Request) -> Response:
         return RedirectResponse("/ui/", status_code=303)
 
-    def _viewer(self, engine: Engine, request: Request) -> Viewer:
-        session = self._signer.load(request.cookies.get(COOKIE))
-        if session is None:
-            raise NotSignedIn
-        if session.admin:
-            if self._admin_key is None or not hmac.compare_digest(
-                session.admin_print or "", admin_fingerprint(self._admin_key)
-            ):
-                raise NotSignedIn
-            return Viewer(tenant=None, session=session)
-        with session_scope(engine) as db:
-            try:
-                return Viewer(tenant=active_key(db, key_id=session.key_id or 0), session=session)
-            except NotFound as exc:
-                raise NotSignedIn from exc
-
     def _signed_in(self, page: Page) -> Callable[[Request], Awaitable[Response]]:
         """The route endpoint for ``page``: only for a signed-in viewer, errors as pages."""
 
         async def endpoint(request: Request) -> Response:
             engine = resources.of(request).engine
             try:
-                viewer = await run_in_threadpool(self._viewer, engine, request)
+                viewer = await run_in_threadpool(self._sign_in.viewer, engine, request)
             except NotSignedIn:
                 if request.method == "GET" and not request.url.path.startswith("/ui/content/"):
                     return RedirectResponse("/ui/login", status_code=303)
@@ -215,77 +145,6 @@ class Dashboard:
             if row is None or (viewer.tenant_id is not None and row.tenant_id != viewer.tenant_id):
                 raise NotFound("no such media")
             return row, get_tenant_by_id(db, tenant_id=row.tenant_id)
-
-    async def _form(self, request: Request) -> dict[str, str]:
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            raise PayloadError("form too large")
-        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-        return {k: v[0] for k, v in fields.items() if v}
-
-    # -- sign in and out ----------------------------------------------------------------
-
-    async def login_form(self, request: Request) -> Response:
-        return self._render("login.html", viewer=None, error=None)
-
-    async def login(self, request: Request) -> Response:
-        form = await self._form(request)
-        key = form.get("key", "").strip()
-
-        def authenticate() -> UiSession | None:
-            if not key or len(key) > 200:
-                return None
-            engine = resources.of(request).engine
-            if self._admin_key is not None and hmac.compare_digest(
-                key.encode(), self._admin_key.encode()
-            ):
-                with session_scope(engine) as db:
-                    audit.record(db, actor="admin", action="dashboard.sign-in")
-                return self._signer.new(key_id=None, admin_print=admin_fingerprint(self._admin_key))
-            with session_scope(engine) as db:
-                try:
-                    api_key, owner = key_for(db, key=key)
-                except NotFound:
-                    return None
-                audit.record(
-                    db,
-                    actor=f"key:{api_key.id}",
-                    action="dashboard.sign-in",
-                    tenant_id=api_key.tenant_id,
-                    tenant=owner.name,
-                )
-            return self._signer.new(key_id=api_key.id, admin_print=None)
-
-        session = await run_in_threadpool(authenticate)
-        if session is None:
-            log.info("dashboard sign-in refused", extra={"outcome": "unauthorized"})
-            return self._render(
-                "login.html", 401, viewer=None, error="That key is not valid (or was revoked)."
-            )
-        log.info(
-            "dashboard sign-in",
-            extra={"outcome": "signed_in", "admin": session.admin, "keyId": session.key_id},
-        )
-        response = RedirectResponse("/ui/", status_code=303)
-        response.set_cookie(
-            COOKIE,
-            self._signer.dump(session),
-            max_age=self._signer.ttl_seconds,
-            path=PATH,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
-        return response
-
-    async def logout(self, request: Request) -> Response:
-        session = self._signer.load(request.cookies.get(COOKIE))
-        form = await self._form(request)
-        if session is not None and not csrf_ok(session, form.get("csrf")):
-            return self._render("error.html", 403, message="Stale form; reload.", viewer=None)
-        response = RedirectResponse("/ui/login", status_code=303)
-        response.delete_cookie(COOKIE, path=PATH)
-        return response
 
     # -- overview -----------------------------------------------------------------------
 
@@ -327,37 +186,8 @@ class Dashboard:
 
     # -- media browser ------------------------------------------------------------------
 
-    def _query_params(
-        self, request: Request, viewer: Viewer
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """(the filter form's values, the query API parameters they mean)."""
-        form = {k: v.strip() for k, v in request.query_params.items() if v.strip()}
-        params: dict[str, str] = {}
-        for name in ("session", "type", "status", "sender", "chat", "isGroup", "fromMe", "cursor"):
-            if name in form:
-                params[name] = form[name]
-        if viewer.admin and "tenant" in form:
-            params["tenant"] = form["tenant"]
-        for name, field in (("from", "since"), ("to", "until")):
-            if name in form:
-                try:
-                    day = datetime.strptime(form[name], "%Y-%m-%d").replace(tzinfo=UTC)
-                except ValueError as exc:
-                    raise PayloadError(f"{name}: a date as YYYY-MM-DD") from exc
-                if name == "to":
-                    day += timedelta(days=1)  # through the end of that day
-                params[field] = day.isoformat().replace("+00:00", "Z")
-        for name, field in (("minKb", "minSize"), ("maxKb", "maxSize")):
-            if name in form:
-                try:
-                    params[field] = str(int(float(form[name]) * 1024))
-                except ValueError as exc:
-                    raise PayloadError(f"{name}: a size in KB") from exc
-        params["limit"] = str(PAGE_SIZE)
-        return form, params
-
     async def media_grid(self, request: Request, viewer: Viewer) -> Response:
-        form, params = self._query_params(request, viewer)
+        form, params = filters.grid_query(request.query_params, admin=viewer.admin)
         query = parse_query(params)
         engine = resources.of(request).engine
 
@@ -463,7 +293,7 @@ class Dashboard:
         )
 
     async def retry(self, request: Request, viewer: Viewer) -> Response:
-        form = await self._form(request)
+        form = await form_fields(request)
         if not csrf_ok(viewer.session, form.get("csrf")):
             log.warning("dashboard retry refused: bad CSRF token", extra={"outcome": "forbidden"})
             return self._render(
