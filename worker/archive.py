@@ -21,6 +21,7 @@ from archiver.object_keys import object_key
 from archiver.scheduling import dispatch, fairness, pauses
 from archiver.tables import Media, RenderState, Strategy, Tenant, utcnow
 from archiver.tenants import notify
+from archiver.tenants.tenants import TenantSecrets
 from worker.resources import WorkerResources
 from worker.storage import abort_stale_uploads, abort_upload, put_stream
 from worker.titan_client import TitanClient
@@ -174,10 +175,7 @@ def _still_ours(res: WorkerResources, row: Media, claimed_at: float) -> bool:
 
 def _archive(res: WorkerResources, row: Media) -> Result:
     """One claimed row: move the file by the tenant's strategy and record the outcome."""
-    settings = res.settings
-    pk = row.saved_pk
-    attempt = row.attempts
-    if row.crashes >= settings.max_attempts:
+    if row.crashes >= res.settings.max_attempts:
         # A row whose attempts keep dying with their worker (a poison file) ends here, not in
         # endless redelivery. Transient failures do not count: they retry until the horizon.
         reason = row.last_error or "worker lost during transfer"
@@ -199,35 +197,27 @@ def _archive(res: WorkerResources, row: Media) -> Result:
     if tenant.paused_at is not None:
         return _hand_back(res, row, f"tenant {tenant.name} is paused")
     started = time.monotonic()
+    moved = _transfer(res, tenant, secrets, row)
+    if isinstance(moved, Result):
+        return moved
+    return _record_archived(res, tenant, row, moved, started)
+
+
+def _transfer(
+    res: WorkerResources, tenant: Tenant, secrets: TenantSecrets, row: Media
+) -> lifecycle.Transferred | Result:
+    """Move the file by the tenant's strategy: where it went, or the Result of a failure
+    (the tenant paused, the row failed, or its retry scheduled)."""
     titan: TitanClient | None = None
     try:
         titan = res.titan(tenant, secrets)
         if tenant.strategy == Strategy.PERSIST:
             with tracing.span("titan persist", kind=tracing.CLIENT):
-                outcome = _persist(titan, row)
-        else:
-            outcome = _download(res, tenant, s3=res.s3.get(tenant), titan=titan, row=row)
+                return _persist(titan, row)
+        return _download(res, tenant, s3=res.s3.get(tenant), titan=titan, row=row)
     except TenantError as exc:
         # Titan or the bucket refuses the tenant's settings: every row would fail alike.
-        with session_scope(res.engine) as session:
-            if pauses.pause(
-                session, tenant_id=tenant.saved_id, reason=str(exc), now=utcnow(), auto=True
-            ):
-                audit.record(
-                    session,
-                    actor="worker",
-                    action="tenant.pause",
-                    tenant_id=tenant.id,
-                    tenant=tenant.name,
-                    detail={"reason": str(exc), "auto": True},
-                )
-                log.error(
-                    "tenant paused: %s; its media waits until it is fixed "
-                    "(titan-archiver tenants update / check / resume)",
-                    exc,
-                    extra={"tenant": tenant.name, "outcome": "paused"},
-                )
-        res.forget_tenant(tenant.saved_id)
+        _pause_tenant(res, tenant, exc)
         return _hand_back(res, row, str(exc))
     except PermanentError as exc:
         return _fail(res, row, str(exc), tenant=tenant)
@@ -235,13 +225,48 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         if exc.rate_limited:
             # Titan limits the tenant's key, not this media: hold every transfer of the
             # tenant (all workers) for as long as Titan asked.
-            wait = exc.retry_after if exc.retry_after is not None else settings.retry_base_seconds
+            wait = (
+                exc.retry_after if exc.retry_after is not None else res.settings.retry_base_seconds
+            )
             _hold(res, tenant, timedelta(seconds=wait), "titan answered 429")
         return _retry_later(res, tenant, row, exc)
     finally:
         if titan is not None and titan.exhausted:
             titan.exhausted = False
             _hold(res, tenant, fairness.EXHAUSTED_HOLD, "titan's rate limit window is used up")
+
+
+def _pause_tenant(res: WorkerResources, tenant: Tenant, exc: TenantError) -> None:
+    with session_scope(res.engine) as session:
+        if pauses.pause(
+            session, tenant_id=tenant.saved_id, reason=str(exc), now=utcnow(), auto=True
+        ):
+            audit.record(
+                session,
+                actor="worker",
+                action="tenant.pause",
+                tenant_id=tenant.id,
+                tenant=tenant.name,
+                detail={"reason": str(exc), "auto": True},
+            )
+            log.error(
+                "tenant paused: %s; its media waits until it is fixed "
+                "(titan-archiver tenants update / check / resume)",
+                exc,
+                extra={"tenant": tenant.name, "outcome": "paused"},
+            )
+    res.forget_tenant(tenant.saved_id)
+
+
+def _record_archived(
+    res: WorkerResources,
+    tenant: Tenant,
+    row: Media,
+    outcome: lifecycle.Transferred,
+    started: float,
+) -> Result:
+    """Mark the row archived (asking for its renditions in the same statement when it gets
+    them), with its notification in the same transaction; log the transfer."""
     now = utcnow()
     render = (
         tenant.renditions
@@ -258,6 +283,7 @@ def _archive(res: WorkerResources, row: Media) -> Result:
         outcome = replace(outcome, render_state=RenderState.PENDING.value)
     # A tenant with a notification endpoint gets its event in the same transaction.
     engine = transactional(res.engine) if tenant.notify_url else res.engine
+    pk, attempt = row.saved_pk, row.attempts
     with tracing.span("record archived"), session_scope(engine) as session:
         mine = lifecycle.mark_archived(session, pk=pk, attempt=attempt, now=now, outcome=outcome)
         if mine:
