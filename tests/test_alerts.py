@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.rig import RedisDatabases
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus"
 
@@ -87,7 +89,7 @@ def test_the_grafana_dashboard_and_the_rules_name_only_metrics_that_exist() -> N
 
 
 def test_a_real_prometheus_scraping_a_receiver_and_a_worker_fires_the_backlog_alert(
-    tmp_path: Path, redis_url: str, s3_endpoint: str
+    tmp_path: Path, redis_dbs: RedisDatabases, s3_endpoint: str
 ) -> None:
     """Prometheus (Debian's) scrapes a live receiver and worker with the shipped rules, their
     thresholds shortened (3 days -> 2 s, 15 minutes -> 3 s): a photo nobody archives (the
@@ -112,7 +114,7 @@ def test_a_real_prometheus_scraping_a_receiver_and_a_worker_fires_the_backlog_al
             rule["for"] = "3s"
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
     worker_port = processes.free_port()
-    broker = redis_url.rsplit("/", 1)[0] + "/15"
+    broker = redis_dbs.take()
     with migrated_database("sqlite", tmp_path, None) as database_url:
         env = process_env(database_url, broker)
         receiver = services.start_receiver("prom-receiver", env)

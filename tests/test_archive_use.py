@@ -25,81 +25,29 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from archiver.infra.db import make_engine, session_scope
-from archiver.tables import Media, Notification, Tenant, utcnow
+from archiver.tables import Media, Notification, utcnow
 from devstack import processes, services
-from devstack.fixtures import TenantSetup, add_tenant, process_env, running_archiver, scrape, total
+from devstack.fixtures import TenantSetup, process_env, scrape, total
+from devstack.rig import RedisDatabases, Rig, running_rig
 from tests.conftest import migrated_database
-from tests.test_cli import run
-from titan_simulator.sender import SentMedia, Simulator, post_signed
+from titan_simulator.sender import SentMedia
 
 ADMIN = "archive-use-admin-" + "b" * 16
 GROUP = "120363999@g.us"
 
 
 @dataclass
-class Stack:
-    database_url: str
-    s3_endpoint: str
-    url: str
-    sim: Simulator
-    env: dict[str, str]
-    client: httpx.Client
-
-    def tenant(self, prefix: str) -> TenantSetup:
-        name = f"{prefix}-{secrets.token_hex(3)}"
-        return add_tenant(self.database_url, sim=self.sim, s3_endpoint=self.s3_endpoint, name=name)
-
-    def media(
-        self,
-        tenant: TenantSetup,
-        kind: str = "image",
-        *,
-        event: str = "message.received",
-        size: int = 3000,
-        gone: bool = False,
-        payload: dict[str, Any] | None = None,
-    ) -> SentMedia:
-        item = self.sim.make_media(account=tenant.name, message_type=kind, size=size, gone=gone)
-        item.envelope["event"] = event
-        item.envelope["payload"].update(payload or {})
-        return item
-
-    def post(self, tenant: TenantSetup, envelope: dict[str, Any]) -> httpx.Response:
-        return post_signed(
-            self.client, f"{self.url}/webhooks/{tenant.name}", tenant.hmac_key, envelope
-        )
-
-    def send(self, tenant: TenantSetup, *items: SentMedia) -> None:
-        for item in items:
-            answer = self.post(tenant, item.envelope)
-            assert answer.status_code == 202, answer.text
-
-    def rows(self, tenant: TenantSetup) -> dict[str, Media]:
-        engine = make_engine(self.database_url)
-        try:
-            with session_scope(engine) as session:
-                owner = session.exec(select(Tenant).where(Tenant.name == tenant.name)).one()
-                found = session.exec(select(Media).where(Media.tenant_id == owner.id))
-                return {row.media_id: row for row in found}
-        finally:
-            engine.dispose()
+class Stack(Rig):
+    def tenant(self, name: str | None = None, *, strategy: str = "download") -> TenantSetup:
+        """A tenant named ``name`` plus a random suffix: the module's tests share one stack."""
+        return super().tenant(f"{name or 't'}-{secrets.token_hex(3)}", strategy=strategy)
 
     def archived(self, tenant: TenantSetup, *items: SentMedia, status: str = "archived") -> None:
-        def done() -> bool:
-            rows = self.rows(tenant)
-            return all(i.media_id in rows and rows[i.media_id].status == status for i in items)
-
-        processes.wait_until(done, timeout=60, interval=0.25, what=f"{len(items)} rows {status}")
-
-    def cli(self, *args: str, ok: bool = True) -> Any:
-        result = run(self.database_url, *args, check=False, env=self.env)
-        if ok:
-            assert result.returncode == 0, result.stderr
-        return result
+        self.wait_status(items, status, tenant=tenant)
 
     def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {ADMIN}"}
-        return self.client.request(method, f"{self.url}{path}", headers=headers, **kwargs)
+        return self.client.request(method, f"{self.receiver_url}{path}", headers=headers, **kwargs)
 
     def keys(self, tenant: TenantSetup) -> dict[str, list[str]]:
         """Every object version (and delete marker) in the tenant's bucket, by key."""
@@ -117,12 +65,12 @@ class Stack:
 def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    redis_url: str,
+    redis_dbs: RedisDatabases,
     s3_endpoint: str,
     pg_admin_url: str | None,
 ) -> Iterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp(f"use-{request.param}")
-    broker = redis_url.rsplit("/", 1)[0] + ("/12" if request.param == "sqlite" else "/13")
+    broker = redis_dbs.take()
     with migrated_database(request.param, tmp, pg_admin_url) as database_url:
         env = process_env(
             database_url,
@@ -132,8 +80,10 @@ def stack(
             ARCHIVER_NOTIFY_RETRY_BASE_SECONDS="0.3",
         )
         name = f"use-{request.param}"
-        with running_archiver(name, env, tmp) as (web, sim), httpx.Client(timeout=30) as client:
-            yield Stack(database_url, s3_endpoint, web.receiver_url, sim, env, client)
+        with running_rig(
+            name, database_url=database_url, s3_endpoint=s3_endpoint, env=env, tmp=tmp
+        ) as rig:
+            yield Stack(**vars(rig))
 
 
 def _group(**extra: Any) -> dict[str, Any]:
@@ -163,7 +113,7 @@ def test_group_and_one_to_one_media_keep_their_conversation(stack: Stack) -> Non
 
     def listed(**params: str) -> list[dict[str, Any]]:
         answer = stack.client.get(
-            f"{stack.url}/api/media",
+            f"{stack.receiver_url}/api/media",
             params=params,
             headers={"Authorization": f"Bearer {api_key}"},
         )
@@ -233,7 +183,7 @@ def test_what_a_tenant_captures(stack: Stack) -> None:
     reasons = [stack.post(t, i.envelope).json().get("reason") for i in (story2, audio, big)]
     assert reasons == ["status", "type", "size"]
     assert set(stack.rows(t)) == {sent.media_id, story.media_id}  # nothing else recorded
-    metrics = scrape(f"{stack.url}/metrics")
+    metrics = scrape(f"{stack.receiver_url}/metrics")
     counted = {
         reason: total(metrics, "archiver_media_not_captured_total", tenant=t.name, reason=reason)
         for reason in ("outgoing", "status", "type", "size")
@@ -336,7 +286,7 @@ def test_erase_by_sender_leaves_nothing_of_them_and_touches_no_other_tenant(
     assert first_key is not None
     s3.put_object(Bucket=a.bucket, Key=first_key, Body=b"an older copy")
     assert len(stack.keys(a)[first_key]) == 2
-    unconfirmed = stack.cli("media", "erase", "--tenant", a.name, "--sender", target, ok=False)
+    unconfirmed = stack.cli("media", "erase", "--tenant", a.name, "--sender", target, codes=(1, 2))
     assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr
     assert len(stack.rows(a)) == 3  # nothing was done
     dry = json.loads(
@@ -367,7 +317,7 @@ def test_erase_by_sender_leaves_nothing_of_them_and_touches_no_other_tenant(
     assert stack.admin("POST", "/api/admin/erase", json={"tenant": a.name}).status_code == 400
     api_key = json.loads(stack.cli("api-keys", "create", b.name).stdout)["apiKey"]
     refused = stack.client.post(
-        f"{stack.url}/api/admin/erase",
+        f"{stack.receiver_url}/api/admin/erase",
         json={"tenant": b.name, "sender": target},
         headers={"Authorization": f"Bearer {api_key}"},
     )
@@ -506,7 +456,7 @@ def test_the_audit_trail_names_who_did_what(stack: Stack) -> None:
     stack.cli("tenants", "resume", t.name)
     key = json.loads(stack.cli("api-keys", "create", t.name, "--label", "etl").stdout)
     stack.cli("api-keys", "revoke", key["prefix"])
-    with httpx.Client(base_url=stack.url) as browser:
+    with httpx.Client(base_url=stack.receiver_url) as browser:
         assert browser.post("/ui/login", data={"key": ADMIN}).status_code == 303
     lines = stack.cli("audit", "list", "--tenant", t.name, "--format", "jsonl").stdout
     records = [json.loads(line) for line in lines.splitlines()]
@@ -523,17 +473,17 @@ def test_the_audit_trail_names_who_did_what(stack: Stack) -> None:
     assert records[1]["detail"]["label"] == "etl"
     table = stack.cli("audit", "list", "--limit", "5").stdout
     assert "dashboard.sign-in" in table and "admin" in table
-    refused = stack.cli("audit", "list", "--limit", "0", ok=False)
+    refused = stack.cli("audit", "list", "--limit", "0", codes=(1, 2))
     assert refused.returncode == 2
 
 
 def test_the_web_process_reports_its_requests_process_and_build(stack: Stack) -> None:
     assert stack.admin("GET", "/api/admin/audit").status_code == 200
-    assert stack.client.get(f"{stack.url}/api/media").status_code == 401
-    with httpx.Client(base_url=stack.url) as browser:
+    assert stack.client.get(f"{stack.receiver_url}/api/media").status_code == 401
+    with httpx.Client(base_url=stack.receiver_url) as browser:
         assert browser.post("/ui/login", data={"key": ADMIN}).status_code == 303
         assert browser.get("/ui/chats").status_code == 200
-    metrics = scrape(f"{stack.url}/metrics")
+    metrics = scrape(f"{stack.receiver_url}/metrics")
 
     def requests(**labels: str) -> float:
         return total(metrics, "archiver_http_requests_total", **labels)

@@ -20,8 +20,9 @@ import pytest
 
 from devstack import processes
 from devstack.fixtures import TenantSetup, add_tenant, process_env, start_web
+from devstack.rig import RedisDatabases, Rig
 from tests.conftest import migrated_database, s3_of
-from titan_simulator.sender import SentMedia, Simulator, post_signed
+from titan_simulator.sender import SentMedia, Simulator
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page
@@ -32,27 +33,22 @@ ADMIN = "dashboard-admin-key-" + "a" * 12
 
 
 @dataclass
-class Stack:
-    url: str
-    sim: Simulator
-    database_url: str
+class Stack(Rig):
     tenants: dict[str, TenantSetup]
     api_keys: dict[str, str]
-    media: dict[str, list[SentMedia]]
+    sent: dict[str, list[SentMedia]]
     gone: SentMedia
 
-    def send(self, tenant: str, item: SentMedia) -> int:
-        with httpx.Client(timeout=30) as client:
-            return post_signed(
-                client,
-                f"{self.url}/webhooks/{tenant}",
-                self.tenants[tenant].hmac_key,
-                item.envelope,
-            ).status_code
+    @property
+    def url(self) -> str:
+        return self.receiver_url
+
+    def deliver(self, tenant: str, item: SentMedia) -> int:
+        return self.post(self.tenants[tenant], item.envelope).status_code
 
     def api(self, tenant: str, path: str) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.api_keys[tenant]}"}
-        return httpx.get(f"{self.url}{path}", headers=headers, timeout=10)
+        return self.client.get(f"{self.receiver_url}{path}", headers=headers)
 
     def status_of(self, tenant: str, media_id: str) -> str:
         return str(self.api(tenant, f"/api/media/{media_id}").json()["data"]["status"])
@@ -64,7 +60,7 @@ class Stack:
 def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    redis_url: str,
+    redis_dbs: RedisDatabases,
     pg_admin_url: str | None,
 ) -> Iterator[Stack]:
     from archiver.infra.db import make_engine, session_scope
@@ -73,7 +69,7 @@ def stack(
 
     s3_endpoint = s3_of(request, request.param)
     tmp = tmp_path_factory.mktemp("dashboard")
-    broker = redis_url.rsplit("/", 1)[0] + ("/11" if request.param == "moto" else "/6")
+    broker = redis_dbs.take()
     with migrated_database("sqlite", tmp, pg_admin_url) as database_url:
         env = process_env(database_url, broker, ARCHIVER_ADMIN_API_KEY=ADMIN)
         web = start_web("ui", env)
@@ -118,11 +114,13 @@ def stack(
             gone = sim.make_media(
                 account="acme", message_type="document", size=4000, gone=True, filename="lost.pdf"
             )
-            world = Stack(url, sim, database_url, tenants, api_keys, media, gone)
+            client = httpx.Client(timeout=30)
+            rig = Rig(database_url, s3_endpoint, url, sim, env, client)
+            world = Stack(**vars(rig), tenants=tenants, api_keys=api_keys, sent=media, gone=gone)
             for tenant, items in media.items():
                 for item in items:
-                    assert world.send(tenant, item) == 202
-            assert world.send("acme", gone) == 202
+                    assert world.deliver(tenant, item) == 202
+            assert world.deliver("acme", gone) == 202
             processes.wait_until(
                 lambda: (
                     all(
@@ -145,6 +143,7 @@ def stack(
                 what="every sample's renditions",
             )
             yield world
+            client.close()
             sim.close()
         finally:
             for proc in reversed(procs):
@@ -277,7 +276,7 @@ def test_sign_in_is_refused_with_a_wrong_key(page: Page, stack: Stack) -> None:
 def test_overview_counts_bytes_rate_and_oldest_age(page: Page, stack: Stack) -> None:
     sign_in(page, stack, stack.api_keys["acme"])
     assert page.url.endswith("/ui/")
-    total = len(stack.media["acme"]) + 1  # and the gone one
+    total = len(stack.sent["acme"]) + 1  # and the gone one
     assert page.get_by_test_id("total").inner_text() == str(total)
     by_status = page.get_by_test_id("by-status").inner_text()
     assert re.search(r"archived\s+7\b", by_status) and re.search(r"failed\s+1\b", by_status)
@@ -290,7 +289,7 @@ def test_filter_to_videos_open_one_and_it_plays(page: Page, stack: Stack) -> Non
     sign_in(page, stack, stack.api_keys["acme"])
     page.get_by_role("link", name="Media").click()
     tiles = page.locator("[data-testid=grid] > li")
-    assert tiles.count() == len(stack.media["acme"]) + 1
+    assert tiles.count() == len(stack.sent["acme"]) + 1
     # Images render from their presigned URL: the browser decoded real pixels.
     wait_js(
         page,
@@ -332,7 +331,7 @@ def test_grid_tiles_are_thumbnails_and_no_original_is_fetched(page: Page, stack:
     # Every sample but the voice note has a thumbnail (photos, stickers, the videos' posters,
     # the PDF's first page); the voice note shows its icon and length.
     thumbs = page.locator(".tile img[data-rendition=thumbnail]")
-    assert thumbs.count() == len(stack.media["acme"]) - 1
+    assert thumbs.count() == len(stack.sent["acme"]) - 1
     widths = thumbs.evaluate_all("nodes => nodes.map(n => n.naturalWidth)")
     assert max(widths) <= 320 and min(widths) > 0
     audio = page.locator(".tile[data-type=audio] [data-icon=audio]")
@@ -396,7 +395,7 @@ def test_retry_a_failed_item_and_it_becomes_archived(page: Page, stack: Stack) -
 
 
 def test_tenant_a_never_sees_tenant_b(page: Page, stack: Stack) -> None:
-    theirs = stack.media["globex"][0].media_id
+    theirs = stack.sent["globex"][0].media_id
     sign_in(page, stack, stack.api_keys["acme"])
     page.goto(f"{stack.url}/ui/media")
     shown = page.locator("[data-testid=grid] > li").evaluate_all(
@@ -444,7 +443,7 @@ def test_readable_on_a_phone(browser: Browser, stack: Stack) -> None:
 def test_retry_all_requeues_every_failed_item_of_the_tenant_only(stack: Stack) -> None:
     gone = stack.sim.make_media(account="acme", message_type="image", size=500, gone=True)
     theirs = stack.sim.make_media(account="globex", message_type="image", size=500, gone=True)
-    assert stack.send("acme", gone) == 202 and stack.send("globex", theirs) == 202
+    assert stack.deliver("acme", gone) == 202 and stack.deliver("globex", theirs) == 202
     processes.wait_until(
         lambda: (
             stack.status_of("acme", gone.media_id) == "failed"
@@ -483,7 +482,7 @@ def test_chats_list_the_conversations_and_open_one(page: Page, stack: Stack) -> 
         "isGroup": True,
         "pushName": "Ana",
     }
-    assert stack.send("globex", item) == 202
+    assert stack.deliver("globex", item) == 202
     processes.wait_until(
         lambda: stack.status_of("globex", item.media_id) == "archived",
         timeout=60,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -18,9 +18,13 @@ import pytest
 from devstack import processes, services
 from devstack.fixtures import process_env
 from devstack.processes import Process, wait_until
+from devstack.rig import RedisDatabases, Rig
 from devstack.services import s3_client
 from tests.conftest import migrated_database, s3_of
 from titan_simulator.sender import SentMedia, Simulator, media_envelope, post_signed
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 MB = 1_000_000
 DOWNLOAD_MEDIA = [
@@ -53,27 +57,25 @@ class Tenant:
 
 
 @dataclass
-class Stack:
-    receiver: str
-    sim: Simulator
-    s3: Any
+class Stack(Rig):
+    """Tenants added with the CLI and rows read through the query API, as a user does."""
+
+    s3: S3Client
     acme: Tenant  # strategy download
     globex: Tenant  # strategy persist
     procs: list[Process]
 
-    def send(self, tenant: Tenant, envelope: dict[str, Any]) -> httpx.Response:
-        with httpx.Client(timeout=30) as client:
-            return post_signed(
-                client, f"{self.receiver}/webhooks/{tenant.name}", tenant.hmac_key, envelope
-            )
+    def deliver(self, tenant: Tenant, envelope: dict[str, Any]) -> httpx.Response:
+        url = f"{self.receiver_url}/webhooks/{tenant.name}"
+        return post_signed(self.client, url, tenant.hmac_key, envelope)
 
-    def rows(self, tenant: Tenant) -> list[dict[str, Any]]:
+    def listed(self, tenant: Tenant) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         cursor = None
         while True:
             params = {"limit": "500", **({"cursor": cursor} if cursor else {})}
-            page = httpx.get(
-                f"{self.receiver}/api/media", params=params, headers=tenant.auth, timeout=30
+            page = self.client.get(
+                f"{self.receiver_url}/api/media", params=params, headers=tenant.auth
             ).json()
             found += page["data"]
             cursor = page["nextCursor"]
@@ -84,7 +86,7 @@ class Stack:
         self, tenant: Tenant, count: int, timeout: float = 240
     ) -> list[dict[str, Any]]:
         def done() -> bool:
-            rows = self.rows(tenant)
+            rows = self.listed(tenant)
             return len(rows) >= count and all(r["status"] in ("archived", "failed") for r in rows)
 
         try:
@@ -93,7 +95,7 @@ class Stack:
             for proc in self.procs:
                 print(f"--- {proc.name} log ---\n{proc.log()[-5000:]}")
             raise
-        return self.rows(tenant)
+        return self.listed(tenant)
 
     def objects(self, bucket: str) -> dict[str, int]:
         listing = self.s3.list_objects_v2(Bucket=bucket)
@@ -125,7 +127,6 @@ def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
 # (Ceph's RADOS Gateway, devstack/ceph.py) on PostgreSQL.
 VARIANTS = {"sqlite": ("sqlite", "moto"), "postgres": ("postgres", "moto")}
 VARIANTS["postgres-rgw"] = ("postgres", "rgw")
-REDIS_DB = {"sqlite": "/1", "postgres": "/2", "postgres-rgw": "/4"}  # one broker each
 
 
 @pytest.fixture(
@@ -139,7 +140,7 @@ REDIS_DB = {"sqlite": "/1", "postgres": "/2", "postgres-rgw": "/4"}  # one broke
 def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    redis_url: str,
+    redis_dbs: RedisDatabases,
     pg_admin_url: str | None,
 ) -> Iterator[Stack]:
     database, s3_kind = VARIANTS[request.param]
@@ -147,7 +148,7 @@ def stack(
     tmp: Path = tmp_path_factory.mktemp(f"e2e-{request.param}")
     with migrated_database(database, tmp, pg_admin_url) as database_url:
         # Each variant gets its own Redis database so the stacks never share a queue.
-        broker = redis_url.rsplit("/", 1)[0] + REDIS_DB[request.param]
+        broker = redis_dbs.take()
         env = process_env(database_url, broker)
         s3 = s3_client(s3_endpoint)
         procs: list[Process] = []
@@ -160,10 +161,13 @@ def stack(
             worker = processes.worker_argv(2, beat=tmp / "beat-schedule")
             procs.append(processes.start_process("worker", worker, env))
             sim_url, receiver_url = sim.url, receiver.url
-            built = _setup(request.param, env, s3, s3_endpoint, sim_url, receiver_url, procs)
+            built = _setup(
+                request.param, database_url, env, s3, s3_endpoint, sim_url, receiver_url, procs
+            )
             yield built
         finally:
             if built is not None:
+                built.client.close()
                 built.sim.close()
             for proc in reversed(procs):
                 proc.stop()
@@ -171,8 +175,9 @@ def stack(
 
 def _setup(
     backend: str,
+    database_url: str,
     env: dict[str, str],
-    s3: Any,
+    s3: S3Client,
     s3_endpoint: str,
     sim_url: str,
     receiver_url: str,
@@ -223,18 +228,12 @@ def _setup(
             f"wa/{name}",
         )
         tenants[name] = Tenant(name=name, hmac_key=hmac_key, api_key=added["apiKey"], bucket=bucket)
-    return Stack(
-        receiver=receiver_url,
-        sim=sim,
-        s3=s3,
-        acme=tenants["acme"],
-        globex=tenants["globex"],
-        procs=procs,
-    )
+    rig = Rig(database_url, s3_endpoint, receiver_url, sim, env, httpx.Client(timeout=30))
+    return Stack(**vars(rig), s3=s3, acme=tenants["acme"], globex=tenants["globex"], procs=procs)
 
 
 def send_all(stack: Stack, tenant: Tenant, media: list[SentMedia]) -> list[int]:
-    return [stack.send(tenant, item.envelope).status_code for item in media]
+    return [stack.deliver(tenant, item.envelope).status_code for item in media]
 
 
 def test_archives_every_media_type_for_two_tenants_with_both_strategies(stack: Stack) -> None:
@@ -259,7 +258,7 @@ def test_archives_every_media_type_for_two_tenants_with_both_strategies(stack: S
 
     assert send_all(stack, stack.acme, acme_media) == [202] * len(acme_media)
     assert send_all(stack, stack.globex, globex_media) == [202] * len(globex_media)
-    assert stack.send(stack.acme, auto).status_code == 202
+    assert stack.deliver(stack.acme, auto).status_code == 202
 
     acme_rows = {r["id"]: r for r in stack.wait_terminal(stack.acme, len(acme_media) + 1)}
     globex_rows = {r["id"]: r for r in stack.wait_terminal(stack.globex, len(globex_media))}
@@ -318,20 +317,24 @@ def test_archives_every_media_type_for_two_tenants_with_both_strategies(stack: S
     downloads = stack.sim.stats().get("download", 0)
     assert set(send_all(stack, stack.acme, acme_media)) == {200}
     assert set(send_all(stack, stack.globex, globex_media)) == {200}
-    assert stack.send(stack.acme, auto).status_code == 200
+    assert stack.deliver(stack.acme, auto).status_code == 200
     time.sleep(2)
-    assert len(stack.rows(stack.acme)) == len(acme_media) + 1
-    assert len(stack.rows(stack.globex)) == len(globex_media)
+    assert len(stack.listed(stack.acme)) == len(acme_media) + 1
+    assert len(stack.listed(stack.globex)) == len(globex_media)
     assert stack.objects(stack.acme.bucket) == acme_objects
     assert stack.sim.stats().get("download", 0) == downloads
 
     # One tenant's key sees only its own rows, by list and by id.
     foreign = acme_media[0].media_id
     assert (
-        httpx.get(f"{stack.receiver}/api/media/{foreign}", headers=stack.globex.auth).status_code
+        httpx.get(
+            f"{stack.receiver_url}/api/media/{foreign}", headers=stack.globex.auth
+        ).status_code
         == 404
     )
-    one = httpx.get(f"{stack.receiver}/api/media/{foreign}", headers=stack.acme.auth).json()["data"]
+    one = httpx.get(f"{stack.receiver_url}/api/media/{foreign}", headers=stack.acme.auth).json()[
+        "data"
+    ]
     assert one == acme_rows[foreign]
 
 
@@ -346,7 +349,7 @@ def test_transient_titan_faults_are_retried_to_success(stack: Stack) -> None:
         wait_until(
             lambda: all(
                 r["status"] == "archived"
-                for r in stack.rows(stack.acme)
+                for r in stack.listed(stack.acme)
                 if r["id"] in {m.media_id for m in media}
             ),
             timeout=120,
@@ -354,7 +357,7 @@ def test_transient_titan_faults_are_retried_to_success(stack: Stack) -> None:
         )
     finally:
         stack.sim.set_faults()
-    rows = {r["id"]: r for r in stack.rows(stack.acme)}
+    rows = {r["id"]: r for r in stack.listed(stack.acme)}
     for item in media:
         assert rows[item.media_id]["sha256"] == item.sha256
         assert stack.sha256_of(stack.acme.bucket, rows[item.media_id]["key"]) == item.sha256
@@ -364,15 +367,15 @@ def test_transient_titan_faults_are_retried_to_success(stack: Stack) -> None:
 
 def test_media_titan_reports_gone_fails_once_with_the_reason(stack: Stack) -> None:
     gone = stack.sim.make_media(account="acme", message_type="video", size=1000, gone=True)
-    assert stack.send(stack.acme, gone.envelope).status_code == 202
+    assert stack.deliver(stack.acme, gone.envelope).status_code == 202
     wait_until(
         lambda: any(
-            r["id"] == gone.media_id and r["status"] == "failed" for r in stack.rows(stack.acme)
+            r["id"] == gone.media_id and r["status"] == "failed" for r in stack.listed(stack.acme)
         ),
         timeout=60,
         what="failed row",
     )
-    row = next(r for r in stack.rows(stack.acme) if r["id"] == gone.media_id)
+    row = next(r for r in stack.listed(stack.acme) if r["id"] == gone.media_id)
     assert row["attempts"] == 1 and "404" in row["lastError"]
 
 
@@ -380,11 +383,11 @@ def test_downloads_redirected_to_another_host_never_carry_the_api_key(stack: Sta
     item = stack.sim.make_media(account="acme", message_type="document", size=2_000_000)
     stack.sim.set_faults(redirect=True)
     try:
-        assert stack.send(stack.acme, item.envelope).status_code == 202
+        assert stack.deliver(stack.acme, item.envelope).status_code == 202
         wait_until(
             lambda: any(
                 r["id"] == item.media_id and r["status"] == "archived"
-                for r in stack.rows(stack.acme)
+                for r in stack.listed(stack.acme)
             ),
             timeout=60,
             what="redirected download",

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
@@ -18,7 +17,8 @@ from archiver.infra.db import make_engine, session_scope
 from archiver.media import lifecycle
 from archiver.scheduling import dispatch, fairness
 from archiver.tables import Media, Status, Tenant, utcnow
-from devstack.fixtures import TenantSetup, add_tenant, process_env, running_archiver
+from devstack.fixtures import TenantSetup, add_tenant, process_env
+from devstack.rig import RedisDatabases, running_rig
 from tests.conftest import migrated_database
 from tests.test_media_rows import item, make_tenant, record
 from tests.test_tenant_pause import Stack, _wait
@@ -95,23 +95,20 @@ def test_a_rate_limited_tenant_is_held_until_the_time_titan_named(engine: Engine
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint: str
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, s3_endpoint: str
 ) -> Iterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp("fair")
-    broker = redis_url.rsplit("/", 1)[0] + "/9"
+    broker = redis_dbs.take()
     with migrated_database("sqlite", tmp, None) as database_url:
         env = process_env(database_url, broker, ARCHIVER_TENANT_MAX_CONCURRENCY="1")
-        with running_archiver("fair", env, tmp) as (web, sim), httpx.Client(timeout=30) as client:
-            yield Stack(database_url, s3_endpoint, web, sim, env, client)
+        with running_rig(
+            "fair", database_url=database_url, s3_endpoint=s3_endpoint, env=env, tmp=tmp
+        ) as rig:
+            yield Stack(**vars(rig))
 
 
 def _send(stack: Stack, tenant: TenantSetup, kind: str, size: int, count: int) -> None:
-    url = f"{stack.web.receiver_url}/webhooks/{tenant.name}"
-    from titan_simulator.sender import post_signed
-
-    for _ in range(count):
-        media = stack.sim.make_media(account=tenant.name, message_type=kind, size=size)
-        assert post_signed(stack.client, url, tenant.hmac_key, media.envelope).status_code == 202
+    stack.send(tenant, *(stack.media(tenant, kind, size=size) for _ in range(count)))
 
 
 def _tenant_id(stack: Stack, name: str) -> int:
@@ -132,9 +129,9 @@ def test_a_tenants_burst_holds_one_slot_and_the_other_tenant_goes_through(stack:
     try:
         _send(stack, a, "video", 1_500_000, 4)
         _send(stack, b, "image", 20_000, 3)
-        _wait(lambda: all(r.status == "archived" for r in stack.rows(b)), "B archived", 60)
-        a_left = sum(r.status != "archived" for r in stack.rows(a))
-        _wait(lambda: all(r.status == "archived" for r in stack.rows(a)), "A archived", 120)
+        _wait(lambda: all(r.status == "archived" for r in stack.row_list(b)), "B archived", 60)
+        a_left = sum(r.status != "archived" for r in stack.row_list(a))
+        _wait(lambda: all(r.status == "archived" for r in stack.row_list(a)), "A archived", 120)
     finally:
         stack.sim.set_faults()
     # Transfers as Titan sees them: downloads of A's media served at the same time. (A row
@@ -143,7 +140,7 @@ def test_a_tenants_burst_holds_one_slot_and_the_other_tenant_goes_through(stack:
     most = stack.sim.stats().get(f"max_downloads_at_once:{a.name}", 0)
     assert most == 1, f"tenant A had {most} transfers at once with a cap of 1"
     assert a_left > 0, "B's photos waited for A's whole burst"
-    assert all(r.attempts == 1 for r in stack.rows(a)), "deferrals spent attempts"
+    assert all(r.attempts == 1 for r in stack.row_list(a)), "deferrals spent attempts"
 
 
 def test_titans_rate_limit_holds_every_transfer_of_the_tenant(stack: Stack) -> None:
@@ -153,7 +150,7 @@ def test_titans_rate_limit_holds_every_transfer_of_the_tenant(stack: Stack) -> N
     stack.sim.set_faults(rate_limit=1, retry_after=3)
     try:
         _send(stack, c, "image", 20_000, 3)
-        _wait(lambda: all(r.status == "archived" for r in stack.rows(c)), "C archived", 60)
+        _wait(lambda: all(r.status == "archived" for r in stack.row_list(c)), "C archived", 60)
     finally:
         stack.sim.set_faults()
     assert stack.sim.stats().get("answered_429", 0) >= 1
@@ -166,7 +163,7 @@ def test_titans_rate_limit_holds_every_transfer_of_the_tenant(stack: Stack) -> N
     held = tenant.throttled_until
     assert held is not None
     # No transfer of C finished before Titan's Retry-After had passed: all were held.
-    rows = stack.rows(c)
+    rows = stack.row_list(c)
     assert all(r.archived_at is not None and r.archived_at >= held for r in rows)
     assert max(r.attempts for r in rows) == 2 and sum(r.attempts == 2 for r in rows) == 1
 
@@ -178,7 +175,7 @@ def test_an_exhausted_rate_window_holds_the_tenant_for_a_moment(stack: Stack) ->
     stack.sim.set_faults(exhausted=1)
     try:
         _send(stack, d, "image", 20_000, 1)
-        _wait(lambda: all(r.status == "archived" for r in stack.rows(d)), "D archived", 60)
+        _wait(lambda: all(r.status == "archived" for r in stack.row_list(d)), "D archived", 60)
     finally:
         stack.sim.set_faults()
     engine = make_engine(stack.database_url)

@@ -29,6 +29,7 @@ from archiver.media.query import NAMES
 from archiver.object_keys import DEFAULT_TEMPLATE, object_key
 from archiver.tables import Media, Tenant
 from devstack.fixtures import settings_for
+from devstack.rig import RedisDatabases
 from tests.conftest import migrated_database
 from tests.test_receiver import add_tenant, serve
 from titan_simulator.sender import media_envelope, signature
@@ -78,7 +79,7 @@ class Target:
 def target(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    redis_url: str,
+    redis_dbs: RedisDatabases,
     pg_admin_url: str | None,
 ) -> Iterator[Target]:
     if request.param == "postgres" and pg_admin_url is None:
@@ -86,7 +87,7 @@ def target(
     tmp: Path = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     with migrated_database(request.param, tmp, pg_admin_url) as database_url:
         api_keys = {name: add_tenant(database_url, name, key) for name, key in KEYS.items()}
-        broker = redis_url.rsplit("/", 1)[0] + "/7"
+        broker = redis_dbs.take()
         with (
             serve(
                 settings_for(database_url, broker, max_body_bytes=64 * 1024, admin_api_key=ADMIN)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 import redis
 from sqlmodel import select
@@ -21,68 +20,37 @@ from sqlmodel import select
 from archiver.infra.broker import make_celery, publish_archive
 from archiver.infra.db import make_engine, session_scope
 from archiver.queue import ARCHIVE_QUEUE
-from archiver.settings import Settings
 from archiver.tables import Media
 from devstack import processes, services
-from devstack.fixtures import add_tenant, process_env, settings_of, start_web
+from devstack.fixtures import TenantSetup, add_tenant, process_env, start_web
+from devstack.rig import RedisDatabases, Rig
 from tests.conftest import migrated_database
-from titan_simulator.sender import SentMedia, Simulator, post_signed
+from titan_simulator.sender import SentMedia, Simulator
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @dataclass
-class Ops:
-    env: dict[str, str]
-    database_url: str
-    sim: Simulator
-    receiver: str
-    hmac_key: str
-    bucket: str
-    s3: Any
+class Ops(Rig):
+    """No beat here: each test starts the workers it needs (``worker``)."""
+
+    acme: TenantSetup
+    s3: S3Client
     queue: redis.Redis
     tmp: Path
     procs: list[processes.Process]
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "archiver.cli", *args],
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
+    @property
+    def bucket(self) -> str:
+        return self.acme.bucket
 
-    def send(self, item: SentMedia) -> int:
-        import httpx
+    def deliver(self, item: SentMedia) -> int:
+        """The receiver's answer to the item's webhook (202, 200 for a duplicate, ...)."""
+        return self.post(self.acme, item.envelope).status_code
 
-        with httpx.Client(timeout=30) as client:
-            return post_signed(
-                client, f"{self.receiver}/webhooks/acme", self.hmac_key, item.envelope
-            ).status_code
-
-    def rows(self) -> dict[str, Media]:
-        engine = make_engine(self.database_url)
-        try:
-            with session_scope(engine) as session:
-                return {r.media_id: r for r in session.exec(select(Media))}
-        finally:
-            engine.dispose()
-
-    def wait_status(self, media_id: str, status: str, timeout: float = 60) -> Media:
-        processes.wait_until(
-            lambda: (
-                self.rows().get(media_id) is not None and self.rows()[media_id].status == status
-            ),
-            timeout=timeout,
-            what=f"{media_id} to be {status}",
-        )
-        return self.rows()[media_id]
-
-    def settings(self) -> Settings:
-        """The settings the processes run with."""
-        return settings_of(self.env)
+    def wait_for(self, media_id: str, status: str, timeout: float = 60) -> Media:
+        return self.wait_status([media_id], status, timeout=timeout)[media_id]
 
     def worker(self, name: str, **env: str) -> processes.Process:
         proc = processes.start_process(
@@ -94,9 +62,9 @@ class Ops:
 
 @pytest.fixture
 def ops(
-    tmp_path: Path, redis_url: str, s3_endpoint: str, pg_admin_url: str | None
+    tmp_path: Path, redis_dbs: RedisDatabases, s3_endpoint: str, pg_admin_url: str | None
 ) -> Iterator[Ops]:
-    broker = redis_url.rsplit("/", 1)[0] + "/3"
+    broker = redis_dbs.take()
     queue = redis.Redis.from_url(broker)
     queue.flushdb()
     with migrated_database("sqlite", tmp_path, pg_admin_url) as database_url:
@@ -108,29 +76,29 @@ def ops(
             REMAP_SIGTERM="SIGQUIT",
         )
         web = start_web("ops", env)
-        sim_url, receiver_url, procs = web.sim_url, web.receiver_url, web.procs
-        sim = Simulator(sim_url)
+        sim = Simulator(web.sim_url)
+        client = httpx.Client(timeout=30)
+        acme = add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name="acme")
         s3 = services.s3_client(s3_endpoint)
-        tenant = add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name="acme")
-        hmac_key, bucket = tenant.hmac_key, tenant.bucket
-        ops = Ops(
-            env, database_url, sim, receiver_url, hmac_key, bucket, s3, queue, tmp_path, procs
-        )
+        rig = Rig(database_url, s3_endpoint, web.receiver_url, sim, env, client)
+        ops = Ops(**vars(rig), acme=acme, s3=s3, queue=queue, tmp=tmp_path, procs=web.procs)
         try:
             yield ops
         finally:
             for proc in reversed(ops.procs):
                 proc.stop()
+            client.close()
             sim.close()
             queue.flushdb()
             queue.close()
 
 
 def test_status_reports_rows_oldest_unarchived_age_and_queue_depths(ops: Ops) -> None:
-    assert ops.send(ops.sim.make_media(account="acme", message_type="image", size=1000)) == 202
+    assert ops.deliver(ops.sim.make_media(account="acme", message_type="image", size=1000)) == 202
     # 11 MB is over ARCHIVER_LARGE_MEDIA_BYTES (10 MiB): the large queue.
     assert (
-        ops.send(ops.sim.make_media(account="acme", message_type="video", size=11_000_000)) == 202
+        ops.deliver(ops.sim.make_media(account="acme", message_type="video", size=11_000_000))
+        == 202
     )
     time.sleep(1.1)
     doc = json.loads(ops.cli("status", "--json").stdout)
@@ -151,28 +119,29 @@ def test_a_burst_of_videos_does_not_hold_up_photos(ops: Ops) -> None:
         ops.sim.make_media(account="acme", message_type="image", size=40_000) for _ in range(5)
     ]
     for item in [*videos, *photos]:  # the videos arrive first
-        assert ops.send(item) == 202
+        assert ops.deliver(item) == 202
     ops.worker("ops-small", ARCHIVER_WORKER_QUEUES="archive")
     for photo in photos:
-        ops.wait_status(photo.media_id, "archived")
+        ops.wait_for(photo.media_id, "archived")
     assert {ops.rows()[v.media_id].status for v in videos} == {"queued"}
     doc = json.loads(ops.cli("status", "--json").stdout)
     assert doc["queues"] == {"archive": 0, "archive-large": 3}
     assert [(w["queues"], w["concurrency"]) for w in doc["workers"]] == [(["archive"], 1)]
     ops.worker("ops-large", ARCHIVER_WORKER_QUEUES="archive-large")
     for video in videos:
-        assert ops.wait_status(video.media_id, "archived").sha256 == video.sha256
+        assert ops.wait_for(video.media_id, "archived").sha256 == video.sha256
 
 
 def test_a_replayed_delivery_of_an_archived_event_changes_nothing(ops: Ops) -> None:
     item = ops.sim.make_media(account="acme", message_type="image", size=30_000)
-    assert ops.send(item) == 202
+    assert ops.deliver(item) == 202
     ops.worker("ops-replay")
-    before = ops.wait_status(item.media_id, "archived")
+    before = ops.wait_for(item.media_id, "archived")
+    assert before.object_key is not None
     head = ops.s3.head_object(Bucket=ops.bucket, Key=before.object_key)
     downloads = ops.sim.stats().get("download", 0)
     # Titan's retries, or an attacker replaying a captured signed body: same bytes, same signature.
-    assert [ops.send(item) for _ in range(3)] == [200, 200, 200]
+    assert [ops.deliver(item) for _ in range(3)] == [200, 200, 200]
     time.sleep(2)
     after = ops.rows()[item.media_id]
     fields = ("status", "attempts", "archived_at", "sha256", "object_key", "size", "updated_at")
@@ -210,7 +179,7 @@ def test_a_burst_of_small_media_is_archived_in_batches_once_each(ops: Ops) -> No
     downloads = ops.sim.stats().get("download", 0)
     ops.worker("ops-batch")
     for item in items:
-        assert ops.wait_status(item.media_id, "archived").sha256 == item.sha256
+        assert ops.wait_for(item.media_id, "archived").sha256 == item.sha256
     assert ops.sim.stats().get("download", 0) - downloads == 40  # each fetched once
     assert ops.queue.llen("archive") == 0
 
@@ -218,10 +187,10 @@ def test_a_burst_of_small_media_is_archived_in_batches_once_each(ops: Ops) -> No
 def test_failed_rows_are_listed_with_reasons_and_retried_to_archived(ops: Ops) -> None:
     gone = ops.sim.make_media(account="acme", message_type="document", size=5000, gone=True)
     ok = ops.sim.make_media(account="acme", message_type="image", size=5000)
-    assert ops.send(gone) == 202 and ops.send(ok) == 202
+    assert ops.deliver(gone) == 202 and ops.deliver(ok) == 202
     ops.worker("ops-w1")
-    ops.wait_status(gone.media_id, "failed")
-    ops.wait_status(ok.media_id, "archived")
+    ops.wait_for(gone.media_id, "failed")
+    ops.wait_for(ok.media_id, "archived")
     failed = json.loads(ops.cli("media", "failed", "--format", "json").stdout)
     assert [f["id"] for f in failed] == [gone.media_id] and "404" in failed[0]["lastError"]
     # The operator fixes the cause (here: Titan has the file again), then re-drives.
@@ -240,18 +209,18 @@ def test_failed_rows_are_listed_with_reasons_and_retried_to_archived(ops: Ops) -
     ).raise_for_status()
     result = ops.cli("media", "retry", "--id", gone.media_id)
     assert json.loads(result.stdout) == {"requeued": 1}
-    row = ops.wait_status(gone.media_id, "archived")
+    row = ops.wait_for(gone.media_id, "archived")
     assert row.sha256 == gone.sha256 and row.attempts == 1
 
 
 def test_retry_needs_a_selection(ops: Ops) -> None:
-    result = ops.cli("media", "retry", check=False)
+    result = ops.cli("media", "retry", codes=(2,))
     assert result.returncode == 2 and "--all" in result.stderr
 
 
 def test_requeue_stuck_queues_rows_the_broker_lost(ops: Ops) -> None:
     items = [ops.sim.make_media(account="acme", message_type="image", size=2000) for _ in range(3)]
-    assert [ops.send(i) for i in items] == [202] * 3
+    assert [ops.deliver(i) for i in items] == [202] * 3
     ops.queue.flushdb()  # the broker forgets everything
     time.sleep(1.2)  # longer than ARCHIVER_STUCK_AFTER_SECONDS
     report = json.loads(ops.cli("media", "requeue", "--stuck").stdout)
@@ -261,14 +230,14 @@ def test_requeue_stuck_queues_rows_the_broker_lost(ops: Ops) -> None:
     assert json.loads(ops.cli("media", "requeue", "--stuck").stdout)["requeued"] == 0
     ops.worker("ops-w2")
     for item in items:
-        ops.wait_status(item.media_id, "archived")
+        ops.wait_for(item.media_id, "archived")
 
 
 def test_a_message_taken_by_a_worker_killed_before_starting_it_is_requeued(ops: Ops) -> None:
     # Redis hands out a dead consumer's unacknowledged messages only after the visibility
     # timeout (2 hours): the sweeper must not wait for that.
     item = ops.sim.make_media(account="acme", message_type="image", size=2000)
-    assert ops.send(item) == 202
+    assert ops.deliver(item) == 202
     pk = ops.rows()[item.media_id].pk
     assert pk is not None
     ops.queue.flushdb()  # the receiver's message, replaced by one a worker holds unstarted
@@ -287,7 +256,7 @@ def test_a_message_taken_by_a_worker_killed_before_starting_it_is_requeued(ops: 
     report = json.loads(ops.cli("media", "requeue", "--stuck").stdout)
     assert report["lostByBroker"] == 1
     ops.worker("ops-heir")
-    row = ops.wait_status(item.media_id, "archived")
+    row = ops.wait_for(item.media_id, "archived")
     assert row.attempts == 1 and row.sha256 == item.sha256
 
 
@@ -296,20 +265,22 @@ def test_reconcile_finds_missing_and_altered_objects_and_requeues_them(ops: Ops)
         ops.sim.make_media(account="acme", message_type="video", size=s)
         for s in (3000, 9 * 1024 * 1024, 4000, 9 * 1024 * 1024)
     ]
-    assert [ops.send(i) for i in items] == [202] * 4
+    assert [ops.deliver(i) for i in items] == [202] * 4
     worker = ops.worker("ops-w3")
-    rows = [ops.wait_status(i.media_id, "archived") for i in items]
+    rows = [ops.wait_for(i.media_id, "archived") for i in items]
     assert rows[1].etag and rows[1].etag.endswith('-2"')  # multipart: checked by its ETag
     clean = json.loads(ops.cli("reconcile").stdout.splitlines()[-1])
     assert clean == {"checked": 4, "ok": 4, "differences": 0, "requeued": 0}
     worker.stop()
-    ops.s3.delete_object(Bucket=ops.bucket, Key=rows[0].object_key)
+    keys = [row.object_key for row in rows]
+    assert None not in keys
+    ops.s3.delete_object(Bucket=ops.bucket, Key=str(keys[0]))
     ops.s3.put_object(
-        Bucket=ops.bucket, Key=rows[1].object_key, Body=b"tampered", Metadata={"sha256": "0" * 64}
+        Bucket=ops.bucket, Key=str(keys[1]), Body=b"tampered", Metadata={"sha256": "0" * 64}
     )
-    ops.s3.put_object(Bucket=ops.bucket, Key=rows[2].object_key, Body=os.urandom(4000))
-    ops.s3.put_object(Bucket=ops.bucket, Key=rows[3].object_key, Body=os.urandom(9 * 1024 * 1024))
-    found = ops.cli("reconcile", "--tenant", "acme", "--concurrency", "3", check=False)
+    ops.s3.put_object(Bucket=ops.bucket, Key=str(keys[2]), Body=os.urandom(4000))
+    ops.s3.put_object(Bucket=ops.bucket, Key=str(keys[3]), Body=os.urandom(9 * 1024 * 1024))
+    found = ops.cli("reconcile", "--tenant", "acme", "--concurrency", "3", codes=(0, 3))
     assert found.returncode == 3, found.stderr  # differences found
     lines = found.stdout.splitlines()
     problems = {json.loads(line)["id"]: json.loads(line)["problem"] for line in lines[:-1]}
@@ -321,7 +292,7 @@ def test_reconcile_finds_missing_and_altered_objects_and_requeues_them(ops: Ops)
     assert json.loads(lines[-1])["requeued"] == 4
     ops.worker("ops-w4")
     for item in items:
-        row = ops.wait_status(item.media_id, "archived")
+        row = ops.wait_for(item.media_id, "archived")
         assert row.sha256 == item.sha256
     assert json.loads(ops.cli("reconcile").stdout.splitlines()[-1])["ok"] == 4
 
@@ -330,8 +301,8 @@ def test_sigterm_lets_a_running_transfer_finish_within_the_grace_period(ops: Ops
     item = ops.sim.make_media(account="acme", message_type="video", size=12 * 1024 * 1024)
     ops.sim.set_faults(slow_ms=40)  # about 2 s for 48 chunks of 256 KiB
     worker = ops.worker("ops-grace", ARCHIVER_SHUTDOWN_GRACE_SECONDS="20")
-    assert ops.send(item) == 202
-    ops.wait_status(item.media_id, "archiving")
+    assert ops.deliver(item) == 202
+    ops.wait_for(item.media_id, "archiving")
     worker.proc.send_signal(signal.SIGTERM)
     worker.proc.wait(30)
     row = ops.rows()[item.media_id]
@@ -342,8 +313,8 @@ def test_sigterm_hands_back_a_transfer_that_outlasts_the_grace_period(ops: Ops) 
     item = ops.sim.make_media(account="acme", message_type="video", size=12 * 1024 * 1024)
     ops.sim.set_faults(slow_ms=200)  # about 10 s
     worker = ops.worker("ops-short", ARCHIVER_SHUTDOWN_GRACE_SECONDS="1")
-    assert ops.send(item) == 202
-    ops.wait_status(item.media_id, "archiving")
+    assert ops.deliver(item) == 202
+    ops.wait_for(item.media_id, "archiving")
     started = time.monotonic()
     worker.proc.send_signal(signal.SIGTERM)
     worker.proc.wait(30)
@@ -353,6 +324,6 @@ def test_sigterm_hands_back_a_transfer_that_outlasts_the_grace_period(ops: Ops) 
     ops.worker(
         "ops-next"
     )  # the next worker (or its sweeper) takes the row over once the lease ends
-    row = ops.wait_status(item.media_id, "archived", timeout=60)
+    row = ops.wait_for(item.media_id, "archived", timeout=60)
     assert row.attempts == 2 and row.sha256 == item.sha256
     assert ops.s3.list_multipart_uploads(Bucket=ops.bucket).get("Uploads", []) == []

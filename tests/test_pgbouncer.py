@@ -18,6 +18,7 @@ from sqlalchemy import text
 from archiver.infra.db import make_engine
 from devstack import processes, services
 from devstack.fixtures import add_tenant, process_env, running_archiver
+from devstack.rig import RedisDatabases
 from tests.test_cli import run
 from titan_simulator.sender import post_signed
 
@@ -46,7 +47,7 @@ def _repeated_queries_fail(url: str) -> int:
 
 
 def test_the_whole_path_works_through_pgbouncer_in_transaction_mode(
-    tmp_path: Path, redis_url: str, s3_endpoint: str, pg_admin_url: str | None
+    tmp_path: Path, redis_dbs: RedisDatabases, s3_endpoint: str, pg_admin_url: str | None
 ) -> None:
     if pg_admin_url is None:
         pytest.skip("no PostgreSQL server here")
@@ -68,7 +69,7 @@ def test_the_whole_path_works_through_pgbouncer_in_transaction_mode(
         assert _repeated_queries_fail(pooled) == 0
 
         run(pooled, "db", "upgrade")
-        broker = redis_url.rsplit("/", 1)[0] + "/14"
+        broker = redis_dbs.take()
         env = process_env(pooled, broker)
         with running_archiver("bouncer", env, tmp_path) as (web, sim):
             tenant = add_tenant(pooled, sim=sim, s3_endpoint=s3_endpoint, name="pooled")

@@ -17,6 +17,7 @@ import redis
 from archiver.infra.broker import make_celery, rows_in_broker, rows_of_message
 from archiver.queue import ARCHIVE_BATCH_TASK, ARCHIVE_QUEUE, ARCHIVE_TASK, LARGE_QUEUE
 from devstack.fixtures import settings_for
+from devstack.rig import RedisDatabases
 from receiver.publisher import Publisher, task_message
 
 # Values that differ by nature between two messages: fresh ids, and who sent it.
@@ -25,9 +26,9 @@ PER_MESSAGE_PROPERTIES = {"correlation_id", "delivery_tag", "reply_to"}
 
 
 @pytest.fixture
-def broker(redis_url: str) -> Iterator[str]:
+def broker(redis_dbs: RedisDatabases) -> Iterator[str]:
     """A Redis database of its own, emptied before and after."""
-    url = redis_url.rsplit("/", 1)[0] + "/5"
+    url = redis_dbs.take()
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

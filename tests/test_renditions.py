@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import httpx
@@ -26,40 +26,30 @@ from archiver.infra.broker import make_celery
 from archiver.infra.db import make_engine, session_scope
 from archiver.media.render_requests import publish_render
 from archiver.queue import RENDER_QUEUE
-from archiver.settings import Settings
 from archiver.tables import Media
 from devstack import processes, services
-from devstack.fixtures import TenantSetup, add_tenant, process_env, settings_of, start_web
+from devstack.fixtures import TenantSetup, add_tenant, process_env, start_web
+from devstack.rig import RedisDatabases, Rig
 from tests.conftest import migrated_database, s3_of
-from titan_simulator.sender import SentMedia, Simulator, post_signed
+from titan_simulator.sender import SentMedia, Simulator
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 SAMPLES = ("image", "video", "audio", "document", "sticker")
 
 
 @dataclass
-class Rig:
-    url: str
-    s3_endpoint: str
-    env: dict[str, str]
-    database_url: str
-    sim: Simulator
-    s3: Any
-    tenant: TenantSetup
+class Renders(Rig):
+    acme: TenantSetup
+    s3: S3Client
     api_key: str
     procs: list[processes.Process]
     queue: redis.Redis
 
-    def send(self, item: SentMedia, *, tenant: TenantSetup | None = None) -> None:
-        tenant = tenant or self.tenant
-        with httpx.Client(timeout=30) as client:
-            answer = post_signed(
-                client, f"{self.url}/webhooks/{tenant.name}", tenant.hmac_key, item.envelope
-            )
-        assert answer.status_code == 202, answer.text
-
     def api(self, path: str, **params: str) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.api_key}"}
-        return httpx.get(f"{self.url}{path}", headers=headers, params=params, timeout=10)
+        return httpx.get(f"{self.receiver_url}{path}", headers=headers, params=params, timeout=10)
 
     def info(self, media_id: str) -> dict[str, Any]:
         """The media's MediaInfo, as the API gives it to acme's key."""
@@ -87,22 +77,7 @@ class Rig:
         return self.row(media_id)
 
     def object(self, key: str) -> bytes:
-        return bytes(self.s3.get_object(Bucket=self.tenant.bucket, Key=key)["Body"].read())
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "archiver.cli", *args],
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-        return result
-
-    def settings(self) -> Settings:
-        """The settings the processes run with."""
-        return settings_of(self.env)
+        return bytes(self.s3.get_object(Bucket=self.acme.bucket, Key=key)["Body"].read())
 
     def update_row(self, pk: int | None, **values: Any) -> None:
         engine = make_engine(self.database_url)
@@ -128,16 +103,16 @@ class Rig:
 def rig(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    redis_url: str,
+    redis_dbs: RedisDatabases,
     pg_admin_url: str | None,
-) -> Iterator[Rig]:
+) -> Iterator[Renders]:
     from archiver.tenants.api_keys import issue_key
     from archiver.tenants.tenants import get_tenant
 
     backend, kind = request.param.split("-")
     s3_endpoint = s3_of(request, backend)
     tmp = tmp_path_factory.mktemp("renditions")
-    broker = redis_url.rsplit("/", 1)[0] + "/12"
+    broker = redis_dbs.take()
     queue = redis.Redis.from_url(broker)
     queue.flushdb()
     with migrated_database(kind, tmp, pg_admin_url) as database_url:
@@ -155,17 +130,19 @@ def rig(
         with session_scope(engine) as session:
             api_key = issue_key(session, tenant_id=get_tenant(session, name="acme").id or 0)
         engine.dispose()
-        world = Rig(
-            web.receiver_url,
-            s3_endpoint,
-            env,
+        client = httpx.Client(timeout=30)
+        world = Renders(
             database_url,
+            s3_endpoint,
+            web.receiver_url,
             sim,
-            services.s3_client(s3_endpoint),
-            tenant,
-            api_key,
-            procs,
-            queue,
+            env,
+            client,
+            acme=tenant,
+            s3=services.s3_client(s3_endpoint),
+            api_key=api_key,
+            procs=procs,
+            queue=queue,
         )
         world.render_worker("rend-render")
         try:
@@ -173,19 +150,20 @@ def rig(
         finally:
             for proc in reversed(world.procs):
                 proc.stop()
+            client.close()
             sim.close()
             queue.flushdb()
             queue.close()
 
 
-def _sample(rig: Rig, kind: str) -> SentMedia:
+def _sample(rig: Renders, kind: str) -> SentMedia:
     return rig.sim.make_media(account="acme", message_type=kind, size=0, sample=True)
 
 
-def test_each_sample_is_archived_then_rendered_and_every_rendition_decodes(rig: Rig) -> None:
+def test_each_sample_is_archived_then_rendered_and_every_rendition_decodes(rig: Renders) -> None:
     items = {kind: _sample(rig, kind) for kind in SAMPLES}
     for item in items.values():
-        rig.send(item)
+        rig.send(rig.acme, item)
     rows = {kind: rig.wait_rendered(item.media_id) for kind, item in items.items()}
     for kind, row in rows.items():
         assert row.status == "archived" and row.sha256 == items[kind].sha256, kind
@@ -197,7 +175,7 @@ def test_each_sample_is_archived_then_rendered_and_every_rendition_decodes(rig: 
         key = f"{rows[kind].object_key}.thumb.webp"
         data = rig.object(key)
         assert len(data) == entry["size"]
-        head = rig.s3.head_object(Bucket=rig.tenant.bucket, Key=key)
+        head = rig.s3.head_object(Bucket=rig.acme.bucket, Key=key)
         assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
         assert head["ContentType"] == "image/webp"
         image = Image.open(io.BytesIO(data))
@@ -224,10 +202,10 @@ def test_each_sample_is_archived_then_rendered_and_every_rendition_decodes(rig: 
         assert m4a.duration is not None and abs(m4a.duration / 1e6 - 4.0) < 0.2
 
 
-def test_thumbnail_and_rendition_routes_redirect_to_presigned_urls(rig: Rig) -> None:
+def test_thumbnail_and_rendition_routes_redirect_to_presigned_urls(rig: Renders) -> None:
     video, audio = _sample(rig, "video"), _sample(rig, "audio")
     for item in (video, audio):
-        rig.send(item)
+        rig.send(rig.acme, item)
         rig.wait_rendered(item.media_id)
     answer = rig.api(f"/api/media/{video.media_id}/thumbnail")
     assert answer.status_code == 307 and answer.headers["cache-control"] == "no-store"
@@ -250,9 +228,9 @@ def test_thumbnail_and_rendition_routes_redirect_to_presigned_urls(rig: Rig) -> 
     assert rig.api("/api/media/NOPE/thumbnail").status_code == 404
 
 
-def test_a_file_that_does_not_decode_stays_archived_and_its_render_fails(rig: Rig) -> None:
+def test_a_file_that_does_not_decode_stays_archived_and_its_render_fails(rig: Renders) -> None:
     noise = rig.sim.make_media(account="acme", message_type="video", size=300_000)
-    rig.send(noise)
+    rig.send(rig.acme, noise)
     row = rig.wait_rendered(noise.media_id, "failed")
     assert row.status == "archived" and row.sha256 == noise.sha256 and row.last_error is None
     assert row.render_error and row.renditions is None
@@ -260,7 +238,7 @@ def test_a_file_that_does_not_decode_stays_archived_and_its_render_fails(rig: Ri
     assert doc["renditions"] == [] and doc["width"] is None and doc["status"] == "archived"
 
 
-def test_renditions_off_then_backfilled_by_media_render_missing(rig: Rig) -> None:
+def test_renditions_off_then_backfilled_by_media_render_missing(rig: Renders) -> None:
     # A tenant of its own, off before any worker has read it (workers cache a tenant ~10 s).
     globex = add_tenant(rig.database_url, sim=rig.sim, s3_endpoint=rig.s3_endpoint, name="globex")
     rig.cli("tenants", "update", "globex", "--no-renditions", "--no-check")
@@ -270,7 +248,7 @@ def test_renditions_off_then_backfilled_by_media_render_missing(rig: Rig) -> Non
         for kind in ("image", "audio")
     ]
     for item in items:
-        rig.send(item, tenant=globex)
+        rig.send(globex, item)
     processes.wait_until(
         lambda: all(rig.row(i.media_id).status == "archived" for i in items),
         timeout=60,
@@ -291,14 +269,14 @@ def test_renditions_off_then_backfilled_by_media_render_missing(rig: Rig) -> Non
     assert json.loads(rig.cli("media", "render", "--missing").stdout) == {"asked": 0}
 
 
-def test_an_ask_the_broker_lost_is_asked_again_by_the_sweeper(rig: Rig) -> None:
+def test_an_ask_the_broker_lost_is_asked_again_by_the_sweeper(rig: Renders) -> None:
     from archiver.scheduling.sweep import reask_renders
     from archiver.tables import utcnow
 
     rig.procs[-1].stop()  # the render worker, so the ask waits in the queue
     rig.procs.pop()
     item = _sample(rig, "image")
-    rig.send(item)
+    rig.send(rig.acme, item)
     processes.wait_until(
         lambda: rig.row(item.media_id).render_state == "pending", timeout=60, what="pending"
     )
@@ -336,21 +314,22 @@ def test_an_ask_the_broker_lost_is_asked_again_by_the_sweeper(rig: Rig) -> None:
     rig.wait_rendered(item.media_id)
 
 
-def test_erasure_deletes_the_renditions_with_the_original(rig: Rig) -> None:
+def test_erasure_deletes_the_renditions_with_the_original(rig: Renders) -> None:
     item = _sample(rig, "audio")
-    rig.send(item)
+    rig.send(rig.acme, item)
     row = rig.wait_rendered(item.media_id)
+    assert row.object_key is not None
     keys = [row.object_key, f"{row.object_key}.m4a"]
     for key in keys:
-        rig.s3.head_object(Bucket=rig.tenant.bucket, Key=key)
+        rig.s3.head_object(Bucket=rig.acme.bucket, Key=key)
     erased = rig.cli("media", "erase", "--tenant", "acme", "--id", item.media_id, "--yes")
     assert json.loads(erased.stdout)["rows"] == 1
     assert json.loads(erased.stdout)["objects"] == 2  # the original and its m4a
-    listing = rig.s3.list_objects_v2(Bucket=rig.tenant.bucket, Prefix=row.object_key)
+    listing = rig.s3.list_objects_v2(Bucket=rig.acme.bucket, Prefix=row.object_key)
     assert listing.get("KeyCount", 0) == 0, listing.get("Contents")
 
 
-def test_media_titan_persisted_into_the_tenants_bucket_gets_renditions_too(rig: Rig) -> None:
+def test_media_titan_persisted_into_the_tenants_bucket_gets_renditions_too(rig: Renders) -> None:
     initech = add_tenant(
         rig.database_url,
         sim=rig.sim,
@@ -367,7 +346,7 @@ def test_media_titan_persisted_into_the_tenants_bucket_gets_renditions_too(rig: 
     }
     rig.sim.add_account(api_key=initech.titan_api_key, account="initech", s3=target)
     item = rig.sim.make_media(account="initech", message_type="video", size=0, sample=True)
-    rig.send(item, tenant=initech)
+    rig.send(initech, item)
     row = rig.wait_rendered(item.media_id)
     assert row.persisted and row.object_key is None and row.s3_url
     assert (row.width, row.height, row.duration_seconds) == (320, 240, 3.0)
@@ -376,12 +355,12 @@ def test_media_titan_persisted_into_the_tenants_bucket_gets_renditions_too(rig: 
     assert Image.open(io.BytesIO(thumb)).size == (320, 240)
 
 
-def test_an_object_gone_from_the_bucket_fails_its_render_once(rig: Rig) -> None:
+def test_an_object_gone_from_the_bucket_fails_its_render_once(rig: Renders) -> None:
     item = _sample(rig, "image")
-    rig.send(item)
+    rig.send(rig.acme, item)
     row = rig.wait_rendered(item.media_id)
     assert row.object_key is not None
-    rig.s3.delete_object(Bucket=rig.tenant.bucket, Key=row.object_key)
+    rig.s3.delete_object(Bucket=rig.acme.bucket, Key=row.object_key)
     rig.update_row(row.pk, render_state=None)  # as a row archived before renditions existed
     rig.cli("media", "render", "--missing", "--tenant", "acme")
     failed = rig.wait_rendered(item.media_id, "failed")
@@ -389,9 +368,9 @@ def test_an_object_gone_from_the_bucket_fails_its_render_once(rig: Rig) -> None:
     assert failed.status == "archived"  # reconcile's business, not the renderer's
 
 
-def test_an_ask_whose_renders_never_finish_is_given_up(rig: Rig) -> None:
+def test_an_ask_whose_renders_never_finish_is_given_up(rig: Renders) -> None:
     item = _sample(rig, "image")
-    rig.send(item)
+    rig.send(rig.acme, item)
     row = rig.wait_rendered(item.media_id)
     # Three renders of this ask started and never finished (a decoder that crashes its
     # worker, or hangs past the time limit): the fourth gives up instead of trying.

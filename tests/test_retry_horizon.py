@@ -13,69 +13,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from sqlmodel import select
 
-from archiver.infra.db import make_engine, session_scope
 from archiver.tables import Media
 from devstack import processes
-from devstack.fixtures import TenantSetup, Web, add_tenant, process_env, running_archiver
+from devstack.fixtures import TenantSetup, process_env
+from devstack.rig import RedisDatabases, Rig, running_rig
 from tests.conftest import migrated_database
-from titan_simulator.sender import SentMedia, Simulator, post_signed
+from titan_simulator.sender import SentMedia
 
 HORIZON = 3600.0
 OLD_BUDGET = 3  # ARCHIVER_MAX_ATTEMPTS: once the whole retry budget, now only for crashes
 
 
 @dataclass
-class Stack:
-    database_url: str
-    web: Web
-    sim: Simulator
-    tenant: TenantSetup
-    client: httpx.Client
+class Stack(Rig):
+    horizon: TenantSetup
 
-    def send(self, media: list[SentMedia], *, message_time: float | None = None) -> None:
+    def deliver(self, media: list[SentMedia], *, message_time: float | None = None) -> None:
+        """Send each media's webhook, claiming it was sent at ``message_time``."""
         for item in media:
-            envelope: dict[str, Any] = item.envelope
             if message_time is not None:
-                envelope["payload"]["timestamp"] = int(message_time)
-            url = f"{self.web.receiver_url}/webhooks/{self.tenant.name}"
-            assert post_signed(self.client, url, self.tenant.hmac_key, envelope).status_code == 202
+                item.envelope["payload"]["timestamp"] = int(message_time)
+            self.send(self.horizon, item)
 
-    def rows(self, media: list[SentMedia]) -> dict[str, Media]:
-        ids = {m.media_id for m in media}
-        engine = make_engine(self.database_url)
-        try:
-            with session_scope(engine) as session:
-                found = list(session.exec(select(Media)))
-        finally:
-            engine.dispose()
-        return {row.media_id: row for row in found if row.media_id in ids}
+    def of(self, media: list[SentMedia]) -> dict[str, Media]:
+        rows = self.rows(self.horizon)
+        return {m.media_id: rows[m.media_id] for m in media if m.media_id in rows}
 
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint: str
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, s3_endpoint: str
 ) -> Iterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp("horizon")
-    broker = redis_url.rsplit("/", 1)[0] + "/7"
     with migrated_database("sqlite", tmp, None) as database_url:
         env = process_env(
             database_url,
-            broker,
+            redis_dbs.take(),
             ARCHIVER_RETRY_HORIZON_SECONDS=str(HORIZON),
             ARCHIVER_MAX_ATTEMPTS=str(OLD_BUDGET),
             ARCHIVER_RETRY_BASE_SECONDS="0.2",
             ARCHIVER_RETRY_MAX_SECONDS="1",
         )
-        with (
-            running_archiver("horizon", env, tmp) as (web, sim),
-            httpx.Client(timeout=30) as client,
-        ):
-            tenant = add_tenant(database_url, sim=sim, s3_endpoint=s3_endpoint, name="horizon")
-            yield Stack(database_url, web, sim, tenant, client)
+        with running_rig(
+            "horizon", database_url=database_url, s3_endpoint=s3_endpoint, env=env, tmp=tmp
+        ) as rig:
+            yield Stack(**vars(rig), horizon=rig.tenant("horizon"))
 
 
 def _wait(condition: Any, timeout: float, what: str) -> None:
@@ -88,25 +72,25 @@ def test_a_long_titan_outage_fails_no_row_and_all_archive_when_it_ends(stack: St
     ]
     stack.sim.set_faults(unavailable=1_000_000)  # every media call answers 503
     try:
-        stack.send(media)
+        stack.deliver(media)
         # Many times the old budget of attempts, every one answered 503: still waiting.
         _wait(
-            lambda: all(r.attempts >= 4 * OLD_BUDGET for r in stack.rows(media).values()),
+            lambda: all(r.attempts >= 4 * OLD_BUDGET for r in stack.of(media).values()),
             timeout=120,
             what="attempts well past the old budget",
         )
-        rows = stack.rows(media)
+        rows = stack.of(media)
         assert {r.status for r in rows.values()} <= {"retrying", "archiving", "queued"}
         assert all("503" in (r.last_error or "") for r in rows.values())
     finally:
         stack.sim.set_faults()
     _wait(
-        lambda: all(r.status == "archived" for r in stack.rows(media).values()),
+        lambda: all(r.status == "archived" for r in stack.of(media).values()),
         timeout=60,
         what="archived after the outage",
     )
     for item in media:
-        assert stack.rows(media)[item.media_id].sha256 == item.sha256
+        assert stack.of(media)[item.media_id].sha256 == item.sha256
 
 
 def test_a_row_whose_horizon_passes_while_titan_is_down_fails_saying_so(stack: Stack) -> None:
@@ -115,22 +99,22 @@ def test_a_row_whose_horizon_passes_while_titan_is_down_fails_saying_so(stack: S
     stack.sim.set_faults(unavailable=1_000_000)
     try:
         # Sent 4 s before its horizon ends; the other just now, with an hour to go.
-        stack.send(expiring, message_time=time.time() - HORIZON + 4)
-        stack.send(fresh)
+        stack.deliver(expiring, message_time=time.time() - HORIZON + 4)
+        stack.deliver(fresh)
         _wait(
-            lambda: all(r.status == "failed" for r in stack.rows(expiring).values()),
+            lambda: all(r.status == "failed" for r in stack.of(expiring).values()),
             timeout=60,
             what="the expiring row to fail",
         )
-        (row,) = stack.rows(expiring).values()
+        (row,) = stack.of(expiring).values()
         assert row.last_error is not None
         assert row.last_error.startswith("expired before it could be archived")
         assert "503" in row.last_error
-        assert all(r.status != "failed" for r in stack.rows(fresh).values())
+        assert all(r.status != "failed" for r in stack.of(fresh).values())
     finally:
         stack.sim.set_faults()
     _wait(
-        lambda: all(r.status == "archived" for r in stack.rows(fresh).values()),
+        lambda: all(r.status == "archived" for r in stack.of(fresh).values()),
         timeout=60,
         what="the fresh row to archive",
     )

@@ -22,6 +22,7 @@ from archiver.tables import Media
 from devstack import processes, services
 from devstack.fixtures import add_tenant, process_env, scrape, settings_for, total
 from devstack.processes import Process
+from devstack.rig import RedisDatabases
 from devstack.tcp_proxy import TcpProxy
 from tests.conftest import migrated_database
 from titan_simulator.sender import SentMedia, Simulator, post_signed
@@ -32,9 +33,9 @@ TOKEN = "scrape-token-" + "x" * 16
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
-def broker_url(request: pytest.FixtureRequest, redis_url: str) -> Iterator[str]:
+def broker_url(request: pytest.FixtureRequest, redis_dbs: RedisDatabases) -> Iterator[str]:
     if request.param == "redis":
-        yield redis_url.rsplit("/", 1)[0] + "/5"
+        yield redis_dbs.take()
         return
     if not processes.port_open("127.0.0.1", 5672):
         pytest.skip("no RabbitMQ listening on 127.0.0.1:5672")

@@ -15,56 +15,32 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from sqlmodel import select
 
 from archiver.infra.db import make_engine, session_scope
 from archiver.scheduling import pauses
-from archiver.tables import Media, Tenant
+from archiver.tables import Media
 from devstack import processes, services
 from devstack.fixtures import (
     TenantSetup,
-    Web,
     add_tenant,
     process_env,
-    running_archiver,
     scrape,
 )
+from devstack.rig import RedisDatabases, Rig, running_rig
 from tests.conftest import migrated_database
 from tests.test_cli import run
-from titan_simulator.sender import SentMedia, Simulator, post_signed
+from titan_simulator.sender import SentMedia, post_signed
 
 
 @dataclass
-class Stack:
-    database_url: str
-    s3_endpoint: str
-    web: Web
-    sim: Simulator
-    env: dict[str, str]
-    client: httpx.Client
-
-    def tenant(self, name: str) -> TenantSetup:
-        return add_tenant(self.database_url, sim=self.sim, s3_endpoint=self.s3_endpoint, name=name)
-
-    def send(self, tenant: TenantSetup, count: int) -> list[SentMedia]:
-        media = [
-            self.sim.make_media(account=tenant.name, message_type="image", size=20_000)
-            for _ in range(count)
-        ]
-        url = f"{self.web.receiver_url}/webhooks/{tenant.name}"
-        for item in media:
-            answer = post_signed(self.client, url, tenant.hmac_key, item.envelope)
-            assert answer.status_code == 202
+class Stack(Rig):
+    def send_images(self, tenant: TenantSetup, count: int) -> list[SentMedia]:
+        media = [self.media(tenant, "image", size=20_000) for _ in range(count)]
+        self.send(tenant, *media)
         return media
 
-    def rows(self, tenant: TenantSetup) -> list[Media]:
-        engine = make_engine(self.database_url)
-        try:
-            with session_scope(engine) as session:
-                owner = session.exec(select(Tenant).where(Tenant.name == tenant.name)).one()
-                return list(session.exec(select(Media).where(Media.tenant_id == owner.id)))
-        finally:
-            engine.dispose()
+    def row_list(self, tenant: TenantSetup) -> list[Media]:
+        return list(self.rows(tenant).values())
 
     def paused(self, name: str, *, cli: bool = False) -> dict[str, Any] | None:
         """The tenant's pause as ``status --json`` shows it (``cli``), else as the database
@@ -81,24 +57,18 @@ class Stack:
             engine.dispose()
         return {"tenant": name, "reason": held[0].reason, "auto": held[0].auto} if held else None
 
-    def cli(
-        self, *args: str, env: dict[str, str] | None = None, codes: tuple[int, ...] = (0,)
-    ) -> Any:
-        result = run(self.database_url, *args, check=False, env={**self.env, **(env or {})})
-        assert result.returncode in codes, result.stderr
-        return result
-
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_endpoint: str
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDatabases, s3_endpoint: str
 ) -> Iterator[Stack]:
     tmp: Path = tmp_path_factory.mktemp("pause")
-    broker = redis_url.rsplit("/", 1)[0] + "/8"
     with migrated_database("sqlite", tmp, None) as database_url:
-        env = process_env(database_url, broker, ARCHIVER_PAUSE_PROBE_SECONDS="1")
-        with running_archiver("pause", env, tmp) as (web, sim), httpx.Client(timeout=30) as client:
-            yield Stack(database_url, s3_endpoint, web, sim, env, client)
+        env = process_env(database_url, redis_dbs.take(), ARCHIVER_PAUSE_PROBE_SECONDS="1")
+        with running_rig(
+            "pause", database_url=database_url, s3_endpoint=s3_endpoint, env=env, tmp=tmp
+        ) as rig:
+            yield Stack(**vars(rig))
 
 
 # A resumed tenant's waiting rows are published at the dispatcher's next round (0.5 s here)
@@ -130,16 +100,16 @@ def test_a_titan_key_refused_pauses_its_tenant_alone_until_it_is_updated(stack: 
         "--no-check",
         env={"KEY": revoked},
     )
-    a_media, b_media = stack.send(a, 3), stack.send(b, 2)
+    a_media, b_media = stack.send_images(a, 3), stack.send_images(b, 2)
     _wait(lambda: stack.paused(a.name) is not None, "tenant A paused")
-    _wait(lambda: all(r.status == "archived" for r in stack.rows(b)), "tenant B archived")
+    _wait(lambda: all(r.status == "archived" for r in stack.row_list(b)), "tenant B archived")
     paused = stack.paused(a.name, cli=True)
     assert paused is not None and "401" in paused["reason"] and paused["auto"] is True
     assert stack.paused(b.name) is None
     # A's rows keep their place: none failed, no attempt spent.
-    _wait(lambda: _waiting_untouched(stack.rows(a)), "A's rows handed back")
-    assert len(stack.rows(a)) == len(a_media) and len(stack.rows(b)) == len(b_media)
-    metrics = scrape(f"{stack.web.receiver_url}/metrics")
+    _wait(lambda: _waiting_untouched(stack.row_list(a)), "A's rows handed back")
+    assert len(stack.row_list(a)) == len(a_media) and len(stack.row_list(b)) == len(b_media)
+    metrics = scrape(f"{stack.receiver_url}/metrics")
     assert metrics[("archiver_tenant_paused", (("reason", "titan"), ("tenant", a.name)))] == 1
     trail = stack.cli("audit", "list", "--tenant", a.name, "--format", "jsonl").stdout
     paused_by = [json.loads(line) for line in trail.splitlines()]
@@ -152,28 +122,30 @@ def test_a_titan_key_refused_pauses_its_tenant_alone_until_it_is_updated(stack: 
     )
     assert stack.paused(a.name) is None
     _wait(
-        lambda: all(r.status == "archived" for r in stack.rows(a)),
+        lambda: all(r.status == "archived" for r in stack.row_list(a)),
         "A archived after update",
         timeout=RESUMED,
     )
-    assert {r.media_id: r.sha256 for r in stack.rows(a)} == {m.media_id: m.sha256 for m in a_media}
+    assert {r.media_id: r.sha256 for r in stack.row_list(a)} == {
+        m.media_id: m.sha256 for m in a_media
+    }
 
 
 def test_a_bucket_refused_pauses_its_tenant_until_new_settings_are_given(stack: Stack) -> None:
     a = stack.tenant("pause-s3-" + secrets.token_hex(2))
     stack.cli("tenants", "update", a.name, "--s3-bucket", "gone-" + a.bucket, "--no-check")
-    media = stack.send(a, 2)
+    media = stack.send_images(a, 2)
     _wait(lambda: stack.paused(a.name) is not None, "tenant paused by its bucket")
     paused = stack.paused(a.name, cli=True)
     assert paused is not None and "NoSuchBucket" in paused["reason"]
-    _wait(lambda: _waiting_untouched(stack.rows(a)), "rows handed back")
+    _wait(lambda: _waiting_untouched(stack.row_list(a)), "rows handed back")
     stack.cli("tenants", "update", a.name, "--s3-bucket", a.bucket)
     _wait(
-        lambda: all(r.status == "archived" for r in stack.rows(a)),
+        lambda: all(r.status == "archived" for r in stack.row_list(a)),
         "archived after update",
         timeout=RESUMED,
     )
-    assert len(stack.rows(a)) == len(media)
+    assert len(stack.row_list(a)) == len(media)
 
 
 def test_a_tenant_paused_by_a_worker_resumes_on_its_own_once_its_bucket_works(
@@ -182,12 +154,12 @@ def test_a_tenant_paused_by_a_worker_resumes_on_its_own_once_its_bucket_works(
     a = stack.tenant("pause-probe-" + secrets.token_hex(2))
     later = "later-" + a.bucket
     stack.cli("tenants", "update", a.name, "--s3-bucket", later, "--no-check")
-    stack.send(a, 2)
+    stack.send_images(a, 2)
     _wait(lambda: stack.paused(a.name) is not None, "tenant paused by its bucket")
     services.s3_client(stack.s3_endpoint).create_bucket(Bucket=later)
     _wait(lambda: stack.paused(a.name) is None, "the probe resumed it")
     _wait(
-        lambda: all(r.status == "archived" for r in stack.rows(a)),
+        lambda: all(r.status == "archived" for r in stack.row_list(a)),
         "archived after resume",
         timeout=RESUMED,
     )
@@ -196,8 +168,8 @@ def test_a_tenant_paused_by_a_worker_resumes_on_its_own_once_its_bucket_works(
 def test_an_operator_pause_holds_until_resume(stack: Stack) -> None:
     a = stack.tenant("held-" + secrets.token_hex(2))
     stack.cli("tenants", "pause", a.name, "--reason", "migrating the bucket")
-    stack.send(a, 2)
-    _wait(lambda: _waiting_untouched(stack.rows(a)), "rows held")
+    stack.send_images(a, 2)
+    _wait(lambda: _waiting_untouched(stack.row_list(a)), "rows held")
     paused = stack.paused(a.name, cli=True)
     assert paused is not None and paused["reason"] == "migrating the bucket"
     assert paused["auto"] is False
@@ -206,14 +178,14 @@ def test_an_operator_pause_holds_until_resume(stack: Stack) -> None:
     assert stack.paused(a.name) is not None
     stack.cli("tenants", "resume", a.name)
     _wait(
-        lambda: all(r.status == "archived" for r in stack.rows(a)),
+        lambda: all(r.status == "archived" for r in stack.row_list(a)),
         "archived after resume",
         timeout=RESUMED,
     )
 
 
 def _session_event(stack: Stack, tenant: TenantSetup, event: dict[str, Any]) -> dict[str, Any]:
-    url = f"{stack.web.receiver_url}/webhooks/{tenant.name}"
+    url = f"{stack.receiver_url}/webhooks/{tenant.name}"
     answer = post_signed(stack.client, url, tenant.hmac_key, event)
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
@@ -231,7 +203,7 @@ def test_a_logged_out_session_holds_its_media_until_titan_reports_it_connected(
         "payload": {"status": "DISCONNECTED", "statusReason": "LOGGED_OUT"},
     }
     assert _session_event(stack, a, logged_out) == {"status": "paused", "session": "support"}
-    url = f"{stack.web.receiver_url}/webhooks/{a.name}"
+    url = f"{stack.receiver_url}/webhooks/{a.name}"
     held: list[str] = []
     other: list[str] = []
     for session, into in (("support", held), ("support", held), ("sales", other)):
@@ -242,7 +214,7 @@ def test_a_logged_out_session_holds_its_media_until_titan_reports_it_connected(
         into.append(item.media_id)
     # The other session goes on; the logged-out one's rows wait, untouched and not failed.
     _wait(
-        lambda: all(r.status == "archived" for r in stack.rows(a) if r.media_id in other),
+        lambda: all(r.status == "archived" for r in stack.row_list(a) if r.media_id in other),
         "the connected session archived",
     )
     # status exits 3 while a session is paused: a script or monitor sees it.
@@ -251,10 +223,10 @@ def test_a_logged_out_session_holds_its_media_until_titan_reports_it_connected(
     assert [(p["session"], p["reason"]) for p in found] == [
         ("support", "logged out (session.status LOGGED_OUT)")
     ]
-    metrics = scrape(f"{stack.web.receiver_url}/metrics")
+    metrics = scrape(f"{stack.receiver_url}/metrics")
     assert metrics[("archiver_session_paused", (("session", "support"), ("tenant", a.name)))] == 1
     _wait(
-        lambda: _waiting_untouched([r for r in stack.rows(a) if r.media_id in held]),
+        lambda: _waiting_untouched([r for r in stack.row_list(a) if r.media_id in held]),
         "the logged-out session's rows held",
     )
     assert stack.paused(a.name) is None  # the tenant itself is not paused
@@ -262,11 +234,11 @@ def test_a_logged_out_session_holds_its_media_until_titan_reports_it_connected(
     connected = {**logged_out, "payload": {"status": "CONNECTED"}}
     assert _session_event(stack, a, connected) == {"status": "resumed", "session": "support"}
     _wait(
-        lambda: all(r.status == "archived" for r in stack.rows(a)),
+        lambda: all(r.status == "archived" for r in stack.row_list(a)),
         "archived after reconnect",
         timeout=RESUMED,
     )
-    assert all(r.attempts == 1 for r in stack.rows(a)), "the wait spent attempts"
+    assert all(r.attempts == 1 for r in stack.row_list(a)), "the wait spent attempts"
     status = json.loads(stack.cli("status", "--json", codes=(0, 3)).stdout)
     assert [p for p in status["pausedSessions"] if p["tenant"] == a.name] == []
 
@@ -324,11 +296,11 @@ def test_s3_access_denied_pauses_its_tenant_until_new_credentials_are_given(
         "--no-check",
         env={"S3_SECRET": reader_secret},
     )
-    media = stack.send(a, 2)
+    media = stack.send_images(a, 2)
     _wait(lambda: stack.paused(a.name) is not None, "tenant paused by AccessDenied")
     paused = stack.paused(a.name, cli=True)
     assert paused is not None and "AccessDenied" in paused["reason"], paused
-    _wait(lambda: _waiting_untouched(stack.rows(a)), "rows handed back, none failed")
+    _wait(lambda: _waiting_untouched(stack.row_list(a)), "rows handed back, none failed")
 
     # Credentials without write rights are refused by the check that update runs.
     refused = run(
@@ -356,9 +328,11 @@ def test_s3_access_denied_pauses_its_tenant_until_new_credentials_are_given(
     )
     assert stack.paused(a.name) is None
     _wait(
-        lambda: all(r.status == "archived" for r in stack.rows(a)),
+        lambda: all(r.status == "archived" for r in stack.row_list(a)),
         "archived after update",
         timeout=RESUMED,
     )
-    assert {r.media_id: r.sha256 for r in stack.rows(a)} == {m.media_id: m.sha256 for m in media}
-    assert all(r.attempts == 1 for r in stack.rows(a))
+    assert {r.media_id: r.sha256 for r in stack.row_list(a)} == {
+        m.media_id: m.sha256 for m in media
+    }
+    assert all(r.attempts == 1 for r in stack.row_list(a))

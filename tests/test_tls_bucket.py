@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from devstack import ceph, processes
 from devstack.fixtures import process_env, running_archiver
+from devstack.rig import RedisDatabases
 from tests.conftest import migrated_database
 from tests.test_cli import run
 from titan_simulator.sender import post_signed
@@ -113,7 +114,7 @@ def _https_moto(cert: Path, key: Path) -> Iterator[str]:
 
 @pytest.mark.parametrize("server", ["moto", pytest.param("rgw", marks=pytest.mark.rgw)])
 def test_a_tenant_bucket_behind_a_private_ca_is_checked_and_archived_over_https(
-    tmp_path: Path, redis_url: str, server: str
+    tmp_path: Path, redis_dbs: RedisDatabases, server: str
 ) -> None:
     ca, cert, key = _certificates(tmp_path)
     if server == "rgw":
@@ -133,7 +134,7 @@ def test_a_tenant_bucket_behind_a_private_ca_is_checked_and_archived_over_https(
             config=Config(s3={"addressing_style": "path"}),
         )
         s3.create_bucket(Bucket="tls-bucket")
-        broker = redis_url.rsplit("/", 1)[0] + "/10"
+        broker = redis_dbs.take()
         with migrated_database("sqlite", tmp_path, None) as database_url:
             env = process_env(database_url, broker)
             with running_archiver("tls", env, tmp_path) as (web, sim):

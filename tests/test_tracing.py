@@ -27,6 +27,7 @@ from devstack.fixtures import (
     settings_for,
 )
 from devstack.otlp import OtlpCollector, ReceivedSpan
+from devstack.rig import RedisDatabases
 from receiver.envelope import media_item
 from receiver.publisher import Publisher, task_message
 from tests.conftest import migrated_database
@@ -93,12 +94,12 @@ def _record(database_url: str, tenant_name: str, media: list[SentMedia]) -> list
 
 
 def test_one_trace_per_media_from_the_webhook_to_the_bucket(
-    tmp_path: Path, redis_url: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, redis_dbs: RedisDatabases, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     collector = OtlpCollector()
     try:
         with migrated_database("sqlite", tmp_path, None) as database_url:
-            broker = redis_url.rsplit("/", 1)[0] + "/13"
+            broker = redis_dbs.take()
             env = process_env(
                 database_url,
                 broker,

@@ -173,6 +173,15 @@ def create_app(world: World | None = None) -> Starlette:
 
     # -- webhooks API ----------------------------------------------------------------------
 
+    async def webhook_body(request: Request, *, partial: bool) -> dict[str, Any] | Response:
+        """A create (or, ``partial``, an update) body, or the 400 that refuses it."""
+        try:
+            doc = await request.json()
+        except ValueError:
+            return _error(400, "Body must be JSON")
+        problem = webhooks.validate(doc, partial=partial)
+        return _error(400, problem) if problem else dict(doc)
+
     def owned(account: str, webhook_id: str) -> webhooks.WebhookRecord | Response:
         record = world.webhooks.get(webhook_id)
         if record is None or record.account != account:
@@ -186,13 +195,9 @@ def create_app(world: World | None = None) -> Starlette:
         if request.method == "GET":
             mine = [w.public() for w in world.webhooks.values() if w.account == account]
             return JSONResponse({"data": mine}, headers=common_headers())
-        try:
-            doc = await request.json()
-        except ValueError:
-            return _error(400, "Body must be JSON")
-        problem = webhooks.validate(doc, partial=False)
-        if problem:
-            return _error(400, problem)
+        doc = await webhook_body(request, partial=False)
+        if isinstance(doc, Response):
+            return doc
         record = webhooks.create(account, doc)
         world.webhooks[record.id] = record
         count("webhook_create")
@@ -210,13 +215,9 @@ def create_app(world: World | None = None) -> Starlette:
             return JSONResponse({"data": {"id": found.id, "deleted": True}})
         if request.method == "GET":
             return JSONResponse({"data": found.public()}, headers=common_headers())
-        try:
-            doc = await request.json()
-        except ValueError:
-            return _error(400, "Body must be JSON")
-        problem = webhooks.validate(doc, partial=True)
-        if problem:
-            return _error(400, problem)
+        doc = await webhook_body(request, partial=True)
+        if isinstance(doc, Response):
+            return doc
         webhooks.update(found, doc)
         count("webhook_update")
         return JSONResponse({"data": found.public()}, headers=common_headers())

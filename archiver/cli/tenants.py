@@ -63,6 +63,15 @@ def _check(spec: TenantSpec, settings: Settings) -> None:
         )
 
 
+_previous_valid_for = click.option(
+    "--previous-valid-for",
+    default=24.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Hours the tenant's current webhook key keeps verifying (0: stop at once).",
+)
+
+
 @tenants.command("add")
 @click.argument("name")
 @secret_option("--hmac-key", help="The Titan webhook's signing key (hmacKey).")
@@ -337,13 +346,7 @@ def tenants_check(name: str) -> None:
     help="Where Titan reaches this archiver (https://...); the webhook is {URL}/webhooks/NAME.",
 )
 @click.option("--session", "session_name", default=None, help="Only this Titan session's events.")
-@click.option(
-    "--previous-valid-for",
-    default=24.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Hours the tenant's current webhook key keeps verifying.",
-)
+@_previous_valid_for
 @friendly
 def tenants_connect(
     name: str, public_url: str, session_name: str | None, previous_valid_for: float
@@ -463,13 +466,7 @@ def tenants_show(name: str) -> None:
 @tenants.command("rotate-hmac-key")
 @click.argument("name")
 @secret_option("--hmac-key", help="The webhook's new signing key.")
-@click.option(
-    "--previous-valid-for",
-    default=24.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Hours the current key keeps verifying (0: stop at once).",
-)
+@_previous_valid_for
 @friendly
 def tenants_rotate_hmac_key(name: str, previous_valid_for: float, **options: Any) -> None:
     """Switch the tenant to a new webhook key; signatures by the old one verify until it expires.
