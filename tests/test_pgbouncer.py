@@ -120,5 +120,5 @@ def test_the_whole_path_works_through_pgbouncer_in_transaction_mode(
             rows = [json.loads(line) for line in listed.stdout.splitlines()]
             assert {r["id"] for r in rows} == {i.media_id for i in items}
             assert {r["sha256"] for r in rows} == {i.sha256 for i in items}
-            status = json.loads(run(pooled, "status", "--json").stdout)
+            status = json.loads(run(pooled, "status", "--json", env=env).stdout)
             assert status["rows"]["archived"] == len(items)
