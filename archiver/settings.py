@@ -73,6 +73,10 @@ class Settings(BaseSettings):
 
     # Worker
     part_size: int = Field(default=8 * MiB, ge=5 * MiB, le=512 * MiB)
+    # The checksum every upload carries for the bucket to verify: sha256 (S3's
+    # x-amz-checksum-sha256), or md5 (Content-MD5) for servers that verify only that, as
+    # Ceph's RADOS Gateway (it stores a wrong SHA-256 checksum without a word).
+    s3_checksum: Literal["sha256", "md5"] = "sha256"
     # Parts of one file uploading at once: a far bucket costs a round trip per this many
     # parts; memory per transfer is about (this + 1) * part_size.
     upload_parts_in_flight: int = Field(default=4, ge=1, le=16)

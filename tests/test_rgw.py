@@ -4,6 +4,7 @@ reconcile reads back (size, SHA-256 metadata, ETag from a HEAD)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 
@@ -73,3 +74,30 @@ def test_leftover_uploads_are_found_and_aborted(rgw_endpoint: str) -> None:
         s3.list_parts(Bucket="rgw-leftovers", Key="dead/attempt", UploadId=gone)
     # AWS says NoSuchUpload; the gateway says NoSuchKey. Nothing here reads parts back.
     assert refused.value.response["Error"]["Code"] in {"NoSuchKey", "NoSuchUpload"}
+
+
+def test_the_gateway_verifies_content_md5_so_md5_mode_is_checked_there(rgw_endpoint: str) -> None:
+    """RGW stores a wrong x-amz-checksum-sha256 without a word, but refuses a wrong
+    Content-MD5: ARCHIVER_S3_CHECKSUM=md5 is how a part damaged on its way is refused there."""
+    s3 = s3_client(rgw_endpoint)
+    s3.create_bucket(Bucket="rgw-checksums")
+    body = os.urandom(4096)
+    wrong_sha = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+    s3.put_object(Bucket="rgw-checksums", Key="sha", Body=body, ChecksumSHA256=wrong_sha)
+    wrong_md5 = base64.b64encode(hashlib.md5(b"other", usedforsecurity=False).digest()).decode()
+    with pytest.raises(ClientError) as refused:
+        s3.put_object(Bucket="rgw-checksums", Key="md5", Body=body, ContentMD5=wrong_md5)
+    assert refused.value.response["Error"]["Code"] in {"BadDigest", "InvalidDigest"}
+    data = os.urandom(PART + 1000)
+    stored = put_stream(
+        s3,
+        bucket="rgw-checksums",
+        key="media/checked.bin",
+        chunks=[data[i : i + 65536] for i in range(0, len(data), 65536)],
+        content_type="application/octet-stream",
+        part_size=PART,
+        checksum="md5",
+        expected_sizes=[len(data)],
+    )
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert s3.get_object(Bucket="rgw-checksums", Key="media/checked.bin")["Body"].read() == data

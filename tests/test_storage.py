@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
@@ -205,3 +206,86 @@ def test_a_missing_bucket_is_the_tenants_problem_not_the_files(s3: Any) -> None:
             content_type="text/plain",
             part_size=5 * MiB,
         )
+
+
+class Recorder:
+    """Wraps the client to keep every request that carries bytes: its body and checksum."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sent: list[tuple[int, bytes, dict[str, str]]] = []  # (part number, body, fields)
+        self.completed: list[dict[str, Any]] = []
+
+    def _keep(self, kw: dict[str, Any]) -> None:
+        fields = {k: v for k, v in kw.items() if k in ("ChecksumSHA256", "ContentMD5")}
+        self.sent.append((kw.get("PartNumber", 0), bytes(kw["Body"]), fields))
+
+    def put_object(self, **kw: Any) -> Any:
+        self._keep(kw)
+        return self.inner.put_object(**kw)
+
+    def upload_part(self, **kw: Any) -> Any:
+        self._keep(kw)
+        return self.inner.upload_part(**kw)
+
+    def complete_multipart_upload(self, **kw: Any) -> Any:
+        self.completed.append(kw)
+        return self.inner.complete_multipart_upload(**kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+@pytest.mark.parametrize("size", [300_000, 11 * MiB + 7])
+def test_every_request_carrying_bytes_carries_their_sha256_checksum(
+    s3: Any, bucket: str, size: int
+) -> None:
+    """A locked bucket on AWS refuses uploads without a checksum, and a part damaged on the
+    way must be refused, not stored: every put and every part says its SHA-256."""
+    data = os.urandom(size)
+    spy = Recorder(s3)
+    stored = put_stream(
+        cast("S3Client", spy),
+        bucket=bucket,
+        key="checked/file.bin",
+        chunks=pieces(data),
+        content_type="application/octet-stream",
+        part_size=5 * MiB,
+        parts_in_flight=2,
+        expected_sizes=[size],
+    )
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert spy.sent and b"".join(body for _, body, _ in sorted(spy.sent)) == data
+    for _, body, fields in spy.sent:
+        assert fields == {"ChecksumSHA256": _b64(hashlib.sha256(body).digest())}
+    if size > 5 * MiB:  # the completion names each part's checksum, as S3 requires
+        parts = spy.completed[0]["MultipartUpload"]["Parts"]
+        assert all(p["ChecksumSHA256"] for p in parts) and len(parts) == 3
+        # The bucket kept the parts' checksums: its object checksum is S3's checksum of them
+        # (AWS appends "-3", the part count; moto does not).
+        bodies = [body for _, body, _ in sorted(spy.sent)]
+        composite = _b64(
+            hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in bodies)).digest()
+        )
+        head = s3.head_object(Bucket=bucket, Key="checked/file.bin", ChecksumMode="ENABLED")
+        assert head["ChecksumSHA256"].split("-")[0] == composite
+
+
+def test_md5_mode_sends_content_md5_instead(s3: Any, bucket: str) -> None:
+    data = os.urandom(6 * MiB)
+    spy = Recorder(s3)
+    put_stream(
+        cast("S3Client", spy),
+        bucket=bucket,
+        key="checked/md5.bin",
+        chunks=pieces(data),
+        content_type="application/octet-stream",
+        part_size=5 * MiB,
+        checksum="md5",
+    )
+    for _, body, fields in spy.sent:
+        assert fields == {"ContentMD5": _b64(hashlib.md5(body, usedforsecurity=False).digest())}

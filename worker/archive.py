@@ -453,6 +453,7 @@ def _download(
                     expected_sizes=expected,
                     on_part=keep_lease,
                     on_upload_started=remember_upload,
+                    checksum=settings.s3_checksum,
                 )
                 if upload is not None:
                     upload.set_attribute("archiver.bytes", stored.size)

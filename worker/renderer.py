@@ -8,6 +8,7 @@ bucket that fails leaves the row pending for the sweeper to ask again.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
@@ -102,7 +103,8 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
             return _bucket_failed(res, row, tenant.name, exc)
         try:
             kept = [
-                _put(s3, row, bucket, key, kind, path) for kind, path in sorted(made.files.items())
+                _put(s3, row, bucket, key, kind, path, checksum=res.settings.s3_checksum)
+                for kind, path in sorted(made.files.items())
             ]
         except (ClientError, BotoCoreError, OSError) as exc:
             return _bucket_failed(res, row, tenant.name, exc)
@@ -183,12 +185,28 @@ def _bucket_failed(res: WorkerResources, row: Media, tenant: str, exc: Exception
     return Rendered("retrying", str(exc)[:MAX_ERROR_LEN])
 
 
-def _put(s3: S3Client, row: Media, bucket: str, original: str, kind: str, path: Path) -> Rendition:
-    digest = hashlib.sha256()
+def _put(
+    s3: S3Client,
+    row: Media,
+    bucket: str,
+    original: str,
+    kind: str,
+    path: Path,
+    *,
+    checksum: str,
+) -> Rendition:
+    """Put one rendition file beside its original, with a checksum the bucket verifies."""
+    digest, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with path.open("rb") as source:
         for chunk in iter(lambda: source.read(1024 * 1024), b""):
             digest.update(chunk)
+            md5.update(chunk)
     sha256 = digest.hexdigest()
+    verified = (
+        {"ContentMD5": base64.b64encode(md5.digest()).decode()}
+        if checksum == "md5"
+        else {"ChecksumSHA256": base64.b64encode(digest.digest()).decode()}
+    )
     key = renditions.key_for(original, kind)
     mime_type = renditions.MIME_TYPES[kind]
     with path.open("rb") as body:
@@ -198,6 +216,7 @@ def _put(s3: S3Client, row: Media, bucket: str, original: str, kind: str, path: 
             Body=body,
             ContentType=mime_type,
             Metadata={"sha256": sha256, "rendition-of": row.media_id[:512]},
+            **verified,  # type: ignore[arg-type]
         )
     return Rendition(kind, mime_type, key, path.stat().st_size, sha256)
 

@@ -6,6 +6,7 @@ upload of equal-sized parts (R2 requires that), aborted if anything goes wrong.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,16 @@ class SizeMismatch(TransientError):
     """The streamed byte count differs from what Titan announced (a truncated or wrong body)."""
 
 
+def part_checksum(data: bytes | bytearray, algorithm: str) -> dict[str, str]:
+    """The request fields that make the bucket verify ``data`` on arrival: an S3 SHA-256
+    checksum (``sha256``), or Content-MD5 (``md5``) for servers that check only that (Ceph's
+    RADOS Gateway stores a wrong x-amz-checksum-sha256 without a word)."""
+    if algorithm == "md5":
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        return {"ContentMD5": base64.b64encode(md5).decode()}
+    return {"ChecksumSHA256": base64.b64encode(hashlib.sha256(data).digest()).decode()}
+
+
 def put_stream(
     s3: S3Client,
     *,
@@ -40,6 +51,7 @@ def put_stream(
     expected_sizes: Sequence[int] = (),
     on_part: Callable[[int], None] | None = None,
     on_upload_started: Callable[[str], None] | None = None,
+    checksum: str = "sha256",
 ) -> StoredObject:
     """Upload ``chunks`` to ``bucket/key``; raise before completing if the size is not expected.
 
@@ -51,6 +63,11 @@ def put_stream(
     ``x-amz-meta-sha256``. A multipart object does not (that took a server-side copy of the
     whole object once the hash was known): its ETag is returned instead, and ``reconcile``
     checks that.
+
+    Every request that carries bytes carries a checksum the bucket verifies (``checksum``:
+    sha256 or md5, see ``part_checksum``): a locked bucket on AWS refuses uploads without
+    one, and a part damaged on the way is refused instead of stored. Our own SHA-256 of the
+    whole file stays the record.
     """
     digest = hashlib.sha256()
     buffer = bytearray()  # the part being filled; handed to the upload when full
@@ -69,7 +86,12 @@ def put_stream(
                     break
                 if upload is None:
                     upload = _Multipart(
-                        s3, bucket=bucket, key=key, content_type=content_type, width=parts_in_flight
+                        s3,
+                        bucket=bucket,
+                        key=key,
+                        content_type=content_type,
+                        width=parts_in_flight,
+                        checksum=checksum,
                     )
                     if on_upload_started is not None:
                         on_upload_started(upload.upload_id)
@@ -83,12 +105,18 @@ def put_stream(
         sha256 = digest.hexdigest()
         etag: str | None
         if upload is None:
+            verified = (
+                {"ChecksumSHA256": base64.b64encode(digest.digest()).decode()}
+                if checksum == "sha256"
+                else part_checksum(buffer, checksum)
+            )
             etag = s3.put_object(
                 Bucket=bucket,
                 Key=key,
                 Body=cast("bytes", buffer),  # botocore sends any bytes-like, uncopied
                 ContentType=content_type,
                 Metadata={SHA256_METADATA: sha256},
+                **verified,  # type: ignore[arg-type]
             ).get("ETag")
         else:
             if buffer:
@@ -113,12 +141,25 @@ class _Multipart:
     error is raised by the next ``add`` or by ``complete``."""
 
     def __init__(
-        self, s3: S3Client, *, bucket: str, key: str, content_type: str, width: int
+        self,
+        s3: S3Client,
+        *,
+        bucket: str,
+        key: str,
+        content_type: str,
+        width: int,
+        checksum: str = "sha256",
     ) -> None:
         self.s3, self.bucket, self.key = s3, bucket, key
-        self.upload_id: str = s3.create_multipart_upload(
-            Bucket=bucket, Key=key, ContentType=content_type
-        )["UploadId"]
+        self.checksum = checksum
+        if checksum == "sha256":
+            self.upload_id: str = s3.create_multipart_upload(
+                Bucket=bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
+            )["UploadId"]
+        else:
+            self.upload_id = s3.create_multipart_upload(
+                Bucket=bucket, Key=key, ContentType=content_type
+            )["UploadId"]
         self.width = max(1, width)
         self._pool = ThreadPoolExecutor(self.width) if self.width > 1 else None
         self._in_flight: set[Future[CompletedPartTypeDef]] = set()
@@ -155,14 +196,19 @@ class _Multipart:
         _abort(self.s3, bucket=self.bucket, key=self.key, upload_id=self.upload_id)
 
     def _put(self, number: int, data: bytearray) -> CompletedPartTypeDef:
+        verified = part_checksum(data, self.checksum)
         answer = self.s3.upload_part(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self.upload_id,
             PartNumber=number,
             Body=cast("bytes", data),  # botocore sends any bytes-like, uncopied
+            **verified,  # type: ignore[arg-type]
         )
-        return {"PartNumber": number, "ETag": answer["ETag"]}
+        part: CompletedPartTypeDef = {"PartNumber": number, "ETag": answer["ETag"]}
+        if "ChecksumSHA256" in verified:  # completing a SHA-256 upload names each part's
+            part["ChecksumSHA256"] = verified["ChecksumSHA256"]
+        return part
 
     def _collect(self, when: str) -> None:
         done, _ = wait(self._in_flight, return_when=when)
