@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # many rows per tenant one pass deletes (the rest goes in the next pass).
     retention_interval_seconds: float = Field(default=600.0, ge=1)
     retention_max_rows: int = Field(default=5000, ge=1)
+    # Fixity audits: how often the beat reads archived objects back, and how many bytes of
+    # each tenant's bucket it reads in a day at most (0: no audits).
+    fixity_interval_seconds: float = Field(default=3600.0, ge=1)
+    fixity_bytes_per_day: int = Field(default=1024 * MiB, ge=0)
     # Notifications to tenants' endpoints: first retry after this, doubling up to an hour,
     # given up this long after the event; each attempt waits at most notify_timeout.
     notify_retry_base_seconds: float = Field(default=5.0, ge=0.1)

@@ -64,6 +64,9 @@ class Status(StrEnum):
     RETRYING = "retrying"  # a transient failure; another attempt is scheduled
     ARCHIVED = "archived"  # the file is in the tenant's bucket (terminal)
     FAILED = "failed"  # permanent failure or attempts exhausted (terminal, re-drivable)
+    # A fixity audit found the archived object missing or changed (last_error says which):
+    # kept as evidence, counted and alerted on, never re-archived over.
+    DAMAGED = "damaged"
 
 
 PENDING = (Status.QUEUED, Status.RETRYING)
@@ -223,6 +226,22 @@ class Media(SQLModel, table=True):
             postgresql_where=text("render_state = 'pending'"),
             sqlite_where=text("render_state = 'pending'"),
         ),
+        # Fixity audits: the least recently verified archived rows of a tenant first, and the
+        # bytes it read back in the last day (its budget). Partial: inserts never touch them.
+        Index(
+            "ix_media_fixity_due",
+            "tenant_id",
+            "verified_at",
+            postgresql_where=text("status = 'archived'"),
+            sqlite_where=text("status = 'archived'"),
+        ),
+        Index(
+            "ix_media_audited",
+            "tenant_id",
+            "audited_at",
+            postgresql_where=text("audited_at IS NOT NULL"),
+            sqlite_where=text("audited_at IS NOT NULL"),
+        ),
         # No index covers queued_at: the receiver's mark after each publish stays a
         # heap-only update (migration 0011).
         # The dashboard's archive rate. Partial: rows arrive with archived_at NULL, so the
@@ -293,6 +312,10 @@ class Media(SQLModel, table=True):
     pages: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     renditions: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     render_state: str | None = Field(default=None, max_length=16)
+    # When the stored bytes were last shown to be the archived ones (hashed on the way in,
+    # or re-read by a fixity audit), and when an audit last read them (its daily budget).
+    verified_at: datetime | None = _time()
+    audited_at: datetime | None = _time()
     render_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # Renders started for this ask: one whose worker died or timed out does not finish, and
     # after MAX_RENDER_ATTEMPTS the ask is given up (a file that crashes its decoder).

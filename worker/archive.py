@@ -9,12 +9,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from botocore.exceptions import BotoCoreError, ClientError
 from opentelemetry.trace import Span
 
 from archiver.backoff import horizon, next_attempt, retry_delay
 from archiver.errors import NotFound, PermanentError, TenantError, TransientError, Unavailable
-from archiver.governance import audit
+from archiver.governance import audit, fixity
 from archiver.infra import tracing
+from archiver.infra.buckets import classify_s3
 from archiver.infra.db import session_scope, transactional
 from archiver.media import lifecycle, renditions
 from archiver.object_keys import object_key
@@ -213,7 +215,8 @@ def _transfer(
         titan = res.titan(tenant, secrets)
         if tenant.strategy == Strategy.PERSIST:
             with tracing.span("titan persist", kind=tracing.CLIENT):
-                return _persist(titan, row)
+                persisted = _persist(titan, row)
+            return _verify_persisted(res, tenant, row, persisted)
         return _download(res, tenant, s3=res.s3.get(tenant), titan=titan, row=row)
     except TenantError as exc:
         # Titan or the bucket refuses the tenant's settings: every row would fail alike.
@@ -468,7 +471,40 @@ def _download(
         etag=stored.etag[:128] if stored.etag else None,
         size=stored.size,
         s3_url=f"s3://{stored.bucket}/{stored.key}",
+        # Hashed on the way in, every part checked by the bucket on arrival.
+        verified_at=utcnow(),
     )
+
+
+def _verify_persisted(
+    res: WorkerResources, tenant: Tenant, row: Media, persisted: lifecycle.Transferred
+) -> lifecycle.Transferred:
+    """Titan says the file is in the tenant's bucket: read it back (streamed, once) for its
+    size and SHA-256. Not there (yet) is a transient failure, retried until the row's
+    horizon and then failed with that reason; a file stored outside the tenant's bucket is
+    recorded unverified (nothing of ours can read it)."""
+    place = renditions.located(
+        object_key=None, s3_url=persisted.s3_url, bucket=None, tenant_bucket=tenant.s3_bucket
+    )
+    if place is None:
+        log.warning(
+            "persisted outside the tenant's bucket: not verified",
+            extra={"tenant": tenant.name, "mediaId": row.media_id},
+        )
+        return persisted
+    bucket, key = place
+    try:
+        with tracing.span("s3 verify", kind=tracing.CLIENT):
+            size, sha256 = fixity.read_sha256(res.s3.get(tenant), bucket=bucket, key=key)
+    except fixity.ObjectMissing as exc:
+        raise TransientError(f"titan reported it persisted, but {exc}") from exc
+    except (ClientError, BotoCoreError) as exc:
+        raise classify_s3(exc) from exc
+    if persisted.size is not None and size != persisted.size:
+        raise TransientError(
+            f"titan reported {persisted.size} bytes persisted, the bucket holds {size}"
+        )
+    return replace(persisted, size=size, sha256=sha256, verified_at=utcnow())
 
 
 def _persist(titan: TitanClient, row: Media) -> lifecycle.Transferred:

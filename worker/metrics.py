@@ -46,6 +46,9 @@ class _Meters:
     notifications: Any
     renders: Any
     rendition_bytes: Any
+    fixity_checked: Any
+    fixity_bytes: Any
+    fixity_failures: Any
 
 
 _meters: _Meters | None = None
@@ -75,6 +78,16 @@ def record_deletions(tenant: str, reason: str, done: Any) -> None:
         _meters.deleted_rows.labels(tenant=tenant, reason=reason).inc(done.rows)
     if done.objects:
         _meters.deleted_objects.labels(tenant=tenant, reason=reason).inc(done.objects)
+
+
+def record_fixity(tenant: str, found: Any) -> None:
+    """Count what a fixity pass read (``found``: an archiver.governance.fixity.Audit)."""
+    if _meters is None:
+        return
+    _meters.fixity_checked.labels(tenant=tenant).inc(found.checked)
+    _meters.fixity_bytes.labels(tenant=tenant).inc(found.bytes)
+    if found.damaged:
+        _meters.fixity_failures.labels(tenant=tenant).inc(len(found.damaged))
 
 
 def record_notification(outcome: str) -> None:
@@ -186,6 +199,24 @@ def start(settings: Settings, celery: Celery) -> bool:
         ),
         rendition_bytes=Counter(
             "archiver_rendition_bytes_total", "Bytes of renditions written", ["kind"], registry=None
+        ),
+        fixity_checked=Counter(
+            "archiver_fixity_checked_total",
+            "Archived objects a fixity audit read back",
+            ["tenant"],
+            registry=None,
+        ),
+        fixity_bytes=Counter(
+            "archiver_fixity_bytes_total",
+            "Bytes fixity audits read back",
+            ["tenant"],
+            registry=None,
+        ),
+        fixity_failures=Counter(
+            "archiver_fixity_failures_total",
+            "Archived objects an audit found missing or changed (the row is now damaged)",
+            ["tenant"],
+            registry=None,
         ),
     )
     engine = make_engine(settings.database_url)

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery, Task
 
 from archiver.errors import Unavailable
+from archiver.governance.fixity import fixity_pass
 from archiver.governance.retention import retention_pass
 from archiver.infra import tracing
 from archiver.infra.broker import publish_archive
@@ -18,6 +19,7 @@ from archiver.queue import (
     ARCHIVE_QUEUE,
     ARCHIVE_TASK,
     DISPATCH_TASK,
+    FIXITY_TASK,
     PROBE_TASK,
     QUEUES,
     RENDER_TASK,
@@ -135,6 +137,18 @@ def register(app: Celery, settings: Settings) -> None:
             metrics.record_deletions(done.tenant, "retention", done.expired)
             metrics.record_deletions(done.tenant, "revoked", done.revoked)
         return sum(p.expired.rows + p.revoked.rows for p in passes)
+
+    @app.task(name=FIXITY_TASK, ignore_result=True)
+    def audit_fixity() -> int:
+        if not settings.fixity_bytes_per_day:
+            return 0
+        res = resources(settings, app)
+        passes = fixity_pass(
+            res.engine, s3_for=res.s3.get, now=utcnow(), budget=settings.fixity_bytes_per_day
+        )
+        for done in passes:
+            metrics.record_fixity(done.tenant, done.found)
+        return sum(p.found.checked for p in passes)
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_stuck() -> int:

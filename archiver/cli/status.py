@@ -25,6 +25,7 @@ from archiver.tenants.tenants import get_tenant, list_tenants
 # it at about 14 days); the higher code wins.
 EXIT_PAUSED = 3
 EXIT_OLD_BACKLOG = 4
+EXIT_DAMAGED = 5  # a fixity audit found archived media missing or changed
 WARN_AGE_SECONDS = WARN_AGE.total_seconds()
 
 
@@ -37,7 +38,8 @@ def status(tenant: str | None, fmt: str, as_json: bool) -> None:
     """Rows by status, the oldest unarchived item's age, queue depths, and the live workers.
 
     Exits 0 when all is well, 3 when a tenant or session is paused, 4 when media older than
-    3 days is still not archived (WhatsApp expires it at about 14 days).
+    3 days is still not archived (WhatsApp expires it at about 14 days), 5 when a fixity
+    audit found archived media missing or changed (the highest code wins).
     """
 
     settings = current_settings()
@@ -94,8 +96,15 @@ def status(tenant: str | None, fmt: str, as_json: bool) -> None:
         # Renditions asked for and not made yet, and their queue (its own workers).
         "renders": {"pending": renders, "queueDepth": render_depth},
     }
+    damaged = rows.get(Status.DAMAGED.value, 0)
     code = (
-        EXIT_OLD_BACKLOG if age >= WARN_AGE_SECONDS else EXIT_PAUSED if held or held_sessions else 0
+        EXIT_DAMAGED
+        if damaged
+        else EXIT_OLD_BACKLOG
+        if age >= WARN_AGE_SECONDS
+        else EXIT_PAUSED
+        if held or held_sessions
+        else 0
     )
     if as_json or fmt == "json":
         click.echo(json.dumps(doc))
@@ -131,6 +140,11 @@ def status(tenant: str | None, fmt: str, as_json: bool) -> None:
                 f"  {worker['name']}  queues={queues}  "
                 f"busy={worker['active']}/{worker['concurrency']}"
             )
+    if damaged:
+        click.echo(
+            f"DAMAGED: {damaged} archived media missing or changed in the bucket "
+            "(titan-archiver media list --status damaged)"
+        )
     if age >= WARN_AGE_SECONDS:
         click.echo(
             f"warning: media {_age(age)} old is not archived; WhatsApp expires it at ~14 days"

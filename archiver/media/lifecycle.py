@@ -140,9 +140,14 @@ class Transferred:
     sha256: str | None = None
     etag: str | None = None
     render_state: str | None = None  # "pending" when renditions are asked for with it
+    verified_at: datetime | None = None  # when its bytes were shown to be the archived ones
 
     def values(self) -> dict[str, Any]:
         found: dict[str, Any] = {"persisted": True, "s3_url": self.s3_url, "size": self.size}
+        if self.verified_at is not None:
+            found["verified_at"] = self.verified_at
+            if self.object_key is None and self.sha256 is not None:  # read back after Titan
+                found["sha256"] = self.sha256
         if self.object_key is not None:  # ours: every field of the object, None included
             found |= {
                 "bucket": self.bucket,

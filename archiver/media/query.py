@@ -323,6 +323,7 @@ _INFO_COLUMNS = (
     "renditions",
     "render_state",
     "render_error",
+    "verified_at",
 )
 
 

@@ -109,6 +109,12 @@ class MediaInfo(Shape):
     render_error: str | None = Field(
         alias="renderError", description="Why the renditions failed (renderState failed)"
     )
+    verified_at: datetime | None = Field(
+        alias="verifiedAt",
+        description="When the stored bytes were last shown to be the archived ones: hashed on "
+        "the way in (every part checked by the bucket), read back after Titan persisted them, "
+        "or re-read by a fixity audit",
+    )
 
     @classmethod
     def of(cls, row: Media, *, tenant: str) -> MediaInfo:
@@ -151,6 +157,7 @@ class MediaInfo(Shape):
             renditions=[RenditionInfo(**r) for r in derived.public(row.renditions)],
             render_state=_render_state(row),
             render_error=row.render_error if row.render_state == "failed" else None,
+            verified_at=row.verified_at,
         )
 
 

@@ -178,6 +178,7 @@ class Dashboard:
                 "paused": held,
                 "paused_sessions": held_sessions,
                 "expires_in": (WHATSAPP_KEEPS - age).total_seconds() if age else None,
+                "damaged": counts.by_status.get(Status.DAMAGED.value, (0, 0))[0],
             }
 
         return self._render(
