@@ -134,6 +134,10 @@ class Tenant(SQLModel, table=True):
     )
     # Rows and objects older than this many days are deleted by the beat (NULL: kept).
     retention_days: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    # S3 Object Lock (WORM): every object written for the tenant is retained in this mode
+    # (governance or compliance; None: off) for this many days (archiver/governance/worm.py).
+    object_lock_mode: str | None = Field(default=None, max_length=16)
+    object_lock_days: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     # Thumbnails, posters and playable audio are made after archiving (worker/render.py).
     renditions: bool = Field(
         default=True, sa_column=Column(Boolean, nullable=False, server_default=true())

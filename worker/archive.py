@@ -14,7 +14,7 @@ from opentelemetry.trace import Span
 
 from archiver.backoff import horizon, next_attempt, retry_delay
 from archiver.errors import NotFound, PermanentError, TenantError, TransientError, Unavailable
-from archiver.governance import audit, fixity
+from archiver.governance import audit, fixity, worm
 from archiver.infra import tracing
 from archiver.infra.buckets import classify_s3
 from archiver.infra.db import session_scope, transactional
@@ -457,6 +457,7 @@ def _download(
                     on_part=keep_lease,
                     on_upload_started=remember_upload,
                     checksum=settings.s3_checksum,
+                    object_lock=worm.lock_fields(tenant, utcnow()),
                 )
                 if upload is not None:
                     upload.set_attribute("archiver.bytes", stored.size)

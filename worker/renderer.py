@@ -17,13 +17,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import update
 from sqlmodel import col, select
 
 from archiver.errors import NotFound
+from archiver.governance import worm
 from archiver.infra.db import session_scope
 from archiver.media import renditions
 from archiver.media.renditions import Rendition
@@ -103,7 +104,16 @@ def render_row(res: WorkerResources, pk: int) -> Rendered:
             return _bucket_failed(res, row, tenant.name, exc)
         try:
             kept = [
-                _put(s3, row, bucket, key, kind, path, checksum=res.settings.s3_checksum)
+                _put(
+                    s3,
+                    row,
+                    bucket,
+                    key,
+                    kind,
+                    path,
+                    checksum=res.settings.s3_checksum,
+                    lock=worm.lock_fields(tenant, utcnow()),
+                )
                 for kind, path in sorted(made.files.items())
             ]
         except (ClientError, BotoCoreError, OSError) as exc:
@@ -194,6 +204,7 @@ def _put(
     path: Path,
     *,
     checksum: str,
+    lock: dict[str, Any],
 ) -> Rendition:
     """Put one rendition file beside its original, with a checksum the bucket verifies."""
     digest, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
@@ -217,6 +228,7 @@ def _put(
             ContentType=mime_type,
             Metadata={"sha256": sha256, "rendition-of": row.media_id[:512]},
             **verified,  # type: ignore[arg-type]
+            **lock,  # retained like the original (S3 Object Lock)
         )
     return Rendition(kind, mime_type, key, path.stat().st_size, sha256)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -52,6 +52,7 @@ def put_stream(
     on_part: Callable[[int], None] | None = None,
     on_upload_started: Callable[[str], None] | None = None,
     checksum: str = "sha256",
+    object_lock: Mapping[str, Any] | None = None,
 ) -> StoredObject:
     """Upload ``chunks`` to ``bucket/key``; raise before completing if the size is not expected.
 
@@ -92,6 +93,7 @@ def put_stream(
                         content_type=content_type,
                         width=parts_in_flight,
                         checksum=checksum,
+                        object_lock=object_lock,
                     )
                     if on_upload_started is not None:
                         on_upload_started(upload.upload_id)
@@ -117,6 +119,7 @@ def put_stream(
                 ContentType=content_type,
                 Metadata={SHA256_METADATA: sha256},
                 **verified,  # type: ignore[arg-type]
+                **(object_lock or {}),
             ).get("ETag")
         else:
             if buffer:
@@ -149,17 +152,16 @@ class _Multipart:
         content_type: str,
         width: int,
         checksum: str = "sha256",
+        object_lock: Mapping[str, Any] | None = None,
     ) -> None:
         self.s3, self.bucket, self.key = s3, bucket, key
         self.checksum = checksum
+        fields: dict[str, Any] = dict(object_lock or {})
         if checksum == "sha256":
-            self.upload_id: str = s3.create_multipart_upload(
-                Bucket=bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
-            )["UploadId"]
-        else:
-            self.upload_id = s3.create_multipart_upload(
-                Bucket=bucket, Key=key, ContentType=content_type
-            )["UploadId"]
+            fields["ChecksumAlgorithm"] = "SHA256"
+        self.upload_id: str = s3.create_multipart_upload(
+            Bucket=bucket, Key=key, ContentType=content_type, **fields
+        )["UploadId"]
         self.width = max(1, width)
         self._pool = ThreadPoolExecutor(self.width) if self.width > 1 else None
         self._in_flight: set[Future[CompletedPartTypeDef]] = set()

@@ -387,6 +387,12 @@ def media_add(
 @click.option("--include-held", is_flag=True, help="Erase rows under legal hold too.")
 @click.option("--dry-run", is_flag=True, help="Count the rows it would erase; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask (needed when no terminal is attached).")
+@click.option(
+    "--bypass-governance",
+    is_flag=True,
+    help="Delete objects S3 Object Lock retains in governance mode before their date (needs "
+    "s3:BypassGovernanceRetention; audited). Compliance mode and legal holds never give way.",
+)
 @friendly
 def media_erase(
     tenant: str,
@@ -396,6 +402,7 @@ def media_erase(
     include_held: bool,
     dry_run: bool,
     yes: bool,
+    bypass_governance: bool,
 ) -> None:
     """Delete media for good: the objects (every version, in a versioned bucket) and the
     rows. Exactly one of --id, --sender, --chat; asked first at a terminal, else only with
@@ -425,7 +432,14 @@ def media_erase(
                 f"delete {found} media rows of {tenant} and their objects for good", yes=yes
             )
         clients = TenantS3Clients(settings=settings, box=settings.secret_box())
-        done = erase_recorded(engine, owner, selector, s3_for=clients.get, actor=audit.cli_actor())
+        done = erase_recorded(
+            engine,
+            owner,
+            selector,
+            s3_for=clients.get,
+            actor=audit.cli_actor(),
+            bypass_governance=bypass_governance,
+        )
     finally:
         engine.dispose()
     click.echo(json.dumps(Erasure.of(tenant, done.doc()).doc()))
@@ -544,13 +558,22 @@ def media_verify(tenant: str | None, verify_all: bool, since: str | None) -> Non
 @friendly
 def media_hold(tenant: str, media_ids: tuple[str, ...], release: bool) -> None:
     """Put media under legal hold: retention never deletes it (an erasure only with
-    --include-held). --release lifts it."""
+    --include-held). A tenant with S3 Object Lock also gets the bucket's legal hold on each
+    object, which nothing deletes through until it is released. --release lifts both."""
     settings = current_settings()
     engine = make_engine(settings.database_url, must_exist=True)
     try:
         with session_scope(engine) as session:
             owner = get_tenant(session, name=tenant)
-        rows = set_hold(engine, owner, list(media_ids), held=not release, actor=audit.cli_actor())
+        clients = TenantS3Clients(settings=settings, box=settings.secret_box())
+        rows = set_hold(
+            engine,
+            owner,
+            list(media_ids),
+            held=not release,
+            actor=audit.cli_actor(),
+            s3_for=clients.get,
+        )
     finally:
         engine.dispose()
     click.echo(json.dumps({"tenant": tenant, "held": not release, "rows": rows}))

@@ -23,8 +23,9 @@ from archiver.scheduling import pauses
 from archiver.settings import Settings
 from archiver.tables import utcnow
 from archiver.tenants import webhooks
-from archiver.tenants.preflight import Finding, check_tenant
+from archiver.tenants.preflight import Finding, check_tenant, lock_problem
 from archiver.tenants.tenants import (
+    LOCK_MODES,
     PolicyChanges,
     TenantChanges,
     TenantSpec,
@@ -63,6 +64,34 @@ def _check(spec: TenantSpec, settings: Settings) -> None:
         )
 
 
+def _object_lock_options(func: Any) -> Any:
+    """--object-lock and --lock-days: S3 Object Lock (WORM) for every object written."""
+    func = click.option(
+        "--lock-days",
+        type=click.IntRange(1, 36500),
+        default=None,
+        help="Days each object is retained under --object-lock.",
+    )(func)
+    return click.option(
+        "--object-lock",
+        type=click.Choice(["governance", "compliance", "off"]),
+        default=None,
+        help="Write every object with S3 Object Lock retention (the bucket must have Object "
+        "Lock enabled); compliance: nobody can delete a retained version before its date.",
+    )(func)
+
+
+def _check_lock(spec: TenantSpec, settings: Settings) -> None:
+    """A tenant that locks its objects needs a bucket with Object Lock enabled."""
+    problem = lock_problem(spec, settings)
+    mark = "FAIL" if problem else "ok  "
+    click.echo(
+        f"{mark} object lock: {problem or 'enabled on bucket ' + repr(spec.s3_bucket)}", err=True
+    )
+    if problem:
+        raise click.ClickException(f"{problem}; nothing was changed")
+
+
 _previous_valid_for = click.option(
     "--previous-valid-for",
     default=24.0,
@@ -92,6 +121,7 @@ _previous_valid_for = click.option(
     type=click.Path(exists=True, dir_okay=False),
     help="PEM file of the CA that signed the S3 endpoint's certificate (a private CA).",
 )
+@_object_lock_options
 @click.option("--no-check", is_flag=True, help="Store without checking Titan and the bucket.")
 @friendly
 def tenants_add(name: str, no_check: bool, **options: Any) -> None:
@@ -112,6 +142,7 @@ def tenants_add(name: str, no_check: bool, **options: Any) -> None:
         raise click.UsageError(
             "give the Titan API key: --titan-api-key, --titan-api-key-file or --titan-api-key-env"
         )
+    lock = PolicyChanges(object_lock=options.pop("object_lock"), lock_days=options.pop("lock_days"))
     bundle = options.pop("s3_ca_bundle")
     spec = TenantSpec(
         name=name,
@@ -128,8 +159,12 @@ def tenants_add(name: str, no_check: bool, **options: Any) -> None:
             raise Conflict(f"tenant {name!r} already exists")
     if not no_check:
         _check(spec, settings)
+        if lock.object_lock not in (None, "off"):
+            _check_lock(spec, settings)
     with database() as session:
         tenant, api_key = create_tenant(session, box=settings.secret_box(), spec=spec)
+        if lock.any():
+            update_policy(session, box=settings.secret_box(), tenant=tenant, changes=lock)
         audit.record_cli(
             session,
             "tenant.add",
@@ -202,6 +237,7 @@ def tenants_add(name: str, no_check: bool, **options: Any) -> None:
     help="POST signed media.archived / media.failed events here ('' turns them off).",
 )
 @secret_option("--notify-secret", help="The events' signing secret (whsec_...; made if absent).")
+@_object_lock_options
 @click.option("--no-check", is_flag=True, help="Store without checking Titan and the bucket.")
 @friendly
 def tenants_update(name: str, no_check: bool, **options: Any) -> None:
@@ -225,6 +261,8 @@ def tenants_update(name: str, no_check: bool, **options: Any) -> None:
         retention_days=options.pop("retention_days"),
         notify_url=options.pop("notify_url"),
         notify_secret=read_secret("--notify-secret", options, stdin_used=stdin),
+        object_lock=options.pop("object_lock"),
+        lock_days=options.pop("lock_days"),
     )
     bundle = options.pop("s3_ca_bundle")
     options["s3_ca_bundle"] = "" if bundle == "" else _read_bundle(bundle)
@@ -237,14 +275,19 @@ def tenants_update(name: str, no_check: bool, **options: Any) -> None:
         raise click.ClickException("nothing to update: name at least one setting to change")
     settings = current_settings()
     box = settings.secret_box()
-    if changes.any() and not no_check:
+    locking = policy.object_lock in LOCK_MODES
+    if (changes.any() or locking) and not no_check:
         # Checked before the write transaction opens: a slow bucket must not hold the
         # database (on SQLite, every webhook) while it answers.
         with database() as session:
             tenant = get_tenant(session, name=name)
             spec = updated_spec(tenant, secrets_of(tenant, box=box), changes)
+            locking = locking or tenant.object_lock_mode is not None
         validate_settings(spec)
-        _check(spec, settings)
+        if changes.any():
+            _check(spec, settings)
+        if locking:
+            _check_lock(spec, settings)
     made: str | None = None
     with database() as session:
         if changes.any():
@@ -321,15 +364,21 @@ def _check_webhook(
 @friendly
 def tenants_check(name: str) -> None:
     """Check a tenant's settings: Titan accepts its API key; its bucket takes a put, read,
-    delete and multipart upload of a probe object. One JSON line per check; exit 1 if any
-    failed."""
+    delete and multipart upload of a probe object; with --object-lock, the bucket has Object
+    Lock enabled; once connected, Titan's webhook points here. One JSON line per check; exit
+    1 if any failed."""
     settings = current_settings()
     with database() as session:
         tenant = get_tenant(session, name=name)
         spec = updated_spec(tenant, secrets_of(tenant, box=settings.secret_box()), TenantChanges())
         connected = (tenant.titan_webhook_id, tenant.webhook_url)
         events = webhooks.events_for(CapturePolicy.of(tenant))
+        locked = tenant.object_lock_mode
     findings = check_tenant(spec, settings)
+    if locked:
+        problem = lock_problem(spec, settings)
+        detail = problem or f"Object Lock enabled on bucket {spec.s3_bucket!r} ({locked})"
+        findings.append(Finding("object lock", problem is None, detail))
     if connected[1]:
         findings.append(_check_webhook(spec, connected[0], connected[1], events, settings))
     for finding in findings:

@@ -34,11 +34,12 @@ from sqlalchemy import Engine, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
-from archiver.governance import audit
+from archiver.errors import TenantError
+from archiver.governance import audit, worm
 from archiver.infra.buckets import key_in_bucket
 from archiver.infra.db import session_scope
 from archiver.media import renditions
-from archiver.tables import Media, Status, Tenant
+from archiver.tables import Media, Status, Tenant, utcnow
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -106,6 +107,8 @@ class Erased:
     held: int = 0  # rows kept under legal hold
     in_flight: int = 0  # rows being transferred (or changed) meanwhile: kept, run again
     errors: list[str] = field(default_factory=list)  # objects the bucket refused to delete
+    # Rows whose objects S3 Object Lock keeps ("<media id>: locked until ..."): kept whole.
+    locked: list[str] = field(default_factory=list)
     media_ids: list[str] = field(default_factory=list)  # the first 1,000 erased
 
     def doc(self) -> dict[str, Any]:
@@ -116,6 +119,7 @@ class Erased:
             "held": self.held,
             "inFlight": self.in_flight,
             "errors": self.errors[:20],
+            "locked": self.locked[:1000],
             "mediaIds": self.media_ids,
         }
 
@@ -131,11 +135,19 @@ def erase(
     s3_for: S3For,
     batch: int = BATCH,
     max_batches: int | None = None,
+    bypass_governance: bool = False,
 ) -> Erased:
-    """Erase the tenant's rows ``selector`` names, and their objects; see the module doc."""
+    """Erase the tenant's rows ``selector`` names, and their objects; see the module doc.
+
+    Objects S3 Object Lock retains (or holds) are not touched, nor their rows: each is
+    reported in ``locked``. ``bypass_governance`` deletes governance-mode objects before
+    their date (the caller audits it); compliance mode and legal holds never give way."""
     selector.where(tenant.saved_id)  # refuses a selector that names no rows, before anything
+    deleting = partial(_delete_objects, bypass=bypass_governance)
     with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="erase") as pool:
-        return _erase_pages(engine, tenant, selector, s3_for, batch, max_batches, pool, Erased())
+        return _erase_pages(
+            engine, tenant, selector, s3_for, batch, max_batches, pool, Erased(), deleting
+        )
 
 
 def _erase_pages(
@@ -147,6 +159,7 @@ def _erase_pages(
     max_batches: int | None,
     pool: ThreadPoolExecutor,
     done: Erased,
+    deleting: Callable[..., tuple[int, str | None, str | None]],
 ) -> Erased:
     tenant_id = tenant.saved_id
     where = selector.where(tenant_id)
@@ -181,10 +194,12 @@ def _erase_pages(
             for place in {_location(tenant, row) for row in chosen}:
                 if place is not None and place[0] not in versioned:
                     versioned[place[0]] = _versioned(s3, place[0])
-            outcomes = pool.map(partial(_delete_objects, s3, tenant, versioned), chosen)
-            for row, (objects, error) in zip(chosen, outcomes, strict=True):
+            outcomes = pool.map(partial(deleting, s3, tenant, versioned), chosen)
+            for row, (objects, error, locked) in zip(chosen, outcomes, strict=True):
                 done.objects += objects
-                if error is None:
+                if locked is not None:
+                    done.locked.append(f"{row.media_id}: {locked}")
+                elif error is None:
                     cleared.append(row)
                 else:
                     done.errors.append(error)
@@ -225,12 +240,20 @@ def _delete_rows(engine: Engine, tenant_id: int, rows: list[Media]) -> set[int]:
 
 
 def erase_recorded(
-    engine: Engine, tenant: Tenant, selector: Selector, *, s3_for: S3For, actor: str
+    engine: Engine,
+    tenant: Tenant,
+    selector: Selector,
+    *,
+    s3_for: S3For,
+    actor: str,
+    bypass_governance: bool = False,
 ) -> Erased:
     """An explicit erasure (CLI, admin API), with its audit record: who asked, which rows
-    were named, and what was removed."""
-    done = erase(engine, tenant, selector, s3_for=s3_for)
+    were named, whether governance retention was bypassed, and what was removed."""
+    done = erase(engine, tenant, selector, s3_for=s3_for, bypass_governance=bypass_governance)
     detail = selector.describe() | {k: v for k, v in done.doc().items() if k != "mediaIds"}
+    if bypass_governance:
+        detail["bypassGovernance"] = True
     with session_scope(engine) as session:
         audit.record(
             session,
@@ -241,10 +264,11 @@ def erase_recorded(
             detail=detail,
         )
     log.info(
-        "erased %d rows and %d objects (%d held, %d in flight, %d errors)",
+        "erased %d rows and %d objects (%d held, %d locked, %d in flight, %d errors)",
         done.rows,
         done.objects,
         done.held,
+        len(done.locked),
         done.in_flight,
         len(done.errors),
         extra={"tenant": tenant.name, "outcome": "erased"},
@@ -253,9 +277,39 @@ def erase_recorded(
 
 
 def set_hold(
-    engine: Engine, tenant: Tenant, media_ids: list[str], *, held: bool, actor: str
+    engine: Engine,
+    tenant: Tenant,
+    media_ids: list[str],
+    *,
+    held: bool,
+    actor: str,
+    s3_for: S3For | None = None,
 ) -> int:
-    """Put rows under legal hold (or release them); how many rows matched."""
+    """Put rows under legal hold (or release them); how many rows matched. A tenant with S3
+    Object Lock also gets the bucket's legal hold on each object (original and renditions)
+    first, so the row never claims a hold the bucket does not have."""
+    if tenant.object_lock_mode is not None and s3_for is not None:
+        with session_scope(engine) as session:
+            rows = list(
+                session.execute(
+                    select(Media).where(
+                        col(Media.tenant_id) == tenant.saved_id, col(Media.media_id).in_(media_ids)
+                    )
+                ).scalars()
+            )
+        s3 = s3_for(tenant)
+        for row in rows:
+            place = _location(tenant, row)
+            if place is not None and row.status in (Status.ARCHIVED, Status.DAMAGED):
+                bucket, key = place
+                keys = [key, *renditions.keys(row.renditions)]
+                try:
+                    worm.set_legal_hold(s3, bucket=bucket, keys=keys, on=held)
+                except (ClientError, BotoCoreError) as exc:
+                    raise TenantError(
+                        f"the bucket refused the legal hold on {bucket}/{key}: "
+                        f"{_code(exc)}; the rows were not changed"
+                    ) from exc
     with session_scope(engine) as session:
         changed = (
             session.connection()
@@ -275,6 +329,12 @@ def set_hold(
             detail={"ids": media_ids, "rows": changed},
         )
     return int(changed)
+
+
+def _code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "refused")
+    return type(exc).__name__
 
 
 def _location(tenant: Tenant, row: Media) -> tuple[str, str] | None:
@@ -299,38 +359,54 @@ def _versioned(s3: S3Client, bucket: str) -> bool:
 
 
 def _delete_objects(
-    s3: S3Client, tenant: Tenant, versioned: dict[str, bool], row: Media
-) -> tuple[int, str | None]:
+    s3: S3Client,
+    tenant: Tenant,
+    versioned: dict[str, bool],
+    row: Media,
+    *,
+    bypass: bool = False,
+) -> tuple[int, str | None, str | None]:
     """Delete every version of the row's object and of its renditions (and an unfinished
-    upload): (versions deleted, None), or (0, the error) if the bucket refused: the row then
-    stays so the erasure can be rerun. Runs in the erasure's threads: it touches no shared
-    state."""
+    upload): (versions deleted, None, None); (0, the error, None) if the bucket refused, or
+    (0, None, why) if S3 Object Lock keeps one of them: then nothing of the pair is deleted
+    and the row stays, so the erasure can be rerun. Runs in the erasure's threads: it
+    touches no shared state."""
     place = _location(tenant, row)
     if place is None:
-        return 0, None  # never archived (queued, retrying, failed before upload): no object
+        return 0, None, None  # never archived (queued, retrying, failed first): no object
     bucket, key = place
+    keys = [key, *renditions.keys(row.renditions)]
     try:
+        if tenant.object_lock_mode is not None:
+            # Checked for the whole pair first: never a rendition gone and its original kept.
+            now = utcnow()
+            for each in keys:
+                why = worm.why_locked(
+                    s3, bucket=bucket, key=each, now=now, bypass_governance=bypass
+                )
+                if why is not None:
+                    return 0, None, why
         if row.upload_id:
             with suppress(ClientError):  # already completed or aborted
                 s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=row.upload_id)
         deleted = 0
         # The original and its renditions (thumbnail, m4a), which sit beside it.
-        for each in [key, *renditions.keys(row.renditions)]:
+        for each in keys:
             if not versioned.get(bucket, True):
                 # Never versioned: the key has one object, and one delete removes it for good.
-                s3.delete_object(Bucket=bucket, Key=each)
+                _delete(s3, bucket, each, None, bypass=bypass)
                 deleted += 1
             else:
-                deleted += _delete_versions(s3, bucket, each)
-        return deleted, None
+                deleted += _delete_versions(s3, bucket, each, bypass=bypass)
+        return deleted, None, None
     except (ClientError, BotoCoreError) as exc:
         reason = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else ""
         message = f"{bucket}/{key}: {reason or type(exc).__name__}"
         log.warning("erasure: object not deleted: %s", message, extra={"tenant": tenant.name})
-        return 0, message
+        return 0, message, None
 
 
-def _delete_versions(s3: S3Client, bucket: str, key: str) -> int:
+def _delete_versions(s3: S3Client, bucket: str, key: str, *, bypass: bool = False) -> int:
     """Delete each version and delete marker of exactly ``key``; a bucket that never had
     versioning answers its one "null" version. Where listing versions is not supported
     (some S3-compatible stores), a plain delete."""
@@ -349,9 +425,23 @@ def _delete_versions(s3: S3Client, bucket: str, key: str) -> int:
         s3.delete_object(Bucket=bucket, Key=key)
         return 1
     for version in versions:
-        s3.delete_object(Bucket=bucket, Key=key, VersionId=version)
+        _delete(s3, bucket, key, version, bypass=bypass)
         deleted += 1
     return deleted
+
+
+def _delete(s3: S3Client, bucket: str, key: str, version: str | None, *, bypass: bool) -> None:
+    """One delete; the governance bypass header only when asked (stores without Object Lock
+    need never see it)."""
+    if version is None:
+        if bypass:
+            s3.delete_object(Bucket=bucket, Key=key, BypassGovernanceRetention=True)
+        else:
+            s3.delete_object(Bucket=bucket, Key=key)
+    elif bypass:
+        s3.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)
+    else:
+        s3.delete_object(Bucket=bucket, Key=key, VersionId=version)
 
 
 def count_matching(engine: Engine, tenant: Tenant, selector: Selector) -> int:

@@ -348,6 +348,13 @@ class TenantView(Shape):
         description="Thumbnails, posters, durations and m4a audio are made after archiving"
     )
     retention_days: int | None = Field(alias="retentionDays", description="null: kept forever")
+    object_lock: Literal["governance", "compliance"] | None = Field(
+        alias="objectLock",
+        description="S3 Object Lock mode every object is written with (null: off)",
+    )
+    lock_days: int | None = Field(
+        alias="lockDays", description="Days each object is retained under objectLock"
+    )
     notify_url: str | None = Field(alias="notifyUrl")
     notify_secret: Literal["********"] | None = Field(alias="notifySecret")
 
@@ -377,6 +384,8 @@ class TenantView(Shape):
             delete_revoked=tenant.delete_revoked,
             renditions=tenant.renditions,
             retention_days=tenant.retention_days,
+            object_lock=cast(Literal["governance", "compliance"] | None, tenant.object_lock_mode),
+            lock_days=tenant.object_lock_days,
             notify_url=tenant.notify_url,
             notify_secret=MASK if tenant.notify_secret_enc else None,
         )
@@ -394,6 +403,11 @@ class Erasure(Shape):
     held: int
     in_flight: int = Field(alias="inFlight")
     errors: list[str]
+    locked: list[str] = Field(
+        default_factory=list,
+        description="Rows whose objects S3 Object Lock retains or holds (kept whole): "
+        "'<media id>: locked until <date> (<mode>)' or '<media id>: under legal hold'",
+    )
     media_ids: list[str] = Field(alias="mediaIds")
 
     @classmethod

@@ -5,6 +5,8 @@ before ``tenants add`` and ``tenants update`` store anything."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from archiver.governance import audit
+from archiver.governance import audit, worm
 from archiver.infra.buckets import make_s3_client
 from archiver.infra.db import session_scope
 from archiver.object_keys import normalise_prefix
@@ -102,15 +104,37 @@ def check_bucket(spec: TenantSpec, settings: Settings) -> list[Finding]:
     return findings
 
 
+def lock_problem(spec: TenantSpec, settings: Settings) -> str | None:
+    """Why the tenant's bucket cannot hold objects under S3 Object Lock (None: it can)."""
+    s3 = make_s3_client(
+        endpoint=spec.s3_endpoint,
+        region=spec.s3_region,
+        access_key_id=spec.s3_access_key_id,
+        secret_access_key=spec.s3_secret_access_key,
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+        ca_bundle=spec.s3_ca_bundle,
+    )
+    return worm.bucket_problem(s3, spec.s3_bucket)
+
+
 def check_tenant(spec: TenantSpec, settings: Settings) -> list[Finding]:
     """Every check of ``spec``: Titan first, then the bucket."""
     timeout = min(settings.titan_connect_timeout, 10.0)
     return [check_titan(spec, timeout=timeout), *check_bucket(spec, settings)]
 
 
+PROBE = b"titan-archiver preflight"
+
+
+def _md5(data: bytes) -> str:
+    """Content-MD5: a bucket with Object Lock refuses writes without a checksum."""
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
 def _put(s3: S3Client, bucket: str, key: str) -> None:
     s3.put_object(
-        Bucket=bucket, Key=key, Body=b"titan-archiver preflight", ContentType="text/plain"
+        Bucket=bucket, Key=key, Body=PROBE, ContentType="text/plain", ContentMD5=_md5(PROBE)
     )
 
 
@@ -134,7 +158,14 @@ def _delete(s3: S3Client, bucket: str, key: str) -> None:
 def _multipart(s3: S3Client, bucket: str, key: str) -> None:
     upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     try:
-        s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"probe")
+        s3.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload,
+            PartNumber=1,
+            Body=b"probe",
+            ContentMD5=_md5(b"probe"),
+        )
     finally:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
 

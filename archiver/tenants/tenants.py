@@ -268,6 +268,8 @@ class PolicyChanges:
     retention_days: int | None = None  # 0: kept forever
     notify_url: str | None = None  # "": no notifications
     notify_secret: str | None = None  # whsec_...; a new one is made when a URL is first set
+    object_lock: str | None = None  # governance, compliance, or off
+    lock_days: int | None = None  # retention of each object written, with object_lock
 
     def any(self) -> bool:
         return any(value is not None for value in self.__dict__.values())
@@ -291,6 +293,7 @@ def update_policy(
         if not 0 <= changes.retention_days <= 36500:
             raise PayloadError("retention-days must be between 1 and 36500 (0: kept forever)")
         tenant.retention_days = changes.retention_days or None
+    _object_lock(tenant, changes.object_lock, changes.lock_days)
     toggles = (
         "capture_outgoing",
         "capture_status",
@@ -320,6 +323,29 @@ def update_policy(
     session.add(tenant)
     session.flush()
     return made
+
+
+LOCK_MODES = ("governance", "compliance")
+
+
+def _object_lock(tenant: Tenant, mode: str | None, days: int | None) -> None:
+    """The tenant's Object Lock settings: a mode needs a number of days; off clears both."""
+    if mode == "off":
+        if days is not None:
+            raise PayloadError("lock-days: not with --object-lock off")
+        tenant.object_lock_mode = tenant.object_lock_days = None
+        return
+    if mode is not None and mode not in LOCK_MODES:
+        raise PayloadError("object-lock must be governance, compliance or off")
+    if days is not None and not 1 <= days <= 36500:
+        raise PayloadError("lock-days must be between 1 and 36500")
+    mode = mode or tenant.object_lock_mode
+    days = days or tenant.object_lock_days
+    if mode is None and days is not None:
+        raise PayloadError("lock-days: say the mode too (--object-lock governance|compliance)")
+    if mode is not None and days is None:
+        raise PayloadError("object-lock: say for how long (--lock-days N)")
+    tenant.object_lock_mode, tenant.object_lock_days = mode, days
 
 
 _ENCRYPTED = (
