@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     # many rows per tenant one pass deletes (the rest goes in the next pass).
     retention_interval_seconds: float = Field(default=600.0, ge=1)
     retention_max_rows: int = Field(default=5000, ge=1)
+    # How often the beat seals newly archived media and audit events into the ledger.
+    seal_interval_seconds: float = Field(default=60.0, ge=1)
     # Fixity audits: how often the beat reads archived objects back, and how many bytes of
     # each tenant's bucket it reads in a day at most (0: no audits).
     fixity_interval_seconds: float = Field(default=3600.0, ge=1)

@@ -246,6 +246,14 @@ class Media(SQLModel, table=True):
             postgresql_where=text("audited_at IS NOT NULL"),
             sqlite_where=text("audited_at IS NOT NULL"),
         ),
+        # Archived rows the ledger has not sealed yet (the beat's sealer reads these).
+        Index(
+            "ix_media_unsealed",
+            "tenant_id",
+            "archived_at",
+            postgresql_where=text("sealed_seq IS NULL AND archived_at IS NOT NULL"),
+            sqlite_where=text("sealed_seq IS NULL AND archived_at IS NOT NULL"),
+        ),
         # No index covers queued_at: the receiver's mark after each publish stays a
         # heap-only update (migration 0011).
         # The dashboard's archive rate. Partial: rows arrive with archived_at NULL, so the
@@ -320,6 +328,7 @@ class Media(SQLModel, table=True):
     # or re-read by a fixity audit), and when an audit last read them (its daily budget).
     verified_at: datetime | None = _time()
     audited_at: datetime | None = _time()
+    sealed_seq: int | None = Field(default=None)  # its archive record in the ledger
     render_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # Renders started for this ask: one whose worker died or timed out does not finish, and
     # after MAX_RENDER_ATTEMPTS the ask is given up (a file that crashes its decoder).
@@ -373,6 +382,12 @@ class AuditEvent(SQLModel, table=True):
     __table_args__ = (
         Index("ix_audit_events_at", "at", "id"),
         Index("ix_audit_events_tenant", "tenant", "at", "id"),
+        Index(
+            "ix_audit_events_unsealed",
+            "id",
+            postgresql_where=text("sealed_seq IS NULL"),
+            sqlite_where=text("sealed_seq IS NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -382,6 +397,44 @@ class AuditEvent(SQLModel, table=True):
     tenant_id: int | None = Field(default=None)  # kept after the tenant is removed
     tenant: str | None = Field(default=None, max_length=64)
     detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+    sealed_seq: int | None = Field(default=None)  # its entry in the ledger (None: not yet)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One link of a tenant's tamper-evident chain (archiver/governance/ledger.py)."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (UniqueConstraint("tenant_id", "seq", name="uq_ledger_tenant_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int  # 0: the deployment's own events; kept after the tenant is removed
+    seq: int
+    kind: str = Field(max_length=16)  # archived, audit, erased
+    ref: int | None = Field(default=None)  # the media pk or audit event id it records
+    body: str = Field(sa_column=Column(Text, nullable=False))  # canonical JSON
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class SigningKey(SQLModel, table=True):
+    """The Ed25519 key that signs ledger checkpoints (private part under the master key)."""
+
+    __tablename__ = "signing_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    private_enc: str = Field(sa_column=Column(Text, nullable=False))
+    public_key: str = Field(max_length=64)  # raw 32 bytes, base64
+    created_at: datetime | None = _time(nullable=False)
+
+
+class LedgerHead(SQLModel, table=True):
+    """The last link of each chain, locked while a chain grows."""
+
+    __tablename__ = "ledger_heads"
+
+    tenant_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int
+    hash: str = Field(max_length=64)
 
 
 class MediaTotal(SQLModel, table=True):

@@ -11,7 +11,14 @@ from celery import signals
 from archiver.infra import tracing
 from archiver.infra.broker import make_celery
 from archiver.infra.logs import configure_logging, request_id
-from archiver.queue import DISPATCH_TASK, FIXITY_TASK, PROBE_TASK, RETENTION_TASK, SWEEP_TASK
+from archiver.queue import (
+    DISPATCH_TASK,
+    FIXITY_TASK,
+    PROBE_TASK,
+    RETENTION_TASK,
+    SEAL_TASK,
+    SWEEP_TASK,
+)
 from archiver.settings import settings_for_process
 from worker import metrics
 from worker.notifier import Notifier
@@ -38,6 +45,11 @@ app.conf.beat_schedule = {
         "schedule": settings.dispatch_interval_seconds,
         # Behind a long backlog, a late dispatch still publishes what is due by then.
         "options": {"expires": max(300.0, settings.dispatch_interval_seconds)},
+    },
+    "seal-ledger": {
+        "task": SEAL_TASK,
+        "schedule": settings.seal_interval_seconds,
+        "options": {"expires": settings.seal_interval_seconds},
     },
     "audit-fixity": {
         "task": FIXITY_TASK,

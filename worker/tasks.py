@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery, Task
 
 from archiver.errors import Unavailable
+from archiver.governance import checkpoints, ledger
 from archiver.governance.fixity import fixity_pass
 from archiver.governance.retention import retention_pass
 from archiver.infra import tracing
@@ -24,6 +25,7 @@ from archiver.queue import (
     QUEUES,
     RENDER_TASK,
     RETENTION_TASK,
+    SEAL_TASK,
     SWEEP_TASK,
 )
 from archiver.reporting import totals
@@ -137,6 +139,14 @@ def register(app: Celery, settings: Settings) -> None:
             metrics.record_deletions(done.tenant, "retention", done.expired)
             metrics.record_deletions(done.tenant, "revoked", done.revoked)
         return sum(p.expired.rows + p.revoked.rows for p in passes)
+
+    @app.task(name=SEAL_TASK, ignore_result=True)
+    def seal_ledger() -> int:
+        res = resources(settings, app)
+        grown = ledger.seal(res.engine)
+        if grown:
+            checkpoints.publish(res.engine, settings.secret_box(), res.s3.get, grown)
+        return len(grown)
 
     @app.task(name=FIXITY_TASK, ignore_result=True)
     def audit_fixity() -> int:

@@ -35,9 +35,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
 from archiver.errors import TenantError
-from archiver.governance import audit, worm
+from archiver.governance import audit, ledger, worm
 from archiver.infra.buckets import key_in_bucket
-from archiver.infra.db import session_scope
+from archiver.infra.db import session_scope, transactional
 from archiver.media import renditions
 from archiver.tables import Media, Status, Tenant, utcnow
 
@@ -218,8 +218,8 @@ def _erase_pages(
 
 
 def _delete_rows(engine: Engine, tenant_id: int, rows: list[Media]) -> set[int]:
-    """Delete ``rows`` in one statement, each only if unchanged since it was read; the pks
-    that went."""
+    """Delete ``rows`` in one statement, each only if unchanged since it was read, and seal
+    their erasure in the ledger in the same transaction; the pks that went."""
     if not rows:
         return set()
     unchanged = [
@@ -230,13 +230,17 @@ def _delete_rows(engine: Engine, tenant_id: int, rows: list[Media]) -> set[int]:
         )
         for row in rows
     ]
-    with session_scope(engine) as session:
+    with session_scope(transactional(engine)) as session:
         answer = session.connection().execute(
             delete(Media)
             .where(col(Media.tenant_id) == tenant_id, or_(*unchanged))
             .returning(col(Media.pk))
         )
-        return {int(pk or 0) for (pk,) in answer}
+        gone = {int(pk) for (pk,) in answer if pk is not None}
+        ledger.record_erasures(
+            session, tenant_id, [row for row in rows if row.pk in gone], at=utcnow()
+        )
+        return gone
 
 
 def erase_recorded(
