@@ -311,6 +311,7 @@ def test_erase_by_sender_leaves_nothing_of_them_and_touches_no_other_tenant(
         "held": 0,
         "inFlight": 0,
         "errors": [],
+        "locked": [],
         "mediaIds": None,
     }
     assert not stack.rows(a) and not stack.keys(a)
