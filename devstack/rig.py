@@ -152,8 +152,25 @@ class Rig:
 
 @contextmanager
 def running_rig(
-    name: str, *, database_url: str, s3_endpoint: str, env: dict[str, str], tmp: Path
+    name: str,
+    *,
+    database_url: str,
+    s3_endpoint: str,
+    env: dict[str, str],
+    tmp: Path,
+    render: bool = False,
 ) -> Iterator[Rig]:
-    """A receiver, a worker running beat and the simulator, with ``env``; stopped after."""
+    """A receiver, a worker running beat and the simulator, with ``env`` (and with
+    ``render``, a render worker of its own, as the Procfile's); stopped after."""
     with running_archiver(name, env, tmp) as (web, sim), httpx.Client(timeout=30) as client:
-        yield Rig(database_url, s3_endpoint, web.receiver_url, sim, env, client)
+        renderer = None
+        if render:
+            argv = [*processes.worker_argv(concurrency=1), "-n", f"{name}-render@%h"]
+            renderer = processes.start_process(
+                f"{name}-render", argv, {**env, "ARCHIVER_WORKER_QUEUES": "render"}
+            )
+        try:
+            yield Rig(database_url, s3_endpoint, web.receiver_url, sim, env, client)
+        finally:
+            if renderer is not None:
+                renderer.stop()

@@ -31,43 +31,40 @@ def exported(
     with migrated_database("sqlite", tmp, None) as database_url:
         env = process_env(database_url, redis_dbs.take(), ARCHIVER_SEAL_INTERVAL_SECONDS="1")
         with running_rig(
-            "bundle", database_url=database_url, s3_endpoint=s3_endpoint, env=env, tmp=tmp
+            "bundle",
+            database_url=database_url,
+            s3_endpoint=s3_endpoint,
+            env=env,
+            tmp=tmp,
+            render=True,
         ) as rig:
-            render = processes.start_process(
-                "bundle-render",
-                [*processes.worker_argv(concurrency=1), "-n", "bundle-render@%h"],
-                {**env, "ARCHIVER_WORKER_QUEUES": "render"},
+            tenant = rig.tenant("evidence")
+            items = []
+            for kind in ("image", "document", "image"):
+                item = rig.sim.make_media(
+                    account=tenant.name, message_type=kind, size=0, sample=True
+                )
+                items.append(item)
+            group = rig.sim.make_media(
+                account=tenant.name, message_type="image", size=0, sample=True
             )
-            try:
-                tenant = rig.tenant("evidence")
-                items = []
-                for kind in ("image", "document", "image"):
-                    item = rig.sim.make_media(
-                        account=tenant.name, message_type=kind, size=0, sample=True
-                    )
-                    items.append(item)
-                group = rig.sim.make_media(
-                    account=tenant.name, message_type="image", size=0, sample=True
-                )
-                group.envelope["payload"].update(
-                    {"from": {"id": GROUP}, "isGroup": True, "pushName": "Ana"}
-                )
-                items.append(group)
-                rig.send(tenant, *items)
-                rig.wait_status(items, "archived", tenant=tenant)
-                processes.wait_until(
-                    lambda: all(
-                        r.render_state in (RenderState.DONE, RenderState.FAILED)
-                        and r.sealed_seq is not None
-                        for r in rig.rows(tenant).values()
-                    ),
-                    timeout=90,
-                    what="renditions made and archive records sealed",
-                )
-                rig.cli("media", "hold", "--tenant", tenant.name, "--id", items[0].media_id)
-                yield rig, tenant, [i.media_id for i in items], tmp
-            finally:
-                render.stop()
+            group.envelope["payload"].update(
+                {"from": {"id": GROUP}, "isGroup": True, "pushName": "Ana"}
+            )
+            items.append(group)
+            rig.send(tenant, *items)
+            rig.wait_status(items, "archived", tenant=tenant)
+            processes.wait_until(
+                lambda: all(
+                    r.render_state in (RenderState.DONE, RenderState.FAILED)
+                    and r.sealed_seq is not None
+                    for r in rig.rows(tenant).values()
+                ),
+                timeout=90,
+                what="renditions made and archive records sealed",
+            )
+            rig.cli("media", "hold", "--tenant", tenant.name, "--id", items[0].media_id)
+            yield rig, tenant, [i.media_id for i in items], tmp
 
 
 def test_the_bag_validates_and_holds_every_file_with_its_records(

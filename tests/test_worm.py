@@ -33,17 +33,14 @@ def rig(
     with migrated_database("sqlite", tmp, None) as database_url:
         env = process_env(database_url, redis_dbs.take())
         with running_rig(
-            "worm", database_url=database_url, s3_endpoint=rgw_endpoint, env=env, tmp=tmp
+            "worm",
+            database_url=database_url,
+            s3_endpoint=rgw_endpoint,
+            env=env,
+            tmp=tmp,
+            render=True,
         ) as rig:
-            render = processes.start_process(
-                "worm-render",
-                [*processes.worker_argv(concurrency=1), "-n", "worm-render@%h"],
-                {**env, "ARCHIVER_WORKER_QUEUES": "render"},
-            )
-            try:
-                yield rig
-            finally:
-                render.stop()
+            yield rig
 
 
 def _locked_tenant(rig: Rig, mode: str) -> TenantSetup:

@@ -70,15 +70,7 @@ def check_titan(spec: TenantSpec, *, timeout: float) -> Finding:
 
 def check_bucket(spec: TenantSpec, settings: Settings) -> list[Finding]:
     """Put, read and delete a probe object, then open and abort a multipart upload."""
-    s3 = make_s3_client(
-        endpoint=spec.s3_endpoint,
-        region=spec.s3_region,
-        access_key_id=spec.s3_access_key_id,
-        secret_access_key=spec.s3_secret_access_key,
-        connect_timeout=settings.s3_connect_timeout,
-        read_timeout=settings.s3_read_timeout,
-        ca_bundle=spec.s3_ca_bundle,
-    )
+    s3 = _client(spec, settings)
     bucket = spec.s3_bucket
     key = f"{normalise_prefix(spec.s3_prefix)}.titan-archiver-check/{uuid.uuid4().hex}"
     findings = []
@@ -106,7 +98,12 @@ def check_bucket(spec: TenantSpec, settings: Settings) -> list[Finding]:
 
 def lock_problem(spec: TenantSpec, settings: Settings) -> str | None:
     """Why the tenant's bucket cannot hold objects under S3 Object Lock (None: it can)."""
-    s3 = make_s3_client(
+    return worm.bucket_problem(_client(spec, settings), spec.s3_bucket)
+
+
+def _client(spec: TenantSpec, settings: Settings) -> S3Client:
+    """An S3 client with the settings the operator gave (not stored yet)."""
+    return make_s3_client(
         endpoint=spec.s3_endpoint,
         region=spec.s3_region,
         access_key_id=spec.s3_access_key_id,
@@ -115,7 +112,6 @@ def lock_problem(spec: TenantSpec, settings: Settings) -> str | None:
         read_timeout=settings.s3_read_timeout,
         ca_bundle=spec.s3_ca_bundle,
     )
-    return worm.bucket_problem(s3, spec.s3_bucket)
 
 
 def check_tenant(spec: TenantSpec, settings: Settings) -> list[Finding]:
