@@ -12,6 +12,7 @@ DISPATCH_TASK = "worker.dispatch_due"  # publishes retries whose time has come
 PROBE_TASK = "worker.probe_paused"  # re-checks tenants a worker paused
 RETENTION_TASK = "worker.retention"  # deletes what tenants' retention periods expired
 SEAL_TASK = "worker.seal"  # seals new archive records and audit events into the ledger
+EXPORT_TASK = "worker.export_bundle"  # an eDiscovery bag the admin API asked for
 FIXITY_TASK = "worker.fixity"  # reads archived objects back within each tenant's budget
 RENDER_TASK = "worker.render_media"  # thumbnails, posters, playable audio, after archiving
 ARCHIVE_QUEUE = "archive"  # photos, voice notes, stickers, small documents

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # many rows per tenant one pass deletes (the rest goes in the next pass).
     retention_interval_seconds: float = Field(default=600.0, ge=1)
     retention_max_rows: int = Field(default=5000, ge=1)
+    # Where export bundles asked for through the admin API are written (on the workers'
+    # file system; unset: the admin API refuses to make them).
+    export_dir: str | None = None
     # How often the beat seals newly archived media and audit events into the ledger.
     seal_interval_seconds: float = Field(default=60.0, ge=1)
     # Fixity audits: how often the beat reads archived objects back, and how many bytes of

@@ -400,6 +400,23 @@ class AuditEvent(SQLModel, table=True):
     sealed_seq: int | None = Field(default=None)  # its entry in the ledger (None: not yet)
 
 
+class ExportJob(SQLModel, table=True):
+    """An eDiscovery export the admin API asked for (archiver/governance/bundle.py)."""
+
+    __tablename__ = "export_jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int
+    tenant: str = Field(max_length=64)
+    query: str = Field(sa_column=Column(Text, nullable=False))  # JSON: chat, sender, since, until
+    status: str = Field(max_length=16)  # queued, running, done, failed
+    path: str = Field(sa_column=Column(Text, nullable=False))
+    result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime | None = _time(nullable=False)
+    finished_at: datetime | None = _time()
+
+
 class LedgerEntry(SQLModel, table=True):
     """One link of a tenant's tamper-evident chain (archiver/governance/ledger.py)."""
 

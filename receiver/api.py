@@ -13,14 +13,16 @@ import hmac
 import json
 from collections.abc import Callable
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
+from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from archiver.errors import NotFound, PayloadError
-from archiver.governance import audit
+from archiver.errors import NotFound, PayloadError, Unavailable
+from archiver.governance import audit, bundle
 from archiver.governance.erasure import Selector, erase_recorded
+from archiver.infra.broker import publish_task
 from archiver.infra.db import session_scope
 from archiver.media import query as queries
 from archiver.media import renditions
@@ -31,6 +33,8 @@ from archiver.media.shapes import (
     Counts,
     Erasure,
     ErasureAnswer,
+    ExportJobAnswer,
+    ExportJobInfo,
     MediaInfo,
     MediaPage,
     OneMedia,
@@ -39,10 +43,11 @@ from archiver.media.shapes import (
     Stats,
     StatsAnswer,
 )
-from archiver.names import MAX_ID_LEN, SESSION_RE, has_control
+from archiver.names import MAX_ID_LEN, SESSION_RE, has_control, valid_text
+from archiver.queue import EXPORT_TASK, LARGE_QUEUE
 from archiver.reporting import figures
 from archiver.scheduling import pauses
-from archiver.tables import Media, Status, Tenant, utcnow
+from archiver.tables import ExportJob, Media, Status, Tenant, utcnow
 from archiver.tenants.api_keys import tenant_for_key
 from archiver.tenants.tenants import get_tenant, list_tenants
 from receiver import redirects, resources
@@ -353,3 +358,96 @@ def _audit(res: Resources, request: Request) -> Response:
     with session_scope(res.engine) as session:
         docs = [audit.as_dict(e) for e in audit.listing(session, flt)]
     return ShapeResponse(AuditPage(data=[AuditRecord.model_validate(d) for d in docs]))
+
+
+# -- Admin: POST /api/admin/export-bundle, GET /api/admin/export-bundle/{id} ----------------
+
+_EXPORT_FIELDS = {"tenant", "chat", "sender", "since", "until", "zip"}
+
+
+async def export_bundle(request: Request) -> Response:
+    body = await request.body()
+
+    def work(res: Resources, request: Request) -> Response:
+        _admin_only(res, request)
+        if not res.settings.export_dir:
+            raise ApiError(409, "exports are off: set ARCHIVER_EXPORT_DIR on the workers")
+        name, filters, zipped = _export_request(body)
+        parse_query(filters)  # a bad date or value is a 400 now, not a failed job later
+        with session_scope(res.engine) as session:
+            try:
+                tenant = get_tenant(session, name=name)
+            except NotFound as exc:
+                raise ApiError(404, "tenant: no such tenant") from exc
+            job = bundle.queue_job(
+                session,
+                tenant=tenant,
+                filters=filters,
+                export_dir=res.settings.export_dir,
+                zipped=zipped,
+            )
+            audit.record(
+                session,
+                actor="admin",
+                action="media.export-bundle.queued",
+                tenant_id=tenant.id,
+                tenant=tenant.name,
+                detail={"job": job.id, **filters},
+            )
+            info = ExportJobInfo.of(job)
+        try:
+            publish_task(res.celery, task=EXPORT_TASK, args=[info.id], queue=LARGE_QUEUE)
+        except Unavailable:
+            with session_scope(res.engine) as session:
+                session.execute(
+                    update(ExportJob)
+                    .where(col(ExportJob.id) == info.id)
+                    .values(status="failed", error="the broker was unavailable; ask again")
+                )
+            raise
+        return ShapeResponse(ExportJobAnswer(data=info), status_code=202)
+
+    return await _answer(request, work)
+
+
+def _export_request(body: bytes) -> tuple[str, dict[str, str], bool]:
+    try:
+        doc = json.loads(body or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError("body: not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise PayloadError("body: a JSON object with tenant")
+    unknown = sorted(set(doc) - _EXPORT_FIELDS)
+    if unknown:
+        raise PayloadError(f"{unknown[0]}: unknown field")
+    tenant = doc.get("tenant")
+    if not isinstance(tenant, str) or not SESSION_RE.match(tenant):
+        raise PayloadError("tenant: required, a tenant name")
+    filters: dict[str, str] = {}
+    for name in bundle.FILTER_FIELDS:
+        value = doc.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not valid_text(value):
+            raise PayloadError(f"{name}: 1 to 255 printable characters")
+        filters[name] = value
+    zipped = doc.get("zip", False)
+    if not isinstance(zipped, bool):
+        raise PayloadError("zip: true or false")
+    return tenant, filters, zipped
+
+
+async def export_status(request: Request) -> Response:
+    def work(res: Resources, request: Request) -> Response:
+        _admin_only(res, request)
+        text = request.path_params["job"]
+        if not text.isdigit() or len(text) > 12:
+            raise ApiError(404, "no such export")
+        with session_scope(res.engine) as session:
+            job = session.get(ExportJob, int(text))
+            if job is None:
+                raise ApiError(404, "no such export")
+            info = ExportJobInfo.of(job)
+        return ShapeResponse(ExportJobAnswer(data=info))
+
+    return await _answer(request, work)

@@ -162,6 +162,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/api/stats", api.stats),
             Route("/api/admin/erase", api.erase, methods=["POST"]),
             Route("/api/admin/audit", api.audit_list),
+            Route("/api/admin/export-bundle", api.export_bundle, methods=["POST"]),
+            Route("/api/admin/export-bundle/{job}", api.export_status),
             Route("/openapi.json", openapi_json),
             Route("/docs", docs_page),
             *dashboard.routes(),

@@ -215,6 +215,47 @@ def document() -> dict[str, Any]:
                     **_errors(400, 401, 403, 503),
                 },
             ),
+            "/api/admin/export-bundle": {
+                "post": {
+                    "operationId": "exportBundle",
+                    "summary": "Admin: make an eDiscovery export (a BagIt bag) of a tenant's "
+                    "archived media, as a background job on the workers (ARCHIVER_EXPORT_DIR)",
+                    "security": [{"apiKey": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["tenant"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "tenant": {"type": "string", "pattern": SESSION_RE.pattern},
+                                        "chat": {"type": "string", "maxLength": 255},
+                                        "sender": {"type": "string", "maxLength": 255},
+                                        "since": {"type": "string", "maxLength": 64},
+                                        "until": {"type": "string", "maxLength": 64},
+                                        "zip": {"type": "boolean"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json(_ref("ExportJobAnswer"), "The export, queued."),
+                        **_errors(400, 401, 403, 404, 409, 503),
+                    },
+                }
+            },
+            "/api/admin/export-bundle/{job}": _get(
+                "getExportBundle",
+                "Admin: an export job and how it went",
+                [_param("job", {"type": "string"}, "The export's id.", "path")],
+                {
+                    "200": _json(_ref("ExportJobAnswer"), "The export."),
+                    **_errors(401, 403, 404, 503),
+                },
+            ),
             "/webhooks/{tenant}": {
                 "post": {
                     "operationId": "receiveWebhook",

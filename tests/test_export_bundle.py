@@ -21,6 +21,7 @@ from devstack.rig import RedisDatabases, Rig, running_rig
 from tests.conftest import migrated_database
 
 GROUP = "120363111@g.us"
+ADMIN = "bundle-admin-key-" + "b" * 16
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,14 @@ def exported(
 ) -> Iterator[tuple[Rig, TenantSetup, list[str], Path]]:
     tmp: Path = tmp_path_factory.mktemp("bundle")
     with migrated_database("sqlite", tmp, None) as database_url:
-        env = process_env(database_url, redis_dbs.take(), ARCHIVER_SEAL_INTERVAL_SECONDS="1")
+        env = process_env(
+            database_url,
+            redis_dbs.take(),
+            ARCHIVER_SEAL_INTERVAL_SECONDS="1",
+            ARCHIVER_ADMIN_API_KEY=ADMIN,
+            ARCHIVER_EXPORT_DIR=str(tmp / "exports"),
+        )
+        (tmp / "exports").mkdir()
         with running_rig(
             "bundle",
             database_url=database_url,
@@ -149,6 +157,45 @@ def test_an_object_gone_from_the_bucket_stops_the_export_naming_it(
         "media", "export-bundle", "--tenant", tenant.name, "--out", str(tmp), codes=(2,)
     )
     assert "already exists" in exists.stderr
+
+
+def test_the_admin_api_makes_the_same_bag_as_a_background_job(
+    exported: tuple[Rig, TenantSetup, list[str], Path],
+) -> None:
+    rig, tenant, ids, tmp = exported
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    url = f"{rig.receiver_url}/api/admin/export-bundle"
+    asked = rig.client.post(url, headers=admin, json={"tenant": tenant.name, "zip": True})
+    assert asked.status_code == 202, asked.text
+    job = asked.json()["data"]
+    assert job["status"] == "queued" and job["path"].endswith(".zip")
+
+    def finished() -> bool:
+        now = rig.client.get(f"{url}/{job['id']}", headers=admin).json()["data"]
+        return bool(now["status"] in ("done", "failed"))
+
+    processes.wait_until(finished, timeout=60, what="the export job")
+    done = rig.client.get(f"{url}/{job['id']}", headers=admin).json()["data"]
+    assert done["status"] == "done" and done["result"]["files"] == len(ids), done
+    with zipfile.ZipFile(done["path"]) as archive:
+        archive.extractall(tmp / "from-api")
+    (bag_dir,) = (tmp / "from-api").iterdir()
+    bagit.Bag(str(bag_dir)).validate()
+    # Refused plainly: a bad body, an unknown tenant, a tenant's key, an unknown job.
+    assert (
+        rig.client.post(url, headers=admin, json={"tenant": tenant.name, "x": 1}).status_code == 400
+    )
+    assert rig.client.post(url, headers=admin, json={"tenant": "ghost"}).status_code == 404
+    assert (
+        rig.client.post(
+            url, headers=admin, json={"tenant": tenant.name, "since": "soon"}
+        ).status_code
+        == 400
+    )
+    assert rig.client.get(f"{url}/999999", headers=admin).status_code == 404
+    key = json.loads(rig.cli("api-keys", "create", tenant.name).stdout)["apiKey"]
+    mine = {"Authorization": f"Bearer {key}"}
+    assert rig.client.post(url, headers=mine, json={"tenant": tenant.name}).status_code == 403
 
 
 def _read_in_chromium(index: Path, ids: list[str]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, Task
 
 from archiver.errors import Unavailable
-from archiver.governance import checkpoints, ledger
+from archiver.governance import bundle, checkpoints, ledger
 from archiver.governance.fixity import fixity_pass
 from archiver.governance.retention import retention_pass
 from archiver.infra import tracing
@@ -20,6 +20,7 @@ from archiver.queue import (
     ARCHIVE_QUEUE,
     ARCHIVE_TASK,
     DISPATCH_TASK,
+    EXPORT_TASK,
     FIXITY_TASK,
     PROBE_TASK,
     QUEUES,
@@ -139,6 +140,14 @@ def register(app: Celery, settings: Settings) -> None:
             metrics.record_deletions(done.tenant, "retention", done.expired)
             metrics.record_deletions(done.tenant, "revoked", done.revoked)
         return sum(p.expired.rows + p.revoked.rows for p in passes)
+
+    @app.task(name=EXPORT_TASK, ignore_result=True, acks_late=True)
+    def export_bundle(job_id: Any) -> str:
+        if not isinstance(job_id, int):
+            log.error("export_bundle: malformed argument %r; dropped", job_id)
+            return "dropped"
+        res = resources(settings, app)
+        return bundle.run_job(res.engine, job_id, s3_for=res.s3.get)
 
     @app.task(name=SEAL_TASK, ignore_result=True)
     def seal_ledger() -> int:

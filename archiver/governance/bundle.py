@@ -34,17 +34,17 @@ from typing import TYPE_CHECKING, Any
 
 import bagit
 from botocore.exceptions import ClientError
-from sqlalchemy import Engine, func, or_
+from sqlalchemy import Engine, func, or_, update
 from sqlmodel import Session, col, select
 
 from archiver.errors import AppError, ConfigError
-from archiver.governance import fixity
+from archiver.governance import audit, fixity
 from archiver.infra.db import session_scope
 from archiver.media import query as queries
 from archiver.media import renditions
 from archiver.media.query import MediaQuery
 from archiver.media.shapes import media_info
-from archiver.tables import AuditEvent, LedgerEntry, Media, Status, Tenant
+from archiver.tables import AuditEvent, ExportJob, LedgerEntry, Media, Status, Tenant, utcnow
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -425,3 +425,76 @@ def archived_count(session: Session, tenant: Tenant) -> int:
             )
         ).one()
     )
+
+
+# -- exports asked for through the admin API ---------------------------------------------
+
+FILTER_FIELDS = ("chat", "sender", "since", "until")
+
+
+def queue_job(
+    session: Session, *, tenant: Tenant, filters: dict[str, str], export_dir: str, zipped: bool
+) -> ExportJob:
+    """Record an export to run (its bag under ``export_dir``); the caller publishes it."""
+    job = ExportJob(
+        tenant_id=tenant.saved_id,
+        tenant=tenant.name,
+        query=json.dumps(filters, sort_keys=True),
+        status="queued",
+        path="",
+        created_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    name = f"{safe(tenant.name, 'tenant')}-{job.id:06d}" + (".zip" if zipped else "")
+    job.path = str(Path(export_dir) / name)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def run_job(engine: Engine, job_id: int, *, s3_for: Callable[[Tenant], S3Client]) -> str:
+    """Run one queued export (a worker's task); its final status. Claimed with a
+    conditional update, so a redelivered task never runs it twice."""
+    with session_scope(engine) as session:
+        claimed = (
+            session.connection()
+            .execute(
+                update(ExportJob)
+                .where(col(ExportJob.id) == job_id, col(ExportJob.status) == "queued")
+                .values(status="running")
+            )
+            .rowcount
+        )
+        job = session.get(ExportJob, job_id)
+        if not claimed or job is None:
+            return "skipped"
+        tenant = session.get(Tenant, job.tenant_id)
+        session.expunge(job)
+    status, result, error = "failed", None, None
+    try:
+        if tenant is None:
+            raise ExportError("the tenant no longer exists")
+        query = queries.parse_query(json.loads(job.query))
+        done = export(
+            engine, tenant, query, s3=s3_for(tenant), out=Path(job.path), who="admin", now=utcnow()
+        )
+        status, result = "done", json.dumps(done.doc(Path(job.path)))
+    except AppError as exc:
+        error = str(exc)
+    finally:
+        with session_scope(engine) as session:
+            session.execute(
+                update(ExportJob)
+                .where(col(ExportJob.id) == job_id)
+                .values(status=status, result=result, error=error, finished_at=utcnow())
+            )
+            audit.record(
+                session,
+                actor="admin",
+                action="media.export-bundle",
+                tenant_id=job.tenant_id,
+                tenant=job.tenant,
+                detail={"job": job_id, "status": status, "path": job.path, "error": error},
+            )
+    return status

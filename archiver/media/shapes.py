@@ -8,13 +8,14 @@ had. Nullable fields are always present (``null``), so every field is required i
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from archiver.media import renditions as derived
-from archiver.tables import ApiKey, Media, Status, Tenant
+from archiver.tables import ApiKey, ExportJob, Media, Status, Tenant
 
 MASK: Final = "********"
 StrategyName = Literal["download", "persist", "auto"]  # auto: Titan persisted it on its own
@@ -445,6 +446,43 @@ def _certificates(pem: str | None) -> int | None:
 
 
 # Every shape the HTTP API answers with, for the OpenAPI document's components.
+class ExportJobInfo(Shape):
+    """An eDiscovery export the admin API asked for, and how it went."""
+
+    id: int
+    tenant: str
+    status: Literal["queued", "running", "done", "failed"]
+    path: str = Field(description="Where the bag is written, on the workers' file system")
+    query: dict[str, str]
+    result: dict[str, Any] | None = Field(
+        description="When done: {bag, files, bytes, thumbnails, skipped}"
+    )
+    error: str | None
+    created_at: datetime = Field(alias="createdAt")
+    finished_at: datetime | None = Field(alias="finishedAt")
+
+    @classmethod
+    def of(cls, job: ExportJob) -> ExportJobInfo:
+        assert job.id is not None and job.created_at is not None
+        return cls(
+            id=job.id,
+            tenant=job.tenant,
+            status=cast(Literal["queued", "running", "done", "failed"], job.status),
+            path=job.path,
+            query=json.loads(job.query),
+            result=json.loads(job.result) if job.result else None,
+            error=job.error,
+            created_at=job.created_at,
+            finished_at=job.finished_at,
+        )
+
+
+class ExportJobAnswer(Shape):
+    """``POST /api/admin/export-bundle`` (202) and ``GET /api/admin/export-bundle/{id}``."""
+
+    data: ExportJobInfo
+
+
 API_SHAPES: tuple[type[Shape], ...] = (
     MediaInfo,
     MediaPage,
@@ -458,6 +496,7 @@ API_SHAPES: tuple[type[Shape], ...] = (
     SessionState,
     ErasureAnswer,
     AuditPage,
+    ExportJobAnswer,
     Readiness,
     Health,
 )
