@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
-from archiver.infra.db import session_scope
+from archiver.infra.db import session_scope, transactional
 from archiver.tables import AuditEvent, LedgerEntry, LedgerHead, Media, Tenant
 
 GENESIS = "0" * 64
@@ -132,8 +132,11 @@ def seal(engine: Engine) -> dict[int, tuple[int, str]]:
             )
             if tenant_id is not None
         }
+    # One transaction per chain: its head locked, its entries and the rows' marks together
+    # (the worker's engine commits each statement alone otherwise).
+    chained = transactional(engine)
     for tenant_id in [0, *sorted(tenants)]:
-        with session_scope(engine) as session:
+        with session_scope(chained) as session:
             if _seal_tenant(session, tenant_id):
                 head = session.get(LedgerHead, tenant_id)
                 if head is not None:
