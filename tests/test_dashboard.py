@@ -25,7 +25,7 @@ from tests.conftest import migrated_database, s3_of
 from titan_simulator.sender import SentMedia, Simulator
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ConsoleMessage, Page
+    from playwright.sync_api import Browser, ConsoleMessage, Locator, Page
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = processes.ARTIFACTS / "screenshots"
@@ -262,7 +262,14 @@ def shoot(page: Page, name: str) -> None:
 def sign_in(page: Page, stack: Stack, key: str) -> None:
     page.goto(f"{stack.url}/ui/login")
     page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
+    follow(page, page.get_by_role("button", name="Sign in"))
+
+
+def follow(page: Page, target: Locator) -> None:
+    """Click a link or submit button and wait until the page it leads to has loaded:
+    click() alone returns once the click is dispatched, and reading the old page then races."""
+    with page.expect_navigation():
+        target.click()
 
 
 def test_sign_in_is_refused_with_a_wrong_key(page: Page, stack: Stack) -> None:
@@ -286,10 +293,12 @@ def test_overview_counts_bytes_rate_and_oldest_age(page: Page, stack: Stack) -> 
 
 
 def test_filter_to_videos_open_one_and_it_plays(page: Page, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
     sign_in(page, stack, stack.api_keys["acme"])
-    page.get_by_role("link", name="Media").click()
+    follow(page, page.get_by_role("link", name="Media"))
     tiles = page.locator("[data-testid=grid] > li")
-    assert tiles.count() == len(stack.sent["acme"]) + 1
+    expect(tiles).to_have_count(len(stack.sent["acme"]) + 1)
     # Images render from their presigned URL: the browser decoded real pixels.
     wait_js(
         page,
@@ -297,11 +306,12 @@ def test_filter_to_videos_open_one_and_it_plays(page: Page, stack: Stack) -> Non
     )
     shoot(page, "media-grid")
     page.get_by_label("Type").select_option("video")
-    page.get_by_role("button", name="Filter").click()
+    follow(page, page.get_by_role("button", name="Filter"))
+    expect(tiles).to_have_count(2)
     kinds = tiles.evaluate_all("nodes => nodes.map(n => n.dataset.type)")
     assert kinds == ["video", "video"]
     shoot(page, "media-videos")
-    tiles.first.get_by_role("link").click()
+    follow(page, tiles.first.get_by_role("link"))
     video = page.locator("video")
     assert (video.get_attribute("poster") or "").endswith("?rendition=thumbnail")
     wait_js(page, "document.querySelector('video').readyState >= 1")
@@ -349,7 +359,7 @@ def test_grid_tiles_are_thumbnails_and_no_original_is_fetched(page: Page, stack:
 def test_a_voice_note_offers_its_m4a_where_ogg_does_not_play(page: Page, stack: Stack) -> None:
     sign_in(page, stack, stack.api_keys["acme"])
     page.goto(f"{stack.url}/ui/media?type=audio")
-    page.locator("[data-testid=grid] > li").first.get_by_role("link").click()
+    follow(page, page.locator("[data-testid=grid] > li").first.get_by_role("link"))
     sources = page.locator("audio source")
     types = sources.evaluate_all("nodes => nodes.map(n => n.type)")
     assert types == ["audio/ogg; codecs=opus", "audio/mp4"]  # the browser takes the first it plays
@@ -375,7 +385,7 @@ def test_a_voice_note_offers_its_m4a_where_ogg_does_not_play(page: Page, stack: 
 
 def test_retry_a_failed_item_and_it_becomes_archived(page: Page, stack: Stack) -> None:
     sign_in(page, stack, stack.api_keys["acme"])
-    page.get_by_role("link", name="Failures").click()
+    follow(page, page.get_by_role("link", name="Failures"))
     row = page.locator(f"[data-testid=failed] tr[data-media-id='{stack.gone.media_id}']")
     assert "404" in row.inner_text() or "not found" in row.inner_text().lower()
     shoot(page, "failures")
@@ -383,7 +393,7 @@ def test_retry_a_failed_item_and_it_becomes_archived(page: Page, stack: Stack) -
     stack.sim.make_media(
         account="acme", message_type="document", size=4000, media_id=stack.gone.media_id
     )
-    row.get_by_role("button", name=f"Retry {stack.gone.media_id}").click()
+    follow(page, row.get_by_role("button", name=f"Retry {stack.gone.media_id}"))
     assert "1 item(s) queued again" in page.get_by_role("status").inner_text()
     processes.wait_until(
         lambda: stack.status_of("acme", stack.gone.media_id) == "archived",
@@ -489,7 +499,7 @@ def test_chats_list_the_conversations_and_open_one(page: Page, stack: Stack) -> 
         what="the group image archived",
     )
     sign_in(page, stack, stack.api_keys["globex"])
-    page.get_by_role("link", name="Chats").click()
+    follow(page, page.get_by_role("link", name="Chats"))
     rows = page.locator("[data-testid=chats] tbody tr")
     lines = rows.evaluate_all(
         "rows => rows.map(r => [r.dataset.chat, r.cells[0].innerText, r.cells[1].innerText, "
@@ -501,7 +511,7 @@ def test_chats_list_the_conversations_and_open_one(page: Page, stack: Stack) -> 
     maria = stack.api("globex", "/api/media?chat=%2B5511999999999&limit=100").json()["data"]
     assert lines[1][2:] == ["one-to-one", str(len(maria))] and len(lines) == 2
     shoot(page, "chats")
-    page.get_by_role("link", name=group).click()
+    follow(page, page.get_by_role("link", name=group))
     assert "chat=" in page.url
     tiles = page.locator("[data-testid=grid] > li")
     assert tiles.evaluate_all("n => n.map(t => t.dataset.mediaId)") == [item.media_id]
@@ -509,7 +519,7 @@ def test_chats_list_the_conversations_and_open_one(page: Page, stack: Stack) -> 
     tile = tiles.first
     assert tile.locator(".name").inner_text().startswith("Image from Ana, ")
     assert tile.locator("[data-field=chat]").inner_text() == f"group {group} · Ana"
-    tile.get_by_role("link").click()
+    follow(page, tile.get_by_role("link"))
     said = page.get_by_test_id("conversation").inner_text()
     assert said == f"In group {group}, from Ana (+5511333333333)"
 
@@ -520,7 +530,7 @@ def test_the_admin_sees_the_audit_trail_of_sign_ins(page: Page, stack: Stack) ->
     assert page.request.get(f"{stack.url}/ui/audit").status == 403
     page.context.clear_cookies()
     sign_in(page, stack, ADMIN)
-    page.get_by_role("link", name="Audit").click()
+    follow(page, page.get_by_role("link", name="Audit"))
     actions = page.locator("[data-testid=audit] tbody tr").evaluate_all(
         "rows => rows.map(r => [r.cells[1].innerText, r.dataset.action, r.cells[3].innerText])"
     )
