@@ -78,8 +78,12 @@ class Settings(BaseSettings):
     # Ceph's RADOS Gateway (it stores a wrong SHA-256 checksum without a word).
     s3_checksum: Literal["sha256", "md5"] = "sha256"
     # Parts of one file uploading at once: a far bucket costs a round trip per this many
-    # parts; memory per transfer is about (this + 1) * part_size.
+    # parts (at most; each part also waits for ARCHIVER_WORKER_BUFFER_BYTES).
     upload_parts_in_flight: int = Field(default=4, ge=1, le=16)
+    # Bytes of part buffers all the transfers of one worker (its pool processes together)
+    # may hold at once: parts wait for it, so a worker's transfers cost this much memory,
+    # not (parts in flight + 1) x part size each. At least one part.
+    worker_buffer_bytes: int = Field(default=64 * MiB, ge=5 * MiB)
     max_attempts: int = Field(default=8, ge=1)
     lease_seconds: int = Field(default=120, ge=5)
     sweep_interval_seconds: float = Field(default=60.0, ge=1)
@@ -200,6 +204,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "ARCHIVER_BROKER_VISIBILITY_TIMEOUT must exceed ARCHIVER_TASK_TIME_LIMIT, "
                 "or the broker redelivers transfers that are still running"
+            )
+        if self.worker_buffer_bytes < self.part_size:
+            raise ValueError(
+                f"ARCHIVER_WORKER_BUFFER_BYTES ({self.worker_buffer_bytes}) is smaller than "
+                f"ARCHIVER_PART_SIZE ({self.part_size}): not one part would fit"
             )
         if not (self.secret_key and self.secret_key.get_secret_value()) and self.secret_key_file:
             try:

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from archiver.errors import TenantError, TransientError
 from archiver.infra.buckets import make_s3_client
 from devstack.services import S3_CREDENTIALS, s3_client
+from worker.buffers import BufferBudget
 from worker.storage import SizeMismatch, put_stream
 
 if TYPE_CHECKING:
@@ -289,3 +290,87 @@ def test_md5_mode_sends_content_md5_instead(s3: Any, bucket: str) -> None:
     )
     for _, body, fields in spy.sent:
         assert fields == {"ContentMD5": _b64(hashlib.md5(body, usedforsecurity=False).digest())}
+
+
+class Watched(BufferBudget):
+    """A budget that remembers every request and the most it ever lent out."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(total)
+        self.asked: list[int] = []
+        self.most = 0
+
+    def acquire(self, size: int) -> int:
+        self.asked.append(size)
+        taken = super().acquire(size)
+        self.most = max(self.most, self.held())
+        return taken
+
+
+def test_concurrent_transfers_share_one_budget_and_wait_for_it(s3: Any, bucket: str) -> None:
+    budget = Watched(12 * MiB)  # two parts of 5 MiB and change: not 2 x (3 + 1) parts
+    files = {f"v{n}.mp4": os.urandom(16 * MiB + n) for n in range(3)}
+    spy = Spy(s3, slow=0.15)
+    stored: dict[str, str] = {}
+
+    def send(key: str) -> None:
+        stored[key] = put_stream(
+            cast("S3Client", spy),
+            bucket=bucket,
+            key=key,
+            chunks=pieces(files[key], 256 * 1024),
+            content_type="video/mp4",
+            part_size=5 * MiB,
+            parts_in_flight=3,
+            budget=budget,
+            expected_sizes=[len(files[key])],
+        ).sha256
+
+    threads = [threading.Thread(target=send, args=(key,)) for key in files]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert stored == {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+    for key, data in files.items():
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    # Never more lent out than the budget, though three transfers wanted four parts each;
+    # each last part asked only for what was left of its announced size.
+    # (Unbounded, nine parts would have been up at once: three transfers, three each.)
+    assert budget.most <= 12 * MiB and spy.most_in_flight <= 3 and budget.waited_seconds > 0
+    assert sorted(budget.asked).count(5 * MiB) == 9 and budget.held() == 0
+    assert sorted(n for n in budget.asked if n < 5 * MiB) == [MiB, MiB + 1, MiB + 2]
+
+
+def test_a_photo_reserves_its_size_and_a_failed_transfer_gives_all_back(
+    s3: Any, bucket: str
+) -> None:
+    budget = Watched(16 * MiB)
+    photo = os.urandom(300_000)
+    put_stream(
+        s3,
+        bucket=bucket,
+        key="p.jpg",
+        chunks=pieces(photo),
+        content_type="image/jpeg",
+        part_size=8 * MiB,
+        budget=budget,
+        expected_sizes=[len(photo)],
+    )
+    assert budget.asked == [len(photo)] and budget.held() == 0
+    spy = Spy(s3, slow=0.2, fail_part=2)
+    with pytest.raises(TransientError):
+        put_stream(
+            cast("S3Client", spy),
+            bucket=bucket,
+            key="refused.mp4",
+            chunks=pieces(os.urandom(30 * MiB), 256 * 1024),
+            content_type="video/mp4",
+            part_size=5 * MiB,
+            parts_in_flight=3,
+            budget=budget,
+        )
+    deadline = time.monotonic() + 5
+    while budget.held() and time.monotonic() < deadline:  # parts still going end, then give back
+        time.sleep(0.05)
+    assert budget.held() == 0

@@ -24,6 +24,7 @@ from archiver.scheduling import dispatch, fairness, pauses
 from archiver.tables import Media, RenderState, Strategy, Tenant, utcnow
 from archiver.tenants import notify
 from archiver.tenants.tenants import TenantSecrets
+from worker import buffers
 from worker.resources import WorkerResources
 from worker.storage import abort_stale_uploads, abort_upload, put_stream
 from worker.titan_client import TitanClient
@@ -453,6 +454,7 @@ def _download(
                     content_type=row.mime_type or body.content_type or "application/octet-stream",
                     part_size=settings.part_size,
                     parts_in_flight=settings.upload_parts_in_flight,
+                    budget=buffers.budget(settings.worker_buffer_bytes),
                     expected_sizes=expected,
                     on_part=keep_lease,
                     on_upload_started=remember_upload,

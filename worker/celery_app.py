@@ -20,7 +20,7 @@ from archiver.queue import (
     SWEEP_TASK,
 )
 from archiver.settings import settings_for_process
-from worker import metrics
+from worker import buffers, metrics
 from worker.notifier import Notifier
 from worker.tasks import register
 
@@ -69,6 +69,8 @@ register(app, settings)
 def _serve_metrics(**_: Any) -> None:
     # In the worker's main process, before the pool forks (beat never sends this signal).
     metrics.start(settings, app)
+    # The pool's shared upload-buffer budget: created here so every pool child inherits it.
+    buffers.install(settings.worker_buffer_bytes)
     # Tracing, if OTEL_* asks for it: set up before the fork; each pool child's exporter
     # thread is restarted by the SDK, and flushed when the child exits.
     tracing.setup("titan-archiver-worker")

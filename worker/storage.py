@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
+    from worker.buffers import BufferBudget
+
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +50,7 @@ def put_stream(
     content_type: str,
     part_size: int,
     parts_in_flight: int = 1,
+    budget: BufferBudget | None = None,
     expected_sizes: Sequence[int] = (),
     on_part: Callable[[int], None] | None = None,
     on_upload_started: Callable[[str], None] | None = None,
@@ -58,7 +61,11 @@ def put_stream(
 
     Up to ``parts_in_flight`` parts upload at once while the next one fills, so a bucket far
     away costs one round trip per that many parts, and memory stays under
-    ``(parts_in_flight + 1) * part_size`` whatever the file's size.
+    ``(parts_in_flight + 1) * part_size`` whatever the file's size. With a ``budget`` (the
+    worker's, shared by all its transfers) each part's buffer is taken from it before it
+    fills and given back once the part is up: a part waits for budget rather than adding
+    to the worker's memory. A part reserves what is left of the announced size when that is
+    less than a part (a photo reserves its size, not a part's).
 
     The SHA-256 is returned for the row; an object sent in one PUT also carries it as
     ``x-amz-meta-sha256``. A multipart object does not (that took a server-side copy of the
@@ -73,6 +80,9 @@ def put_stream(
     digest = hashlib.sha256()
     buffer = bytearray()  # the part being filled; handed to the upload when full
     size = 0
+    handed = 0  # bytes handed to parts
+    reserved = 0  # budget taken for the part being filled
+    announced = max(expected_sizes, default=0)
     upload: _Multipart | None = None
     try:
         for chunk in chunks:
@@ -80,6 +90,9 @@ def put_stream(
             size += len(chunk)
             view = memoryview(chunk)
             while view:
+                if budget is not None and not reserved:
+                    left = announced - handed
+                    reserved = budget.acquire(left if 0 < left < part_size else part_size)
                 take = part_size - len(buffer)
                 buffer += view[:take]
                 view = view[take:]
@@ -94,11 +107,13 @@ def put_stream(
                         width=parts_in_flight,
                         checksum=checksum,
                         object_lock=object_lock,
+                        budget=budget,
                     )
                     if on_upload_started is not None:
                         on_upload_started(upload.upload_id)
-                upload.add(buffer)
-                buffer = bytearray()
+                handed += len(buffer)
+                upload.add(buffer, reserved)  # the part gives its budget back once it is up
+                buffer, reserved = bytearray(), 0
                 if on_part is not None:
                     on_part(size)
         for expected in expected_sizes:
@@ -123,7 +138,8 @@ def put_stream(
             ).get("ETag")
         else:
             if buffer:
-                upload.add(buffer)
+                upload.add(buffer, reserved)
+                reserved = 0
             del buffer
             etag = upload.complete()
             upload = None
@@ -134,6 +150,8 @@ def put_stream(
     finally:
         if upload is not None:
             upload.abort()
+        if budget is not None:
+            budget.release(reserved)
     return StoredObject(bucket=bucket, key=key, size=size, sha256=sha256, etag=etag or None)
 
 
@@ -153,8 +171,10 @@ class _Multipart:
         width: int,
         checksum: str = "sha256",
         object_lock: Mapping[str, Any] | None = None,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.s3, self.bucket, self.key = s3, bucket, key
+        self.budget = budget
         self.checksum = checksum
         fields: dict[str, Any] = dict(object_lock or {})
         if checksum == "sha256":
@@ -168,15 +188,26 @@ class _Multipart:
         self._parts: list[CompletedPartTypeDef] = []
         self._next = 1
 
-    def add(self, data: bytearray) -> None:
+    def add(self, data: bytearray, reserved: int = 0) -> None:
+        """Upload ``data`` as the next part; ``reserved`` bytes of the budget are given back
+        once it is up (or failed, or cancelled)."""
         number, self._next = self._next, self._next + 1
         if self._pool is None:
-            self._parts.append(self._put(number, data))
+            try:
+                self._parts.append(self._put(number, data))
+            finally:
+                self._give_back(reserved)
             return
-        self._in_flight.add(self._pool.submit(self._put, number, data))
+        future = self._pool.submit(self._put, number, data)
         del data  # the future holds the only reference; it is freed when the part is up
+        future.add_done_callback(lambda _: self._give_back(reserved))
+        self._in_flight.add(future)
         while len(self._in_flight) >= self.width:
             self._collect(FIRST_COMPLETED)
+
+    def _give_back(self, reserved: int) -> None:
+        if self.budget is not None:
+            self.budget.release(reserved)
 
     def complete(self) -> str | None:
         """Complete the upload; the ETag the bucket answered, if it did."""
