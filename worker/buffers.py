@@ -18,9 +18,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -38,7 +35,6 @@ class BufferBudget:
         self._changed = context.Condition(context.Lock())
         # Pairs (pid, bytes held) in shared memory; pid 0 marks a free slot.
         self._slots: Any = context.RawArray("q", 2 * SLOTS)
-        self.waited_seconds = 0.0  # this process's time spent waiting (for its logs)
 
     def held(self) -> int:
         """Bytes held across all processes now."""
@@ -51,16 +47,12 @@ class BufferBudget:
         take = min(max(size, 0), self.total)
         if take == 0:
             return 0
-        started = time.monotonic()
         with self._changed:
             reclaim = False
             while self._in_use(reclaim=reclaim) + take > self.total:
                 self._changed.wait(_RECHECK_SECONDS)
                 reclaim = True
             self._add(os.getpid(), take)
-        waited = time.monotonic() - started
-        if waited > 0.001:
-            self.waited_seconds += waited
         return take
 
     def release(self, size: int) -> None:
@@ -69,14 +61,6 @@ class BufferBudget:
         with self._changed:
             self._add(os.getpid(), -size)
             self._changed.notify_all()
-
-    @contextmanager
-    def holding(self, size: int) -> Iterator[int]:
-        taken = self.acquire(size)
-        try:
-            yield taken
-        finally:
-            self.release(taken)
 
     def _in_use(self, *, reclaim: bool) -> int:
         slots = self._slots
