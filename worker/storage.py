@@ -112,8 +112,10 @@ def put_stream(
                     if on_upload_started is not None:
                         on_upload_started(upload.upload_id)
                 handed += len(buffer)
-                upload.add(buffer, reserved)  # the part gives its budget back once it is up
-                buffer, reserved = bytearray(), 0
+                # The part gives its budget back once it is up (or failed): not ours anymore.
+                part, reserved = reserved, 0
+                upload.add(buffer, part)
+                buffer = bytearray()
                 if on_part is not None:
                     on_part(size)
         for expected in expected_sizes:
@@ -138,8 +140,8 @@ def put_stream(
             ).get("ETag")
         else:
             if buffer:
-                upload.add(buffer, reserved)
-                reserved = 0
+                part, reserved = reserved, 0
+                upload.add(buffer, part)
             del buffer
             etag = upload.complete()
             upload = None
