@@ -136,8 +136,8 @@ def test_large_file_goes_up_in_equal_parts(s3: Any, bucket: str, in_flight: int)
     assert stored.etag is not None and stored.etag == head["ETag"] and stored.etag.endswith('-6"')
 
 
-def test_a_refused_part_aborts_after_the_parts_in_flight_end(s3: Any, bucket: str) -> None:
-    spy = Spy(s3, slow=0.3, fail_part=2)
+def send_refused(spy: Spy, bucket: str, budget: BufferBudget | None = None) -> None:
+    """30 MiB in 5 MiB parts, 3 in flight, through a spy that refuses one: it must raise."""
     with pytest.raises(TransientError, match="InternalError"):
         put_stream(
             cast("S3Client", spy),
@@ -147,7 +147,13 @@ def test_a_refused_part_aborts_after_the_parts_in_flight_end(s3: Any, bucket: st
             content_type="video/mp4",
             part_size=5 * MiB,
             parts_in_flight=3,
+            budget=budget,
         )
+
+
+def test_a_refused_part_aborts_after_the_parts_in_flight_end(s3: Any, bucket: str) -> None:
+    spy = Spy(s3, slow=0.3, fail_part=2)
+    send_refused(spy, bucket)
     deadline = time.monotonic() + 5
     while spy.in_flight and time.monotonic() < deadline:  # parts the abort left behind end
         time.sleep(0.05)
@@ -364,17 +370,7 @@ def test_a_photo_reserves_its_size_and_a_failed_transfer_gives_all_back(
     # Another transfer of this process holds a share: a part given back twice would eat it.
     other = budget.acquire(MiB)
     spy = Spy(s3, slow=0.2, fail_part=2)
-    with pytest.raises(TransientError):
-        put_stream(
-            cast("S3Client", spy),
-            bucket=bucket,
-            key="refused.mp4",
-            chunks=pieces(os.urandom(30 * MiB), 256 * 1024),
-            content_type="video/mp4",
-            part_size=5 * MiB,
-            parts_in_flight=3,
-            budget=budget,
-        )
+    send_refused(spy, bucket, budget)
     deadline = time.monotonic() + 5
     while budget.held() > other and time.monotonic() < deadline:  # parts going end first
         time.sleep(0.05)
