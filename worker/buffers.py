@@ -15,6 +15,8 @@ one (the solo pool, a script, a test) builds its own on first use.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -23,6 +25,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SLOTS = 256  # processes that may hold buffers at once (a pool is far smaller)
+MMAP_THRESHOLD = 1024 * 1024  # glibc: blocks this large get their own mapping (see below)
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 _RECHECK_SECONDS = 0.25  # a waiter looks for dead holders this often
 
 
@@ -116,7 +120,29 @@ def install(total: int) -> BufferBudget:
     """Create this worker's budget (in the main process, before the pool forks)."""
     global _installed
     _installed = BufferBudget(total)
+    return_freed_buffers()
     return _installed
+
+
+def return_freed_buffers() -> bool:
+    """Make glibc give a freed part buffer back to the kernel at once (True if it did).
+
+    By default glibc raises its mmap threshold to the size of the largest mapped block freed
+    so far: after the first part, every later part buffer comes from the heap, and the heap
+    keeps what it was given, so a worker's RSS stayed at its busiest moment's, not at what
+    its budget holds (bench/worker_memory.py). Setting the threshold fixes it (glibc's
+    ``mallopt(M_MMAP_THRESHOLD)``, the ``MALLOC_MMAP_THRESHOLD_`` variable's switch): blocks
+    of a MiB or more are mapped on their own and unmapped when freed. Other C libraries (musl
+    already maps large blocks) are left alone. Inherited by the pool's children."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def budget(total: int) -> BufferBudget:
