@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 
 from archiver.errors import InvalidSignature
 
 PREFIX = "sha256="
-_HEX_LEN = 64
+_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def sign(body: bytes, key: str | bytes) -> str:
     """Return the ``X-Webhook-Signature`` value Titan would send for ``body``."""
     raw_key = key.encode() if isinstance(key, str) else key
-    return PREFIX + hmac.new(raw_key, body, hashlib.sha256).hexdigest()
+    return PREFIX + _hexdigest(raw_key, body)
+
+
+def _hexdigest(key: bytes, body: bytes) -> str:
+    return hmac.digest(key, body, "sha256").hex()  # OpenSSL's one-shot HMAC
 
 
 def verify(body: bytes, header: str | None, keys: Iterable[str | bytes]) -> None:
@@ -30,11 +34,11 @@ def verify(body: bytes, header: str | None, keys: Iterable[str | bytes]) -> None
     if not header.startswith(PREFIX):
         raise InvalidSignature("malformed signature")
     given = header[len(PREFIX) :].lower()
-    if len(given) != _HEX_LEN or any(c not in "0123456789abcdef" for c in given):
+    if not _HEX.fullmatch(given):
         raise InvalidSignature("malformed signature")
     matched = False
     for key in keys:
-        expected = sign(body, key)[len(PREFIX) :]
+        expected = _hexdigest(key.encode() if isinstance(key, str) else key, body)
         matched |= hmac.compare_digest(expected, given)
     if not matched:
         raise InvalidSignature("signature mismatch")
