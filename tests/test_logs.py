@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from archiver.infra.logs import JsonFormatter, RedactingFilter, redact
+from archiver.infra.logs import JsonFormatter, RedactingFilter, _Handler, redact
 from devstack import processes
 from devstack.fixtures import MASTER_KEY, process_env
 from tests.conftest import migrated_database
@@ -149,3 +151,58 @@ def test_every_line_of_the_web_process_is_redacted_json_with_its_extra_fields(
     ]
     for secret in (api_key, admin, MASTER_KEY, "acme-hmac-secret-key"):
         assert secret not in log
+
+
+class _Writes(io.StringIO):
+    """A stream that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def _logger(stream: _Writes) -> logging.Logger:
+    handler = _Handler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"test.coalesced.{id(stream)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_lines_written_in_one_turn_of_the_loop_go_out_in_one_write() -> None:
+    stream = _Writes()
+    logger = _logger(stream)
+
+    async def serve() -> tuple[str, int]:
+        for n in range(5):
+            logger.info("webhook %d", n)
+        during = stream.getvalue()
+        await asyncio.sleep(0)  # the turn ends: the lines go out
+        return during, stream.writes
+
+    during, writes = asyncio.run(serve())
+    assert during == "" and writes == 1
+    assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == [
+        f"webhook {n}" for n in range(5)
+    ]
+
+
+def test_without_a_loop_each_line_is_written_at_once_and_a_new_loop_flushes_its_own() -> None:
+    stream = _Writes()
+    logger = _logger(stream)
+    logger.info("from a thread or the CLI")
+    assert json.loads(stream.getvalue())["msg"] == "from a thread or the CLI"
+
+    async def log_only() -> None:
+        logger.info("in loop one")
+
+    for _ in range(2):  # each loop flushes its own lines, whatever the loop before left
+        asyncio.run(log_only())
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(line)["msg"] for line in lines[1:]] == ["in loop one"] * 2

@@ -15,6 +15,8 @@ With tracing on (archiver/tracing.py), a line written inside a span carries its
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -146,7 +148,49 @@ _ORJSON = (
 
 
 class _Handler(logging.StreamHandler[TextIO]):
-    """Ours: configure_logging installs it once per process."""
+    """Ours: configure_logging installs it once per process.
+
+    On a thread that runs an asyncio loop (the receiver's), the lines written during one
+    turn of the loop go out together at the end of that turn: one write to the stream
+    instead of one per line (the stream is line-buffered, so each line was a system call,
+    a tenth of a webhook's CPU; docs/performance.md). Nothing waits longer than the turn
+    that wrote it; ``flush`` (called at exit by ``logging.shutdown``) writes what is left.
+    Elsewhere (the workers, threads, the CLI) each line is written as it comes."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush waits on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        # Handler.handle holds self.lock around emit: _pending is ours here. A flush waiting
+        # on another loop (one that may have stopped) is not relied upon.
+        if self._flush_on is not loop:
+            loop.call_soon(self.flush)
+            self._flush_on = loop
+        self._pending.append(line + self.terminator)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._flush_on = None
+            if self._pending:
+                lines, self._pending = "".join(self._pending), []
+                with contextlib.suppress(OSError, ValueError):  # a closed or broken stream
+                    self.stream.write(lines)
+            super().flush()
+        finally:
+            self.release()
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
