@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from archiver.errors import Unavailable
 from archiver.infra import migrate, tracing
@@ -26,7 +27,7 @@ from archiver.infra.db import first_line, make_engine
 from archiver.infra.logs import configure_logging
 from archiver.media.shapes import Health, Readiness
 from archiver.settings import Settings, settings_for_process
-from receiver import api, resources
+from receiver import api, resources, webhooks
 from receiver.answers import ShapeResponse, error
 from receiver.group_commit import GroupCommit
 from receiver.intake import Intake
@@ -104,6 +105,22 @@ async def server_error(_: Request, exc: Exception) -> Response:
     return error(500, "internal error")
 
 
+class Receiver(Starlette):
+    """The web app, with webhooks answered before its middleware and router (see
+    receiver/webhooks.py): the hot path. With tracing on, or before the lifespan has built
+    what they need, webhooks go the long way, through the route."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tenant = webhooks.tenant_of(scope)
+        if tenant is not None and not tracing.enabled():
+            served = getattr(self.state, "resources", None)
+            if isinstance(served, Resources):
+                scope["app"] = self
+                await webhooks.serve(served, tenant, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or settings_for_process("web")
     configure_logging(settings.log_level, settings.log_format)
@@ -148,7 +165,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await publisher.aclose()
             engine.dispose()
 
-    return Starlette(
+    return Receiver(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -96,6 +96,14 @@ _ID_PREFIX = secrets.token_hex(4)
 _ids = itertools.count(1)
 
 
+def request_id_of(scope: Scope) -> bytes:
+    """The caller's ``X-Request-ID`` when it is a plain token, else a new one."""
+    given: bytes | None = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return f"{_ID_PREFIX}-{next(_ids):x}".encode()
+
+
 def _server_span(scope: Scope, rid: bytes) -> Span | None:
     parent = next((v for k, v in scope["headers"] if k == b"traceparent"), None)
     return tracing.start(
@@ -153,9 +161,7 @@ class HttpMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        rid = given if given is not None and _REQUEST_ID.fullmatch(given) else None
-        rid = rid or f"{_ID_PREFIX}-{next(_ids):x}".encode()
+        rid = request_id_of(scope)
         token = request_id.set(rid.decode())
         status = 500
         # With tracing on, a server span per request (the caller's traceparent, if any, is

@@ -1,45 +1,76 @@
-"""``POST /webhooks/{tenant}``: read the capped raw body and hand it to the intake."""
+"""``POST /webhooks/{tenant}``: read the capped raw body and hand it to the intake.
+
+Two ways in, one behaviour (``answer``). ``serve`` answers straight from the ASGI scope:
+the receiver's hot path (receiver/app.py sends it every webhook while tracing is off), with
+no router, middleware layers or request and response objects in front of the intake; they
+cost a fifth of a webhook's CPU (docs/performance.md). ``receive_webhook`` is the same as a
+Starlette route: it serves webhooks while tracing is on (the HTTP middleware opens their
+server spans) and answers what the fast path leaves to the router.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+from archiver.infra.logs import request_id
+from archiver.media.shapes import Error
 from receiver import resources
-from receiver.answers import ShapeResponse, error
+from receiver.metrics import request_id_of
+from receiver.resources import Resources
 
 log = logging.getLogger(__name__)
 
+PREFIX = "/webhooks/"
+_JSON = [(b"content-type", b"application/json")]
 
-async def read_capped(request: Request, limit: int) -> bytes | None:
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes = b""  # JSON, or nothing
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def read_capped(
+    chunks: AsyncIterator[bytes], declared: str | None, limit: int
+) -> bytes | None:
     """The raw body, or None once it exceeds ``limit`` bytes (read no further)."""
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return None
-    chunks: list[bytes] = []
+    parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
-async def receive_webhook(request: Request) -> Response:
-    res = resources.of(request)
+async def answer(
+    res: Resources,
+    tenant: str,
+    chunks: AsyncIterator[bytes],
+    *,
+    declared: str | None,
+    signature: str | None,
+) -> Reply:
     metrics = res.metrics
     limit = res.settings.max_body_bytes
     started = time.perf_counter()
     try:
-        body = await read_capped(request, limit)
+        body = await read_capped(chunks, declared, limit)
     except ClientDisconnect:
         metrics.webhooks.labels("client_disconnected").inc()
         log.info("webhook abandoned: client disconnected", extra={"outcome": "client_disconnected"})
-        return Response(status_code=400)
+        return Reply(400)
     if body is None:
         metrics.webhooks.labels("too_large").inc()
         log.info(
@@ -47,12 +78,83 @@ async def receive_webhook(request: Request) -> Response:
             limit,
             extra={"outcome": "too_large"},
         )
-        return error(413, "body too large", {"Connection": "close"})
-    answer = await res.intake.accept(
-        request.path_params["tenant"], body, request.headers.get("x-webhook-signature")
-    )
-    metrics.webhooks.labels(answer.outcome).inc()
-    if answer.not_captured is not None:
-        metrics.not_captured.labels(answer.tenant or "", answer.not_captured).inc()
+        return Reply(413, Error(error="body too large").to_json(), {"Connection": "close"})
+    accepted = await res.intake.accept(tenant, body, signature)
+    metrics.webhooks.labels(accepted.outcome).inc()
+    if accepted.not_captured is not None:
+        metrics.not_captured.labels(accepted.tenant or "", accepted.not_captured).inc()
     metrics.accept_seconds.observe(time.perf_counter() - started)
-    return ShapeResponse(answer.body, status_code=answer.status, headers=answer.headers)
+    return Reply(accepted.status, accepted.body.to_json(), accepted.headers)
+
+
+async def receive_webhook(request: Request) -> Response:
+    """The route: ``answer`` behind Starlette's router and the HTTP middleware."""
+    reply = await answer(
+        resources.of(request),
+        request.path_params["tenant"],
+        request.stream(),
+        declared=request.headers.get("content-length"),
+        signature=request.headers.get("x-webhook-signature"),
+    )
+    return Response(
+        reply.body,
+        reply.status,
+        reply.headers,
+        media_type="application/json" if reply.body else None,
+    )
+
+
+def tenant_of(scope: Scope) -> str | None:
+    """The tenant of a ``POST /webhooks/{tenant}`` the router would match, else None."""
+    if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+        return None
+    path: str = scope["path"]
+    if not path.startswith(PREFIX):
+        return None
+    tenant = path[len(PREFIX) :]
+    return tenant if tenant and "/" not in tenant else None
+
+
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+
+async def serve(res: Resources, tenant: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """``answer`` straight from the ASGI scope, with what the HTTP middleware would add: the
+    request id on every log line and in ``X-Request-ID``; an unexpected error is a logged
+    500 in the API's error shape, as the app's own handler answers it."""
+    rid = request_id_of(scope)
+    token = request_id.set(rid.decode())
+    try:
+        declared = signature = None
+        for name, value in scope["headers"]:
+            if name == b"content-length" and declared is None:
+                declared = value.decode("latin-1")
+            elif name == b"x-webhook-signature" and signature is None:
+                signature = value.decode("latin-1")
+        try:
+            reply = await answer(
+                res, tenant, _chunks(receive), declared=declared, signature=signature
+            )
+        except Exception as exc:
+            log.exception("unhandled error", exc_info=exc)
+            reply = Reply(500, Error(error="internal error").to_json())
+        headers = [
+            *(_JSON if reply.body else ()),
+            (b"content-length", str(len(reply.body)).encode()),
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()),
+            (b"x-request-id", rid),
+        ]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+    finally:
+        request_id.reset(token)

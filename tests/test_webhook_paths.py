@@ -1,0 +1,137 @@
+"""The webhook's two ways in (receiver/webhooks.py) answer alike, over real HTTP.
+
+The fast path (``serve``, ahead of the router) takes every webhook while tracing is off; the
+Starlette route takes them while it is on. Each case is sent through both, to one receiver
+each over the same database and Redis, and the answers compared: status, JSON, headers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
+
+from archiver.queue import ARCHIVE_QUEUE
+from devstack.fixtures import settings_for
+from devstack.processes import free_port
+from receiver import webhooks
+from receiver.app import Receiver, create_app
+from receiver.intake import Intake
+from receiver.resources import Resources
+from tests.test_receiver import HMAC_KEY, add_tenant, media_body
+from titan_simulator.sender import signature
+
+ROUTE, FAST = "route", "fast"
+
+
+@contextmanager
+def serving(app: object) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline, "receiver did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def receivers(database_url: str, redis_url: str) -> Iterator[dict[str, str]]:
+    """Two receivers: the app as it runs, and the same app with the fast path bypassed."""
+    add_tenant(database_url)
+    queue = redis.Redis.from_url(redis_url)
+    settings = settings_for(database_url, redis_url)
+    fast = create_app(settings)
+    routed = create_app(settings)
+    assert isinstance(fast, Receiver) and isinstance(routed, Receiver)
+
+    async def long_way(scope: Scope, receive: Receive, send: Send) -> None:
+        await Starlette.__call__(routed, scope, receive, send)
+
+    with serving(fast) as fast_url, serving(long_way) as route_url:
+        yield {FAST: fast_url, ROUTE: route_url}
+    queue.delete(ARCHIVE_QUEUE)
+    queue.close()
+
+
+def post(url: str, body: bytes, **headers: str) -> httpx.Response:
+    sent = {"X-Webhook-Signature": signature(body, HMAC_KEY), **headers}
+    return httpx.post(f"{url}/webhooks/acme", content=body, headers=sent, timeout=30)
+
+
+def shape(answer: httpx.Response) -> tuple[int, bytes, dict[str, str]]:
+    headers = {k: v for k, v in answer.headers.items() if k not in ("date", "x-request-id")}
+    return answer.status_code, answer.content, headers
+
+
+def test_both_ways_give_the_same_answers(
+    receivers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast_ones: list[str] = []
+    serve = webhooks.serve
+
+    async def counted(res: Resources, tenant: str, scope: Scope, r: Receive, s: Send) -> None:
+        fast_ones.append(tenant)
+        await serve(res, tenant, scope, r, s)
+
+    monkeypatch.setattr(webhooks, "serve", counted)
+    answers: dict[str, list[tuple[int, bytes, dict[str, str]]]] = {}
+    for way, url in receivers.items():
+        body = media_body(f"paths-{way[0]}")  # ids of one length: the same content-length
+        sent = [
+            post(url, body),  # new: 202 queued
+            post(url, body),  # again: 200 duplicate
+            post(url, b"{not json"),  # 400
+            post(url, body, **{"X-Webhook-Signature": "sha256=" + "0" * 64}),  # 401
+            post(url, b"{" + b" " * 2_000_000 + b"}"),  # 413, connection closed
+            httpx.post(f"{url}/webhooks/acme", content=body),  # no signature: 401
+            httpx.post(f"{url}/webhooks/acme/more", content=body),  # no such route: 404
+            httpx.get(f"{url}/webhooks/acme"),  # 405
+        ]
+        answers[way] = [shape(a) for a in sent]
+    fast = [(s, b.replace(b"paths-f", b"paths-X"), h) for s, b, h in answers[FAST]]
+    route = [(s, b.replace(b"paths-r", b"paths-X"), h) for s, b, h in answers[ROUTE]]
+    assert fast == route
+    assert fast_ones == ["acme"] * 6  # the POSTs to /webhooks/acme of the fast receiver
+    assert [s for s, _, _ in fast] == [202, 200, 400, 401, 413, 401, 404, 405]
+    assert fast[0][1] == b'{"status":"queued","id":"paths-X"}'
+    assert fast[0][2]["content-type"] == "application/json"
+    assert fast[4][2]["connection"] == "close"
+
+
+def test_both_ways_carry_the_request_id(receivers: dict[str, str]) -> None:
+    for way, url in receivers.items():
+        given = post(url, media_body(f"rid-{way}"), **{"X-Request-ID": "lb-req-42"})
+        assert given.headers["x-request-id"] == "lb-req-42"
+        made = post(url, media_body(f"rid2-{way}"), **{"X-Request-ID": "bad id\twith tab"})
+        assert made.headers["x-request-id"] not in ("", "bad id\twith tab")
+
+
+def test_an_unexpected_error_is_a_500_in_the_error_shape_on_both(
+    receivers: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Intake, "accept", broken)
+    for url in receivers.values():
+        answer = post(url, media_body("boom"))
+        assert answer.status_code == 500
+        assert answer.json() == {"error": "internal error"}
+    assert len([r for r in caplog.records if r.getMessage() == "unhandled error"]) == 2
