@@ -39,19 +39,39 @@ from devstack import processes, services
 from devstack.fixtures import migrated_database
 
 
-def serve(name: str, target: str | None, env: dict[str, str]) -> tuple[processes.Process, str]:
-    """The Procfile's web line on a free port; ``target``: another app factory."""
+def serve(
+    name: str, target: str | None, env: dict[str, str], server: str = "uvicorn"
+) -> tuple[processes.Process, str]:
+    """The Procfile's web line (or granian's) on a free port; ``target``: another app
+    factory."""
     port = processes.free_port()
-    proc = processes.start_process(name, processes.procfile_web_argv(port, target=target), env)
+    argv = (processes.granian_web_argv if server == "granian" else processes.procfile_web_argv)(
+        port, target=target
+    )
+    proc = processes.start_process(name, argv, env)
     url = f"http://127.0.0.1:{port}"
     processes.wait_until(lambda: processes.port_open("127.0.0.1", port), timeout=30)
     return proc, url
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time of a process (all its threads) and of its live children
+    (granian serves from a worker process it starts) so far."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry.name))
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def start_sampling(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes]:
@@ -123,6 +143,13 @@ def main() -> None:
         help="drop the media_chats triggers first (to measure what they cost)",
     )
     parser.add_argument(
+        "--server",
+        choices=["uvicorn", "granian"],
+        default="uvicorn",
+        help="uvicorn: the Procfile's web line; granian: the alternative line in "
+        "docs/performance.md (pip install granian), both sides of the ratio under it",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="sample the receiver with py-spy (pip install py-spy) during the load and write "
@@ -177,7 +204,7 @@ def main() -> None:
             ("bare starlette", "bench.bare_app:create_app"),
             ("titan-archiver", None),
         ):
-            proc, url = serve(f"bench-{name.split()[0]}", target, env)
+            proc, url = serve(f"bench-{name.split()[0]}", target, env, args.server)
             sampler = None
             if args.profile is not None and target is None:
                 sampler = start_sampling(proc.proc.pid, args.profile, args.seconds)
@@ -205,11 +232,17 @@ def main() -> None:
         f"machine: {platform.platform()}, {os.cpu_count()} cores, python {sys.version.split()[0]}"
     )
     print(
-        f"load: {bare.tool}, {args.connections} connections, {args.seconds:.0f}s; one uvicorn "
-        f"process each; database {args.database}; receiver log level {args.log_level}"
+        f"load: {bare.tool}, {args.connections} connections, {args.seconds:.0f}s; "
+        f"one {args.server} process each; database {args.database}; "
+        f"receiver log level {args.log_level}"
         + "".join(f"; {summary} triggers dropped" for summary in dropped)
     )
-    print(f"server command line (Procfile web): {processes.procfile_command('web')}")
+    line = (
+        processes.GRANIAN_WEB
+        if args.server == "granian"
+        else f"(Procfile web) {processes.procfile_command('web')}"
+    )
+    print(f"server command line: {line}")
     print(
         f"{'server':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'errors':>8}"
         f"{'CPU us/req':>12}"

@@ -170,6 +170,23 @@ def procfile_web_argv(port: int, *, target: str | None = None) -> list[str]:
     return argv
 
 
+GRANIAN_WEB = (
+    "granian --interface asgi --factory receiver.app:create_app --host 0.0.0.0 "
+    "--port ${PORT:-8000} --workers 1 --runtime-mode st --no-ws"
+)
+
+
+def granian_web_argv(port: int, *, target: str | None = None) -> list[str]:
+    """The alternative server line measured in docs/performance.md (granian, one worker
+    process like the Procfile's uvicorn), on 127.0.0.1:``port``; ``target`` as above."""
+    argv = shlex.split(GRANIAN_WEB.replace("${PORT:-8000}", str(port)))
+    argv = [sys.executable, "-m", "granian", *argv[1:]]
+    argv[argv.index("--host") + 1] = "127.0.0.1"
+    if target is not None:
+        argv[argv.index("--factory") + 1] = target
+    return argv
+
+
 def worker_argv(
     concurrency: int = 2, *, isolated: bool = True, beat: Path | None = None
 ) -> list[str]:
