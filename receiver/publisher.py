@@ -48,10 +48,12 @@ def task_message(
     queue: str = ARCHIVE_QUEUE,
     origin: str = "",
     headers: dict[str, Any] | None = None,
+    ids: tuple[str, str] | None = None,
 ) -> bytes:
     """Celery protocol v2 for ``task(*args)``, as kombu's Redis transport stores it;
-    ``headers``: more message headers (a task reads them as ``self.request.<name>``)."""
-    task_id = str(uuid.uuid4())
+    ``headers``: more message headers (a task reads them as ``self.request.<name>``);
+    ``ids``: the task id and delivery tag (random UUIDs, made here when not given)."""
+    task_id, tag = ids or (str(uuid.uuid4()), str(uuid.uuid4()))
     body = base64.b64encode(orjson.dumps([args, {}, _EMBED])).decode()
     return orjson.dumps(
         {
@@ -86,11 +88,19 @@ def task_message(
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "priority": 0,
                 "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": tag,
                 "reply_to": _REPLY_TO,
             },
         }
     )
+
+
+def random_ids(count: int) -> list[tuple[str, str]]:
+    """``count`` pairs of version-4 UUIDs (task id, delivery tag) from one read of the
+    system's random source, not two per message."""
+    pool = os.urandom(32 * count)
+    made = [str(uuid.UUID(bytes=pool[i : i + 16], version=4)) for i in range(0, 32 * count, 16)]
+    return list(zip(made[::2], made[1::2], strict=True))
 
 
 def _tasks(routed: Sequence[Routed]) -> list[Message]:
@@ -187,8 +197,8 @@ class Publisher:
                     publish_task(self._app, task=task, args=args, queue=queue, headers=extra)
             else:
                 pipe = self._redis.pipeline(transaction=False)
-                for message, extra in spans.messages:
-                    pipe.lpush(message[2], self._message(message, extra))
+                for queue, messages in self._by_queue(spans).items():
+                    pipe.lpush(queue, *messages)
                 pipe.execute()
         except (redis.RedisError, Unavailable) as exc:
             spans.end(error="broker unavailable")
@@ -207,17 +217,28 @@ class Publisher:
         spans = PublishSpans(_tasks(routed), traces, self._system)
         try:
             pipe = self._aredis.pipeline(transaction=False)
-            for message, extra in spans.messages:
-                pipe.lpush(message[2], self._message(message, extra))
+            for queue, messages in self._by_queue(spans).items():
+                pipe.lpush(queue, *messages)
             await pipe.execute()
         except redis.RedisError as exc:
             spans.end(error="broker unavailable")
             raise Unavailable("broker unavailable") from exc
         spans.end()
 
-    def _message(self, message: Message, headers: dict[str, Any] | None) -> bytes:
-        task, args, queue = message
-        return task_message(args, task=task, queue=queue, origin=self._origin, headers=headers)
+    def _by_queue(self, spans: PublishSpans) -> dict[str, list[bytes]]:
+        """Each queue's messages, in order: one LPUSH of them all per queue (one command to
+        pack and one reply to read, not one per message; a consumer pops them in the same
+        order as from one LPUSH each)."""
+        queues: dict[str, list[bytes]] = {}
+        for ((task, args, queue), headers), ids in zip(
+            spans.messages, random_ids(len(spans.messages)), strict=True
+        ):
+            queues.setdefault(queue, []).append(
+                task_message(
+                    args, task=task, queue=queue, origin=self._origin, headers=headers, ids=ids
+                )
+            )
+        return queues
 
     def close(self) -> None:
         """Close the blocking client (for callers that never used ``apublish``)."""

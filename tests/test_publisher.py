@@ -4,6 +4,7 @@ through Celery's own message builder (``send_task`` over kombu's Redis transport
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -145,3 +146,38 @@ def test_the_sweeper_reads_which_rows_the_broker_holds_waiting_or_delivered(brok
     assert rows_in_broker(broker, limit=2) is None  # too many to read: compare counts instead
     assert rows_in_broker("amqp://guest@127.0.0.1//") is None  # RabbitMQ cannot be read
     assert rows_of_message(b"not json") == [] and rows_of_message(b'{"headers": {}}') == []
+
+
+@pytest.mark.parametrize("way", ["publish", "apublish"])
+def test_a_batch_is_consumed_in_its_order_with_fresh_ids_per_message(broker: str, way: str) -> None:
+    """One LPUSH per queue carries the batch: a worker pops its messages in the order they
+    were given, each with its own task id and delivery tag."""
+    small = [(pk, ARCHIVE_QUEUE) for pk in range(1, 4)]  # three rows: a message each
+    large = [(pk, LARGE_QUEUE) for pk in (7, 8)]
+    publisher = Publisher(make_celery(settings_for("sqlite://", broker)), broker)
+
+    async def apublish() -> None:
+        try:
+            await publisher.apublish(small + large)
+        finally:
+            await publisher.aclose()
+
+    if way == "apublish":
+        asyncio.run(apublish())
+    else:
+        try:
+            publisher.publish(small + large)
+        finally:
+            publisher.close()
+    client = redis.Redis.from_url(broker)
+    try:  # kombu's Redis transport takes from the tail (BRPOP)
+        popped = {q: cast("list[bytes]", client.rpop(q, 10)) for q in (ARCHIVE_QUEUE, LARGE_QUEUE)}
+    finally:
+        client.close()
+    assert [rows_of_message(m) for m in popped[ARCHIVE_QUEUE]] == [[1], [2], [3]]
+    assert [rows_of_message(m) for m in popped[LARGE_QUEUE]] == [[7], [8]]
+    everything = [json.loads(m) for m in popped[ARCHIVE_QUEUE] + popped[LARGE_QUEUE]]
+    ids = {m["headers"]["id"] for m in everything} | {
+        m["properties"]["delivery_tag"] for m in everything
+    }
+    assert len(ids) == 10 and all(uuid.UUID(i).version == 4 for i in ids)
