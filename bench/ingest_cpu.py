@@ -1,0 +1,199 @@
+"""Receiver CPU per webhook with no sockets: the ASGI app driven in-process.
+
+    .venv/bin/python -m bench.ingest_cpu [--requests 20000] [--concurrency 32]
+
+``bench.ingest`` measures what a deployment sees (uvicorn, wrk, real sockets), but on a
+shared 2-core machine its figures swing by a fifth from run to run. This drives the same
+app (``create_app``, its lifespan, PostgreSQL and Redis) by calling it as ASGI from
+``--concurrency`` coroutines, each sending signed ~1.5 KB media events one after another,
+and reads the process's CPU time per webhook: the cost of our code alone, steady enough to
+compare builds. Three lines, side by side in one run:
+
+- ``bare starlette``: bench/bare_app.py (reads the body, answers 202);
+- ``without the write``: the receiver with its group commit answered at once (no database
+  row, no broker message): verification, parsing, logging and the answer;
+- ``titan-archiver``: the receiver as it runs, every 202 a committed row and a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import itertools
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.types import Message
+
+from archiver.infra.db import make_engine, session_scope
+from archiver.media.recording import Arrival, Recorded
+from archiver.secrets_box import SecretBox
+from archiver.settings import load_settings
+from archiver.tables import Status
+from archiver.tenants.tenants import TenantSpec, create_tenant
+from bench import bare_app
+from bench.loadgen import body_parts, media_id
+from devstack import services
+from devstack.fixtures import migrated_database
+from receiver.app import create_app
+from receiver.resources import Resources
+from titan_simulator.sender import signature
+
+HMAC_KEY = "bench-hmac-key"
+Request = tuple[bytes, str]
+
+
+async def drive(app: Starlette, requests: list[Request], concurrency: int) -> dict[int, int]:
+    """Send every request through ``app`` from ``concurrency`` coroutines; count statuses."""
+    statuses: dict[int, int] = {}
+    pending = iter(requests)
+
+    async def one(body: bytes, sig: str) -> None:
+        sent: list[Message] = []
+        given = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> Message:
+            return given.pop() if given else {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/webhooks/acme",
+            "raw_path": b"/webhooks/acme",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"bench"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-webhook-signature", sig.encode()),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        await app(scope, receive, send)
+        status = int(sent[0]["status"])
+        statuses[status] = statuses.get(status, 0) + 1
+
+    async def sender() -> None:
+        for body, sig in pending:
+            await one(body, sig)
+
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    return statuses
+
+
+def answered_at_once(resources: Resources) -> None:
+    """Replace the group commit's durable write with an immediate answer."""
+    pks = itertools.count(1)
+
+    async def submit(_: Arrival) -> Recorded:
+        return Recorded(pk=next(pks), created=True, status=Status.QUEUED, needs_publish=False)
+
+    resources.intake._commit.submit = submit  # type: ignore[assignment]
+
+
+def measure(
+    app: Starlette,
+    requests: list[Request],
+    concurrency: int,
+    prepare: Callable[[Starlette], None] = lambda _: None,
+) -> tuple[float, dict[int, int]]:
+    """CPU microseconds per request over ``requests`` (after a warm-up of 500)."""
+
+    async def run() -> tuple[float, dict[int, int]]:
+        async with app.router.lifespan_context(app):
+            prepare(app)
+            await drive(app, requests[:500], concurrency)
+            started = time.process_time()
+            statuses = await drive(app, requests[500:], concurrency)
+            spent = time.process_time() - started
+        return spent / (len(requests) - 500) * 1e6, statuses
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    master = secrets.token_urlsafe(24)
+    tmp = Path(tempfile.mkdtemp())
+    with (
+        services.postgres_server() as admin_url,
+        services.redis_server() as redis_url,
+        migrated_database("postgres", tmp, admin_url) as db_url,
+    ):
+        engine = make_engine(db_url)
+        with session_scope(engine) as session:
+            create_tenant(
+                session,
+                box=SecretBox(master),
+                spec=TenantSpec(
+                    name="acme",
+                    hmac_key=HMAC_KEY,
+                    titan_url="http://t",
+                    titan_api_key="x",
+                    strategy="download",
+                    s3_bucket="b",
+                ),
+            )
+        engine.dispose()
+        # The receiver's lines go down a pipe, as to a container runtime in production.
+        drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        assert drain.stdin is not None
+        sys.stderr = io.TextIOWrapper(drain.stdin, line_buffering=True)
+        settings = load_settings(
+            database_url=db_url, broker_url=redis_url, secret_key=master, log_level="INFO"
+        )
+        prefix, suffix = body_parts()
+        runs = iter(f"{c}{d}" for c in "BCD" for d in "0123456789")
+
+        def requests() -> list[Request]:
+            run = next(runs)
+            bodies = [f"{prefix}{media_id(run, i)}{suffix}".encode() for i in range(args.requests)]
+            return [(b, signature(b, HMAC_KEY)) for b in bodies]
+
+        def without_write(app: Starlette) -> None:
+            answered_at_once(app.state.resources)
+
+        results = {
+            "bare starlette": measure(bare_app.create_app(), requests(), args.concurrency),
+            "without the write": measure(
+                create_app(settings), requests(), args.concurrency, without_write
+            ),
+            "titan-archiver": measure(create_app(settings), requests(), args.concurrency),
+        }
+        sys.stderr.close()
+        sys.stderr = sys.__stderr__
+        drain.wait()
+    python = sys.version.split()[0]
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {python}")
+    print(
+        f"in-process ASGI, {args.requests} requests from {args.concurrency} coroutines, "
+        f"PostgreSQL, receiver log level INFO (its lines down a pipe)"
+    )
+    print(f"{'app':<20}{'CPU us/req':>12}  statuses")
+    for name, (cpu, statuses) in results.items():
+        print(f"{name:<20}{cpu:>12.0f}  {statuses}")
+
+
+if __name__ == "__main__":
+    main()
