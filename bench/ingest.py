@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import redis
-from sqlalchemy import func, text
+from sqlalchemy import Engine, func, text
 from sqlmodel import select
 
 from archiver.infra.db import make_engine, session_scope
@@ -52,6 +52,23 @@ def serve(
     url = f"http://127.0.0.1:{port}"
     processes.wait_until(lambda: processes.port_open("127.0.0.1", port), timeout=30)
     return proc, url
+
+
+def add_tenant(engine: Engine, *, master: str, hmac_key: str) -> None:
+    """The benches' tenant ``acme``, signing with ``hmac_key``."""
+    with session_scope(engine) as session:
+        create_tenant(
+            session,
+            box=SecretBox(master),
+            spec=TenantSpec(
+                name="acme",
+                hmac_key=hmac_key,
+                titan_url="http://t",
+                titan_api_key="x",
+                strategy="download",
+                s3_bucket="b",
+            ),
+        )
 
 
 def _stat(pid: int) -> list[str]:
@@ -179,19 +196,7 @@ def main() -> None:
                 for operation in ("insert", "update", "delete"):
                     suffix = " ON media" if engine.dialect.name == "postgresql" else ""
                     conn.execute(text(f"DROP TRIGGER {summary}_{operation}{suffix}"))
-        with session_scope(engine) as session:
-            create_tenant(
-                session,
-                box=SecretBox(master),
-                spec=TenantSpec(
-                    name="acme",
-                    hmac_key=hmac_key,
-                    titan_url="http://t",
-                    titan_api_key="x",
-                    strategy="download",
-                    s3_bucket="b",
-                ),
-            )
+        add_tenant(engine, master=master, hmac_key=hmac_key)
         env = {
             "ARCHIVER_DATABASE_URL": db_url,
             "ARCHIVER_BROKER_URL": redis_url,

@@ -34,13 +34,12 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.types import Message
 
-from archiver.infra.db import make_engine, session_scope
+from archiver.infra.db import make_engine
 from archiver.media.recording import Arrival, Recorded
-from archiver.secrets_box import SecretBox
 from archiver.settings import load_settings
 from archiver.tables import Status
-from archiver.tenants.tenants import TenantSpec, create_tenant
 from bench import bare_app
+from bench.ingest import add_tenant
 from bench.loadgen import body_parts, media_id
 from devstack import services
 from devstack.fixtures import migrated_database
@@ -142,19 +141,7 @@ def main() -> None:
         migrated_database("postgres", tmp, admin_url) as db_url,
     ):
         engine = make_engine(db_url)
-        with session_scope(engine) as session:
-            create_tenant(
-                session,
-                box=SecretBox(master),
-                spec=TenantSpec(
-                    name="acme",
-                    hmac_key=HMAC_KEY,
-                    titan_url="http://t",
-                    titan_api_key="x",
-                    strategy="download",
-                    s3_bucket="b",
-                ),
-            )
+        add_tenant(engine, master=master, hmac_key=HMAC_KEY)
         engine.dispose()
         # The receiver's lines go down a pipe, as to a container runtime in production.
         drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)

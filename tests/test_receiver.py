@@ -16,6 +16,7 @@ import redis
 import uvicorn
 from sqlalchemy import func
 from sqlmodel import select
+from starlette.types import ASGIApp
 
 from archiver.infra.db import make_engine, session_scope
 from archiver.queue import ARCHIVE_QUEUE
@@ -34,9 +35,16 @@ HMAC_KEY = "tenant-hmac-key-acme"
 @contextmanager
 def serve(settings: Settings) -> Iterator[str]:
     """Run the receiver app under uvicorn in a thread; yield its base URL."""
+    with serve_app(create_app(settings)) as url:
+        yield url
+
+
+@contextmanager
+def serve_app(app: ASGIApp) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread, its lifespan on; yield its base URL."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -7,48 +7,24 @@ each over the same database and Redis, and the answers compared: status, JSON, h
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
 import redis
-import uvicorn
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
 from archiver.queue import ARCHIVE_QUEUE
 from devstack.fixtures import settings_for
-from devstack.processes import free_port
 from receiver import webhooks
 from receiver.app import Receiver, create_app
 from receiver.intake import Intake
 from receiver.resources import Resources
-from tests.test_receiver import HMAC_KEY, add_tenant, media_body
+from tests.test_receiver import HMAC_KEY, add_tenant, media_body, serve_app
 from titan_simulator.sender import signature
 
 ROUTE, FAST = "route", "fast"
-
-
-@contextmanager
-def serving(app: object) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture
@@ -64,7 +40,7 @@ def receivers(database_url: str, redis_url: str) -> Iterator[dict[str, str]]:
     async def long_way(scope: Scope, receive: Receive, send: Send) -> None:
         await Starlette.__call__(routed, scope, receive, send)
 
-    with serving(fast) as fast_url, serving(long_way) as route_url:
+    with serve_app(fast) as fast_url, serve_app(long_way) as route_url:
         yield {FAST: fast_url, ROUTE: route_url}
     queue.delete(ARCHIVE_QUEUE)
     queue.close()
