@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import itertools
+import logging
 import os
 import platform
 import secrets
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -128,6 +130,23 @@ def measure(
     return asyncio.run(run())
 
 
+@contextlib.contextmanager
+def logs_down_a_pipe() -> Iterator[None]:
+    """stderr (where the receiver writes its lines) into a pipe that another process
+    drains, as a container runtime reads it in production; the real stderr again after,
+    with whatever went wrong meanwhile."""
+    drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert drain.stdin is not None
+    sys.stderr = io.TextIOWrapper(drain.stdin, line_buffering=True)
+    try:
+        yield
+    finally:
+        logging.getLogger().handlers.clear()  # they hold the pipe
+        sys.stderr.close()
+        sys.stderr = sys.__stderr__
+        drain.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
@@ -143,10 +162,6 @@ def main() -> None:
         engine = make_engine(db_url)
         add_tenant(engine, master=master, hmac_key=HMAC_KEY)
         engine.dispose()
-        # The receiver's lines go down a pipe, as to a container runtime in production.
-        drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        assert drain.stdin is not None
-        sys.stderr = io.TextIOWrapper(drain.stdin, line_buffering=True)
         settings = load_settings(
             database_url=db_url, broker_url=redis_url, secret_key=master, log_level="INFO"
         )
@@ -161,16 +176,14 @@ def main() -> None:
         def without_write(app: Starlette) -> None:
             answered_at_once(app.state.resources)
 
-        results = {
-            "bare starlette": measure(bare_app.create_app(), requests(), args.concurrency),
-            "without the write": measure(
-                create_app(settings), requests(), args.concurrency, without_write
-            ),
-            "titan-archiver": measure(create_app(settings), requests(), args.concurrency),
-        }
-        sys.stderr.close()
-        sys.stderr = sys.__stderr__
-        drain.wait()
+        with logs_down_a_pipe():
+            results = {
+                "bare starlette": measure(bare_app.create_app(), requests(), args.concurrency),
+                "without the write": measure(
+                    create_app(settings), requests(), args.concurrency, without_write
+                ),
+                "titan-archiver": measure(create_app(settings), requests(), args.concurrency),
+            }
     python = sys.version.split()[0]
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {python}")
     print(
