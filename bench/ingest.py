@@ -75,10 +75,10 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (all its threads) and of its live children
-    (granian serves from a worker process it starts) so far."""
-    total = 0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU time of a process (all its threads) and of its live
+    children (granian serves from a worker process it starts) so far."""
+    user = system = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -87,8 +87,10 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         if int(entry.name) == pid or int(fields[1]) == pid:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            user += int(fields[11])
+            system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def start_sampling(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes]:
@@ -205,6 +207,7 @@ def main() -> None:
         }
         results: dict[str, Load] = {}
         cpu: dict[str, float] = {}
+        kernel: dict[str, float] = {}  # of cpu, in the kernel (system calls: sockets, mostly)
         for name, target in (
             ("bare starlette", "bench.bare_app:create_app"),
             ("titan-archiver", None),
@@ -223,7 +226,9 @@ def main() -> None:
                     connections=args.connections,
                     seconds=args.seconds,
                 )
-                cpu[name] = cpu_seconds(proc.proc.pid) - before
+                after = cpu_seconds(proc.proc.pid)
+                cpu[name] = after[0] + after[1] - before[0] - before[1]
+                kernel[name] = after[1] - before[1]
                 if sampler is not None:
                     sampler.wait(60)
             finally:
@@ -250,7 +255,7 @@ def main() -> None:
     print(f"server command line: {line}")
     print(
         f"{'server':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'errors':>8}"
-        f"{'CPU us/req':>12}"
+        f"{'CPU us/req':>12}{'of it kernel':>14}"
     )
     for name, load in results.items():
         answered = load.requests - load.errors
@@ -258,6 +263,7 @@ def main() -> None:
         print(
             f"{name:<16}{load.rps:>10.0f}{load.p50_ms:>9.2f}{load.p99_ms:>9.2f}"
             f"{load.non_2xx:>9}{load.errors:>8}{per_request:>12.0f}"
+            f"{kernel[name] / cpu[name] if cpu[name] else 0:>14.0%}"
         )
     accepted = ours.requests - ours.non_2xx - ours.errors
     print(
