@@ -2,8 +2,8 @@
 
 Two ways in, one behaviour (``answer``). ``serve`` answers straight from the ASGI scope:
 the receiver's hot path (receiver/app.py sends it every webhook while tracing is off), with
-no router, middleware layers or request and response objects in front of the intake; they
-cost a fifth of a webhook's CPU (docs/performance.md). ``receive_webhook`` is the same as a
+no router, middleware layers or request and response objects in front of the intake (a
+fifth of the receiver's profile before; docs/performance.md). ``receive_webhook`` is the same as a
 Starlette route: it serves webhooks while tracing is on (the HTTP middleware opens their
 server spans) and answers what the fast path leaves to the router.
 """

@@ -152,8 +152,8 @@ class _Handler(logging.StreamHandler[TextIO]):
 
     On a thread that runs an asyncio loop (the receiver's), the lines written during one
     turn of the loop go out together at the end of that turn: one write to the stream
-    instead of one per line (the stream is line-buffered, so each line was a system call,
-    a tenth of a webhook's CPU; docs/performance.md). Nothing waits longer than the turn
+    instead of one per line (the stream is line-buffered, so each line was a system call
+    on the webhook's path; docs/performance.md). Nothing waits longer than the turn
     that wrote it; ``flush`` (called at exit by ``logging.shutdown``) writes what is left.
     Elsewhere (the workers, threads, the CLI) each line is written as it comes."""
 
