@@ -114,7 +114,7 @@ class Intake:
             raise InvalidSignature("unknown tenant")
         hit, tenant = self._tenants.cached(tenant_name)
         if not hit:
-            tenant = await run_in_threadpool(self._tenants.load, tenant_name)
+            tenant = await self._tenants.fetch(tenant_name)
         if tenant is None:
             raise InvalidSignature("unknown tenant")
         try:
@@ -124,7 +124,7 @@ class Intake:
             # cached entry yet: Titan signs with it at once, so read the tenant again.
             if not hit or not self._tenants.may_reload(tenant_name):
                 raise
-            tenant = await run_in_threadpool(self._tenants.load, tenant_name)
+            tenant = await self._tenants.fetch(tenant_name)
             if tenant is None:
                 raise
             verify(body, signature, tenant.hmac_keys)
