@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from archiver.errors import ConfigError, InvalidSignature, PayloadError, Unavailable
 from archiver.governance.revocations import record_revocation
-from archiver.infra import tracing
+from archiver.infra import logs, tracing
 from archiver.infra.db import session_scope
 from archiver.media.capture import not_captured
 from archiver.media.recording import Arrival, MediaItem
@@ -176,10 +176,11 @@ class Intake:
             # in the outbox before the answer (a redelivery after a crash adds it then).
             await run_in_threadpool(self._notify_persisted, tenant.id, recorded.pk)
         outcome = "queued" if recorded.created else "duplicate"
-        log.info(
-            "webhook %s",
-            outcome,
-            extra={
+        logs.event(
+            log,
+            logging.INFO,
+            f"webhook {outcome}",
+            {
                 "tenant": tenant_name,
                 "session": item.session,
                 "mediaId": item.media_id,

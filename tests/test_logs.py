@@ -6,12 +6,15 @@ import asyncio
 import io
 import json
 import logging
+import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from archiver.infra.logs import JsonFormatter, RedactingFilter, _Handler, redact
+from archiver.infra import logs
+from archiver.infra.logs import JsonFormatter, RedactingFilter, _Handler, redact, request_id
 from devstack import processes
 from devstack.fixtures import MASTER_KEY, process_env
 from tests.conftest import migrated_database
@@ -206,3 +209,75 @@ def test_without_a_loop_each_line_is_written_at_once_and_a_new_loop_flushes_its_
         asyncio.run(log_only())
     lines = stream.getvalue().splitlines()
     assert [json.loads(line)["msg"] for line in lines[1:]] == ["in loop one"] * 2
+
+
+@pytest.fixture
+def json_root(monkeypatch: pytest.MonkeyPatch) -> _Writes:
+    """The root logger as configure_logging leaves it in production: our JSON handler
+    alone, on a stream the test reads."""
+    stream = _Writes()
+    handler = _Handler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter(message=False))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    monkeypatch.setattr(root, "level", logging.INFO)
+    monkeypatch.setattr(logs, "_json_handler", handler)
+    return stream
+
+
+FIELDS = {"tenant": "acme", "mediaId": "m1", "eventId": None, "outcome": "queued", "ms": 1.5}
+
+
+def _without_ts(text: str) -> list[dict[str, object]]:
+    docs = [json.loads(line) for line in text.splitlines()]
+    for doc in docs:
+        assert doc.pop("ts")
+    return docs
+
+
+def test_an_event_line_is_the_line_logging_writes(json_root: _Writes) -> None:
+    logger = logging.getLogger("test.event.same")
+    msg = "webhook queued with sha256=" + "ab" * 20  # redacted either way
+
+    async def both() -> None:
+        token = request_id.set("rid-1")
+        try:
+            logs.event(logger, logging.INFO, msg, FIELDS)
+            logger.info(msg, extra=FIELDS)
+            logs.event(logger, logging.DEBUG, "below the level", FIELDS)
+        finally:
+            request_id.reset(token)
+
+    asyncio.run(both())
+    fast, slow = _without_ts(json_root.getvalue())
+    assert fast == slow
+    assert list(fast) == list(slow)  # the same key order too
+    assert fast["request_id"] == "rid-1" and fast["mediaId"] == "m1" and "eventId" not in fast
+    assert "ab" * 20 not in json_root.getvalue()
+    assert json_root.writes == 1  # one turn of the loop, one write
+
+
+def test_an_event_takes_loggings_way_when_another_handler_would_see_it(
+    json_root: _Writes,
+) -> None:
+    logger = logging.getLogger("test.event.other")
+    other = _Writes()
+    extra_handler = logging.StreamHandler(other)
+    logger.addHandler(extra_handler)
+    try:
+        logs.event(logger, logging.WARNING, "seen twice", FIELDS)
+    finally:
+        logger.removeHandler(extra_handler)
+    assert other.getvalue() == "seen twice\n"
+    assert json.loads(json_root.getvalue())["msg"] == "seen twice"
+
+
+def test_line_timestamps_are_what_datetime_writes() -> None:
+    rng = random.Random(26)
+    moments = [0.0, 1.9999999, 1_700_000_000.9999996, 1_700_000_000.0000004]
+    moments += [rng.uniform(0, 4e9) for _ in range(20_000)]
+    moments += [1_800_000_000 + rng.random() for _ in range(20_000)]  # within one second
+    for moment in moments:
+        expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
+        assert logs._timestamp(moment) == expected, moment
