@@ -57,7 +57,7 @@ _PARSE_INLINE_BYTES = 64 * 1024  # larger bodies are parsed in a thread, off the
 @dataclass(frozen=True)
 class Answer:
     status: int
-    body: Shape
+    body: Shape | bytes  # bytes: the JSON already written
     headers: dict[str, str] = field(default_factory=dict)
     outcome: str = ""  # for metrics and logs: queued, duplicate, ignored, unauthorized, ...
     not_captured: str | None = None  # why the tenant's capture policy left a media out
@@ -194,8 +194,8 @@ class Intake:
             status: Literal["queued", "archived"] = (
                 "archived" if recorded.status == Status.ARCHIVED else "queued"
             )
-            return Answer(202, WebhookAnswer(status=status, id=item.media_id), outcome=outcome)
-        return Answer(200, WebhookAnswer(status="duplicate", id=item.media_id), outcome=outcome)
+            return Answer(202, WebhookAnswer.json_of(status, item.media_id), outcome=outcome)
+        return Answer(200, WebhookAnswer.json_of("duplicate", item.media_id), outcome=outcome)
 
     def _session_changed(self, tenant_id: int, tenant_name: str, change: SessionChange) -> Answer:
         """Hold or release a session's media (Titan reported it logged out, banned, or

@@ -8,6 +8,7 @@ each over the same database and Redis, and the answers compared: status, JSON, h
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ import redis
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
+from archiver.media.shapes import WebhookAnswer
 from archiver.queue import ARCHIVE_QUEUE
 from devstack.fixtures import settings_for
 from receiver import webhooks
@@ -111,3 +113,15 @@ def test_an_unexpected_error_is_a_500_in_the_error_shape_on_both(
         assert answer.status_code == 500
         assert answer.json() == {"error": "internal error"}
     assert len([r for r in caplog.records if r.getMessage() == "unhandled error"]) == 2
+
+
+@pytest.mark.parametrize("status", ["queued", "archived", "duplicate"])
+@pytest.mark.parametrize(
+    "media_id", ["3EB0C431C26A1916E8A2", "12345", 'quote"and\\slash', "ünï/cødé 🙂", "a" * 255]
+)
+def test_the_webhook_answer_is_written_as_its_shape_writes_it(
+    status: Literal["queued", "archived", "duplicate"], media_id: str
+) -> None:
+    assert WebhookAnswer.json_of(status, media_id) == (
+        WebhookAnswer(status=status, id=media_id).to_json()
+    )

@@ -12,6 +12,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal, cast
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from archiver.media import renditions as derived
@@ -241,6 +242,12 @@ class WebhookAnswer(Shape):
 
     status: Literal["queued", "archived", "duplicate"]
     id: str = Field(description="The media id")
+
+    @staticmethod
+    def json_of(status: Literal["queued", "archived", "duplicate"], media_id: str) -> bytes:
+        """``WebhookAnswer(status=..., id=...).to_json()`` without building the model: the
+        answer to every webhook (a tenth of the cost; tests/test_shapes.py holds them equal)."""
+        return orjson.dumps({"status": status, "id": media_id})
 
 
 class Ignored(Shape):
