@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from sqlalchemy import Engine
 
 from archiver.infra.db import session_scope
@@ -298,3 +299,26 @@ def test_conversation_filters(engine: Engine) -> None:
             session, tenant_id=tenant.id, query=queries.parse_query({"fromMe": "true"})
         )[0]
         assert row.sender_name == "Shop"
+
+
+def test_message_times_in_any_zone_are_stored_as_the_same_instant(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    instant = datetime(2026, 12, 6, 21, 30, 27, 425014, tzinfo=UTC)
+    zones = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
+    before = utcnow()
+    pks = [
+        record(engine, tenant, replace(item(f"z{n}"), message_at=instant.astimezone(zone))).pk
+        for n, zone in enumerate(zones)
+    ]
+    with session_scope(engine) as session:
+        rows = [queries.get_row(session, pk=pk) for pk in pks]
+    for row in rows:
+        assert row is not None and row.message_at is not None
+        assert row.message_at.replace(tzinfo=UTC) == instant
+        assert before - timedelta(seconds=1) <= row.received_at.replace(tzinfo=UTC) <= utcnow()
+
+
+def test_a_message_time_without_a_zone_is_refused(engine: Engine) -> None:
+    naive = replace(item("naive"), message_at=datetime(2026, 12, 6, 21, 30))  # noqa: DTZ001
+    with pytest.raises(ValueError, match="naive"):
+        record(engine, make_tenant(engine), naive)
