@@ -212,10 +212,7 @@ def _text(value: Any, name: str, limit: int) -> str:
 def _optional_text(value: Any, name: str, limit: int) -> str | None:
     if value is None or value == "":
         return None
-    text = _text(value, name, limit)
-    if has_control(text):
-        raise PayloadError(f"{name} contains control characters")
-    return text
+    return _text(value, name, limit)
 
 
 def _first_text(
@@ -229,11 +226,14 @@ def _first_text(
     return None
 
 
+_MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*(;.*)?")
+
+
 def _mime(value: Any) -> str | None:
     if value is None or value == "":
         return None
     text = _text(value, "mimeType", 255).strip().lower()
-    if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*(;.*)?", text):
+    if not _MIME.fullmatch(text):
         raise PayloadError("mimeType is not a MIME type")
     return text.split(";", 1)[0].strip()
 
@@ -310,7 +310,10 @@ def _name(value: Any) -> str | None:
     """A display name as stored: free text (emoji welcome), control characters dropped."""
     if not isinstance(value, str) or not value:
         return None
-    cleaned = "".join(c for c in free_text(value[:255]) if c.isprintable())
+    text = free_text(value[:255])
+    if text.isprintable():  # nearly every name: nothing to drop
+        return text
+    cleaned = "".join(c for c in text if c.isprintable())
     return cleaned or None
 
 
