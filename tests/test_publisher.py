@@ -15,9 +15,11 @@ from typing import Any, cast
 import pytest
 import redis
 
+from archiver.errors import Unavailable
 from archiver.infra.broker import make_celery, rows_in_broker, rows_of_message
 from archiver.queue import ARCHIVE_BATCH_TASK, ARCHIVE_QUEUE, ARCHIVE_TASK, LARGE_QUEUE
 from devstack.fixtures import settings_for
+from devstack.processes import free_port
 from devstack.rig import RedisDatabases
 from receiver.publisher import Publisher, task_message
 
@@ -181,3 +183,41 @@ def test_a_batch_is_consumed_in_its_order_with_fresh_ids_per_message(broker: str
         m["properties"]["delivery_tag"] for m in everything
     }
     assert len(ids) == 10 and all(uuid.UUID(i).version == 4 for i in ids)
+
+
+def test_a_connection_the_broker_closed_meanwhile_is_replaced_not_a_refusal(broker: str) -> None:
+    """The receiver keeps its broker connections between batches: one the server closed
+    in between (a restart, an idle timeout) costs a reconnect, not a 503."""
+    publisher = Publisher(make_celery(settings_for("sqlite://", broker)), broker)
+    admin = redis.Redis.from_url(broker)
+
+    async def scenario() -> None:
+        try:
+            await publisher.apublish([(1, ARCHIVE_QUEUE)])
+            # Close every connection but the admin's own, as a server restart would.
+            killed = admin.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1
+            await publisher.apublish([(2, ARCHIVE_QUEUE)])
+        finally:
+            await publisher.aclose()
+
+    try:
+        asyncio.run(scenario())
+        popped = cast("list[bytes]", admin.rpop(ARCHIVE_QUEUE, 10))
+    finally:
+        admin.close()
+    assert [rows_of_message(m) for m in popped] == [[1], [2]]
+
+
+def test_an_unreachable_broker_is_unavailable() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    publisher = Publisher(make_celery(settings_for("sqlite://", url)), url)
+
+    async def scenario() -> None:
+        try:
+            await publisher.apublish([(1, ARCHIVE_QUEUE)])
+        finally:
+            await publisher.aclose()
+
+    with pytest.raises(Unavailable, match="broker unavailable"):
+        asyncio.run(scenario())
