@@ -3,7 +3,7 @@
 Celery's own publish path costs about 0.5 ms per message (measured: bench/ingest.py and
 docs/performance.md), more than the rest of a webhook accept. On a Redis broker the
 receiver therefore writes Celery's documented task message (protocol v2) itself and pushes
-a whole batch with one pipeline. Any other broker (RabbitMQ) goes through Celery as usual.
+a whole batch in one round trip. Any other broker (RabbitMQ) goes through Celery as usual.
 """
 
 from __future__ import annotations
