@@ -235,16 +235,20 @@ class Publisher:
             raise Unavailable("broker unavailable") from exc
         spans.end()
 
+    def _new_connection(self) -> AsyncConnection:
+        assert self._connections is not None
+        made: AsyncConnection = self._connections.make_connection()  # type: ignore[no-untyped-call]
+        return made
+
     async def _push(self, commands: list[tuple[Any, ...]], *, reused: bool) -> None:
         """``commands`` in one write, their replies read; the connection goes back to the
         idle ones only after a complete exchange. Raises ConnectionError only when a
         reused connection failed (``apublish`` tries a new one then)."""
-        assert self._connections is not None
-        conn = self._idle.pop() if reused and self._idle else self._connections.make_connection()
+        conn = self._idle.pop() if reused and self._idle else self._new_connection()
         done = False
         try:
             if not conn.is_connected:
-                await conn.connect()
+                await conn.connect()  # type: ignore[no-untyped-call]
             await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             for _ in commands:
                 await conn.read_response()

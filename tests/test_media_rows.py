@@ -313,7 +313,7 @@ def test_message_times_in_any_zone_are_stored_as_the_same_instant(engine: Engine
     with session_scope(engine) as session:
         rows = [queries.get_row(session, pk=pk) for pk in pks]
     for row in rows:
-        assert row is not None and row.message_at is not None
+        assert row is not None and row.message_at is not None and row.received_at is not None
         assert row.message_at.replace(tzinfo=UTC) == instant
         assert before - timedelta(seconds=1) <= row.received_at.replace(tzinfo=UTC) <= utcnow()
 
