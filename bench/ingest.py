@@ -222,31 +222,28 @@ def main() -> None:
             ("titan-archiver", None),
         ):
             proc, url = serve(f"bench-{name.split()[0]}", target, env, args.server)
-            if args.warmup > 0:
-                # Connections opened, first-use imports done, caches filled: measured is a
-                # server as it runs in production, not its first seconds.
-                warm = run_load(
+
+            def drive(run: str, seconds: float, url: str = url) -> Load:
+                return run_load(
                     f"{url}/webhooks/acme",
                     hmac_key=hmac_key,
-                    run=name[0].lower(),
+                    run=run,
                     count=count,
                     connections=args.connections,
-                    seconds=args.warmup,
+                    seconds=seconds,
                 )
-                warmed[name] = warm.requests - warm.non_2xx - warm.errors
+
             sampler = None
-            if args.profile is not None and target is None:
-                sampler = start_sampling(proc.proc.pid, args.profile, args.seconds)
             try:
+                if args.warmup > 0:
+                    # Connections opened, first-use imports done, caches filled: measured is
+                    # a server as it runs in production, not its first seconds.
+                    warm = drive(name[0].lower(), args.warmup)
+                    warmed[name] = warm.requests - warm.non_2xx - warm.errors
+                if args.profile is not None and target is None:
+                    sampler = start_sampling(proc.proc.pid, args.profile, args.seconds)
                 before = cpu_seconds(proc.proc.pid)
-                results[name] = run_load(
-                    f"{url}/webhooks/acme",
-                    hmac_key=hmac_key,
-                    run=name[0].upper(),
-                    count=count,
-                    connections=args.connections,
-                    seconds=args.seconds,
-                )
+                results[name] = drive(name[0].upper(), args.seconds)
                 after = cpu_seconds(proc.proc.pid)
                 cpu[name] = after[0] + after[1] - before[0] - before[1]
                 kernel[name] = after[1] - before[1]
