@@ -223,13 +223,16 @@ class Publisher:
         commands = [
             ("LPUSH", queue, *messages) for queue, messages in self._by_queue(spans).items()
         ]
+        kept = self._idle.pop() if self._idle else None
         try:
             try:
-                await self._push(commands, reused=bool(self._idle))
+                await self._push(commands, kept or self._new_connection())
             except redis.ConnectionError:
-                # A connection idle since its last push may have been closed meanwhile (a
-                # server restart, an idle timeout): once more on a new one.
-                await self._push(commands, reused=False)
+                if kept is None:
+                    raise
+                # Idle since its last push, it may have been closed meanwhile (a server
+                # restart, an idle timeout): once more on a new connection.
+                await self._push(commands, self._new_connection())
         except (redis.RedisError, OSError) as exc:
             spans.end(error="broker unavailable")
             raise Unavailable("broker unavailable") from exc
@@ -240,11 +243,9 @@ class Publisher:
         made: AsyncConnection = self._connections.make_connection()  # type: ignore[no-untyped-call]
         return made
 
-    async def _push(self, commands: list[tuple[Any, ...]], *, reused: bool) -> None:
-        """``commands`` in one write, their replies read; the connection goes back to the
-        idle ones only after a complete exchange. Raises ConnectionError only when a
-        reused connection failed (``apublish`` tries a new one then)."""
-        conn = self._idle.pop() if reused and self._idle else self._new_connection()
+    async def _push(self, commands: list[tuple[Any, ...]], conn: AsyncConnection) -> None:
+        """``commands`` in one write on ``conn``, their replies read; it goes back to the
+        idle connections only after a complete exchange."""
         done = False
         try:
             if not conn.is_connected:
@@ -253,10 +254,6 @@ class Publisher:
             for _ in commands:
                 await conn.read_response()
             done = True
-        except redis.ConnectionError as exc:
-            if not reused:
-                raise redis.RedisError(str(exc)) from exc
-            raise
         finally:
             if done:
                 self._idle.append(conn)
