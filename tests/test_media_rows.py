@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from archiver.infra.db import session_scope
-from archiver.media import lifecycle
+from archiver.infra.db import make_engine, session_scope
+from archiver.media import lifecycle, recording
 from archiver.media import query as queries
 from archiver.media.query import MediaQuery
 from archiver.media.recording import MediaItem, Recorded
@@ -19,6 +23,7 @@ from archiver.secrets_box import SecretBox
 from archiver.tables import Status, Tenant, utcnow
 from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack import fixtures
+from tests.conftest import migrated_database
 
 BOX = SecretBox("test-master-key-for-rows")
 
@@ -322,3 +327,61 @@ def test_a_message_time_without_a_zone_is_refused(engine: Engine) -> None:
     naive = replace(item("naive"), message_at=datetime(2026, 12, 6, 21, 30))  # noqa: DTZ001
     with pytest.raises(ValueError, match="naive"):
         record(engine, make_tenant(engine), naive)
+
+
+@pytest.mark.postgres
+def test_the_receivers_mark_finds_its_rows_by_key_behind_a_backlog(
+    tmp_path: Path, pg_admin_url: str | None
+) -> None:
+    """Statistics taken while nearly every row was archived, then a backlog of queued rows:
+    the mark after each publish must still look its rows up by primary key, not walk the
+    backlog through the status index (which it did 20 times a second)."""
+    with migrated_database("postgres", tmp_path, pg_admin_url) as url:
+        engine = make_engine(url)
+        tenant = make_tenant(engine)
+        engine.dispose()
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            required = conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'media' AND is_nullable = 'NO' AND column_default IS NULL"
+            ).fetchall()
+            given = {"tenant_id": str(tenant.id)}
+            typed = {"boolean": "false", "integer": "0", "bigint": "0"}
+            columns = ", ".join(name for name, _ in required)
+
+            def rows(status: str, prefix: str, count: int) -> None:
+                values = ", ".join(
+                    given.get(name)
+                    or {"media_id": f"'{prefix}' || g", "status": f"'{status}'"}.get(name)
+                    or ("'2026-12-07 00:00'" if kind.startswith("timestamp") else None)
+                    or typed.get(kind, "'x'")
+                    for name, kind in required
+                )
+                conn.execute(
+                    f"INSERT INTO media ({columns}) SELECT {values} "  # noqa: S608
+                    f"FROM generate_series(1, {count}) AS g"
+                )
+
+            rows("archived", "a", 20_000)
+            conn.execute("COMMIT")
+            conn.execute("ANALYZE media")
+            rows("queued", "q", 3_000)
+            newest = [
+                pk for (pk,) in conn.execute("SELECT pk FROM media ORDER BY pk DESC LIMIT 170")
+            ]
+            explain = "EXPLAIN (FORMAT JSON) " + recording.PG_MARK_PUBLISHED
+            explained = conn.execute(explain, [utcnow().replace(tzinfo=None), newest]).fetchone()
+            assert explained is not None
+            (plan,) = explained
+            scans = [node.get("Index Name") for node in _nodes(plan[0]["Plan"])]
+            assert "media_pkey" in scans and "ix_media_status_lease" not in scans, scans
+            marked = conn.execute(
+                recording.PG_MARK_PUBLISHED, [utcnow().replace(tzinfo=None), newest]
+            )
+            assert marked.rowcount == 170
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
