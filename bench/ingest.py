@@ -95,6 +95,23 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return user / tick, system / tick
 
 
+def server_cpu_seconds(command: str) -> float:
+    """CPU time (user and system) so far of every live process named ``command`` (the
+    database server's: postmaster, backends, WAL writer, checkpointer, autovacuum)."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != command:
+                continue
+            fields = _stat(int(entry.name))
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def start_sampling(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes]:
     """py-spy sampling ``pid`` (all threads, idle ones left out) for ``seconds``."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -216,6 +233,7 @@ def main() -> None:
         results: dict[str, Load] = {}
         cpu: dict[str, float] = {}
         kernel: dict[str, float] = {}  # of cpu, in the kernel (system calls: sockets, mostly)
+        database_cpu = 0.0  # PostgreSQL's, while the receiver was measured
         warmed: dict[str, int] = {}  # 2xx answers during the warm-up, not measured
         for name, target in (
             ("bare starlette", "bench.bare_app:create_app"),
@@ -243,8 +261,11 @@ def main() -> None:
                 if args.profile is not None and target is None:
                     sampler = start_sampling(proc.proc.pid, args.profile, args.seconds)
                 before = cpu_seconds(proc.proc.pid)
+                database_before = server_cpu_seconds("postgres")
                 results[name] = drive(name[0].upper(), args.seconds)
                 after = cpu_seconds(proc.proc.pid)
+                if target is None:
+                    database_cpu = server_cpu_seconds("postgres") - database_before
                 cpu[name] = after[0] + after[1] - before[0] - before[1]
                 kernel[name] = after[1] - before[1]
                 if sampler is not None:
@@ -290,6 +311,13 @@ def main() -> None:
         f"(target < 25); receiver CPU {cpu['titan-archiver'] / max(accepted, 1) * 1e6:.0f} us "
         f"per accepted webhook (target <= 150)"
     )
+    if args.database == "postgres":
+        # The database shares this machine's cores with the receiver and wrk: what it
+        # spends per webhook is CPU the receiver cannot have.
+        print(
+            f"database: PostgreSQL's processes {database_cpu / max(accepted, 1) * 1e6:.0f} us "
+            f"of CPU per accepted webhook ({database_cpu / args.seconds:.2f} cores)"
+        )
     accepted_all = accepted + warmed.get("titan-archiver", 0)
     print(
         f"durability: {accepted_all} accepted (with the warm-up's), {rows} rows, "
