@@ -21,7 +21,7 @@ from archiver.queue import ARCHIVE_BATCH_TASK, ARCHIVE_QUEUE, ARCHIVE_TASK, LARG
 from devstack.fixtures import settings_for
 from devstack.processes import free_port
 from devstack.rig import RedisDatabases
-from receiver.publisher import Publisher, task_message
+from receiver.publisher import Publisher, random_ids, task_message
 
 # Values that differ by nature between two messages: fresh ids, and who sent it.
 PER_MESSAGE_HEADERS = {"id", "root_id", "origin"}
@@ -98,6 +98,23 @@ def test_hand_built_message_matches_celerys_own(
     celerys = _celerys(broker, task, args, queue)
     ours = json.loads(task_message(args, task=task, queue=queue, origin="receiver@test:1"))
     _assert_same_contract(ours, celerys)
+
+
+def test_random_ids_are_version_4_uuids_written_as_uuid_writes_them() -> None:
+    made = [one for pair in random_ids(500) for one in pair]
+    assert len(set(made)) == 1000
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # Every bit outside the version and the variant is random: each seen both ways.
+    seen_set = seen_clear = 0
+    for text in made:
+        value = uuid.UUID(text).int
+        seen_set |= value
+        seen_clear |= value ^ ((1 << 128) - 1)
+    fixed = (0xF << 76) | (0x3 << 62)
+    assert seen_set | fixed == seen_clear | fixed == (1 << 128) - 1
 
 
 def test_published_batch_lands_as_celerys_messages_on_each_queue(broker: str) -> None:
