@@ -52,16 +52,21 @@ class GroupCommit:
         self._slots = asyncio.Semaphore(flushes)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._runner: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # start()'s, where submit runs
         self._flushing: set[asyncio.Task[None]] = set()
 
     async def submit(self, arrival: Arrival) -> Recorded:
         """Durably record (and queue) one arrival; raises Unavailable if that failed."""
-        future: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
+        # The loop kept by start(): asking for the running one is a getpid() system call
+        # on Python 3.11, once per webhook.
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Recorded] = loop.create_future()
         await self._queue.put(_Pending(arrival, future))
         return await future
 
     def start(self) -> None:
-        self._runner = asyncio.create_task(self._run(), name="group-commit")
+        self._loop = asyncio.get_running_loop()
+        self._runner = self._loop.create_task(self._run(), name="group-commit")
 
     async def stop(self) -> None:
         """Flush what is queued, then stop (the lifespan's shutdown)."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
+import os
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -211,19 +214,35 @@ def test_without_a_loop_each_line_is_written_at_once_and_a_new_loop_flushes_its_
     assert [json.loads(line)["msg"] for line in lines[1:]] == ["in loop one"] * 2
 
 
-@pytest.fixture
-def json_root(monkeypatch: pytest.MonkeyPatch) -> _Writes:
+class JsonRoot:
     """The root logger as configure_logging leaves it in production: our JSON handler
     alone, on a stream the test reads."""
-    stream = _Writes()
-    handler = _Handler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RedactingFilter(message=False))
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [handler])
-    monkeypatch.setattr(root, "level", logging.INFO)
-    monkeypatch.setattr(logs, "_json_handler", handler)
-    return stream
+
+    def __init__(self) -> None:
+        self.stream = _Writes()
+        self.handler = _Handler(self.stream)
+        self.handler.setFormatter(JsonFormatter())
+        self.handler.addFilter(RedactingFilter(message=False))
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        """Our handler the root's only one, as in production: pytest adds its capturing
+        handlers when the test starts, which sends ``event`` logging's way."""
+        root = logging.getLogger()
+        kept = root.handlers
+        root.handlers = [self.handler]
+        try:
+            yield
+        finally:
+            root.handlers = kept
+
+
+@pytest.fixture
+def json_root(monkeypatch: pytest.MonkeyPatch) -> JsonRoot:
+    ours = JsonRoot()
+    monkeypatch.setattr(logging.getLogger(), "level", logging.INFO)
+    monkeypatch.setattr(logs, "_json_handler", ours.handler)
+    return ours
 
 
 FIELDS = {"tenant": "acme", "mediaId": "m1", "eventId": None, "outcome": "queued", "ms": 1.5}
@@ -236,41 +255,69 @@ def _without_ts(text: str) -> list[dict[str, object]]:
     return docs
 
 
-def test_an_event_line_is_the_line_logging_writes(json_root: _Writes) -> None:
+def test_an_event_line_is_the_line_logging_writes(json_root: JsonRoot) -> None:
     logger = logging.getLogger("test.event.same")
     msg = "webhook queued with sha256=" + "ab" * 20  # redacted either way
 
     async def both() -> None:
         token = request_id.set("rid-1")
         try:
+            assert logs._only_ours(logger, logging.INFO) is json_root.handler  # event's way
             logs.event(logger, logging.INFO, msg, FIELDS)
             logger.info(msg, extra=FIELDS)
             logs.event(logger, logging.DEBUG, "below the level", FIELDS)
         finally:
             request_id.reset(token)
 
-    asyncio.run(both())
-    fast, slow = _without_ts(json_root.getvalue())
+    with json_root.alone():
+        asyncio.run(both())
+    written = json_root.stream.getvalue()
+    fast, slow = _without_ts(written)
     assert fast == slow
     assert list(fast) == list(slow)  # the same key order too
     assert fast["request_id"] == "rid-1" and fast["mediaId"] == "m1" and "eventId" not in fast
-    assert "ab" * 20 not in json_root.getvalue()
-    assert json_root.writes == 1  # one turn of the loop, one write
+    assert "ab" * 20 not in written
+    assert json_root.stream.writes == 1  # one turn of the loop, one write
+
+
+def test_an_event_line_in_a_forked_child_names_the_child(json_root: JsonRoot) -> None:
+    """``event`` keeps the process id; a fork (Celery's pool) must renew it."""
+    logger = logging.getLogger("test.event.fork")
+    read, write = os.pipe()
+    with json_root.alone():
+        assert logs._only_ours(logger, logging.INFO) is json_root.handler  # event's way
+        child = os.fork()
+        if child == 0:  # the child: its line's pid, down the pipe
+            try:
+                logs.event(logger, logging.INFO, "from the child", {})
+                line = json_root.stream.getvalue()
+                os.write(write, str(json.loads(line)["pid"]).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            written = pipe.read()
+        os.waitpid(child, 0)
+        logs.event(logger, logging.INFO, "from the parent", {})
+    assert written == str(child)
+    assert json.loads(json_root.stream.getvalue())["pid"] == os.getpid()
 
 
 def test_an_event_takes_loggings_way_when_another_handler_would_see_it(
-    json_root: _Writes,
+    json_root: JsonRoot,
 ) -> None:
     logger = logging.getLogger("test.event.other")
     other = _Writes()
     extra_handler = logging.StreamHandler(other)
     logger.addHandler(extra_handler)
     try:
-        logs.event(logger, logging.WARNING, "seen twice", FIELDS)
+        with json_root.alone():
+            assert logs._only_ours(logger, logging.WARNING) is None
+            logs.event(logger, logging.WARNING, "seen twice", FIELDS)
     finally:
         logger.removeHandler(extra_handler)
     assert other.getvalue() == "seen twice\n"
-    assert json.loads(json_root.getvalue())["msg"] == "seen twice"
+    assert json.loads(json_root.stream.getvalue())["msg"] == "seen twice"
 
 
 def test_line_timestamps_are_what_datetime_writes() -> None:

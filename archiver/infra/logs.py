@@ -107,6 +107,18 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 }
 
 
+# This process's id for ``event``'s lines, kept (os.getpid is a system call each time) and
+# renewed in a forked child (Celery's pool).
+_pid = os.getpid()
+
+
+def _renew_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_pid)
+
 _second: tuple[int, str] = (-1, "")  # the last whole second written, as ISO 8601 up to it
 
 
@@ -276,7 +288,7 @@ def event(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) 
         "ts": _timestamp(time.time()),
         "level": logging.getLevelName(level).lower(),
         "logger": logger.name,
-        "pid": os.getpid(),
+        "pid": _pid,
         "msg": msg,
     }
     ids = tracing.log_ids()
