@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -77,18 +78,22 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after its name) of every live process."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), _stat(int(entry.name))
+            except OSError:  # gone meanwhile
+                continue
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User and system (kernel) CPU time of a process (all its threads) and of its live
     children (granian serves from a worker process it starts) so far."""
     user = system = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = _stat(int(entry.name))
-        except OSError:
-            continue
-        if int(entry.name) == pid or int(fields[1]) == pid:
+    for each, fields in _processes():
+        if each == pid or int(fields[1]) == pid:
             user += int(fields[11])
             system += int(fields[12])
     tick = os.sysconf("SC_CLK_TCK")
@@ -99,16 +104,13 @@ def server_cpu_seconds(command: str) -> float:
     """CPU time (user and system) so far of every live process named ``command`` (the
     database server's: postmaster, backends, WAL writer, checkpointer, autovacuum)."""
     ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, fields in _processes():
         try:
-            if (entry / "comm").read_text().strip() != command:
-                continue
-            fields = _stat(int(entry.name))
+            named = Path(f"/proc/{pid}/comm").read_text().strip() == command
         except OSError:
             continue
-        ticks += int(fields[11]) + int(fields[12])
+        if named:
+            ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -260,11 +262,12 @@ def main() -> None:
                     warmed[name] = warm.requests - warm.non_2xx - warm.errors
                 if args.profile is not None and target is None:
                     sampler = start_sampling(proc.proc.pid, args.profile, args.seconds)
+                is_receiver = target is None
                 before = cpu_seconds(proc.proc.pid)
-                database_before = server_cpu_seconds("postgres")
+                database_before = server_cpu_seconds("postgres") if is_receiver else 0.0
                 results[name] = drive(name[0].upper(), args.seconds)
                 after = cpu_seconds(proc.proc.pid)
-                if target is None:
+                if is_receiver:
                     database_cpu = server_cpu_seconds("postgres") - database_before
                 cpu[name] = after[0] + after[1] - before[0] - before[1]
                 kernel[name] = after[1] - before[1]

@@ -246,7 +246,8 @@ class WebhookAnswer(Shape):
     @staticmethod
     def json_of(status: Literal["queued", "archived", "duplicate"], media_id: str) -> bytes:
         """``WebhookAnswer(status=..., id=...).to_json()`` without building the model: the
-        answer to every webhook (a tenth of the cost; tests/test_shapes.py holds them equal)."""
+        answer to every webhook (a tenth of the cost; tests/test_webhook_paths.py holds them
+        equal)."""
         return orjson.dumps({"status": status, "id": media_id})
 
 
