@@ -383,9 +383,10 @@ class Rig:
         with suppress(TimeoutError):
             processes.wait_until(settled, timeout=timeout, interval=0.5)
 
-    def unpublished(self) -> int:
-        """Rows committed and queued but not known to be in the broker."""
-        return sum(r.status == Status.QUEUED and r.queued_at is None for r in self.rows())
+    def waiting(self) -> int:
+        """Rows committed and queued that no worker touched yet: a kill between a commit and
+        its publish leaves its rows among them (marked at the insert, never published)."""
+        return sum(r.status == Status.QUEUED and r.updated_at == r.received_at for r in self.rows())
 
     def ledger(self, outcome: Outcome, media: list[SentMedia], gone: set[str]) -> Outcome:
         rows = self.rows()
@@ -516,7 +517,7 @@ def run_scenario(name: str, profile: Profile, *, s3_endpoint: str | None = None)
                     )
                     rig.kill_receiver()
                     fault_at = time.monotonic()
-                    killed.append(f"{len(rig.rows())} rows, {rig.unpublished()} unpublished")
+                    killed.append(f"{len(rig.rows())} rows, {rig.waiting()} waiting")
                     time.sleep(1)
                     rig.start_receiver()
 

@@ -1,21 +1,23 @@
 """How a group-commit batch reaches the database and the broker.
 
 ``PostgresWriter`` (production): asyncio psycopg connections in autocommit mode, so the one
-``INSERT ... SELECT unnest(...) RETURNING`` is its own durable transaction, a single round
-trip with no thread hop; then one pipelined broker push. ``ThreadedWriter`` (SQLite, the
-embedded default): a SQLAlchemy session in a worker thread.
+``INSERT ... SELECT FROM json_populate_recordset(...) RETURNING`` is its own durable
+transaction, a single round trip with no thread hop; then one pipelined broker push. Rows
+are recorded already marked published (archiver/media/recording.py), so a publish that
+succeeds costs the database nothing more; one that fails takes its marks back.
+``ThreadedWriter`` (SQLite, the embedded default): a SQLAlchemy session in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import psycopg
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from archiver.errors import Unavailable
@@ -59,6 +61,11 @@ def writer_for(engine: Engine, *, publisher: Publishes, large_bytes: int) -> Wri
     return ThreadedWriter(engine=engine, publisher=publisher, large_bytes=large_bytes)
 
 
+# A publish failed and its rows' marks could not be taken back either: Titan's retry of the
+# refused deliveries publishes them (``take_again``), else the sweeper, finding no message.
+UNMARK_FAILED = "could not take back the publish marks of %d rows; the sweeper will queue them"
+
+
 def _refuse_unpublished(recorded: list[Recorded], exc: Unavailable) -> Results:
     """Committed but not queued: refuse exactly the requests that needed the publish."""
     return [exc if r.needs_publish else r for r in recorded]
@@ -87,86 +94,33 @@ def _traces(arrivals: list[Arrival], recorded: list[Recorded]) -> Traces | None:
     return traces or None
 
 
-MARK_EVERY = 0.05  # seconds: publish marks of concurrent batches share one UPDATE
-
-
-class Marks:
-    """Marks rows published, coalescing the batches of the last ``MARK_EVERY`` seconds into
-    one statement off the request's path (measured in docs/performance.md: one UPDATE per
-    batch halved ingest). A mark that never lands (the process killed, the database away)
-    costs the row one extra broker message later (the dispatcher's), never the row."""
-
-    def __init__(self, mark: Callable[[list[int]], Awaitable[None]]) -> None:
-        self._mark = mark
-        self._pks: list[int] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def add(self, pks: list[int]) -> None:
-        if not pks:
-            return
-        self._pks += pks
-        self._wake.set()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="publish-marks")
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(MARK_EVERY)
-            await self.flush()
-
-    async def flush(self) -> None:
-        self._wake.clear()
-        pks, self._pks = self._pks, []
-        if pks:
-            try:
-                await self._mark(pks)
-            except Exception:
-                log.warning("could not mark %d rows published; the dispatcher will", len(pks))
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.flush()
-
-
 class ThreadedWriter:
     def __init__(self, *, engine: Engine, publisher: Publishes, large_bytes: int) -> None:
         self._engine = engine
         self._publisher = publisher
         self._large_bytes = large_bytes
-        self._marks = Marks(self._mark)
 
     async def write(self, arrivals: list[Arrival]) -> Results:
-        results, published = await run_in_threadpool(self._write, arrivals)
-        self._marks.add(published)
-        return results
+        return await run_in_threadpool(self._write, arrivals)
 
-    async def _mark(self, pks: list[int]) -> None:
-        def mark() -> None:
-            with session_scope(self._engine) as session:
-                lifecycle.mark_published(session, pks=pks, at=utcnow())
-
-        await run_in_threadpool(mark)
-
-    def _write(self, arrivals: list[Arrival]) -> tuple[Results, list[int]]:
+    def _write(self, arrivals: list[Arrival]) -> Results:
+        now = utcnow()
         with session_scope(self._engine) as session:
-            recorded = recording.record_items(session, arrivals=arrivals, now=utcnow())
+            recorded = recording.record_items(session, arrivals=arrivals, now=now)
         to_publish = _routed(arrivals, recorded, self._large_bytes)
         try:
             self._publisher.publish(to_publish, _traces(arrivals, recorded))
         except Unavailable as exc:
-            # Committed, not published (queued_at stays NULL): Titan's retry or the
-            # dispatcher queues them.
-            return _refuse_unpublished(recorded, exc), []
-        return list(recorded), [pk for pk, _ in to_publish]
+            try:
+                with session_scope(self._engine) as session:
+                    lifecycle.mark_unqueued(session, pks=[pk for pk, _ in to_publish], at=now)
+            except SQLAlchemyError:
+                log.warning(UNMARK_FAILED, len(to_publish))
+            return _refuse_unpublished(recorded, exc)
+        return list(recorded)
 
     async def close(self) -> None:
-        await self._marks.close()
+        return None
 
 
 class PostgresWriter:
@@ -190,10 +144,10 @@ class PostgresWriter:
         )
         for _ in range(connections):
             self._idle.put_nowait(None)  # connected on first use
-        self._marks = Marks(self._mark)
 
     async def write(self, arrivals: list[Arrival]) -> Results:
-        batch = Batch.of(arrivals, utcnow())
+        now = utcnow()
+        batch = Batch.of(arrivals, now)
         conn = await self._idle.get()
         try:
             if conn is None or conn.closed:
@@ -207,18 +161,24 @@ class PostgresWriter:
                 missing = batch.missing(created)
                 if missing:
                     await cur.execute(
-                        recording.PG_EXISTING, [[t for t, _ in missing], [m for _, m in missing]]
+                        recording.PG_EXISTING,
+                        [[t for t, _ in missing], [m for _, m in missing], naive_utc(now)],
                     )
-                    existing = {(t, m): (pk, s, q) for pk, t, m, s, q in await cur.fetchall()}
+                    existing = {(t, m): (pk, s, k) for pk, t, m, s, k in await cur.fetchall()}
             recorded = batch.answers(created, existing)
             to_publish = _routed(arrivals, recorded, self._large_bytes)
             try:
                 await self._publisher.apublish(to_publish, _traces(arrivals, recorded))
             except Unavailable as exc:
-                # Committed, not published (queued_at stays NULL): Titan's retry or the
-                # dispatcher queues them.
+                try:
+                    await conn.execute(
+                        recording.PG_UNMARK, [[pk for pk, _ in to_publish], naive_utc(now)]
+                    )
+                except psycopg.Error:
+                    log.warning(UNMARK_FAILED, len(to_publish))
+                    await conn.close()
+                    conn = None
                 return _refuse_unpublished(recorded, exc)
-            self._marks.add([pk for pk, _ in to_publish])  # known to be in the broker now
             return list(recorded)
         except psycopg.Error as exc:
             # Down, restarted, or a broken connection: drop it, answer 503, reconnect next time.
@@ -237,24 +197,7 @@ class PostgresWriter:
             conn.prepare_threshold = None  # psycopg prepares repeated queries by itself too
         return conn
 
-    async def _mark(self, pks: list[int]) -> None:
-        conn = await self._idle.get()
-        try:
-            if conn is None or conn.closed:
-                conn = await self._connect()
-            await conn.execute(
-                recording.PG_MARK_PUBLISHED, [naive_utc(utcnow()), pks], prepare=self._prepare
-            )
-        except psycopg.Error:
-            if conn is not None:
-                await conn.close()
-            conn = None
-            raise
-        finally:
-            self._idle.put_nowait(conn)
-
     async def close(self) -> None:
-        await self._marks.close()
         while not self._idle.empty():
             conn = self._idle.get_nowait()
             if conn is not None:

@@ -187,7 +187,7 @@ def test_sweeper_queries_find_expired_leases_unqueued_and_long_waiting_rows(engi
     now = utcnow()
     with session_scope(engine) as session:
         lifecycle.claim(session, pk=leased, now=now, lease_seconds=10)
-        lifecycle.mark_unqueued(session, pk=unqueued)
+    unmark(engine, unqueued)
     soon = now + timedelta(seconds=1)
     after_grace = now + dispatch.PUBLISH_GRACE + timedelta(seconds=1)
     with session_scope(engine) as session:
@@ -207,35 +207,78 @@ def test_sweeper_queries_find_expired_leases_unqueued_and_long_waiting_rows(engi
         assert sweep.retake(session, pks=[waiting], before=soon, at=soon) == []
 
 
-def test_a_row_is_published_once_its_publish_succeeded(engine: Engine) -> None:
+def mark_of(engine: Engine, pk: int) -> tuple[datetime | None, datetime | None]:
+    """A row's publish mark and its arrival time."""
+    with session_scope(engine) as session:
+        row = queries.get_row(session, pk=pk)
+        assert row is not None
+        return row.queued_at, row.received_at
+
+
+def unmark(engine: Engine, pk: int) -> None:
+    """As a receiver whose publish failed: its mark taken back."""
+    marked, _ = mark_of(engine, pk)
+    assert marked is not None
+    with session_scope(engine) as session:
+        lifecycle.mark_unqueued(session, pks=[pk], at=marked)
+    assert mark_of(engine, pk)[0] is None
+
+
+def test_a_new_row_is_recorded_marked_and_its_failed_publish_takes_the_mark_back(
+    engine: Engine,
+) -> None:
     tenant = make_tenant(engine)
     first = record(engine, tenant, item())
     assert first.created and first.needs_publish
-    # Recorded without a publish (the receiver died between its commit and its publish):
-    # a redelivery publishes it.
-    with session_scope(engine) as session:
-        lifecycle.mark_unqueued(session, pk=first.pk)
+    marked, received = mark_of(engine, first.pk)
+    assert marked == received  # one write: the mark travels with the insert
+    # The publish failed: the mark is taken back and Titan's retry publishes the row.
+    unmark(engine, first.pk)
     again = record(engine, tenant, item())
     assert not again.created and again.needs_publish
-    # fixtures.record's writer "published" the redelivery and marked the row: the next
-    # duplicate needs no publish.
+    assert mark_of(engine, first.pk)[0] is not None
+    # Published by that retry: the next duplicate needs no publish.
     assert not record(engine, tenant, item()).needs_publish
 
 
-def test_a_late_mark_never_covers_a_row_that_moved_on(engine: Engine) -> None:
+def test_a_redelivery_publishes_a_row_only_its_first_receiver_marked(engine: Engine) -> None:
+    """Titan redelivers what was never answered 2xx: the first receiver may have died
+    between its commit and its publish, so the redelivery publishes again, once."""
     tenant = make_tenant(engine)
     pk = record(engine, tenant, item()).pk
-    now = utcnow()
+    redelivered = record(engine, tenant, item())
+    assert not redelivered.created and redelivered.needs_publish
+    marked, received = mark_of(engine, pk)
+    assert marked is not None and received is not None
+    assert marked > received  # the redelivery's own mark
+    assert not record(engine, tenant, item()).needs_publish
+    # Claimed by a worker: nothing to publish, however often Titan redelivers.
+    claimed = record(engine, tenant, item("claimed")).pk
     with session_scope(engine) as session:
-        lifecycle.mark_unqueued(session, pk=pk)
-        claimed = lifecycle.claim(session, pk=pk, now=now, lease_seconds=10).row
-        assert claimed is not None
-        # The worker handed it back (a paused tenant) before the receiver's mark arrived.
-        assert lifecycle.release(session, pk=pk, attempt=claimed.attempts, now=now)
+        assert lifecycle.claim(session, pk=claimed, now=utcnow(), lease_seconds=10).row
+    assert not record(engine, tenant, item("claimed")).needs_publish
+    # Archived on arrival (Titan persisted it): never published.
+    done = record(engine, tenant, item("done", media_url="https://b.s3/x.jpg"))
+    assert not done.needs_publish and mark_of(engine, done.pk)[0] is None
+    assert not record(engine, tenant, item("done", media_url="https://b.s3/x.jpg")).needs_publish
+
+
+def test_taking_a_mark_back_never_uncovers_a_newer_one(engine: Engine) -> None:
+    tenant = make_tenant(engine)
+    pk = record(engine, tenant, item()).pk
+    first, _ = mark_of(engine, pk)
+    assert first is not None
+    later = first + timedelta(seconds=20)
     with session_scope(engine) as session:
-        assert lifecycle.mark_published(session, pks=[pk], at=now) == []
+        # The sweeper published it again meanwhile (its first publish was lost).
+        assert sweep.retake(session, pks=[pk], before=later, at=later) == [pk]
+        lifecycle.mark_unqueued(session, pks=[pk], at=first)  # the first publish's failure
+    assert mark_of(engine, pk)[0] == later
     with session_scope(engine) as session:
-        assert dispatch.unpublished(session, now=now + dispatch.PUBLISH_GRACE * 2, limit=5) == [pk]
+        lifecycle.mark_unqueued(session, pks=[pk], at=later)
+    assert mark_of(engine, pk)[0] is None
+    with session_scope(engine) as session:
+        assert dispatch.unpublished(session, now=later + dispatch.PUBLISH_GRACE, limit=5) == [pk]
 
 
 def test_failed_rows_are_requeued_from_scratch(engine: Engine) -> None:
@@ -330,12 +373,13 @@ def test_a_message_time_without_a_zone_is_refused(engine: Engine) -> None:
 
 
 @pytest.mark.postgres
-def test_the_receivers_mark_finds_its_rows_by_key_behind_a_backlog(
+def test_a_redelivery_finds_its_rows_by_key_behind_a_backlog(
     tmp_path: Path, pg_admin_url: str | None
 ) -> None:
     """Statistics taken while nearly every row was archived, then a backlog of queued rows:
-    the mark after each publish must still look its rows up by primary key, not walk the
-    backlog through the status index (which it did 20 times a second)."""
+    the receiver's lookup and take of redelivered rows must still find them by key, not
+    walk the backlog through the status index (the publish mark once did, 20 times a
+    second)."""
     with migrated_database("postgres", tmp_path, pg_admin_url) as url:
         engine = make_engine(url)
         tenant = make_tenant(engine)
@@ -366,19 +410,21 @@ def test_the_receivers_mark_finds_its_rows_by_key_behind_a_backlog(
             conn.execute("COMMIT")
             conn.execute("ANALYZE media")
             rows("queued", "q", 3_000)
-            newest = [
-                pk for (pk,) in conn.execute("SELECT pk FROM media ORDER BY pk DESC LIMIT 170")
-            ]
-            explain = "EXPLAIN (FORMAT JSON) " + recording.PG_MARK_PUBLISHED
-            explained = conn.execute(explain, [utcnow().replace(tzinfo=None), newest]).fetchone()
+            newest = conn.execute(
+                "SELECT tenant_id, media_id FROM media ORDER BY pk DESC LIMIT 5"
+            ).fetchall()
+            params = [[t for t, _ in newest], [m for _, m in newest], utcnow().replace(tzinfo=None)]
+            explain = "EXPLAIN (FORMAT JSON) " + recording.PG_EXISTING
+            explained = conn.execute(explain, params).fetchone()
             assert explained is not None
             (plan,) = explained
             scans = [node.get("Index Name") for node in _nodes(plan[0]["Plan"])]
             assert "media_pkey" in scans and "ix_media_status_lease" not in scans, scans
-            marked = conn.execute(
-                recording.PG_MARK_PUBLISHED, [utcnow().replace(tzinfo=None), newest]
-            )
-            assert marked.rowcount == 170
+            # Never published (no mark): each is taken for a publish, once.
+            found = conn.execute(recording.PG_EXISTING, params).fetchall()
+            assert len(found) == 5 and all(taken for *_, taken in found)
+            again = conn.execute(recording.PG_EXISTING, params).fetchall()
+            assert len(again) == 5 and not any(taken for *_, taken in again)
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

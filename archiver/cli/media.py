@@ -359,20 +359,21 @@ def media_add(
     settings = current_settings()
     engine = make_engine(settings.database_url, must_exist=True)
     try:
+        now = utcnow()
         with session_scope(engine) as session:
             owner = get_tenant(session, name=tenant)
             arrival = Arrival(tenant_id=owner.saved_id, strategy=owner.strategy, item=item)
-            (recorded,) = record_items(session, arrivals=[arrival], now=utcnow())
+            (recorded,) = record_items(session, arrivals=[arrival], now=now)
         if recorded.needs_publish:
             queue = queue_for(None, kind, large_bytes=settings.large_media_bytes)
             try:
                 publish_archive(make_celery(settings), pk=recorded.pk, queue=queue)
             except Unavailable:
-                # Committed, not published; the dispatcher publishes it once the broker answers.
-                click.echo("broker unavailable: queued for the dispatcher", err=True)
-            else:
+                # Committed, not published: its mark taken back, the dispatcher publishes
+                # it once the broker answers.
                 with session_scope(engine) as session:
-                    lifecycle.mark_published(session, pks=[recorded.pk], at=utcnow())
+                    lifecycle.mark_unqueued(session, pks=[recorded.pk], at=now)
+                click.echo("broker unavailable: queued for the dispatcher", err=True)
     finally:
         engine.dispose()
     status = recorded.status if recorded.created else "duplicate"

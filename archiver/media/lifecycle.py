@@ -11,12 +11,13 @@ failed ──retry (operator)──> queued        archived ──reopen (reconc
 Every transition is a conditional UPDATE that proceeds only if exactly one row changed,
 so two workers can never both own a row, and a worker whose lease was taken over
 cannot overwrite the newer owner's outcome (``attempts`` is the fencing token).
-``queued_at`` records the last publish that is known to have succeeded; NULL means the row
-is pending and not known to be in the broker. A new row is recorded with NULL and marked
-once its receiver's publish succeeded (``mark_published``), so a receiver killed between
-its commit and its publish leaves a row that Titan's redelivery publishes (or, failing
-that, the dispatcher after a short grace). A retrying row is published by the dispatcher
-once its ``retry_at`` has come. A claim that takes over an expired lease counts a crash.
+``queued_at`` records the last publish, marked before it and taken back if it failed
+(``mark_unqueued``); NULL means the row is pending and not in the broker. A new row is
+recorded marked (``queued_at`` = ``received_at``), so a successful publish costs no second
+write; a receiver killed between its commit and its publish leaves a row that Titan's
+redelivery publishes (``take_again``), or, failing that, the sweeper once it finds no
+message for it. A retrying row is published by the dispatcher once its ``retry_at`` has
+come. A claim that takes over an expired lease counts a crash.
 Rows are created by the receiver (archiver/recording.py); reads live in archiver/query.py.
 """
 
@@ -255,29 +256,34 @@ def defer(session: Session, *, pk: int, attempt: int, now: datetime, until: date
 # -- publish bookkeeping: is the row known to be in the broker? ---------------------------
 
 
-def mark_published(session: Session, *, pks: list[int], at: datetime) -> list[int]:
-    """Record that the publish of these new rows succeeded; return the rows marked.
-
-    Only a row nobody touched since it was recorded is marked (still ``queued``, never
-    published, ``updated_at`` still its arrival time): a fast worker may already have
-    claimed it and handed it back (a paused tenant) or scheduled a retry, and such a row
-    is no longer in the broker.
-    """
+def take_again(session: Session, *, pks: list[int], at: datetime) -> list[int]:
+    """Mark for a publish again, before it, those of ``pks`` (rows a redelivery found) whose
+    redelivery must publish them; return them. A row is taken while it is ``queued`` and
+    either not known to be in the broker (its publish failed; a worker handed it back) or
+    known only through its first receiver's mark, untouched since: that receiver may have
+    died between its commit and its publish, and Titan redelivers exactly what was never
+    answered 2xx. A row someone published since (the dispatcher, the sweeper, an earlier
+    redelivery) is left alone. (``recording.PG_EXISTING`` is this test on the receiver's
+    connections.)"""
     if not pks:
         return []
-    marked = session.execute(
-        update(Media).where(*_untouched(pks)).values(queued_at=at).returning(col(Media.pk))
+    taken = session.execute(
+        update(Media)
+        .where(
+            col(Media.pk).in_(pks),
+            col(Media.status) == Status.QUEUED.value,
+            or_(
+                col(Media.queued_at).is_(None),
+                and_(
+                    col(Media.queued_at) == col(Media.received_at),
+                    col(Media.updated_at) == col(Media.received_at),
+                ),
+            ),
+        )
+        .values(queued_at=at)
+        .returning(col(Media.pk))
     )
-    return sorted(pk for (pk,) in marked)
-
-
-def _untouched(pks: list[int]) -> list[ColumnElement[bool]]:
-    return [
-        col(Media.pk).in_(pks),
-        col(Media.status) == Status.QUEUED.value,
-        col(Media.queued_at).is_(None),
-        col(Media.updated_at) == col(Media.received_at),
-    ]
+    return sorted(pk for (pk,) in taken)
 
 
 def take_for_publish(session: Session, *, pks: list[int], at: datetime) -> list[int]:
@@ -295,9 +301,16 @@ def take_for_publish(session: Session, *, pks: list[int], at: datetime) -> list[
     return sorted(pk for (pk,) in taken)
 
 
-def mark_unqueued(session: Session, *, pk: int) -> None:
-    """The publish of ``pk`` failed: flag it so the next delivery or the sweeper queues it."""
-    session.execute(update(Media).where(col(Media.pk) == pk).values(queued_at=None))
+def mark_unqueued(session: Session, *, pks: list[int], at: datetime) -> None:
+    """The publish of ``pks``, marked ``at``, failed: take the mark back so the next delivery
+    or the dispatcher queues them; a row marked again since keeps its newer mark.
+    (``recording.PG_UNMARK`` on the receiver's connections.)"""
+    if pks:
+        session.execute(
+            update(Media)
+            .where(col(Media.pk).in_(pks), col(Media.queued_at) == at)
+            .values(queued_at=None)
+        )
 
 
 # -- back to the queue: operator retries and reconcile ----------------------------------

@@ -5,10 +5,15 @@ A batch holds one row per (tenant, mediaId). PostgreSQL takes it as one
 ``INSERT ... SELECT FROM json_populate_recordset(...)`` (``PG_INSERT``: the receiver's
 PostgresWriter runs it on its asyncio connections, ``record_items`` through a session);
 SQLite as one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``. Rows arrive ``queued`` and
-not yet known to be published (``queued_at`` NULL): the publish follows the commit, and the
-row is marked published only once it succeeded (``PG_MARK_PUBLISHED`` /
-``lifecycle.mark_published``). A media item that Titan already persisted (``mediaUrl``)
-arrives ``archived``. Used by the receiver (webhooks) and the CLI (``media add``).
+already marked published (``queued_at`` = ``received_at``), as the dispatcher marks before
+it publishes: the publish follows the commit, and only a publish that failed takes the mark
+back (``PG_UNMARK`` / ``lifecycle.mark_unqueued``), so Titan's retry of the refused delivery
+publishes the row. No second write per row on success: the mark after each publish was a
+third of the database's work per webhook (docs/performance.md). A redelivery of a row that
+still carries only its first receiver's mark publishes it again (``PG_EXISTING``): that
+receiver may have died between its commit and its publish, and a retry Titan sends is the
+one that must fix it. A media item that Titan already persisted (``mediaUrl``) arrives
+``archived``. Used by the receiver (webhooks) and the CLI (``media add``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, col
 
+from archiver.media import lifecycle
 from archiver.tables import Media, Status, naive_utc
 
 
@@ -56,7 +62,7 @@ class Recorded:
     pk: int
     created: bool
     status: str
-    needs_publish: bool  # pending and not known to be in the broker
+    needs_publish: bool  # this delivery must publish it (and its mark is this delivery's)
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def _values(arrival: Arrival, now: datetime) -> dict[str, Any]:
         "message_at": None if item.message_at is None else _in_utc(item.message_at),
         "archived_at": None,
         "updated_at": now,
-        "queued_at": None,  # set once the publish succeeded
+        "queued_at": now,  # marked before its publish; taken back if the publish fails
         "voice_note": item.voice_note,
         "chat": item.chat,
         "is_group": item.is_group,
@@ -115,6 +121,7 @@ def _values(arrival: Arrival, now: datetime) -> dict[str, Any]:
             "persisted": True,
             "s3_url": item.media_url,
             "archived_at": now,
+            "queued_at": None,
         }
     return values
 
@@ -146,9 +153,11 @@ class Batch:
         return [key for key in self.firsts if key not in created]
 
     def answers(
-        self, created: dict[Key, int], existing: dict[Key, tuple[int, str, datetime | None]]
+        self, created: dict[Key, int], existing: dict[Key, tuple[int, str, bool]]
     ) -> list[Recorded]:
-        """One answer per arrival, in order; the first arrival of a new row created it."""
+        """One answer per arrival, in order; the first arrival of a new row created it.
+        ``existing``: each other row's pk, status and whether this batch took it for a
+        publish again (``PG_EXISTING``, ``take_again``)."""
         answers: list[Recorded] = []
         claimed: set[Key] = set()
         for arrival in self.arrivals:
@@ -160,12 +169,8 @@ class Batch:
                 needs = first and status == Status.QUEUED.value
                 answers.append(Recorded(created[key], first, status, needs))
             else:
-                pk, status, queued_at = existing[key]
-                # A redelivery publishes a queued row not known to be in the broker: its
-                # publish failed, or its receiver died between the commit and the publish.
-                # (A retrying row waits for its time; the dispatcher publishes it then.)
-                unpublished = status == Status.QUEUED.value and queued_at is None
-                answers.append(Recorded(pk, False, status, unpublished))
+                pk, status, taken = existing[key]
+                answers.append(Recorded(pk, False, status, taken))
         return answers
 
 
@@ -189,20 +194,17 @@ def record_items(session: Session, *, arrivals: list[Arrival], now: datetime) ->
         )
         inserted = [tuple(r) for r in session.execute(stmt, batch.rows)]
     created = {(t, m): pk for pk, t, m in inserted}
-    existing: dict[Key, tuple[int, str, datetime | None]] = {}
+    existing: dict[Key, tuple[int, str, bool]] = {}
     missing = batch.missing(created)
     if missing:
         found = session.execute(
             select(
-                col(Media.pk),
-                col(Media.tenant_id),
-                col(Media.media_id),
-                col(Media.status),
-                col(Media.queued_at),
+                col(Media.pk), col(Media.tenant_id), col(Media.media_id), col(Media.status)
             ).where(tuple_(col(Media.tenant_id), col(Media.media_id)).in_(missing))
-        )
-        for pk, tenant_id, media_id, status, queued_at in found:
-            existing[(tenant_id, media_id)] = (pk, status, queued_at)
+        ).all()
+        taken = set(lifecycle.take_again(session, pks=[pk for pk, *_ in found], at=now))
+        for pk, tenant_id, media_id, status in found:
+            existing[(tenant_id, media_id)] = (pk, status, pk in taken)
     return batch.answers(created, existing)
 
 
@@ -228,28 +230,28 @@ def _pg_insert_sql() -> str:
 PG_INSERT = _pg_insert_sql()
 
 
+# The rows of a batch that were there already, each taken for a publish again when
+# ``lifecycle.take_again`` would take it (the same test, in one round trip with the lookup):
+# (pk, tenant_id, media_id, status, taken). The update finds its rows by primary key
+# whatever the planner's statistics say: the status test is an expression
+# (``status || ''``), which no index on status can serve (with the plain column, a backlog
+# that grew since the last ANALYZE once made the planner walk ix_media_status_lease through
+# every queued row; held by tests/test_media_rows.py).
 PG_EXISTING = (
-    "SELECT pk, tenant_id, media_id, status, queued_at FROM media "
-    "WHERE (tenant_id, media_id) IN (SELECT * FROM unnest(%s::bigint[], %s::text[]))"
+    "WITH found AS (SELECT pk, tenant_id, media_id, status FROM media "
+    "WHERE (tenant_id, media_id) IN (SELECT * FROM unnest(%s::bigint[], %s::text[]))), "
+    "taken AS (UPDATE media SET queued_at = %s WHERE pk = ANY(ARRAY(SELECT pk FROM found)) "
+    "AND status || '' = 'queued' "
+    "AND (queued_at IS NULL OR (queued_at = received_at AND updated_at = received_at)) "
+    "RETURNING pk) "
+    "SELECT f.pk, f.tenant_id, f.media_id, f.status, t.pk IS NOT NULL "
+    "FROM found f LEFT JOIN taken t ON t.pk = f.pk"
 )
 
 
-# lifecycle.mark_published in one round trip. The mark need not be durable at once (a mark
-# lost in a crash costs one extra broker message, never a row), so this statement's commit
-# does not wait for the WAL flush: set_config(..., true) lasts to the end of the statement's
-# own transaction, and works through PgBouncer's transaction pooling too. The rows are found
-# by primary key whatever the planner's statistics say: the status test is an expression
-# (``status || ''``), which no index on status can serve. With the plain column, a backlog
-# that grew since the last ANALYZE (statistics that say "queued" is rare) made the planner
-# walk ix_media_status_lease through every queued row on each mark, up to 20 times a second
-# (measured: 24 ms instead of 0.3 to find 170 rows behind a backlog of 30,000; the plan is
-# held by tests/test_media_rows.py).
-PG_MARK_PUBLISHED = (
-    "UPDATE media SET queued_at = %s "
-    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit "
-    "WHERE pk = ANY(%s::bigint[]) AND status || '' = 'queued' AND queued_at IS NULL "
-    "AND updated_at = received_at"
-)
+# ``lifecycle.mark_unqueued`` in one round trip: a publish failed; its rows' marks (``at``,
+# the batch's time) are taken back, unless someone marked them again since.
+PG_UNMARK = "UPDATE media SET queued_at = NULL WHERE pk = ANY(%s::bigint[]) AND queued_at = %s"
 
 
 def pg_rows(rows: list[dict[str, Any]]) -> list[str]:

@@ -26,8 +26,8 @@ from archiver.tables import PENDING, Media, utcnow
 log = logging.getLogger(__name__)
 
 
-# A new row's receiver publishes it right after its commit and then marks it; the
-# dispatcher leaves a row that arrived this recently to it.
+# A new row whose receiver's publish failed (its mark taken back) is Titan's retry's to
+# publish; the dispatcher leaves a row that arrived this recently to it.
 PUBLISH_GRACE = timedelta(seconds=30)
 
 
@@ -123,8 +123,7 @@ def dispatch(
         publish_rows(engine, app, settings, pks)
     except Unavailable:
         with session_scope(engine) as session:
-            for pk in pks:
-                lifecycle.mark_unqueued(session, pk=pk)
+            lifecycle.mark_unqueued(session, pks=pks, at=now)
         raise
     return len(pks)
 
