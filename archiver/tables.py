@@ -254,8 +254,8 @@ class Media(SQLModel, table=True):
             postgresql_where=text("sealed_seq IS NULL AND archived_at IS NOT NULL"),
             sqlite_where=text("sealed_seq IS NULL AND archived_at IS NOT NULL"),
         ),
-        # No index covers queued_at: the receiver's mark after each publish stays a
-        # heap-only update (migration 0011).
+        # No index covers queued_at: re-marking a row (dispatcher, sweeper, a redelivery)
+        # can stay a heap-only update (migration 0011).
         # The dashboard's archive rate. Partial: rows arrive with archived_at NULL, so the
         # receiver's inserts never touch it.
         Index(

@@ -57,8 +57,8 @@ def expired_leases(session: Session, *, now: datetime, limit: int) -> list[int]:
 
 
 # A row marked published this recently may still be on its way into the broker (the
-# dispatcher and operator re-queues mark before they publish); ARCHIVER_STUCK_AFTER_SECONDS
-# shortens it.
+# receiver commits its rows marked, the dispatcher and operator re-queues mark before they
+# publish); ARCHIVER_STUCK_AFTER_SECONDS shortens it.
 LOST_GRACE = timedelta(seconds=15)
 
 
