@@ -15,7 +15,7 @@ import pytest
 import redis
 import uvicorn
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import col, select
 from starlette.types import ASGIApp
 
 from archiver.infra.db import make_engine, session_scope
@@ -85,6 +85,17 @@ def count_rows(database_url: str) -> int:
     try:
         with session_scope(engine) as session:
             return int(session.exec(select(func.count()).select_from(Media)).one())
+    finally:
+        engine.dispose()
+
+
+def publish_marks(database_url: str) -> list[bool]:
+    """Per row (in pk order): does it carry a publish mark (``queued_at``)?"""
+    engine = make_engine(database_url)
+    try:
+        with session_scope(engine) as session:
+            marks = session.exec(select(Media.queued_at).order_by(col(Media.pk))).all()
+            return [mark is not None for mark in marks]
     finally:
         engine.dispose()
 
@@ -279,6 +290,9 @@ def test_broker_down_is_503_with_retry_after_and_the_retry_succeeds(
         )
     assert answer.status_code == 503
     assert answer.headers["Retry-After"].isdigit()
+    # Committed marked, as every row; the failed publish took its mark back, so the
+    # dispatcher would queue it too, were Titan's retry never to come.
+    assert publish_marks(database_url) == [False]
     queue = redis.Redis.from_url(redis_url)
     queue.delete(ARCHIVE_QUEUE)
     # Titan retries once the broker is back: the pending row is queued this time.
@@ -289,6 +303,7 @@ def test_broker_down_is_503_with_retry_after_and_the_retry_succeeds(
     assert retry.status_code in (200, 202)
     assert queue.llen(ARCHIVE_QUEUE) == 1
     assert count_rows(database_url) == 1
+    assert publish_marks(database_url) == [True]
     queue.delete(ARCHIVE_QUEUE)
 
 
