@@ -63,7 +63,9 @@ def writer_for(engine: Engine, *, publisher: Publishes, large_bytes: int) -> Wri
 
 # A publish failed and its rows' marks could not be taken back either: Titan's retry of the
 # refused deliveries publishes them (``take_again``), else the sweeper, finding no message.
-UNMARK_FAILED = "could not take back the publish marks of %d rows; the sweeper will queue them"
+UNMARK_FAILED = (
+    "could not take back the publish marks of %d rows; Titan's retry or the sweeper queues them"
+)
 
 
 def _refuse_unpublished(recorded: list[Recorded], exc: Unavailable) -> Results:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,17 +14,20 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
+from archiver.errors import Unavailable
 from archiver.infra.db import make_engine, session_scope
 from archiver.media import lifecycle, recording
 from archiver.media import query as queries
 from archiver.media.query import MediaQuery
-from archiver.media.recording import MediaItem, Recorded
+from archiver.media.recording import Arrival, MediaItem, Recorded
 from archiver.reporting import figures
 from archiver.scheduling import dispatch, sweep
 from archiver.secrets_box import SecretBox
 from archiver.tables import Status, Tenant, utcnow
 from archiver.tenants.tenants import TenantSpec, create_tenant
 from devstack import fixtures
+from receiver.publisher import Routed, Traces
+from receiver.writers import writer_for
 from tests.conftest import migrated_database
 
 BOX = SecretBox("test-master-key-for-rows")
@@ -431,3 +436,63 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
         yield from _nodes(child)
+
+
+class RefusingBroker:
+    """A broker that refuses every publish; ``meanwhile`` runs first (what else fails then)."""
+
+    def __init__(self, meanwhile: Callable[[], None]) -> None:
+        self._meanwhile = meanwhile
+
+    def publish(self, routed: Sequence[Routed], traces: Traces | None = None) -> None:
+        self._meanwhile()
+        raise Unavailable("broker unavailable")
+
+    async def apublish(self, routed: Sequence[Routed], traces: Traces | None = None) -> None:
+        self.publish(routed, traces)
+
+
+@pytest.mark.postgres
+def test_a_mark_the_database_would_not_take_back_is_still_published_by_the_retry(
+    tmp_path: Path, pg_admin_url: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker refuses the publish, then the database drops the receiver's connection
+    before the mark is taken back: the delivery is refused as unavailable (Titan retries),
+    said in a warning, and the retry publishes the row, which still carries only its first
+    mark."""
+    with migrated_database("postgres", tmp_path, pg_admin_url) as url:
+        engine = make_engine(url)
+        tenant = make_tenant(engine)
+        assert tenant.id is not None
+        plain = url.replace("postgresql+psycopg://", "postgresql://")
+
+        def drop_the_receivers_connections() -> None:
+            with psycopg.connect(plain, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+        async def write() -> list[Recorded | Unavailable]:
+            writer = writer_for(
+                engine,
+                publisher=RefusingBroker(drop_the_receivers_connections),
+                large_bytes=10 * 1024 * 1024,
+            )
+            try:
+                return await writer.write([Arrival(tenant.id or 0, tenant.strategy, item())])
+            finally:
+                await writer.close()
+
+        engine.dispose()  # only the writer's own connection is left to drop
+        with caplog.at_level(logging.WARNING, logger="receiver.writers"):
+            (answer,) = asyncio.run(write())
+        assert isinstance(answer, Unavailable) and "broker" in str(answer)
+        assert "could not take back the publish marks of 1 rows" in caplog.text
+        with session_scope(engine) as session:
+            row = queries.get_media(session, tenant_id=tenant.id, media_id="m1")
+            assert row is not None and row.queued_at is not None
+            assert row.queued_at == row.received_at
+        retry = record(engine, tenant, item())
+        assert not retry.created and retry.needs_publish
+        engine.dispose()
