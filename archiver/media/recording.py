@@ -178,7 +178,8 @@ def record_items(session: Session, *, arrivals: list[Arrival], now: datetime) ->
     """Insert one row per (tenant, mediaId) in one statement; answer in ``arrivals``' order.
 
     A media item already recorded (or twice in this batch) comes back with created=False
-    and the existing row's state.
+    and the existing row's state, and needs a publish when ``lifecycle.take_again`` took
+    it (marked with ``now``, as ``PG_EXISTING`` does on the receiver's connections).
     """
     if not arrivals:
         return []
