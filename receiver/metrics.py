@@ -107,7 +107,11 @@ _ids = itertools.count(1)
 
 def request_id_of(scope: Scope) -> bytes:
     """The caller's ``X-Request-ID`` when it is a plain token, else a new one."""
-    given: bytes | None = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+    return request_id_for(next((v for k, v in scope["headers"] if k == b"x-request-id"), None))
+
+
+def request_id_for(given: bytes | None) -> bytes:
+    """``given`` (an ``X-Request-ID`` header's value) when it is a plain token, else a new id."""
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
     return f"{_ID_PREFIX}-{next(_ids):x}".encode()

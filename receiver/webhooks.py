@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from archiver.infra.logs import request_id
 from archiver.media.shapes import Error
 from receiver import resources
-from receiver.metrics import request_id_of
+from receiver.metrics import request_id_for
 from receiver.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -130,15 +130,18 @@ async def serve(res: Resources, tenant: str, scope: Scope, receive: Receive, sen
     """``answer`` straight from the ASGI scope, with what the HTTP middleware would add: the
     request id on every log line and in ``X-Request-ID``; an unexpected error is a logged
     500 in the API's error shape, as the app's own handler answers it."""
-    rid = request_id_of(scope)
+    declared = signature = None
+    given: bytes | None = None
+    for name, value in scope["headers"]:  # one pass for the three headers it reads
+        if name == b"content-length" and declared is None:
+            declared = value.decode("latin-1")
+        elif name == b"x-webhook-signature" and signature is None:
+            signature = value.decode("latin-1")
+        elif name == b"x-request-id" and given is None:
+            given = value
+    rid = request_id_for(given)
     token = request_id.set(rid.decode())
     try:
-        declared = signature = None
-        for name, value in scope["headers"]:
-            if name == b"content-length" and declared is None:
-                declared = value.decode("latin-1")
-            elif name == b"x-webhook-signature" and signature is None:
-                signature = value.decode("latin-1")
         try:
             reply = await answer(res, tenant, receive, declared=declared, signature=signature)
         except Exception as exc:
