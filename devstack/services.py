@@ -3,6 +3,7 @@ PostgreSQL, the Titan simulator and the receiver, each on a free port of 127.0.0
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -199,20 +200,47 @@ def postgres_server() -> Iterator[str | None]:
 
 
 @contextmanager
-def fresh_postgres_database(admin_url: str) -> Iterator[str]:
-    """A new empty database on the server, dropped afterwards."""
+def fresh_postgres_database(admin_url: str, *, template: str | None = None) -> Iterator[str]:
+    """A new database on the server (empty, or a copy of ``template``), dropped afterwards."""
+    name = create_postgres_database(admin_url, template=template)
+    try:
+        yield database_url(admin_url, name)
+    finally:
+        drop_postgres_database(admin_url, name)
+
+
+def _conninfo(admin_url: str) -> str:
+    return admin_url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def database_url(admin_url: str, name: str) -> str:
+    """The URL of database ``name`` on ``admin_url``'s server."""
+    return f"{_conninfo(admin_url).rsplit('/', 1)[0]}/{name}"
+
+
+def create_postgres_database(
+    admin_url: str, *, prefix: str = "archiver_test_", template: str | None = None
+) -> str:
+    """A new database's name: empty, or a copy of ``template`` (which nothing may be
+    connected to)."""
     import psycopg
 
-    name = "archiver_test_" + uuid.uuid4().hex[:10]
-    conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = conninfo.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    name = prefix + uuid.uuid4().hex[:10]
+    copied = f' TEMPLATE "{template}"' if template is not None else ""
+    with psycopg.connect(_conninfo(admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{copied}')
+    return name
+
+
+def drop_postgres_database(admin_url: str, name: str) -> None:
+    """Drop ``name`` (its sessions ended); nothing when the server is gone already."""
+    import psycopg
+
+    with (
+        contextlib.suppress(psycopg.OperationalError),
+        psycopg.connect(_conninfo(admin_url), autocommit=True) as conn,
+    ):
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
