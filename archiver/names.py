@@ -27,8 +27,11 @@ def valid_text(text: str, *, limit: int = MAX_ID_LEN) -> bool:
     return 0 < len(text) <= limit and not has_control(text)
 
 
+_DROPPED = re.compile("[\x00\ud800-\udfff]")
+
+
 def free_text(text: str) -> str:
     """Free text (a caption) as stored: NULs and lone surrogates dropped, newlines kept."""
-    if text.isprintable() or not any(c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF for c in text):
-        return text
-    return "".join(c for c in text if c != "\x00" and not 0xD800 <= ord(c) <= 0xDFFF)
+    if text.isascii():  # a flag CPython keeps on the string: no scan, and no surrogates
+        return text.replace("\x00", "") if "\x00" in text else text
+    return _DROPPED.sub("", text) if _DROPPED.search(text) else text

@@ -313,3 +313,28 @@ def test_the_capture_policy_says_why_an_item_is_left_out() -> None:
     assert parse_types("") is None
     with pytest.raises(PayloadError, match="unknown type 'gif'"):
         parse_types("image,gif")
+
+
+def test_captions_keep_their_text_and_lose_only_nuls_and_lone_surrogates() -> None:
+    def dropped(c: str) -> bool:
+        return c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF
+
+    captions = [
+        "Invoice photo",
+        "line one\nline two\r\n\ttabbed",  # not printable, nothing to drop
+        "a\x00b\x00",
+        "\x00",
+        "Jo\u00e3o \U0001f600 na praia\n",
+        "caf\u00e9\x00 \ud83d alone",  # a lone surrogate from a JSON escape
+        "\udfff\ud800",
+        "x" * 5000 + "\x00",
+    ]
+    for caption in captions:
+        item = media_item(envelope(caption=caption))
+        assert item is not None
+        expected = "".join(c for c in caption[:4096] if not dropped(c)) or None
+        assert item.caption == expected, caption[:40]
+    # A body that escapes a lone surrogate decodes (json's fallback) and loses only it.
+    body = json.dumps(envelope(caption="ok \ud800 here\n")).encode()
+    parsed = media_item(parse_body(body))
+    assert parsed is not None and parsed.caption == "ok  here\n"
