@@ -196,6 +196,13 @@ def main() -> None:
         "docs/performance.md (pip install granian), both sides of the ratio under it",
     )
     parser.add_argument(
+        "--caption-lines",
+        type=int,
+        default=0,
+        metavar="CHARS",
+        help="captions of lines this long, as people type them (0: one printable line)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="sample the receiver with py-spy (pip install py-spy) during the load and write "
@@ -251,6 +258,7 @@ def main() -> None:
                     count=count,
                     connections=args.connections,
                     seconds=seconds,
+                    caption_lines=args.caption_lines,
                 )
 
             sampler = None
@@ -289,6 +297,7 @@ def main() -> None:
         f"one {args.server} process each; database {args.database}; "
         f"receiver log level {args.log_level}"
         + "".join(f"; {summary} triggers dropped" for summary in dropped)
+        + (f"; captions in lines of {args.caption_lines}" if args.caption_lines else "")
     )
     line = (
         processes.GRANIAN_WEB

@@ -151,6 +151,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--caption-lines",
+        type=int,
+        default=0,
+        metavar="CHARS",
+        help="a caption of lines this long (0: one printable line, as in bench.ingest)",
+    )
     args = parser.parse_args()
     master = secrets.token_urlsafe(24)
     tmp = Path(tempfile.mkdtemp())
@@ -165,7 +172,7 @@ def main() -> None:
         settings = load_settings(
             database_url=db_url, broker_url=redis_url, secret_key=master, log_level="INFO"
         )
-        prefix, suffix = body_parts()
+        prefix, suffix = body_parts(line_length=args.caption_lines)
         runs = iter(f"{c}{d}" for c in "BCD" for d in "0123456789")
 
         def requests() -> list[Request]:
@@ -189,6 +196,7 @@ def main() -> None:
     print(
         f"in-process ASGI, {args.requests} requests from {args.concurrency} coroutines, "
         f"PostgreSQL, receiver log level INFO (its lines down a pipe)"
+        + (f", captions in lines of {args.caption_lines}" if args.caption_lines else "")
     )
     print(f"{'app':<20}{'CPU us/req':>12}  statuses")
     for name, (cpu, statuses) in results.items():

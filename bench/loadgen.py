@@ -36,8 +36,9 @@ class Load:
         return self.requests / self.seconds
 
 
-def body_parts(pad_to: int = 1500) -> tuple[str, str]:
-    """A ~1.5 KB message.received envelope split around its mediaId."""
+def body_parts(pad_to: int = 1500, line_length: int = 0) -> tuple[str, str]:
+    """A ~1.5 KB message.received envelope split around its mediaId; its caption is one
+    printable line, or lines of ``line_length`` characters (what people type) when given."""
     env = media_envelope(
         media_id=MARK,
         message_id="3EB0BENCH",
@@ -47,7 +48,12 @@ def body_parts(pad_to: int = 1500) -> tuple[str, str]:
         size=100_000,
         caption="x",
     )
-    env["payload"]["caption"] = "c" * max(0, pad_to - len(json.dumps(env, separators=(",", ":"))))
+    room = max(0, pad_to - len(json.dumps(env, separators=(",", ":"))))
+    caption = "c" * room
+    if line_length > 0:  # each newline is written as two bytes, ``\n``
+        line = "c" * (line_length - 1) + "\n"
+        caption = (line * (room // (line_length + 1) + 1))[: room - room // (line_length + 1)]
+    env["payload"]["caption"] = caption
     text = json.dumps(env, separators=(",", ":"))
     prefix, suffix = text.split(MARK)
     return prefix, suffix
@@ -66,8 +72,9 @@ def run_load(
     connections: int,
     seconds: float,
     threads: int = 2,
+    caption_lines: int = 0,
 ) -> Load:
-    prefix, suffix = body_parts()
+    prefix, suffix = body_parts(line_length=caption_lines)
     tmp = Path(tempfile.mkdtemp(prefix="loadgen-"))
     sigs = tmp / "sigs.txt"
     with sigs.open("w") as out:
