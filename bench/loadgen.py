@@ -50,9 +50,10 @@ def body_parts(pad_to: int = 1500, line_length: int = 0) -> tuple[str, str]:
     )
     room = max(0, pad_to - len(json.dumps(env, separators=(",", ":"))))
     caption = "c" * room
-    if line_length > 0:  # each newline is written as two bytes, ``\n``
+    if line_length > 0:
+        lines = room // (line_length + 1)  # a line's newline is two bytes in JSON, ``\n``
         line = "c" * (line_length - 1) + "\n"
-        caption = (line * (room // (line_length + 1) + 1))[: room - room // (line_length + 1)]
+        caption = line * lines + "c" * (room - lines * (line_length + 1))
     env["payload"]["caption"] = caption
     text = json.dumps(env, separators=(",", ":"))
     prefix, suffix = text.split(MARK)
