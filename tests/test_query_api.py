@@ -331,8 +331,8 @@ def test_a_tenant_key_never_reaches_another_tenants_rows(
 @pytest.mark.parametrize(
     "key",
     [None, "tak_wrong", "Basic abc", ADMIN_KEY[:-1]],
-    # Named, not shown: the admin key is made per process (the test processes of a parallel
-    # run must collect the same ids), and a key does not belong in a test's name.
+    # Named, not shown: a key does not belong in a test's name, and the admin key is made
+    # at import, so its value would make each collection's ids differ.
     ids=["none", "unknown", "basic", "admin-key-but-one-char"],
 )
 def test_every_endpoint_needs_a_valid_key(world: World, path: str, key: str | None) -> None:
