@@ -130,6 +130,23 @@ def redis_server() -> Iterator[str]:
         server.stop()
 
 
+@contextmanager
+def taking_turns(name: str) -> Iterator[None]:
+    """Hold the machine-wide lock ``name`` (a file in the temp directory) through the block.
+    Tests that use one outside server in a way another would disturb (RabbitMQ's queues,
+    purged and counted) take turns: across the suite's parallel test processes, and across
+    two checkouts' suites on one machine."""
+    import fcntl
+
+    path = Path(tempfile.gettempdir()) / f"titan-archiver-{name}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def purge_queues(broker_url: str) -> None:
     """Declare the archive queues (durable, as the workers do) and empty them."""
     with kombu.Connection(broker_url) as conn:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import Engine
 
 from archiver.infra.db import make_engine
-from devstack import ceph, fixtures, services
+from devstack import ceph, fixtures, processes, services
 from devstack.fixtures import MASTER_KEY
 from devstack.rig import RedisDatabases
 from tests import secret_audit
@@ -54,6 +57,20 @@ def s3_of(request: pytest.FixtureRequest, backend: str) -> str:
     return str(request.getfixturevalue("rgw_endpoint" if backend == "rgw" else "s3_endpoint"))
 
 
+RABBITMQ_URL = os.environ.get("ARCHIVER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """The machine's RabbitMQ (a server of its own, unlike Redis: the test is skipped where
+    none listens), held by one test at a time: they purge and count its queues."""
+    address = urlsplit(RABBITMQ_URL)
+    if not processes.port_open(address.hostname or "127.0.0.1", address.port or 5672):
+        pytest.skip(f"no RabbitMQ listening on {address.hostname}:{address.port or 5672}")
+    with services.taking_turns("rabbitmq"):
+        yield RABBITMQ_URL
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str | None]:
     with services.postgres_server() as url:
@@ -86,29 +103,59 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 # -- the suite-wide secret audit (tests/secret_audit.py) -------------------------------------
+#
+# scripts/test runs the suite in parallel processes (pytest-xdist). Each test process audits
+# what its own tests put into play and produced, and hands its figures and leaks to the
+# controlling process, which reports the sum; a run without xdist audits itself.
 
 AUDIT = secret_audit.Audit()
+WORKER_AUDITS: list[dict[str, Any]] = []
+
+
+def _controls_workers(config: pytest.Config) -> bool:
+    return config.pluginmanager.getplugin("dsession") is not None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    AUDIT.install()
-    AUDIT.add_secret(MASTER_KEY)
+    if not _controls_workers(session.config):
+        AUDIT.install()
+        AUDIT.add_secret(MASTER_KEY)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    for title, text in report.sections:
-        if title.startswith("Captured"):
-            AUDIT.captured.append((f"{report.nodeid} ({title})", text))
+    if AUDIT.installed:
+        for title, text in report.sections:
+            if title.startswith("Captured"):
+                AUDIT.captured.append((f"{report.nodeid} ({title})", text))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """A test process's audit, as it sent it (xdist's hook, in the controlling process)."""
+    audit = getattr(node, "workeroutput", {}).get("secret_audit")
+    if audit is not None:
+        WORKER_AUDITS.append(audit)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    AUDIT.uninstall()
-    leaks = AUDIT.leaks()
+    if AUDIT.installed:
+        AUDIT.uninstall()
+        figures = AUDIT.figures()
+        if hasattr(session.config, "workeroutput"):  # a test process: its controller reports
+            session.config.workeroutput["secret_audit"] = figures
+            return
+    elif WORKER_AUDITS:
+        figures = secret_audit.total(WORKER_AUDITS)
+    else:
+        return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    leaks = figures["leaks"]
     summary = (
-        f"secret audit: {len(AUDIT.secrets)} secrets in play, looked for in "
-        f"{len(AUDIT.log_files)} process logs, {len(AUDIT.captured)} captured outputs and "
-        f"{len(AUDIT.answers)} HTTP answers: {len(leaks)} found"
+        f"secret audit: {figures['secrets']} secrets in play, looked for in "
+        f"{figures['log_files']} process logs, {figures['captured']} captured outputs and "
+        f"{figures['answers']} HTTP answers"
+        + (f" in {figures['processes']} test processes" if WORKER_AUDITS else "")
+        + f": {len(leaks)} found"
     )
     if reporter is not None:
         reporter.write_line("")

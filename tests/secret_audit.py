@@ -10,6 +10,7 @@ conftest.py wires this in and fails the run if anything is found.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,23 @@ class Audit:
     def leaks(self) -> list[tuple[str, str]]:
         """(where, which secret, masked) for every secret found in any source."""
         return find_leaks(self.secrets, self.sources())
+
+    def figures(self) -> dict[str, Any]:
+        """What this process audited and found, in a form another process can add up (the
+        secrets themselves stay here: only their digests travel, to count each once)."""
+        return {
+            "secret_digests": sorted(hashlib.sha256(s.encode()).hexdigest() for s in self.secrets),
+            "secrets": len(self.secrets),
+            "log_files": len(self.log_files),
+            "captured": len(self.captured),
+            "answers": len(self.answers),
+            "leaks": [list(leak) for leak in self.leaks()],
+            "processes": 1,
+        }
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._patches)
 
     # -- collection hooks ---------------------------------------------------------------
 
@@ -123,6 +141,18 @@ class Audit:
     def _patch(self, owner: Any, name: str, replacement: Any) -> None:
         self._patches.append((owner, name, getattr(owner, name)))
         setattr(owner, name, replacement)
+
+
+def total(audits: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several processes' audits as one: a secret in play in two counts once."""
+    audits = list(audits)
+    digests = {d for audit in audits for d in audit["secret_digests"]}
+    summed = {
+        key: sum(audit[key] for audit in audits)
+        for key in ("log_files", "captured", "answers", "processes")
+    }
+    leaks = [tuple(leak) for audit in audits for leak in audit["leaks"]]
+    return {**summed, "secret_digests": sorted(digests), "secrets": len(digests), "leaks": leaks}
 
 
 def _is_text(response: httpx.Response) -> bool:

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import httpx
-import pytest
 
 from archiver.infra.broker import make_celery, queue_depth
 from archiver.infra.db import make_engine, session_scope
@@ -16,22 +15,16 @@ from devstack.fixtures import add_tenant, process_env, settings_for, start_web
 from tests.conftest import migrated_database
 from titan_simulator.sender import Simulator, post_signed
 
-RABBIT = os.environ.get("ARCHIVER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-pytestmark = pytest.mark.skipif(
-    not processes.port_open("127.0.0.1", 5672), reason="no RabbitMQ listening on 127.0.0.1:5672"
-)
-
 
 def test_media_is_archived_through_rabbitmq(
-    tmp_path: Path, s3_endpoint: str, pg_admin_url: str | None
+    tmp_path: Path, s3_endpoint: str, pg_admin_url: str | None, rabbitmq_url: str
 ) -> None:
     from sqlmodel import select
 
-    services.purge_queues(RABBIT)
-    celery = make_celery(settings_for("sqlite://", RABBIT))
+    services.purge_queues(rabbitmq_url)
+    celery = make_celery(settings_for("sqlite://", rabbitmq_url))
     with migrated_database("sqlite", tmp_path, pg_admin_url) as database_url:
-        env = process_env(database_url, RABBIT)
+        env = process_env(database_url, rabbitmq_url)
         web = start_web("rabbit", env)
         procs = list(web.procs)
         sim_url, receiver_url = web.sim_url, web.receiver_url
@@ -49,7 +42,10 @@ def test_media_is_archived_through_rabbitmq(
                         client, f"{receiver_url}/webhooks/acme", tenant.hmac_key, item.envelope
                     )
                     assert answer.status_code == 202
-            assert queue_depth(celery) == len(items)  # waiting in RabbitMQ, no worker yet
+            # Waiting in RabbitMQ, no worker yet (its count of a queue can trail a publish).
+            processes.wait_until(
+                lambda: queue_depth(celery) == len(items), timeout=30, what="all three queued"
+            )
             procs.append(
                 processes.start_process("rabbit-worker", processes.worker_argv(concurrency=2), env)
             )
@@ -64,7 +60,7 @@ def test_media_is_archived_through_rabbitmq(
                 what="archived through RabbitMQ",
             )
             assert {m: r.sha256 for m, r in rows().items()} == {i.media_id: i.sha256 for i in items}
-            assert queue_depth(celery) == 0
+            processes.wait_until(lambda: queue_depth(celery) == 0, timeout=30, what="queue empty")
             sim.close()
             engine.dispose()
         finally:
@@ -73,7 +69,7 @@ def test_media_is_archived_through_rabbitmq(
             celery.close()
 
 
-def test_two_procfile_workers_on_one_host_both_run(tmp_path: Path) -> None:
+def test_two_procfile_workers_on_one_host_both_run(tmp_path: Path, rabbitmq_url: str) -> None:
     """The Procfile's worker line, started twice on one host (foreman/honcho scale=2): each
     takes a node name of its own, so RabbitMQ lets both hold their pidbox queue."""
     import shutil
@@ -85,14 +81,14 @@ def test_two_procfile_workers_on_one_host_both_run(tmp_path: Path) -> None:
     line = procfile()["worker"]
     assert "-n " in line
     bin_dir = str(Path(sys.executable).parent)
-    env = process_env(f"sqlite:///{tmp_path / 'w.db'}", RABBIT)
+    env = process_env(f"sqlite:///{tmp_path / 'w.db'}", rabbitmq_url)
     env |= {"WORKER_CONCURRENCY": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     shell = shutil.which("sh") or "/bin/sh"
     workers = [
         processes.start_process(f"procfile-worker-{n}", [shell, "-c", line], env) for n in (1, 2)
     ]
     try:
-        celery = make_celery(settings_for("sqlite://", RABBIT))
+        celery = make_celery(settings_for("sqlite://", rabbitmq_url))
         try:
             processes.wait_until(
                 lambda: len(celery.control.ping(timeout=1.0) or []) >= 2,

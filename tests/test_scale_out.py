@@ -28,7 +28,6 @@ from tests.conftest import migrated_database
 from titan_simulator.sender import SentMedia, Simulator, post_signed
 
 EVENTS = 1000
-RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
 TOKEN = "scrape-token-" + "x" * 16
 
 
@@ -37,9 +36,7 @@ def broker_url(request: pytest.FixtureRequest, redis_dbs: RedisDatabases) -> Ite
     if request.param == "redis":
         yield redis_dbs.take()
         return
-    if not processes.port_open("127.0.0.1", 5672):
-        pytest.skip("no RabbitMQ listening on 127.0.0.1:5672")
-    yield RABBIT
+    yield request.getfixturevalue("rabbitmq_url")  # skipped where none listens
 
 
 def test_two_receivers_and_three_workers_archive_1000_events_once(

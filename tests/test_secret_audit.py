@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 
 from archiver.secrets_box import SecretBox
-from tests.secret_audit import Audit, find_leaks
+from tests.secret_audit import Audit, find_leaks, total
 
 
 def test_finds_a_planted_secret_and_ignores_short_values() -> None:
@@ -35,3 +35,18 @@ def test_collects_secrets_as_they_are_encrypted_and_answers_as_they_arrive() -> 
         AUDIT.secrets.discard("tenant-hmac-key-to-watch")
     assert "tenant-hmac-key-to-watch" in audit.secrets
     assert [where for where, _ in audit.leaks()] == ["GET http://receiver.test/api/media"]
+
+
+def test_the_audits_of_parallel_test_processes_add_up_with_each_secret_counted_once() -> None:
+    first, second = Audit(), Audit()
+    first.add_secret("shared-master-key-of-tests")
+    second.add_secret("shared-master-key-of-tests")
+    second.add_secret("tenant-hmac-key-planted")
+    first.record_answer("GET /a", "{}")
+    second.record_answer("GET /b", '{"key": "tenant-hmac-key-planted"}')
+    second.captured.append(("test_x (Captured stdout call)", "nothing"))
+    figures = total([first.figures(), second.figures()])
+    assert (figures["secrets"], figures["answers"], figures["captured"]) == (2, 2, 1)
+    assert figures["processes"] == 2
+    assert figures["leaks"] == [("GET /b", "tena…(23 chars)")]
+    assert "tenant-hmac-key-planted" not in repr(first.figures()) + repr(second.figures())
