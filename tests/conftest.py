@@ -123,7 +123,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if AUDIT.installed:
+    # A report carries what was captured in its phase and the phases before it: the
+    # teardown's is the whole test's, taken once.
+    if AUDIT.installed and report.when == "teardown":
         for title, text in report.sections:
             if title.startswith("Captured"):
                 AUDIT.captured.append((f"{report.nodeid} ({title})", text))
