@@ -81,10 +81,11 @@ def start_receiver(
     ready: str = "/readyz",
     cwd: Path | None = None,
 ) -> Service:
-    """A receiver (uvicorn, the production app factory) with ``env``; waits for ``ready``.
+    """A receiver (the Procfile's web line) with ``env``; waits for ``ready``.
     ``cwd``: run another checkout's receiver (a benchmark's "before")."""
     port = port or free_port()
-    argv = uvicorn_argv("receiver.app:create_app", port, log_level=log_level)
+    # The Procfile's own web line (its HTTP protocol, its flags), at the given log level.
+    argv = [*processes.procfile_web_argv(port), "--log-level", log_level]
     process = processes.start_process(name, argv, env, log_dir=log_dir, cwd=cwd)
     service = Service(f"http://127.0.0.1:{port}", process)
     _wait(service, ready)

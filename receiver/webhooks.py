@@ -1,18 +1,22 @@
 """``POST /webhooks/{tenant}``: read the capped raw body and hand it to the intake.
 
-Two ways in, one behaviour (``answer``). ``serve`` answers straight from the ASGI scope:
-the receiver's hot path (receiver/app.py sends it every webhook while tracing is off), with
-no router, middleware layers or request and response objects in front of the intake (a
-fifth of the receiver's profile before; docs/performance.md). ``receive_webhook`` is the same as a
-Starlette route: it serves webhooks while tracing is on (the HTTP middleware opens their
-server spans) and answers what the fast path leaves to the router.
+Three ways in, one behaviour (``respond``). Under the Procfile's server line, webhooks are
+answered below ASGI, from uvicorn's request cycle (receiver/protocol.py). Under any other
+ASGI server, ``serve`` answers straight from the ASGI scope (receiver/app.py sends it every
+webhook while tracing is off), with no router, middleware layers or request and response
+objects in front of the intake (a fifth of the receiver's profile before;
+docs/performance.md). ``receive_webhook`` is the same as a Starlette route: it serves
+webhooks while tracing is on (the HTTP middleware opens their server spans) and answers
+what the fast paths leave to the router.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -115,7 +119,7 @@ async def receive_webhook(request: Request) -> Response:
     )
 
 
-def tenant_of(scope: Scope) -> str | None:
+def tenant_of(scope: Mapping[str, Any]) -> str | None:
     """The tenant of a ``POST /webhooks/{tenant}`` the router would match, else None."""
     if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
         return None
@@ -126,13 +130,15 @@ def tenant_of(scope: Scope) -> str | None:
     return tenant if tenant and "/" not in tenant else None
 
 
-async def serve(res: Resources, tenant: str, scope: Scope, receive: Receive, send: Send) -> None:
-    """``answer`` straight from the ASGI scope, with what the HTTP middleware would add: the
-    request id on every log line and in ``X-Request-ID``; an unexpected error is a logged
-    500 in the API's error shape, as the app's own handler answers it."""
+async def respond(
+    res: Resources, tenant: str, headers: Iterable[tuple[bytes, bytes]], receive: Receive
+) -> tuple[Reply, bytes]:
+    """``answer`` from the request's headers and body, with what the HTTP middleware would
+    add: the request id on every log line (returned for ``X-Request-ID``); an unexpected
+    error is a logged 500 in the API's error shape, as the app's own handler answers it."""
     declared = signature = None
     given: bytes | None = None
-    for name, value in scope["headers"]:  # one pass for the three headers it reads
+    for name, value in headers:  # one pass for the three headers it reads
         if name == b"content-length" and declared is None:
             declared = value.decode("latin-1")
         elif name == b"x-webhook-signature" and signature is None:
@@ -142,18 +148,28 @@ async def serve(res: Resources, tenant: str, scope: Scope, receive: Receive, sen
     rid = request_id_for(given)
     token = request_id.set(rid.decode())
     try:
-        try:
-            reply = await answer(res, tenant, receive, declared=declared, signature=signature)
-        except Exception as exc:
-            log.exception("unhandled error", exc_info=exc)
-            reply = Reply(500, Error(error="internal error").to_json())
-        headers = [
-            *(_JSON if reply.body else ()),
-            (b"content-length", str(len(reply.body)).encode()),
-            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()),
-            (b"x-request-id", rid),
-        ]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        return await answer(res, tenant, receive, declared=declared, signature=signature), rid
+    except Exception as exc:
+        log.exception("unhandled error", exc_info=exc)
+        return Reply(500, Error(error="internal error").to_json()), rid
     finally:
         request_id.reset(token)
+
+
+def reply_headers(reply: Reply, rid: bytes) -> list[tuple[bytes, bytes]]:
+    """The answer's headers, lower-case names as HTTP/1.1 writes them."""
+    return [
+        *(_JSON if reply.body else ()),
+        (b"content-length", str(len(reply.body)).encode()),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()),
+        (b"x-request-id", rid),
+    ]
+
+
+async def serve(res: Resources, tenant: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """``respond`` straight from the ASGI scope (receiver/app.py); the Procfile's server
+    line answers webhooks below ASGI instead (receiver/protocol.py)."""
+    reply, rid = await respond(res, tenant, scope["headers"], receive)
+    headers = reply_headers(reply, rid)
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shlex
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from archiver.settings import Settings
 
@@ -37,8 +39,19 @@ def test_procfile_web_serves_the_receiver_factory_on_port() -> None:
     web = shlex.split(procfile()["web"])
     assert web[:2] == ["uvicorn", "receiver.app:create_app"] and "--factory" in web
     assert "${PORT:-8000}" in procfile()["web"]
-    module, attr = web[1].split(":")
-    assert callable(getattr(importlib.import_module(module), attr))
+    _check_command(web)
+
+
+def test_the_image_runs_the_web_line_of_the_procfile() -> None:
+    cmd = next(
+        line
+        for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
+        if line.startswith("CMD ")
+    )
+    argv = json.loads(cmd.removeprefix("CMD "))
+    assert argv[:2] == ["sh", "-c"]
+    web = shlex.split(argv[2].replace("${PORT}", "${PORT:-8000}"))
+    assert web == shlex.split(procfile()["web"])
 
 
 def test_procfile_worker_points_at_the_celery_app_module() -> None:
@@ -94,6 +107,11 @@ def _check_command(argv: list[str]) -> None:
     elif argv[0].endswith("uvicorn"):
         module, attr = argv[1].split(":")
         assert callable(getattr(importlib.import_module(module), attr)) and "--factory" in argv
+        # The web line's HTTP protocol answers webhooks below ASGI while uvicorn's access
+        # log is off (receiver/protocol.py): every web command runs both as the Procfile's.
+        module, attr = argv[argv.index("--http") + 1].split(":")
+        assert issubclass(getattr(importlib.import_module(module), attr), HttpToolsProtocol)
+        assert "--no-access-log" in argv, argv
     elif argv[0].endswith("celery"):
         assert argv[1:3] == ["-A", "worker.celery_app"] and argv[3] in {"worker", "beat"}
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -40,11 +41,22 @@ def serve(settings: Settings) -> Iterator[str]:
 
 
 @contextmanager
-def serve_app(app: ASGIApp) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread, its lifespan on; yield its base URL."""
+def serve_app(
+    app: ASGIApp, *, http: type[asyncio.Protocol] | None = None, access_log: bool = True
+) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread, its lifespan on; yield its base URL.
+    ``http``: the HTTP protocol (uvicorn's own by default); ``access_log``: uvicorn's."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            http=http or "auto",
+            access_log=access_log,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
