@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from opentelemetry.trace import Span
 
@@ -117,7 +117,7 @@ class GroupCommit:
         if spans is not None:
             # Each request's publish is a child of its own record span.
             arrivals = [
-                replace(a, trace=tracing.traceparent(s) if s is not None else a.trace)
+                a._replace(trace=tracing.traceparent(s) if s is not None else a.trace)
                 for a, s in zip(arrivals, spans, strict=True)
             ]
         try:

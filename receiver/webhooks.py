@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -25,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from archiver.infra.logs import request_id
 from archiver.media.shapes import Error
 from receiver import resources
+from receiver.intake import NO_HEADERS
 from receiver.metrics import request_id_for
 from receiver.resources import Resources
 
@@ -34,11 +34,10 @@ PREFIX = "/webhooks/"
 _JSON = [(b"content-type", b"application/json")]
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     status: int
     body: bytes = b""  # JSON, or nothing
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = NO_HEADERS
 
 
 async def read_capped(receive: Receive, declared: str | None, limit: int) -> bytes | None:

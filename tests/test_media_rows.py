@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -330,9 +329,9 @@ def test_small_rows_are_batched_only_once_there_are_many() -> None:
 
 def test_conversation_filters(engine: Engine) -> None:
     tenant = make_tenant(engine)
-    group = replace(item("g1"), chat="120363@g.us", is_group=True, from_me=False)
-    mine = replace(item("d1"), chat="+1555", is_group=False, from_me=True, sender_name="Shop")
-    theirs = replace(item("d2"), chat="+1555", is_group=False, from_me=False)
+    group = item("g1")._replace(chat="120363@g.us", is_group=True, from_me=False)
+    mine = item("d1")._replace(chat="+1555", is_group=False, from_me=True, sender_name="Shop")
+    theirs = item("d2")._replace(chat="+1555", is_group=False, from_me=False)
     for it in (group, mine, theirs, item("unknown")):
         record(engine, tenant, it)
 
@@ -360,7 +359,7 @@ def test_message_times_in_any_zone_are_stored_as_the_same_instant(engine: Engine
     zones = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
     before = utcnow()
     pks = [
-        record(engine, tenant, replace(item(f"z{n}"), message_at=instant.astimezone(zone))).pk
+        record(engine, tenant, item(f"z{n}")._replace(message_at=instant.astimezone(zone))).pk
         for n, zone in enumerate(zones)
     ]
     with session_scope(engine) as session:
@@ -372,7 +371,7 @@ def test_message_times_in_any_zone_are_stored_as_the_same_instant(engine: Engine
 
 
 def test_a_message_time_without_a_zone_is_refused(engine: Engine) -> None:
-    naive = replace(item("naive"), message_at=datetime(2026, 12, 6, 21, 30))  # noqa: DTZ001
+    naive = item("naive")._replace(message_at=datetime(2026, 12, 6, 21, 30))  # noqa: DTZ001
     with pytest.raises(ValueError, match="naive"):
         record(engine, make_tenant(engine), naive)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import select, tuple_
@@ -31,9 +31,11 @@ from archiver.media import lifecycle
 from archiver.tables import Media, Status, naive_utc
 
 
-@dataclass(frozen=True, slots=True)
-class MediaItem:
-    """A ``message.received`` event that carries media, reduced to what we store."""
+class MediaItem(NamedTuple):
+    """A ``message.received`` event that carries media, reduced to what we store.
+
+    A named tuple, immutable as a frozen dataclass is, made in a quarter of the time (one
+    per webhook: 1.5 against 5.7 us for its 18 fields; docs/performance.md)."""
 
     media_id: str
     session: str
@@ -65,9 +67,9 @@ class Recorded:
     needs_publish: bool  # this delivery must publish it (and its mark is this delivery's)
 
 
-@dataclass(frozen=True)
-class Arrival:
-    """One webhook's media item for a tenant, as the receiver hands it over."""
+class Arrival(NamedTuple):
+    """One webhook's media item for a tenant, as the receiver hands it over (a named
+    tuple, as ``MediaItem``)."""
 
     tenant_id: int
     strategy: str
