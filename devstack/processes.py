@@ -141,11 +141,16 @@ def start_process(
 _running: dict[int, Process] = {}
 
 
+def started() -> set[int]:
+    """The pids of the processes started here that nobody has waited for yet."""
+    return set(_running)
+
+
 def stop_all(timeout: float = 10.0) -> list[str]:
     """Stop every process started here that still runs, at once: SIGTERM to each one's
-    group, one shared wait of ``timeout`` seconds, SIGKILL for what is left. For a run told
-    to stop (tests/conftest.py): stopping them one after another, as their owners' cleanup
-    would, can take a Celery worker's 20 s each. Returns the names stopped."""
+    group, one shared wait of ``timeout`` seconds, SIGKILL for what is left; the names
+    stopped. For a test run told to stop (tests/stopping.py): stopping them one after
+    another, as their owners' cleanup would, can take a Celery worker's 20 s each."""
     alive = [process for process in list(_running.values()) if process.alive()]
     for process in alive:
         process.send_signal(signal.SIGTERM)

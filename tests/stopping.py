@@ -49,7 +49,7 @@ def _stop_the_run(signum: int, _frame: object) -> None:
     # xdist's test processes (this process's children that start_process did not start):
     # each stops what it started. They are waited for until nothing they started is left,
     # not until they exit, which they do only when this process tells them to.
-    workers = {pid for pid in _children_of({os.getpid()}) if pid not in processes._running}
+    workers = set(_children_of({os.getpid()})) - processes.started()
     for pid in workers:
         with suppress(ProcessLookupError):
             os.kill(pid, signum)
