@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 from sqlmodel import select
 
+from archiver.governance import checkpoints
 from archiver.infra import migrate
 from archiver.infra.db import make_engine, session_scope
 from archiver.secrets_box import SecretBox
@@ -394,7 +395,9 @@ class Rig:
         for row in rows:
             by_id.setdefault(row.media_id, []).append(row)
         listing = self.s3.list_objects_v2(Bucket=self.bucket, MaxKeys=10_000).get("Contents", [])
-        objects = {o["Key"]: o["Size"] for o in listing}
+        # The ledger's signed checkpoints (the beat's seal task) are the archiver's own
+        # objects, not copies of media: a scenario that outlasts a seal interval has them.
+        objects = {o["Key"]: o["Size"] for o in listing if checkpoints.FOLDER not in o["Key"]}
         outcome.objects = len(objects)
         outcome.archived = sum(r.status == Status.ARCHIVED for r in rows)
         outcome.retried_rows = sum(r.attempts > 1 for r in rows)
