@@ -84,8 +84,13 @@ def start_receiver(
     """A receiver (the Procfile's web line) with ``env``; waits for ``ready``.
     ``cwd``: run another checkout's receiver (a benchmark's "before")."""
     port = port or free_port()
-    # The Procfile's own web line (its HTTP protocol, its flags), at the given log level.
-    argv = [*processes.procfile_web_argv(port), "--log-level", log_level]
+    # The Procfile web line's HTTP protocol and flags, not its file: `titan-archiver dev`
+    # runs from an installed package too, where no Procfile lies beside devstack/.
+    argv = [
+        *uvicorn_argv("receiver.app:create_app", port, log_level=log_level),
+        *("--http", "receiver.protocol:WebhookProtocol", "--proxy-headers"),
+        *("--no-server-header", "--no-access-log"),
+    ]
     process = processes.start_process(name, argv, env, log_dir=log_dir, cwd=cwd)
     service = Service(f"http://127.0.0.1:{port}", process)
     _wait(service, ready)
