@@ -71,6 +71,15 @@ def start_simulator(name: str = "simulator", *, log_dir: Path | None = None) -> 
     return service
 
 
+# The Procfile web line's HTTP protocol and flags, written here and not read from its file:
+# `titan-archiver dev` runs from an installed package too, where no Procfile lies beside
+# devstack/. tests/test_deploy_files.py holds them equal to the Procfile's.
+WEB_FLAGS = (
+    *("--http", "receiver.protocol:WebhookProtocol"),
+    *("--proxy-headers", "--no-server-header", "--no-access-log"),
+)
+
+
 def start_receiver(
     name: str,
     env: dict[str, str],
@@ -84,13 +93,7 @@ def start_receiver(
     """A receiver (the Procfile's web line) with ``env``; waits for ``ready``.
     ``cwd``: run another checkout's receiver (a benchmark's "before")."""
     port = port or free_port()
-    # The Procfile web line's HTTP protocol and flags, not its file: `titan-archiver dev`
-    # runs from an installed package too, where no Procfile lies beside devstack/.
-    argv = [
-        *uvicorn_argv("receiver.app:create_app", port, log_level=log_level),
-        *("--http", "receiver.protocol:WebhookProtocol", "--proxy-headers"),
-        *("--no-server-header", "--no-access-log"),
-    ]
+    argv = [*uvicorn_argv("receiver.app:create_app", port, log_level=log_level), *WEB_FLAGS]
     process = processes.start_process(name, argv, env, log_dir=log_dir, cwd=cwd)
     service = Service(f"http://127.0.0.1:{port}", process)
     _wait(service, ready)

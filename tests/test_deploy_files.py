@@ -15,6 +15,7 @@ import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from archiver.settings import Settings
+from devstack import processes, services
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
@@ -40,6 +41,26 @@ def test_procfile_web_serves_the_receiver_factory_on_port() -> None:
     assert web[:2] == ["uvicorn", "receiver.app:create_app"] and "--factory" in web
     assert "${PORT:-8000}" in procfile()["web"]
     _check_command(web)
+
+
+def _options(argv: list[str]) -> dict[str, str]:
+    """A command line's ``--option [value]`` pairs (a flag's value: "")."""
+    options: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+            options[arg] = "" if value.startswith("--") else value
+    return options
+
+
+def test_the_dev_stack_runs_the_receiver_with_the_web_lines_flags() -> None:
+    """`titan-archiver dev` and the tests' receivers cannot read the Procfile (an installed
+    package has none), so they carry its flags: held equal to the web line's here, apart
+    from what ``uvicorn_argv`` sets for each of them (the factory, host, port, log level)."""
+    web = _options(shlex.split(procfile()["web"]))
+    own = _options(processes.uvicorn_argv("receiver.app:create_app", 8000))
+    assert set(own) == {"--factory", "--host", "--port", "--log-level"}
+    assert {k: v for k, v in web.items() if k not in own} == _options(list(services.WEB_FLAGS))
 
 
 def test_the_image_runs_the_web_line_of_the_procfile() -> None:
