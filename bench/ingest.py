@@ -57,6 +57,27 @@ def serve(
     return proc, url
 
 
+# The media table's indexes for lookups by a column (a sender, a chat, a type, a status, a
+# message, a time across tenants: the query API's filters, stats and retention, a
+# revocation's message). What every insert keeps up for them is what
+# --without-filter-indexes measures; not a setting the product offers. Kept either way:
+# the keys, the tenant's newest-first listing, the dispatcher's and sweeper's status index
+# and the partial ones (no new row enters them).
+FILTER_INDEXES = (
+    "ix_media_received",
+    "ix_media_tenant_chat",
+    "ix_media_tenant_from_me",
+    "ix_media_tenant_group",
+    "ix_media_tenant_message",
+    "ix_media_tenant_mime",
+    "ix_media_tenant_sender",
+    "ix_media_tenant_sender_lid",
+    "ix_media_tenant_session",
+    "ix_media_tenant_status",
+    "ix_media_tenant_type",
+)
+
+
 def add_tenant(engine: Engine, *, master: str, hmac_key: str) -> None:
     """The benches' tenant ``acme``, signing with ``hmac_key``."""
     with session_scope(engine) as session:
@@ -189,6 +210,12 @@ def main() -> None:
         help="drop the media_chats triggers first (to measure what they cost)",
     )
     parser.add_argument(
+        "--without-filter-indexes",
+        action="store_true",
+        help="PostgreSQL: drop the media lookup indexes in FILTER_INDEXES first, to measure "
+        "what keeping them up costs each insert",
+    )
+    parser.add_argument(
         "--server",
         choices=["uvicorn", "granian"],
         default="uvicorn",
@@ -219,7 +246,7 @@ def main() -> None:
         migrated_database(args.database, tmp, admin_url) as db_url,
     ):
         engine = make_engine(db_url)
-        dropped = [
+        triggers = [
             summary
             for summary, drop in (
                 ("media_totals", args.without_totals_triggers),
@@ -227,11 +254,18 @@ def main() -> None:
             )
             if drop
         ]
+        dropped = [f"{summary} triggers" for summary in triggers]
         with engine.begin() as conn:
-            for summary in dropped:
+            for summary in triggers:
                 for operation in ("insert", "update", "delete"):
                     suffix = " ON media" if engine.dialect.name == "postgresql" else ""
                     conn.execute(text(f"DROP TRIGGER {summary}_{operation}{suffix}"))
+            if args.without_filter_indexes:
+                if engine.dialect.name != "postgresql":
+                    parser.error("--without-filter-indexes is for PostgreSQL")
+                for index in FILTER_INDEXES:
+                    conn.execute(text(f"DROP INDEX {index}"))
+                dropped.append("filter indexes")
         add_tenant(engine, master=master, hmac_key=hmac_key)
         env = {
             "ARCHIVER_DATABASE_URL": db_url,
@@ -296,7 +330,7 @@ def main() -> None:
         f"{args.warmup:.0f}s of warm-up; "
         f"one {args.server} process each; database {args.database}; "
         f"receiver log level {args.log_level}"
-        + "".join(f"; {summary} triggers dropped" for summary in dropped)
+        + "".join(f"; {what} dropped" for what in dropped)
         + (f"; captions in lines of {args.caption_lines}" if args.caption_lines else "")
     )
     line = (
