@@ -76,16 +76,18 @@ def run_load(
     caption_lines: int = 0,
 ) -> Load:
     prefix, suffix = body_parts(line_length=caption_lines)
-    tmp = Path(tempfile.mkdtemp(prefix="loadgen-"))
-    sigs = tmp / "sigs.txt"
-    with sigs.open("w") as out:
-        for i in range(count):
-            out.write(
-                signature(f"{prefix}{media_id(run, i)}{suffix}".encode(), hmac_key)[7:] + "\n"
-            )
-    if shutil.which("wrk"):
-        return _wrk(url, tmp, sigs, prefix, suffix, run, connections, seconds, threads)
-    return asyncio.run(_python(url, sigs, prefix, suffix, run, connections, seconds))
+    # The signatures (25 MB at the benches' 400,000) and wrk's script, gone after the run.
+    with tempfile.TemporaryDirectory(prefix="loadgen-") as name:
+        tmp = Path(name)
+        sigs = tmp / "sigs.txt"
+        with sigs.open("w") as out:
+            for i in range(count):
+                out.write(
+                    signature(f"{prefix}{media_id(run, i)}{suffix}".encode(), hmac_key)[7:] + "\n"
+                )
+        if shutil.which("wrk"):
+            return _wrk(url, tmp, sigs, prefix, suffix, run, connections, seconds, threads)
+        return asyncio.run(_python(url, sigs, prefix, suffix, run, connections, seconds))
 
 
 def _lua(s: str) -> str:
